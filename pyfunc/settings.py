@@ -64,6 +64,7 @@ class Settings:
     model_port: int
     model_workers: int
     model_timeout_seconds: int
+    model_info_path: Path
     state_dir: Path
     gateway_port: int
     gateway_workers: int
@@ -93,6 +94,9 @@ class Settings:
             model_port=model_port,
             model_workers=_int(env, "MODEL_WORKERS", 1),
             model_timeout_seconds=_int(env, "MODEL_TIMEOUT_SECONDS", 30),
+            model_info_path=Path(
+                _str(env, "MODEL_INFO_PATH", str(state_dir / "served-model.json"))
+            ),
             state_dir=state_dir,
             gateway_port=_int(env, "GATEWAY_PORT", 8000),
             gateway_workers=_int(env, "GATEWAY_WORKERS", 2),
