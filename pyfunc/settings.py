@@ -56,7 +56,6 @@ def _str(environ: Mapping[str, str], name: str, default: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     tracking_uri: str
-    artifact_root: str
     experiment_name: str
     model_name: str
     model_alias: str
@@ -76,6 +75,9 @@ class Settings:
     gateway_connect_timeout_seconds: float
     gateway_read_timeout_seconds: float
     gateway_metrics_public: bool
+    gateway_host: str = "127.0.0.1"
+    gateway_threads: int = 8
+    gateway_allow_no_auth: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -86,7 +88,6 @@ class Settings:
         model_port = _int(env, "MODEL_PORT", 5001)
         return cls(
             tracking_uri=_str(env, "MLFLOW_TRACKING_URI", f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"),
-            artifact_root=_str(env, "MLFLOW_ARTIFACT_ROOT", str(PROJECT_DIR / "mlartifacts")),
             experiment_name=_str(env, "MLFLOW_EXPERIMENT_NAME", "property-friends"),
             model_name=model_name,
             model_alias=model_alias,
@@ -110,6 +111,9 @@ class Settings:
             gateway_connect_timeout_seconds=_float(env, "GATEWAY_CONNECT_TIMEOUT_SECONDS", 1.0),
             gateway_read_timeout_seconds=_float(env, "GATEWAY_READ_TIMEOUT_SECONDS", 10.0),
             gateway_metrics_public=_bool(env, "GATEWAY_METRICS_PUBLIC", True),
+            gateway_host=_str(env, "GATEWAY_HOST", "127.0.0.1"),
+            gateway_threads=_int(env, "GATEWAY_THREADS", 8),
+            gateway_allow_no_auth=_bool(env, "GATEWAY_ALLOW_NO_AUTH", False),
         )
 
     def redacted(self) -> dict[str, object]:

@@ -1,0 +1,138 @@
+"""Prometheus metrics of the gateway (names fixed by DESIGN.md), multiprocess-aware.
+
+Under gunicorn, `gateway/gunicorn.conf.py` sets PROMETHEUS_MULTIPROC_DIR before any worker
+imports prometheus_client: every worker then writes its values to files in that directory and
+`/metrics` merges them, so counts add up across workers. Without it (unit tests, one process)
+each app gets its own fresh registry. Labels are few and bounded: endpoint is a route template
+or "other", field a schema name or "other"; never a key, a raw path or a user value.
+`gateway_feature_drift{feature}` is reserved for the drift monitor (another module adds it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterable, Sequence
+
+from flask import Blueprint, Flask, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from pyfunc.schema import FEATURE_NAMES
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0)
+PRICE_BUCKETS_UF = (1_000, 2_000, 3_000, 4_000, 5_000, 7_500, 10_000, 12_500, 15_000, 20_000,
+                    25_000, 30_000, 40_000, 50_000, 75_000, 100_000, 150_000, 200_000, 300_000)
+OTHER = "other"
+_FIELDS = frozenset(FEATURE_NAMES)
+
+
+class GatewayMetrics:
+    """The gateway's metric objects, registered in their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("gateway_requests", "Requests answered, by route and status.",
+                                ["endpoint", "status"], registry=r)
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds", "Time to answer a request, in the gateway.",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds", "Time the model server took for /invocations.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.predicted_price = Histogram(
+            "gateway_predicted_price_uf", "Predicted prices, in UF.",
+            buckets=PRICE_BUCKETS_UF, registry=r)
+        self.rows_predicted = Counter("gateway_rows_predicted", "Rows priced successfully.",
+                                      registry=r)
+        self.validation_errors = Counter(
+            "gateway_validation_errors", "Invalid feature values, by field (schema name or other).",
+            ["field"], registry=r)
+        self.auth_failures = Counter("gateway_auth_failures", "Refused requests, by reason.",
+                                     ["reason"], registry=r)
+        self.upstream_up = Gauge(
+            "gateway_upstream_up", "1 when the model server answered the last call, else 0.",
+            registry=r, multiprocess_mode="livemostrecent")
+        self.model_info = Gauge(
+            "gateway_model_info", "1 for the model version being served.", ["version"],
+            registry=r, multiprocess_mode="mostrecent")
+        self.request_log_errors = Counter(
+            "gateway_request_log_errors", "Request-log lines that could not be written.",
+            registry=r)
+        self._exposed = _exposition_registry(self.registry)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        self.requests.labels(endpoint, str(status)).inc()
+        self.request_duration.labels(endpoint).observe(seconds)
+
+    def count_validation_errors(self, fields: Iterable[str]) -> None:
+        """Count each invalid field; names outside the schema are counted as "other"."""
+        for field in fields:
+            self.validation_errors.labels(field if field in _FIELDS else OTHER).inc()
+
+    def observe_prices(self, prices: Sequence[float]) -> None:
+        """Add a batch of predicted prices to the price histogram."""
+        observe_many(self.predicted_price, prices)
+
+    def model_version_changed(self, old: str, new: str) -> None:
+        """Point gateway_model_info at the new version."""
+        if old:
+            self.model_info.labels(old).set(0)
+        self.model_info.labels(new).set(1)
+
+    def exposition(self) -> bytes:
+        """The text exposition: merged over workers in multiprocess mode."""
+        return generate_latest(self._exposed)
+
+
+def _exposition_registry(own: CollectorRegistry) -> CollectorRegistry:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return own
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged, path=directory)
+    return merged
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """Observe many values with one increment per bucket instead of one per value.
+
+    A 10,000-row batch would otherwise cost 20,000 locked (in multiprocess mode, mmapped)
+    writes. Relies on Histogram's `_upper_bounds`/`_buckets`/`_sum`, stable since 0.1;
+    falls back to `observe` if they ever change (a unit test compares both ways).
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
+    total.inc(float(sum(values)))
+
+
+def init_app(app: Flask, metrics: GatewayMetrics) -> None:
+    """Serve GET /metrics (public unless GATEWAY_METRICS_PUBLIC=false, see gateway.auth)."""
+    blueprint = Blueprint("metrics", __name__)
+
+    @blueprint.get("/metrics", endpoint="metrics")
+    def exposition() -> Response:
+        return Response(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.register_blueprint(blueprint)

@@ -1,0 +1,211 @@
+"""A cheap, column-wise check of the shape and JSON types of a scoring request.
+
+The model server validates values (bounds, known sectors); the gateway refuses what it would
+otherwise coerce or mangle silently: no format key or several, rows that are not lists or
+objects, missing or unknown columns, numbers sent as strings or booleans, strings sent as
+numbers, nulls. Every problem names its field and row (0-based, as the model does), e.g.
+`net_area must be a number (row 3, got str '0.5')`. The body forwarded upstream is the one
+checked here, byte for byte.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import errors
+from gateway.errors import GatewayError
+from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES
+
+DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES = (
+    "dataframe_split", "dataframe_records", "inputs", "instances")
+FORMATS = (DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES)
+PARAMS = "params"
+ROWS_SHOWN_PER_PROBLEM = 5
+_NUMBER_TYPES = frozenset({int, float})
+_FEATURES = frozenset(FEATURE_NAMES)
+_EXPECTED = ", ".join(FEATURE_NAMES)
+_GET_FEATURES = operator.itemgetter(*FEATURE_NAMES)
+
+Columns = dict[str, Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A well-shaped request: its row count and its features as columns."""
+
+    format: str
+    rows: int
+    columns: Columns
+
+
+def problem(field: str, row: int | None, message: str) -> dict[str, Any]:
+    """One entry of the `errors` list, as the model server writes them."""
+    return {"field": field, "row": row, "message": message}
+
+
+def invalid(problems: list[dict[str, Any]]) -> GatewayError:
+    """400 INVALID_FEATURES with a message naming every problem."""
+    fields = sorted({p["field"] for p in problems})
+    message = f"Invalid input ({', '.join(fields)}): " + "; ".join(p["message"] for p in problems)
+    return GatewayError(errors.INVALID_FEATURES, message, problems)
+
+
+def _fail(field: str, row: int | None, message: str) -> GatewayError:
+    return invalid([problem(field, row, message)])
+
+
+def validate_payload(payload: object) -> Batch:
+    """Check the request's shape and types; raise GatewayError(INVALID_FEATURES) or return."""
+    if not isinstance(payload, dict):
+        raise _fail("body", None, f"the body must be a JSON object with one of: "
+                                  f"{', '.join(FORMATS)}")
+    fmt = _format_key(payload)
+    if not isinstance(payload.get(PARAMS, {}), dict):
+        raise _fail(PARAMS, None, "params must be an object, e.g. {\"on_unknown_category\": "
+                                  "\"flag\"}")
+    data = payload[fmt]
+    if fmt == DF_SPLIT:
+        columns = _split_columns(data)
+    elif fmt == INPUTS and isinstance(data, dict):
+        columns = _columnar(data)
+    else:
+        columns = _record_columns(data, fmt)
+    rows = len(columns[FEATURE_NAMES[0]])
+    if rows == 0:
+        raise _fail("rows", None, "no rows to price")
+    problems = _type_problems(columns)
+    if problems:
+        raise invalid(problems)
+    return Batch(fmt, rows, columns)
+
+
+def _format_key(payload: dict) -> str:
+    allowed = ", ".join(FORMATS)
+    unknown = [str(k) for k in payload if k not in FORMATS and k != PARAMS]
+    if unknown:
+        raise _fail(unknown[0], None, f"unknown top-level key(s) {', '.join(map(repr, unknown))}"
+                                      f"; send exactly one of: {allowed} (and optionally params)")
+    present = [k for k in FORMATS if k in payload]
+    if len(present) != 1:
+        got = f"got {' and '.join(present)}" if present else "got none"
+        raise _fail(" | ".join(present) or "body", None,
+                    f"send exactly one of: {allowed}; {got}")
+    return present[0]
+
+
+def _column_problems(names: Sequence[str], row: int | None = None) -> list[dict[str, Any]]:
+    found = set(names)
+    at = "" if row is None else f"row {row}; "
+    problems = [problem(n, row, f"{n} is a required column" if row is None
+                        else f"{n} is missing (row {row})")
+                for n in FEATURE_NAMES if n not in found]
+    problems += [problem(str(n), row, f"{str(n)!r} is not a feature ({at}expected: {_EXPECTED})")
+                 for n in names if n not in _FEATURES]
+    return problems
+
+
+def _split_columns(data: object) -> Columns:
+    if not isinstance(data, dict) or not isinstance(data.get("columns"), list) \
+            or not isinstance(data.get("data"), list):
+        raise _fail(DF_SPLIT, None, "dataframe_split must be an object with \"columns\" (a list "
+                                    "of names) and \"data\" (a list of rows)")
+    extra = sorted(set(data) - {"columns", "data", "index"})
+    if extra:
+        raise _fail(DF_SPLIT, None, f"dataframe_split takes columns, data and index, got "
+                                    f"{', '.join(map(repr, extra))}")
+    names, rows = data["columns"], data["data"]
+    if set(map(type, names)) - {str} or len(set(names)) != len(names):
+        raise _fail(DF_SPLIT, None, "dataframe_split.columns must be distinct strings")
+    problems = _column_problems(names)
+    if problems:
+        raise invalid(problems)
+    _check_rows(rows, list, len(names), DF_SPLIT)
+    transposed = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    return dict(zip(names, transposed, strict=True))
+
+
+def _check_rows(rows: list, kind: type, width: int, fmt: str) -> None:
+    """Every row is a `kind` (and, for lists, of `width` values)."""
+    what = "a list of values" if kind is list else "an object of features"
+    if set(map(type, rows)) - {kind}:
+        row = next(i for i, r in enumerate(rows) if type(r) is not kind)
+        got = type(rows[row]).__name__
+        raise _fail(fmt, row, f"{fmt} row {row} must be {what}, got {got}")
+    if kind is list and set(map(len, rows)) - {width}:
+        row = next(i for i, r in enumerate(rows) if len(r) != width)
+        raise _fail(fmt, row, f"{fmt} row {row} has {len(rows[row])} values for "
+                              f"{width} columns")
+
+
+def _columnar(data: dict) -> Columns:
+    problems = _column_problems(list(data))
+    if problems:
+        raise invalid(problems)
+    for name in FEATURE_NAMES:
+        if not isinstance(data[name], list):
+            raise _fail(name, None, f"inputs.{name} must be a list of values, one per row, got "
+                                    f"{type(data[name]).__name__}")
+    lengths = {name: len(data[name]) for name in FEATURE_NAMES}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{n} has {k}" for n, k in lengths.items())
+        raise _fail(INPUTS, None, f"all columns must have the same length ({shown})")
+    return {name: data[name] for name in FEATURE_NAMES}
+
+
+def _record_columns(data: object, fmt: str) -> Columns:
+    if not isinstance(data, list):
+        raise _fail(fmt, None, f"{fmt} must be a list of objects (one per row), got "
+                               f"{type(data).__name__}")
+    _check_rows(data, dict, len(FEATURE_NAMES), fmt)
+    if set(map(len, data)) - {len(FEATURE_NAMES)}:
+        raise _record_keys_error(data)
+    try:
+        transposed = list(zip(*map(_GET_FEATURES, data), strict=True))
+    except KeyError:
+        raise _record_keys_error(data) from None
+    if not transposed:
+        return {name: [] for name in FEATURE_NAMES}
+    return dict(zip(FEATURE_NAMES, transposed, strict=True))
+
+
+def _record_keys_error(records: list[dict]) -> GatewayError:
+    """Name the missing and unknown keys of the first rows that have them."""
+    problems: list[dict[str, Any]] = []
+    for row, record in enumerate(records):
+        problems += _column_problems(list(record), row)
+        if len(problems) >= ROWS_SHOWN_PER_PROBLEM:
+            break
+    return invalid(problems[:ROWS_SHOWN_PER_PROBLEM])
+
+
+def _type_problems(columns: Columns) -> list[dict[str, Any]]:
+    problems: list[dict[str, Any]] = []
+    for name in CATEGORICAL_NAMES:
+        if set(map(type, columns[name])) - {str}:
+            problems += _bad_values(name, columns[name], "a string", lambda v: type(v) is str)
+    for name in NUMERIC_NAMES:
+        if set(map(type, columns[name])) - _NUMBER_TYPES:
+            problems += _bad_values(name, columns[name], "a number",
+                                    lambda v: type(v) in _NUMBER_TYPES)
+    return problems
+
+
+def _bad_values(name: str, values: Sequence[Any], kind: str, ok) -> list[dict[str, Any]]:
+    bad = [row for row, value in enumerate(values) if not ok(value)]
+    shown = [problem(name, row, _describe_value(name, kind, row, values[row]))
+             for row in bad[:ROWS_SHOWN_PER_PROBLEM]]
+    hidden = len(bad) - len(shown)
+    if hidden:
+        shown.append(problem(name, None, f"{name}: the same problem in {hidden} more rows"))
+    return shown
+
+
+def _describe_value(name: str, kind: str, row: int, value: Any) -> str:
+    if value is None:
+        return f"{name} is missing (row {row}, got null)"
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"{name} must be {kind} (row {row}, got {type(value).__name__} {shown})"

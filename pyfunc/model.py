@@ -1,0 +1,107 @@
+"""The served model: a PythonModel that validates every input, then delegates to the pipeline."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import joblib
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from pyfunc.schema import (
+    CATEGORICAL_NAMES,
+    FEATURE_NAMES,
+    FLAG_COLUMN,
+    NUMERIC_NAMES,
+    PREDICTION_COLUMN,
+)
+from pyfunc.validation import ValidationError, validate
+
+MODEL_ARTIFACT_PATH = "model"
+PIPELINE_ARTIFACT = "pipeline"
+PROFILE_ARTIFACT = "profile"
+RUNTIME_PACKAGES = ("mlflow", "scikit-learn", "category_encoders", "pandas", "numpy", "pyarrow",
+                    "joblib")
+
+
+class InvalidInputError(MlflowException):
+    """A validation failure that reaches the client as HTTP 400 with exactly its own message.
+
+    MLflow's scoring server rewrites `message` to prepend a dump of the whole input frame;
+    this exception keeps the first message it was given, and carries the structured `errors`
+    list into the JSON answer.
+    """
+
+    def __init__(self, error: ValidationError):
+        super().__init__(str(error), error_code=INVALID_PARAMETER_VALUE,
+                         errors=[e.as_dict() for e in error.errors])
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_message"):
+            self._message = value
+
+
+class PropertyValuationModel(mlflow.pyfunc.PythonModel):
+    """Prices listings in UF; flags values outside the training data's range."""
+
+    def load_context(self, context) -> None:
+        self._pipeline = joblib.load(context.artifacts[PIPELINE_ARTIFACT])
+        profile = json.loads(Path(context.artifacts[PROFILE_ARTIFACT]).read_text())
+        self._categories = profile["categories"]
+        self._ranges = {name: tuple(bounds) for name, bounds in profile["ranges"].items()}
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        policy = (params or {}).get("on_unknown_category", "reject")
+        try:
+            checked = validate(frame, self._categories, self._ranges, policy)
+        except ValidationError as error:
+            raise InvalidInputError(error) from None
+        prices = self._pipeline.predict(checked.frame)
+        return pd.DataFrame({PREDICTION_COLUMN: prices, FLAG_COLUMN: checked.flags})
+
+
+def signature() -> ModelSignature:
+    """Columns are optional in the signature so that the model's validator, not MLflow's,
+    answers a missing column with a message naming it."""
+    inputs = Schema(
+        [ColSpec("string", name, required=False) for name in CATEGORICAL_NAMES]
+        + [ColSpec("double", name, required=False) for name in NUMERIC_NAMES]
+    )
+    outputs = Schema([ColSpec("double", PREDICTION_COLUMN), ColSpec("string", FLAG_COLUMN)])
+    params = ParamSchema([ParamSpec("on_unknown_category", "string", "reject")])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def pip_requirements() -> list[str]:
+    return [f"{package}=={version(package)}" for package in RUNTIME_PACKAGES]
+
+
+def log_model(pipeline, profile: dict, input_example: pd.DataFrame, registered_model_name: str):
+    """Log the pipeline as a pyfunc model in the active run and register a new version."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pipeline_path, profile_path = Path(tmp) / "pipeline.joblib", Path(tmp) / "profile.json"
+        joblib.dump(pipeline, pipeline_path)
+        profile_path.write_text(json.dumps(profile, indent=2))
+        return mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT_PATH,
+            python_model=PropertyValuationModel(),
+            artifacts={PIPELINE_ARTIFACT: str(pipeline_path), PROFILE_ARTIFACT: str(profile_path)},
+            code_paths=[str(Path(__file__).parent)],
+            signature=signature(),
+            input_example=input_example[list(FEATURE_NAMES)],
+            pip_requirements=pip_requirements(),
+            registered_model_name=registered_model_name,
+        )

@@ -1,0 +1,111 @@
+"""Ingest: read raw listings from a data source, check the schema, clean, and account for it.
+
+Reads:  a data source (`--source`: a folder with train.csv/test.csv, a SQLAlchemy URL with
+        tables or queries, or `synthetic`).
+Writes: run artifacts clean/train.parquet, clean/test.parquet and ingest_report.json;
+        metrics `<split>_rows_read`, `<split>_rows_kept`, `<split>_dropped_<reason>`, ...
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import click
+import mlflow
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from pyfunc.schema import CATEGORICAL_NAMES
+from pyfunc.settings import Settings
+from steps.cleaning import COLUMNS, CleaningReport, DataError, check_schema, clean
+from steps.params import Params, load_params
+from steps.sources import DataSource, open_source
+from steps.tracking import cli_errors, configure, log_frame, step_run
+
+logger = logging.getLogger(__name__)
+
+CLEAN_TRAIN = "clean/train.parquet"
+CLEAN_TEST = "clean/test.parquet"
+REPORT = "ingest_report.json"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    reports: dict[str, CleaningReport]
+
+
+def ingest(source: DataSource, params: Params) -> IngestResult:
+    """Clean train and test splits; the test split keeps only categories seen in training."""
+    raw_train = source.read("train")
+    raw_test = source.read("test") if source.has_split("test") else None
+    where = source.describe()
+    train = check_schema(raw_train, f"{where} [train]")
+    if raw_test is None:
+        train, test = train_test_split(train, test_size=params.test_size, random_state=params.seed)
+        raw_test = test
+    else:
+        test = check_schema(raw_test, f"{where} [test]")
+    clean_train, train_report = clean(train)
+    if clean_train.empty:
+        raise DataError(f"{where} [train]: no row left after cleaning ({train_report.dropped})")
+    known = {name: sorted(clean_train[name].unique()) for name in CATEGORICAL_NAMES}
+    clean_test, test_report = clean(test, known_categories=known)
+    if clean_test.empty:
+        raise DataError(f"{where} [test]: no row left after cleaning ({test_report.dropped})")
+    train_report.ignored_columns = _ignored(raw_train)
+    test_report.ignored_columns = _ignored(raw_test)
+    return IngestResult(clean_train, clean_test, {"train": train_report, "test": test_report})
+
+
+def _ignored(raw: pd.DataFrame) -> list[str]:
+    return [str(c) for c in raw.columns if c not in COLUMNS]
+
+
+def report_metrics(reports: dict[str, CleaningReport]) -> dict[str, float]:
+    metrics = {}
+    for split, report in reports.items():
+        metrics[f"{split}_rows_read"] = report.rows_read
+        metrics[f"{split}_rows_kept"] = report.rows_kept
+        for kind in ("dropped", "repaired", "flagged"):
+            for reason, count in getattr(report, kind).items():
+                metrics[f"{split}_{kind}_{reason}"] = count
+    return metrics
+
+
+def run_ingest(source_spec: str, train_name: str, test_name: str, params: Params) -> str:
+    """Ingest in a step run; returns the run id whose artifacts hold the clean splits."""
+    with step_run("ingest") as run:
+        source = open_source(source_spec, train=train_name, test=test_name)
+        mlflow.log_params({"source": source.describe(), "train": train_name, "test": test_name})
+        result = ingest(source, params)
+        log_frame(result.train, CLEAN_TRAIN)
+        log_frame(result.test, CLEAN_TEST)
+        mlflow.log_dict({s: asdict(r) for s, r in result.reports.items()}, REPORT)
+        mlflow.log_metrics(report_metrics(result.reports))
+        for split, report in result.reports.items():
+            logger.info("%s: kept %d of %d rows; dropped %s; repaired %s; flagged %s", split,
+                        report.rows_kept, report.rows_read, report.dropped, report.repaired,
+                        report.flagged)
+        return run.info.run_id
+
+
+@click.command()
+@click.option("--source", default="synthetic", show_default=True,
+              help="Folder with the CSVs, SQLAlchemy URL, or 'synthetic[:seed=..,train_rows=..]'.")
+@click.option("--train", "train_name", default="train", show_default=True,
+              help="Training split: CSV file stem, table name or SELECT query.")
+@click.option("--test", "test_name", default="test", show_default=True,
+              help="Test split; empty to split the training data (params.yaml split.test_size).")
+@cli_errors
+def main(source: str, train_name: str, test_name: str) -> None:
+    """Read, check and clean the listings; log the clean splits and the cleaning report."""
+    configure(Settings.from_env())
+    run_id = run_ingest(source, train_name, test_name, load_params())
+    click.echo(f"ingest run: {run_id}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""`params.yaml`, read into typed, validated objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pyfunc.settings import PROJECT_DIR
+
+DEFAULT_PARAMS_PATH = PROJECT_DIR / "params.yaml"
+ESTIMATORS = ("GradientBoostingRegressor", "HistGradientBoostingRegressor",
+              "RandomForestRegressor", "ExtraTreesRegressor")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing something or holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    estimator: str
+    params: dict[str, list]
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    engineered_features: bool
+    log_target: bool
+    candidates: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    test_size: float
+    cv_folds: int
+    search_iterations: int
+    default_preset: str
+    presets: dict[str, Preset]
+    promotion_tolerance: float
+    importance_rows: int
+
+    def preset(self, name: str | None) -> Preset:
+        chosen = name or self.default_preset
+        if chosen not in self.presets:
+            raise ParamsError(
+                f"unknown preset {chosen!r}; params.yaml defines: {', '.join(self.presets)}")
+        return self.presets[chosen]
+
+
+def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+        params = Params(
+            seed=int(raw["seed"]),
+            test_size=float(raw["split"]["test_size"]),
+            cv_folds=int(raw["cv"]["folds"]),
+            search_iterations=int(raw["cv"]["search_iterations"]),
+            default_preset=str(raw["preset"]),
+            presets={n: _preset(n, p) for n, p in raw["presets"].items()},
+            promotion_tolerance=float(raw["promotion"]["tolerance"]),
+            importance_rows=int(raw["evaluation"]["importance_rows"]),
+        )
+    except FileNotFoundError:
+        raise ParamsError(f"params file not found: {path}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError) as error:
+        raise ParamsError(f"{path}: missing or invalid entry ({error})") from None
+    _check(params, path)
+    return params
+
+
+def _preset(name: str, raw: dict) -> Preset:
+    candidates = tuple(
+        Candidate(c["estimator"], {k: list(v) for k, v in c.get("params", {}).items()})
+        for c in raw["candidates"]
+    )
+    return Preset(name, bool(raw["engineered_features"]), bool(raw["log_target"]), candidates)
+
+
+def _check(params: Params, path: Path) -> None:
+    if not 0 < params.test_size < 1:
+        raise ParamsError(f"{path}: split.test_size must be between 0 and 1")
+    if params.cv_folds < 2 or params.search_iterations < 1:
+        raise ParamsError(f"{path}: cv.folds must be >= 2 and cv.search_iterations >= 1")
+    if params.promotion_tolerance < 0:
+        raise ParamsError(f"{path}: promotion.tolerance must be >= 0")
+    params.preset(params.default_preset)
+    for preset in params.presets.values():
+        for candidate in preset.candidates:
+            if candidate.estimator not in ESTIMATORS:
+                raise ParamsError(
+                    f"{path}: preset {preset.name}: unknown estimator {candidate.estimator!r}; "
+                    f"known: {', '.join(ESTIMATORS)}")

@@ -1,0 +1,82 @@
+"""What every step shares: MLflow set-up, step runs, run artifacts, clean CLI failures."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from pyfunc.settings import Settings, SettingsError
+from steps.cleaning import DataError
+from steps.params import ParamsError
+from steps.sources import SourceError
+
+logger = logging.getLogger(__name__)
+
+
+class StepError(RuntimeError):
+    """A step cannot go on; the message says why and what to do."""
+
+
+EXPECTED_ERRORS = (DataError, SourceError, ParamsError, SettingsError, StepError)
+
+
+def configure(settings: Settings) -> None:
+    """Point MLflow at the settings' tracking store and experiment.
+
+    Under `mlflow run` the run already exists (MLFLOW_RUN_ID): its experiment is kept.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(settings.experiment_name)
+
+
+@contextlib.contextmanager
+def step_run(step: str) -> Iterator[mlflow.ActiveRun]:
+    """A run for `step`: nested under the active run if there is one (the `main` chain)."""
+    with mlflow.start_run(run_name=step, nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tag("step", step)
+        yield run
+
+
+def log_frame(frame: pd.DataFrame, artifact_path: str) -> None:
+    """Log `frame` as a parquet artifact at `artifact_path` (e.g. "clean/train.parquet")."""
+    folder, name = os.path.split(artifact_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        frame.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=folder or None)
+
+
+def load_frame(run_id: str, artifact_path: str) -> pd.DataFrame:
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path)
+    except (MlflowException, OSError) as error:
+        raise StepError(f"cannot read {artifact_path} of run {run_id}: {error}") from None
+    return pd.read_parquet(local)
+
+
+def cli_errors(command: Callable) -> Callable:
+    """Turn expected failures into a one-line error and exit code 1, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EXPECTED_ERRORS as error:
+            raise click.ClickException(str(error)) from None
+        except MlflowException as error:
+            raise click.ClickException(f"MLflow: {error.message}") from None
+
+    return wrapper
