@@ -26,6 +26,7 @@ INVALID_JSON = "INVALID_JSON"
 INVALID_FEATURES = "INVALID_FEATURES"
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
 UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+BAD_REQUEST = "BAD_REQUEST"
 NOT_FOUND = "NOT_FOUND"
 METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 UPSTREAM_ERROR = "UPSTREAM_ERROR"
@@ -41,6 +42,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     INVALID_FEATURES: (400, "Wrong shape or values; `errors` names each field and row."),
     PAYLOAD_TOO_LARGE: (413, "The body is larger than the gateway accepts."),
     UNSUPPORTED_MEDIA_TYPE: (415, "Content-Type must be application/json (UTF-8)."),
+    BAD_REQUEST: (400, "The HTTP request itself could not be read."),
     NOT_FOUND: (404, "No such endpoint."),
     METHOD_NOT_ALLOWED: (405, "The endpoint does not accept this method."),
     UPSTREAM_ERROR: (502, "The model server failed or answered something unexpected."),
@@ -87,18 +89,23 @@ def error_response(error: GatewayError) -> Response:
     return json_response(body, error.status, error.headers)
 
 
+_HTTP_CODES = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED, 413: PAYLOAD_TOO_LARGE,
+               415: UNSUPPORTED_MEDIA_TYPE}
+
+
 def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 400
     allowed = sorted(getattr(exc, "valid_methods", None) or ())
     if status == 404:
-        message = f"no endpoint {request.path}; see /docs for the API"
+        message = f"no endpoint {request.path[:200]}; see /docs for the API"
     elif status == 405:
         message = f"{request.path} does not accept {request.method}; allowed: {', '.join(allowed)}"
     else:
         message = exc.description or exc.name
-    code = exc.name.upper().replace(" ", "_").replace("'", "")
+    code = _HTTP_CODES.get(status, BAD_REQUEST if status < 500 else GATEWAY_ERROR)
     headers = {"Allow": ", ".join(allowed)} if allowed else None
-    return error_response(GatewayError(code, message, status=status, headers=headers))
+    return error_response(GatewayError(code, message, status=status if status < 500 else 502,
+                                       headers=headers))
 
 
 def _unexpected(exc: Exception) -> Response:

@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 logger = logging.getLogger(__name__)
 
 MAX_BATCH_LINES = 256
@@ -45,6 +47,14 @@ class RequestRecord:
     upstream_latency_ms: float | None = None
     model_version: str | None = None
     error_code: str | None = None
+    extra: Callable[[], dict[str, Any]] | None = None  # payload fields, run in the background
+
+    def line(self, status: int, latency_ms: float) -> bytes:
+        """The JSON line for this request, newline included."""
+        fields = self.fields(status, latency_ms)
+        if self.extra is not None:
+            fields.update(self.extra())
+        return orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
 
     def fields(self, status: int, latency_ms: float) -> dict[str, Any]:
         """The line's fields, without payloads."""

@@ -97,7 +97,7 @@ def log_model(pipeline, profile: dict, input_example: pd.DataFrame, registered_m
         profile_path.write_text(json.dumps(profile, indent=2))
         return mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT_PATH,
-            python_model=PropertyValuationModel(),
+            python_model=str(Path(__file__).with_name("served.py")),
             artifacts={PIPELINE_ARTIFACT: str(pipeline_path), PROFILE_ARTIFACT: str(profile_path)},
             code_paths=[str(Path(__file__).parent)],
             signature=signature(),

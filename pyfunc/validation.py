@@ -67,18 +67,16 @@ def validate(
             f"on_unknown_category must be one of {', '.join(UNKNOWN_CATEGORY_POLICIES)}, "
             f"got {on_unknown_category!r}",
         )])
-    errors = _column_errors(frame)
-    if errors:
-        raise ValidationError(errors)
     if frame.empty:
         raise ValidationError([FieldError("rows", None, "no rows to price")])
+    errors = _column_errors(frame)
     clean = pd.DataFrame(index=pd.RangeIndex(len(frame)))
     flags = [[] for _ in range(len(frame))]
-    for feature in NUMERIC_FEATURES:
+    for feature in (f for f in NUMERIC_FEATURES if f.name in frame.columns):
         values, problems = _numeric_column(frame[feature.name], feature)
         clean[feature.name] = values
         errors += problems
-    for name in CATEGORICAL_NAMES:
+    for name in (n for n in CATEGORICAL_NAMES if n in frame.columns):
         values, problems = _categorical_column(frame[name], name, known_categories[name],
                                                on_unknown_category, flags)
         clean[name] = values
@@ -124,7 +122,7 @@ def _as_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         [not (v is None or (isinstance(v, (int, float, np.number)) and not isinstance(v, bool)))
          for v in objects], dtype=bool)
     values = np.array([np.nan if bad or v is None else float(v)
-                       for v, bad in zip(objects, not_number)], dtype="float64")
+                       for v, bad in zip(objects, not_number, strict=True)], dtype="float64")
     return values, not_number
 
 
@@ -139,9 +137,9 @@ def _numeric_column(column: pd.Series, feature) -> tuple[np.ndarray, list[FieldE
     errors = _errors_for_rows(name, _rows(not_number), lambda r: (
         f"{name} must be a number (row {r}, got {type(raw[r]).__name__} {raw[r]!r})"))
     errors += _errors_for_rows(name, _rows(not_finite), lambda r: (
-        f"{name} must be a finite number (row {r}, got {values[r]!r})"))
+        f"{name} must be a finite number (row {r}, got {float(values[r])})"))
     errors += _errors_for_rows(name, _rows(out_of_bounds), lambda r: (
-        f"{name} must be between {feature.allowed()}{unit} (row {r}, got {values[r]:g})"))
+        f"{name} must be from {feature.allowed()}{unit} (row {r}, got {values[r]:g})"))
     return values, errors
 
 

@@ -56,7 +56,7 @@ def running(
     env: dict[str, str] | None = None,
     timeout: float = 60,
 ) -> Iterator[subprocess.Popen]:
-    """Run `command` in its own process group until the block ends; ready when `ready_url` is 200."""
+    """Run `command` in its own process group until the block ends; ready when `ready_url` is OK."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
@@ -66,7 +66,8 @@ def running(
         def ready() -> bool:
             if process.poll() is not None:
                 raise RuntimeError(
-                    f"{command[0]} exited with {process.returncode}; log:\n{log_path.read_text()[-3000:]}"
+                    f"{command[0]} exited with {process.returncode}; "
+                    f"log:\n{log_path.read_text()[-3000:]}"
                 )
             return http_ok(ready_url)
 

@@ -1,0 +1,112 @@
+"""The gateway's app factory: `create_app()` wires settings, metrics, auth, proxy and docs.
+
+Run under gunicorn: `gunicorn -c gateway/gunicorn.conf.py 'gateway.app:create_app()'`.
+Nothing happens at import time; each gunicorn worker builds its own app (no preload), hence
+its own connection pool, request-log thread and metric values.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from functools import partial
+
+from flask import Flask, Response, g, request
+
+from gateway import auth, docs, errors, health, metrics, modelinfo, proxy
+from gateway.metrics import GatewayMetrics
+from gateway.modelinfo import ModelInfo
+from gateway.openapi import build_spec
+from gateway.requestlog import RequestLog, RequestRecord
+from gateway.upstream import Upstream
+from pyfunc.settings import Settings
+
+EXTENSION = "gateway"
+OTHER_ENDPOINT = "other"
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The per-app (per-worker) state, kept in `app.extensions["gateway"]`."""
+
+    settings: Settings
+    metrics: GatewayMetrics
+    model_info: ModelInfo
+    upstream: Upstream
+    request_log: RequestLog
+
+    def close(self) -> None:
+        """Flush the request log (gunicorn's worker_exit hook calls this)."""
+        self.request_log.close()
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the gateway; raises SettingsError on unusable settings (e.g. no API key)."""
+    settings = settings or Settings.from_env()
+    gateway = _build(settings)
+    app = Flask(__name__)
+    app.extensions[EXTENSION] = gateway
+    _install_request_hooks(app, gateway)
+    auth.init_app(app, settings,
+                  on_failure=lambda reason: gateway.metrics.auth_failures.labels(reason).inc())
+    errors.init_app(app)
+    proxy.init_app(app, gateway.upstream, gateway.metrics, settings.gateway_max_body_bytes,
+                   settings.gateway_log_payloads)
+    health.init_app(app, gateway.upstream, gateway.model_info)
+    modelinfo.init_app(app, gateway.model_info)
+    metrics.init_app(app, gateway.metrics)
+    docs.init_app(app, build_spec(settings))
+    gateway.model_info.refresh(force=True)
+    return app
+
+
+def _build(settings: Settings) -> Gateway:
+    gauges = GatewayMetrics()
+    return Gateway(
+        settings=settings,
+        metrics=gauges,
+        model_info=ModelInfo(settings.model_info_path, on_change=gauges.model_version_changed),
+        upstream=Upstream(
+            settings.gateway_upstream_url,
+            settings.gateway_connect_timeout_seconds,
+            settings.gateway_read_timeout_seconds,
+            pool_size=max(1, settings.gateway_threads),
+            on_reachable=lambda up: gauges.upstream_up.set(1 if up else 0),
+        ),
+        request_log=RequestLog(settings.gateway_request_log,
+                               on_lost=gauges.request_log_errors.inc),
+    )
+
+
+def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
+    """Open a record before anything else runs; close it (metrics, log line) after."""
+
+    @app.before_request
+    def begin() -> None:
+        g.record = _new_record()
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        record = g.get("record") or _new_record()
+        seconds = time.perf_counter() - record.started
+        endpoint = request.url_rule.rule if request.url_rule else OTHER_ENDPOINT
+        record.model_version = gateway.model_info.version
+        response.headers["X-Request-ID"] = record.request_id
+        response.headers["X-Model-Version"] = record.model_version
+        gateway.metrics.observe_request(endpoint, response.status_code, seconds)
+        gateway.request_log.emit(partial(record.line, response.status_code, seconds * 1000))
+        return response
+
+
+def _new_record() -> RequestRecord:
+    sent = request.headers.get("X-Request-ID", "")
+    request_id = sent if _SANE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+    return RequestRecord(request_id, request.method, request.path[:256])
+
+
+def gateway_of(app: Flask) -> Gateway:
+    """The Gateway state of an app built by `create_app`."""
+    return app.extensions[EXTENSION]

@@ -1,0 +1,84 @@
+"""gunicorn configuration of the gateway.
+
+    gunicorn -c gateway/gunicorn.conf.py 'gateway.app:create_app()'
+
+Everything comes from `Settings.from_env()`: bind GATEWAY_HOST:GATEWAY_PORT (127.0.0.1:8000;
+GATEWAY_HOST=0.0.0.0 in a container), GATEWAY_WORKERS processes of GATEWAY_THREADS threads.
+
+Worker class gthread: the gateway is an I/O-bound proxy; a request spends almost all of its
+time waiting for the model server. Threads let one small process overlap many such waits
+(and keep client and upstream connections alive) without a process per concurrent request,
+which `sync` would need, and without the monkey-patching of gevent/eventlet, which would have
+to patch urllib3 and is not installed. The CPU part (parse, check, log) is short and the GIL
+is released while waiting on sockets. Processes still give parallelism across cores.
+
+Settings are checked here, in the master, before any worker starts: a malformed
+GATEWAY_API_KEYS (or none without GATEWAY_ALLOW_NO_AUTH=true) stops gunicorn at once with a
+one-line message instead of a crash loop of workers.
+
+Prometheus multiprocess mode: PROMETHEUS_MULTIPROC_DIR is set here, before any worker imports
+prometheus_client (the app is not preloaded), to a directory of its own under STATE_DIR,
+emptied when gunicorn starts; `child_exit` marks dead workers so live gauges drop them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from gateway.auth import load_keys
+from pyfunc.settings import Settings, SettingsError
+
+try:
+    _settings = Settings.from_env()
+    load_keys(_settings)
+except SettingsError as _error:
+    sys.exit(f"gateway: {_error}")
+
+METRICS_DIR = _settings.state_dir / f"prometheus-gateway-{_settings.gateway_port}"
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
+
+wsgi_app = "gateway.app:create_app()"
+bind = f"{_settings.gateway_host}:{_settings.gateway_port}"
+workers = _settings.gateway_workers
+worker_class = "gthread"
+threads = _settings.gateway_threads
+preload_app = False  # each worker imports prometheus_client after the variable above is set
+timeout = int(max(30, 2 * _settings.gateway_read_timeout_seconds + 5))  # worker heartbeat
+graceful_timeout = 15
+keepalive = 5
+accesslog = None  # the gateway writes its own request log (GATEWAY_REQUEST_LOG)
+errorlog = "-"
+proc_name = "property-friends-gateway"
+
+
+def on_starting(server) -> None:
+    """Master, before the workers: an empty metrics directory and the gateway's logging."""
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in METRICS_DIR.glob("*.db"):
+        stale.unlink()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+    gateway_logger = logging.getLogger("gateway")
+    gateway_logger.addHandler(handler)
+    gateway_logger.setLevel(logging.INFO)
+    gateway_logger.propagate = False
+    server.log.info("gateway metrics in %s; upstream %s", METRICS_DIR,
+                    _settings.gateway_upstream_url)
+
+
+def worker_exit(server, worker) -> None:
+    """Worker process, on its way out: write the request-log lines still queued."""
+    app = getattr(worker, "wsgi", None)
+    state = getattr(app, "extensions", {}).get("gateway")
+    if state is not None:
+        state.close()
+
+
+def child_exit(server, worker) -> None:
+    """Master: forget the dead worker's live gauges."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

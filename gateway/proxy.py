@@ -1,0 +1,85 @@
+"""POST /invocations: check the body, forward it unchanged to the model server, answer.
+
+The request path does the minimum: content type, size, one orjson parse, a column-wise shape
+check, the upstream call. The model's answer is passed through byte for byte; it is parsed
+later, on the request-log thread, for the price histogram and the logged predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+from typing import Any
+
+import orjson
+from flask import Blueprint, Flask, Response, g
+
+from gateway import body, errors, upstream
+from gateway.errors import GatewayError
+from gateway.metrics import GatewayMetrics
+from gateway.upstream import Upstream
+from gateway.validation import Columns, validate_payload
+from pyfunc.schema import FLAG_COLUMN, PREDICTION_COLUMN
+
+logger = logging.getLogger(__name__)
+
+
+def _count_invalid_fields(metrics: GatewayMetrics, error: GatewayError) -> None:
+    if error.code == errors.INVALID_FEATURES:
+        metrics.count_validation_errors([e["field"] for e in error.errors or ()] or ["other"])
+
+
+def prediction_fields(
+    columns: Columns | None, answer: bytes, metrics: GatewayMetrics
+) -> dict[str, Any]:
+    """Parse the model's answer: observe the prices; the features and predictions to log
+    (when `columns` is given, i.e. GATEWAY_LOG_PAYLOADS is on)."""
+    try:
+        predictions = orjson.loads(answer)["predictions"]
+        rows = [p if isinstance(p, dict) else {PREDICTION_COLUMN: p} for p in predictions]
+        prices = [r.get(PREDICTION_COLUMN) for r in rows]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        logger.warning("could not read the model's predictions: %r", exc)
+        return {"payload_error": "unreadable predictions"}
+    metrics.observe_prices([p for p in prices if type(p) in (int, float) and math.isfinite(p)])
+    if columns is None:
+        return {}
+    return {"features": columns, "predictions": prices,
+            FLAG_COLUMN: [r.get(FLAG_COLUMN, "") for r in rows]}
+
+
+def init_app(
+    app: Flask,
+    client: Upstream,
+    metrics: GatewayMetrics,
+    max_body_bytes: int,
+    log_payloads: bool,
+) -> None:
+    """Serve POST /invocations through `client`."""
+    blueprint = Blueprint("proxy", __name__)
+
+    @blueprint.post("/invocations", endpoint="invocations")
+    def invocations() -> Response:
+        record = g.record
+        content_type = body.require_json()
+        raw = body.read_body(max_body_bytes)
+        try:
+            batch = validate_payload(body.parse_json(raw))
+        except GatewayError as error:
+            _count_invalid_fields(metrics, error)
+            raise
+        record.rows = batch.rows
+        answer = client.predict(raw, content_type, record.request_id)
+        record.upstream_latency_ms = round(answer.seconds * 1000, 3)
+        metrics.upstream_duration.observe(answer.seconds)
+        if answer.status != 200:
+            error = upstream.failure(answer)
+            _count_invalid_fields(metrics, error)
+            raise error
+        metrics.rows_predicted.inc(batch.rows)
+        columns = batch.columns if log_payloads else None
+        record.extra = partial(prediction_fields, columns, answer.body, metrics)
+        return Response(answer.body, status=200, content_type=answer.content_type)
+
+    app.register_blueprint(blueprint)

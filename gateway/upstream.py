@@ -1,0 +1,166 @@
+"""The model server, seen through one pooled keep-alive urllib3 connection pool per worker.
+
+Connect and read timeouts are bounded (GATEWAY_CONNECT_TIMEOUT_SECONDS,
+GATEWAY_READ_TIMEOUT_SECONDS). Failures become gateway errors: refused or unreachable 503
+UPSTREAM_UNAVAILABLE, too slow 504 UPSTREAM_TIMEOUT, the model's validation errors 400
+INVALID_FEATURES (its message without MLflow's dump of the input frame, never a stack trace),
+anything else 502 UPSTREAM_ERROR. A connection dropped before any answer is retried once on a
+new connection (scoring is idempotent; uvicorn closes idle keep-alive connections).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+
+from gateway import errors
+from gateway.errors import GatewayError
+from gateway.validation import problem
+
+logger = logging.getLogger(__name__)
+
+PING_READ_TIMEOUT_SECONDS = 2.0
+MLFLOW_DUMP_PREFIX = "Failed to predict data '"
+MLFLOW_DUMP_END = "\nError: "
+MLFLOW_UNEXPECTED = "Encountered an unexpected error while evaluating the model"
+MAX_MESSAGE_CHARS = 4000
+MAX_ERRORS = 100
+
+
+@dataclass(frozen=True)
+class UpstreamAnswer:
+    """What the model server answered, unparsed."""
+
+    status: int
+    body: bytes
+    content_type: str
+    seconds: float
+
+
+class Upstream:
+    """Client of the model server; `on_reachable(bool)` hears whether it answered."""
+
+    def __init__(
+        self,
+        url: str,
+        connect_timeout: float,
+        read_timeout: float,
+        pool_size: int,
+        on_reachable: Callable[[bool], None] = lambda up: None,
+    ):
+        parts = urlsplit(url)
+        self.url = url
+        self._prefix = parts.path.rstrip("/")
+        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._ping_timeout = urllib3.Timeout(
+            connect=connect_timeout, read=min(read_timeout, PING_READ_TIMEOUT_SECONDS))
+        self._pool = urllib3.connection_from_url(
+            url, maxsize=pool_size, block=False, retries=False, timeout=self._timeout)
+        self._on_reachable = on_reachable
+
+    def predict(self, body: bytes, content_type: str, request_id: str) -> UpstreamAnswer:
+        """POST /invocations; raises GatewayError when no HTTP answer came back."""
+        headers = {"Content-Type": content_type, "X-Request-ID": request_id}
+        started = time.perf_counter()
+        try:
+            response = self._post(body, headers)
+        except (NewConnectionError, ConnectTimeoutError) as exc:
+            self._on_reachable(False)
+            logger.warning("model server %s unreachable: %s", self.url, exc)
+            raise GatewayError(errors.UPSTREAM_UNAVAILABLE,
+                               "the model server is not reachable; try again shortly") from None
+        except ReadTimeoutError:
+            raise GatewayError(errors.UPSTREAM_TIMEOUT,
+                               f"the model server did not answer within "
+                               f"{self._timeout.read_timeout:g} s") from None
+        except HTTPError as exc:
+            logger.warning("model server %s failed: %r", self.url, exc)
+            raise GatewayError(errors.UPSTREAM_ERROR,
+                               "the model server dropped the connection") from None
+        self._on_reachable(True)
+        return UpstreamAnswer(response.status, response.data,
+                              response.headers.get("Content-Type", errors.JSON),
+                              time.perf_counter() - started)
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+        for attempt in (1, 2):
+            try:
+                return self._pool.urlopen("POST", f"{self._prefix}/invocations", body=body,
+                                          headers=headers, retries=False, redirect=False)
+            except ProtocolError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def ping(self) -> bool:
+        """True when GET /ping answers 200; reports reachability either way."""
+        try:
+            response = self._pool.urlopen("GET", f"{self._prefix}/ping", retries=False,
+                                          redirect=False, timeout=self._ping_timeout)
+        except HTTPError:
+            self._on_reachable(False)
+            return False
+        self._on_reachable(response.status == 200)
+        return response.status == 200
+
+
+def failure(answer: UpstreamAnswer) -> GatewayError:
+    """The client-facing error for a non-200 answer of the model server."""
+    if answer.status == 504:
+        return GatewayError(errors.UPSTREAM_TIMEOUT, "the model server timed out on this request")
+    if answer.status == 503:
+        return GatewayError(errors.UPSTREAM_UNAVAILABLE, "the model server is not ready")
+    content = _json_object(answer.body)
+    message = str(content.get("message") or "")
+    if answer.status in (400, 422) and content and not message.startswith(MLFLOW_UNEXPECTED):
+        return GatewayError(errors.INVALID_FEATURES, clean_message(message),
+                            clean_errors(content.get("errors")))
+    logger.error("model server answered %d: %s", answer.status,
+                 clean_message(message) if message else answer.body[:500])
+    return GatewayError(errors.UPSTREAM_ERROR,
+                        f"the model server failed on this request (status {answer.status})")
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        content = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def clean_message(message: str) -> str:
+    """The model's message without MLflow's `Failed to predict data '<frame dump>'` prefix."""
+    if message.startswith(MLFLOW_DUMP_PREFIX):
+        end = message.rfind(MLFLOW_DUMP_END)
+        message = message[end + len(MLFLOW_DUMP_END):] if end >= 0 else "invalid input"
+    message = message.strip() or "invalid input"
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "..."
+
+
+def clean_errors(raw: object) -> list[dict[str, Any]] | None:
+    """The model's `errors` list, keeping only field, row and message of each entry."""
+    if not isinstance(raw, list):
+        return None
+    cleaned = []
+    for entry in raw[:MAX_ERRORS]:
+        if isinstance(entry, dict) and isinstance(entry.get("message"), str):
+            row = entry.get("row")
+            cleaned.append(problem(str(entry.get("field") or "other"),
+                                   row if isinstance(row, int) else None,
+                                   clean_message(entry["message"])))
+    return cleaned or None

@@ -1,0 +1,104 @@
+"""Serve the model named by MODEL_URI with `mlflow models serve`, pinned to one version.
+
+An alias or stage (`models:/property-friends@champion`, `.../Production`) is resolved once, here,
+to a version number; the server is started on exactly that version, and what it serves is
+written to MODEL_INFO_PATH for the gateway (`GET /model`, `X-Model-Version`). Promoting another
+version takes effect at the next start.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from pyfunc.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
+METRIC_TAGS = ("test_mae", "test_rmse", "test_mape", "test_r2")
+
+
+class ServeError(RuntimeError):
+    """The model to serve cannot be found."""
+
+
+def resolve(client: MlflowClient, model_uri: str) -> dict:
+    """What `model_uri` points at now: name, version, alias, pinned uri, run and test metrics."""
+    match = REGISTRY_URI.match(model_uri)
+    if not match:
+        return {"name": None, "version": "unregistered", "alias": None, "uri": model_uri,
+                "run_id": None, "metrics": {}}
+    name, alias, ref = match["name"], match["alias"], match["ref"]
+    try:
+        if alias:
+            version = client.get_model_version_by_alias(name, alias)
+        elif ref.isdigit():
+            version = client.get_model_version(name, ref)
+        else:
+            latest = client.get_latest_versions(name, stages=[ref])
+            if not latest:
+                raise ServeError(f"no version of {name!r} is in stage {ref!r}")
+            version = latest[0]
+    except MlflowException as error:
+        raise ServeError(f"cannot resolve {model_uri}: {error.message}") from None
+    return {
+        "name": name,
+        "version": str(version.version),
+        "alias": alias or ref,
+        "uri": f"models:/{name}/{version.version}",
+        "run_id": version.run_id,
+        "metrics": {k: float(version.tags[k]) for k in METRIC_TAGS if k in version.tags},
+    }
+
+
+def write_info(info: dict, path: Path) -> None:
+    """Write atomically, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    served = {**info, "served_since": now}
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(served, indent=2))
+    partial.replace(path)
+
+
+def serve_command(settings: Settings, uri: str, host: str) -> list[str]:
+    return [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+        "-h", host, "-p", str(settings.model_port), "--workers", str(settings.model_workers),
+        "--timeout", str(settings.model_timeout_seconds),
+    ]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+def main(host: str) -> None:
+    """Resolve MODEL_URI, record it, then become `mlflow models serve` on that version."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = Settings.from_env()
+    os.environ["MLFLOW_TRACKING_URI"] = settings.tracking_uri
+    try:
+        info = resolve(MlflowClient(settings.tracking_uri, settings.tracking_uri),
+                       settings.model_uri)
+    except ServeError as error:
+        raise click.ClickException(str(error)) from None
+    write_info(info, settings.model_info_path)
+    logger.info("serving %s (from %s) on %s:%d", info["uri"], settings.model_uri, host,
+                settings.model_port)
+    bin_dir = str(Path(sys.executable).parent)  # the server runs `uvicorn` from PATH
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    command = serve_command(settings, info["uri"], host)
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

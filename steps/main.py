@@ -1,0 +1,46 @@
+"""Main: the whole chain, ingest -> train -> evaluate -> promote, as nested runs of one run.
+
+Reads:  a data source (`--source`).
+Writes: the runs of each step; a new model version, promoted if the gate lets it through.
+"""
+
+from __future__ import annotations
+
+import click
+import mlflow
+
+from pyfunc.settings import Settings
+from steps.evaluate import run_evaluate
+from steps.ingest import run_ingest
+from steps.params import load_params
+from steps.promote import describe, run_promote
+from steps.tracking import cli_errors, configure, step_run
+from steps.train import run_train
+
+
+@click.command()
+@click.option("--source", default="synthetic", show_default=True,
+              help="Folder with the CSVs, SQLAlchemy URL, or 'synthetic[:seed=..,train_rows=..]'.")
+@click.option("--train", "train_name", default="train", show_default=True,
+              help="Training split: CSV file stem, table name or SELECT query.")
+@click.option("--test", "test_name", default="test", show_default=True,
+              help="Test split; empty to split the training data.")
+@click.option("--preset", default="", help="Preset of params.yaml (default: its `preset`).")
+@click.option("--force-promote", type=bool, default=False, show_default=True,
+              help="true to promote even if the evaluation gate refuses.")
+@cli_errors
+def main(source: str, train_name: str, test_name: str, preset: str, force_promote: bool) -> None:
+    """Run every step; the new version becomes champion only if the gate lets it through."""
+    settings, params = Settings.from_env(), load_params()
+    configure(settings)
+    with step_run("main"):
+        ingest_run_id = run_ingest(source, train_name, test_name, params)
+        _, version = run_train(ingest_run_id, preset, source, params, settings)
+        outcome = run_evaluate(version, ingest_run_id, params, settings)
+        result = run_promote(version, force_promote, settings)
+        mlflow.set_tags({"model_version": version, "verdict": outcome})
+    click.echo(f"version {version}: verdict {outcome}\n{describe(result, settings)}")
+
+
+if __name__ == "__main__":
+    main()
