@@ -162,8 +162,8 @@ def run_evaluate(version: str, ingest_run_id: str, params: Params, settings: Set
 
 def _log(result: Evaluation, model, test: pd.DataFrame, params: Params) -> None:
     mlflow.log_metrics(result.metrics)
-    mlflow.log_metrics({f"test_mae_{s.replace(' ', '_')}": m
-                        for s, m in zip(result.by_sector["sector"], result.by_sector["mae"], strict=True)})
+    sectors = result.by_sector.set_index("sector")["mae"]
+    mlflow.log_metrics({f"test_mae_{s.replace(' ', '_')}": m for s, m in sectors.items()})
     mlflow.log_table(result.by_sector, "mae_by_sector.json")
     mlflow.log_figure(plots.predicted_vs_actual(test[TARGET.name], result.predictions),
                       "plots/predicted_vs_actual.png")
