@@ -50,7 +50,9 @@ graceful_timeout = 15
 keepalive = 5
 accesslog = None  # the gateway writes its own request log (GATEWAY_REQUEST_LOG)
 errorlog = "-"
-proc_name = "property-friends-gateway"
+# gunicorn >= 25 opens a control socket in $HOME by default: one path shared by every
+# gunicorn of the user, outside the project. The gateway needs no runtime control.
+control_socket_disable = True
 
 
 def on_starting(server) -> None:

@@ -1,0 +1,132 @@
+# Property-Friends valuation platform. `make` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STATE := $(CURDIR)/.run
+LOGS := $(STATE)/logs
+DATA ?=
+SAMPLE_DATA := $(CURDIR)/data
+SOURCE = $(if $(DATA),$(DATA),$(SAMPLE_DATA))
+MODEL_PORT ?= 5001
+GATEWAY_PORT ?= 8000
+API_KEY_FILE := $(STATE)/api-key
+STARTUP_SECONDS ?= 90
+
+export PATH := $(BIN):$(PATH)
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export MLFLOW_EXPERIMENT_NAME ?= property-friends
+export STATE_DIR ?= $(STATE)
+export MODEL_PORT GATEWAY_PORT
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: install
+install: $(VENV)/.installed ## create or update the virtualenv (.venv)
+
+.PHONY: system-deps
+system-deps: ## install the Debian servers the tests use (PostgreSQL, Prometheus) when missing
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "missing:$$missing; install with: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null
+
+$(SAMPLE_DATA)/train.csv: | install
+	$(BIN)/python -m steps.generate --out $(SAMPLE_DATA)
+
+.PHONY: data
+data: $(SAMPLE_DATA)/train.csv ## generate the synthetic sample CSVs into data/
+
+.PHONY: pipeline
+pipeline: install $(if $(DATA),,data) ## ingest, train, evaluate, promote (DATA=folder or SQLAlchemy URL)
+	$(BIN)/mlflow run . -e main --env-manager local -P source=$(SOURCE)
+
+.PHONY: run
+run: pipeline serve gateway ## everything from nothing: venv, data, pipeline, model server, gateway
+	@echo
+	@echo "  model server  http://127.0.0.1:$(MODEL_PORT)   (logs: $(LOGS)/model-server.log)"
+	@echo "  gateway       http://127.0.0.1:$(GATEWAY_PORT)   docs: http://127.0.0.1:$(GATEWAY_PORT)/docs"
+	@echo "  API key       $(API_KEY_FILE)"
+	@echo "  MLflow UI     make mlflow-ui  (http://127.0.0.1:5000)"
+	@echo "  try:  curl -s http://127.0.0.1:$(GATEWAY_PORT)/invocations -H \"X-API-Key: \$$(cat $(API_KEY_FILE))\" \\"
+	@echo "          -H 'Content-Type: application/json' \\"
+	@echo "          -d '{\"dataframe_records\": [{\"type\": \"departamento\", \"sector\": \"las condes\", \"net_usable_area\": 140, \"net_area\": 170, \"n_rooms\": 3, \"n_bathroom\": 2, \"latitude\": -33.4172, \"longitude\": -70.5476}]}'"
+	@echo "  stop: make stop"
+
+$(API_KEY_FILE):
+	mkdir -p $(STATE) && umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32), end='')" > $@
+
+.PHONY: serve
+serve: install ## start the model server on MODEL_URI (default: the champion) in the background
+	@$(MAKE) --no-print-directory stop-one NAME=model-server
+	mkdir -p $(LOGS)
+	setsid nohup $(BIN)/python -m pyfunc.serve > $(LOGS)/model-server.log 2>&1 & echo $$! > $(STATE)/model-server.pid
+	@$(MAKE) --no-print-directory wait-for URL=http://127.0.0.1:$(MODEL_PORT)/ping NAME=model-server
+
+.PHONY: gateway
+gateway: install $(API_KEY_FILE) ## start the gateway (gunicorn) in the background
+	@$(MAKE) --no-print-directory stop-one NAME=gateway
+	mkdir -p $(LOGS)
+	GATEWAY_API_KEYS="$${GATEWAY_API_KEYS:-local:sha256:$$(sha256sum < $(API_KEY_FILE) | cut -d' ' -f1)}" \
+	  setsid nohup $(BIN)/gunicorn -c gateway/gunicorn.conf.py > $(LOGS)/gateway.log 2>&1 & echo $$! > $(STATE)/gateway.pid
+	@$(MAKE) --no-print-directory wait-for URL=http://127.0.0.1:$(GATEWAY_PORT)/health NAME=gateway
+
+.PHONY: wait-for
+wait-for:
+	@for i in $$(seq 1 $(STARTUP_SECONDS)); do \
+	  if curl -sf -o /dev/null $(URL); then echo "$(NAME) is up"; exit 0; fi; \
+	  if ! kill -0 $$(cat $(STATE)/$(NAME).pid) 2>/dev/null; then break; fi; sleep 1; done; \
+	echo "$(NAME) did not start; last lines of $(LOGS)/$(NAME).log:"; tail -20 $(LOGS)/$(NAME).log; exit 1
+
+.PHONY: stop
+stop: ## stop the model server and the gateway started by make run
+	@$(MAKE) --no-print-directory stop-one NAME=gateway
+	@$(MAKE) --no-print-directory stop-one NAME=model-server
+
+.PHONY: stop-one
+stop-one:
+	@pidfile=$(STATE)/$(NAME).pid; \
+	if [ -f $$pidfile ]; then \
+	  pid=$$(cat $$pidfile); \
+	  if kill -TERM -- -$$pid 2>/dev/null; then \
+	    for i in $$(seq 1 20); do kill -0 -- -$$pid 2>/dev/null || break; sleep 0.5; done; \
+	    kill -KILL -- -$$pid 2>/dev/null || true; echo "stopped $(NAME)"; fi; \
+	  rm -f $$pidfile; fi
+
+.PHONY: rollback
+rollback: install ## make the previous champion the champion again (then: make serve)
+	$(BIN)/mlflow run . -e rollback --env-manager local
+
+.PHONY: mlflow-ui
+mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 (runs, registry, aliases)
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+.PHONY: lint
+lint: install ## ruff
+	$(BIN)/ruff check .
+
+.PHONY: test
+test: install system-deps ## the test suite: unit and integration (real servers on 127.0.0.1)
+	$(BIN)/pytest -m "not slow"
+
+.PHONY: test-slow
+test-slow: install system-deps ## the slow suites (load, soak, faults)
+	$(BIN)/pytest -m slow
+
+.PHONY: clean
+clean: stop ## remove generated data, runs, models and state (keeps .venv)
+	rm -rf $(SAMPLE_DATA) mlruns mlartifacts mlflow.db $(STATE)

@@ -1,0 +1,104 @@
+"""Prometheus metrics: names, low-cardinality labels, batch observation of prices."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import create_app, gateway_of
+from gateway.metrics import PRICE_BUCKETS_UF, GatewayMetrics, observe_many
+from tests.support.gateway import gateway_settings, write_model_info
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = create_app(gateway_settings(tmp_path))
+    yield app
+    gateway_of(app).close()
+
+
+def sample(app, name: str, **labels: str) -> float | None:
+    return gateway_of(app).metrics.registry.get_sample_value(name, labels)
+
+
+def test_fixed_metric_names_are_exposed(app):
+    client = app.test_client()
+    client.get("/health")
+    text = client.get("/metrics").get_data(as_text=True)
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert {"gateway_requests", "gateway_request_duration_seconds",
+            "gateway_upstream_duration_seconds", "gateway_predicted_price_uf",
+            "gateway_rows_predicted", "gateway_validation_errors", "gateway_auth_failures",
+            "gateway_upstream_up", "gateway_model_info", "gateway_request_log_errors"} <= names
+    assert "gateway_feature_drift" not in names  # reserved for the drift monitor
+
+
+def test_requests_are_counted_by_route_template_never_raw_path(app):
+    client = app.test_client()
+    client.get("/health")
+    client.get("/no/such/path/123")
+    client.get("/another-unknown")
+    assert sample(app, "gateway_requests_total", endpoint="/health", status="200") == 1
+    assert sample(app, "gateway_requests_total", endpoint="other", status="404") == 2
+    assert sample(app, "gateway_request_duration_seconds_count", endpoint="/health") == 1
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "/no/such/path" not in text
+
+
+def test_price_buckets_span_1e3_to_3e5():
+    assert PRICE_BUCKETS_UF[0] == 1_000
+    assert PRICE_BUCKETS_UF[-1] == 300_000
+    assert list(PRICE_BUCKETS_UF) == sorted(PRICE_BUCKETS_UF)
+
+
+def test_observe_many_equals_one_observe_per_value():
+    values = [500.0, 1000.0, 1000.1, 14_500.0, 299_999.0, 300_000.0, 1e7, 12_500.0]
+    batch, single = CollectorRegistry(), CollectorRegistry()
+    by_batch = Histogram("price", "p", buckets=PRICE_BUCKETS_UF, registry=batch)
+    by_value = Histogram("price", "p", buckets=PRICE_BUCKETS_UF, registry=single)
+    observe_many(by_batch, values)
+    for value in values:
+        by_value.observe(value)
+    assert _values(batch) == _values(single)
+
+
+def _values(registry: CollectorRegistry) -> list[tuple[str, dict, float]]:
+    return [(s.name, s.labels, s.value) for family in registry.collect()
+            for s in family.samples if not s.name.endswith("_created")]
+
+
+def test_upstream_up_follows_the_last_outcome(app):
+    app.test_client().get("/ready")
+    assert sample(app, "gateway_upstream_up") == 0
+    gateway_of(app).metrics.upstream_up.set(1)
+    assert sample(app, "gateway_upstream_up") == 1
+
+
+def test_model_info_gauge_follows_the_served_version(tmp_path, app):
+    info = gateway_of(app).model_info
+    assert sample(app, "gateway_model_info", version="unknown") == 1
+    write_model_info(tmp_path / "served-model.json", version="4")
+    info.refresh(force=True)
+    assert sample(app, "gateway_model_info", version="unknown") == 0
+    assert sample(app, "gateway_model_info", version="4") == 1
+
+
+def test_validation_error_fields_are_bounded():
+    metrics = GatewayMetrics()
+    metrics.count_validation_errors(["net_area", "garage", "dataframe_split", "net_area"])
+    registry = metrics.registry
+    assert registry.get_sample_value("gateway_validation_errors_total", {"field": "net_area"}) == 2
+    assert registry.get_sample_value("gateway_validation_errors_total", {"field": "other"}) == 2
+    assert registry.get_sample_value("gateway_validation_errors_total",
+                                     {"field": "garage"}) is None
+
+
+def test_each_app_has_a_fresh_registry(tmp_path):
+    first = create_app(gateway_settings(tmp_path / "a"))
+    first.test_client().get("/health")
+    second = create_app(gateway_settings(tmp_path / "b"))
+    assert sample(first, "gateway_requests_total", endpoint="/health", status="200") == 1
+    assert sample(second, "gateway_requests_total", endpoint="/health", status="200") is None
+    gateway_of(first).close()
+    gateway_of(second).close()

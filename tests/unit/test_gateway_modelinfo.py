@@ -1,0 +1,65 @@
+"""The served-model file: GET /model, X-Model-Version, re-read on change at most once a second."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gateway import modelinfo
+from gateway.app import create_app, gateway_of
+from gateway.modelinfo import ModelInfo
+from tests.support.gateway import ALICE_KEY, gateway_settings, write_model_info
+
+AUTH = {"X-API-Key": ALICE_KEY}
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = create_app(gateway_settings(tmp_path))
+    yield app
+    gateway_of(app).close()
+
+
+def test_model_endpoint_returns_the_file(tmp_path, app):
+    info = write_model_info(tmp_path / "served-model.json", version="3", secret_field="no")
+    gateway_of(app).model_info.refresh(force=True)
+    response = app.test_client().get("/model", headers=AUTH)
+    assert response.status_code == 200
+    assert response.json == {k: info[k] for k in modelinfo.PUBLIC_FIELDS}
+    assert response.headers["X-Model-Version"] == "3"
+
+
+def test_missing_file_is_503_and_version_unknown(app):
+    response = app.test_client().get("/model", headers=AUTH)
+    assert response.status_code == 503
+    assert response.json["error_code"] == "MODEL_INFO_UNAVAILABLE"
+    assert response.headers["X-Model-Version"] == "unknown"
+
+
+def test_unreadable_file_counts_as_missing(tmp_path):
+    path = tmp_path / "served-model.json"
+    path.write_text("{not json")
+    info = ModelInfo(path)
+    assert info.version == "unknown"
+    assert info.current() is None
+
+
+def test_file_is_reread_when_it_changes_but_stat_at_most_once_a_second(tmp_path, monkeypatch):
+    path = tmp_path / "served-model.json"
+    write_model_info(path, version="3")
+    clock = [100.0]
+    monkeypatch.setattr(modelinfo.time, "monotonic", lambda: clock[0])
+    changes: list[tuple[str, str]] = []
+    info = ModelInfo(path, on_change=lambda old, new: changes.append((old, new)))
+    assert info.version == "3"
+    write_model_info(path, version="4")
+    os.utime(path, ns=(1, 10**18))
+    clock[0] += 0.5
+    assert info.version == "3"  # checked less than a second ago
+    clock[0] += 0.6
+    assert info.version == "4"
+    path.unlink()
+    clock[0] += 1.1
+    assert info.version == "unknown"
+    assert changes == [("", "3"), ("3", "4"), ("4", "unknown")]

@@ -1,0 +1,114 @@
+"""The request log: one whole JSON line per request, never blocking, failures counted."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from gateway.app import create_app, gateway_of
+from gateway.requestlog import RequestLog, RequestRecord, iso_utc
+from tests.support.gateway import gateway_settings, read_log
+
+FIELDS = {"time", "request_id", "key_id", "method", "path", "status", "latency_ms",
+          "upstream_latency_ms", "rows", "model_version", "error_code"}
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = create_app(gateway_settings(tmp_path))
+    yield app
+    gateway_of(app).close()
+
+
+def last_line(app, tmp_path) -> dict:
+    gateway_of(app).request_log.flush()
+    return read_log(tmp_path / "requests.jsonl")[-1]
+
+
+def test_401_line(tmp_path, app):
+    response = app.test_client().get("/model", headers={"X-Request-ID": "req-401"})
+    line = last_line(app, tmp_path)
+    assert set(line) == FIELDS
+    assert response.headers["X-Request-ID"] == "req-401"
+    assert {k: v for k, v in line.items() if k not in ("time", "latency_ms")} == {
+        "request_id": "req-401", "key_id": None, "method": "GET", "path": "/model",
+        "status": 401, "upstream_latency_ms": None, "rows": None, "model_version": "unknown",
+        "error_code": "MISSING_API_KEY"}
+    assert line["time"].endswith("Z")
+    assert line["latency_ms"] >= 0
+
+
+def test_503_line(tmp_path, app):
+    app.test_client().get("/ready")
+    line = last_line(app, tmp_path)
+    assert (line["path"], line["status"], line["error_code"]) == (
+        "/ready", 503, "UPSTREAM_UNAVAILABLE")
+
+
+def test_iso_utc():
+    assert iso_utc(0.5) == "1970-01-01T00:00:00.500Z"
+
+
+def test_lines_from_many_threads_stay_whole(tmp_path):
+    lost: list[int] = []
+    log = RequestLog(tmp_path / "deep" / "requests.jsonl", lost.append)
+
+    def emit(worker: int) -> None:
+        for i in range(200):
+            record = RequestRecord(f"{worker}-{i}", "GET", "/x" * 50)
+            log.emit(lambda record=record: record.line(200, 1.0))
+
+    threads = [threading.Thread(target=emit, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.close()
+    ids = [line["request_id"] for line in read_log(tmp_path / "deep" / "requests.jsonl")]
+    assert len(ids) == len(set(ids)) == 1600
+    assert lost == []
+
+
+def test_unwritable_file_counts_lost_lines_and_complains_once(tmp_path, caplog):
+    target = tmp_path / "is-a-directory"
+    target.mkdir()
+    lost: list[int] = []
+    log = RequestLog(target, lost.append)
+    with caplog.at_level(logging.ERROR, logger="gateway.requestlog"):
+        for _ in range(3):
+            log.emit(lambda: b"{}\n")
+            log.flush()
+    log.close()
+    assert sum(lost) == 3
+    complaints = [r for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(complaints) == 1
+
+
+def test_request_still_served_when_log_fails(tmp_path):
+    (tmp_path / "requests.jsonl").mkdir()
+    app = create_app(gateway_settings(tmp_path))
+    assert app.test_client().get("/health").status_code == 200
+    gateway_of(app).request_log.flush()
+    assert gateway_of(app).metrics.registry.get_sample_value(
+        "gateway_request_log_errors_total") == 1
+    gateway_of(app).close()
+
+
+def test_close_writes_queued_lines_and_later_lines_synchronously(tmp_path):
+    log = RequestLog(tmp_path / "requests.jsonl", lambda n: None)
+    for i in range(50):
+        log.emit(lambda i=i: f'{{"n": {i}}}\n'.encode())
+    log.close()
+    log.emit(lambda: b'{"n": 50}\n')
+    assert [line["n"] for line in read_log(tmp_path / "requests.jsonl")] == list(range(51))
+
+
+def test_existing_file_is_appended_to(tmp_path):
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b'{"n": 0}\n')
+    log = RequestLog(path, lambda n: None)
+    log.emit(lambda: b'{"n": 1}\n')
+    log.close()
+    assert [line["n"] for line in read_log(path)] == [0, 1]
