@@ -9,14 +9,17 @@ import pandas as pd
 BUSINESS_DISTRICT = (-33.4150, -70.6010)
 KM_PER_DEGREE = 111.2
 
-ENGINEERED_FEATURES = ("usable_to_total_ratio", "usable_area_per_room", "km_to_business_district")
+ENGINEERED_FEATURES = ("km_to_business_district",)
 
 
 def add_engineered_features(frame: pd.DataFrame) -> pd.DataFrame:
-    """Return `frame` with ratio, per-room area and distance-to-business-district columns."""
+    """Return `frame` with the distance to the business district, in km.
+
+    Area ratios (usable/total, area per room) are left out on purpose: they would make the
+    price depend on usable area through more than one column, and so break the guarantee
+    that more usable area never lowers the price (a monotonic constraint on one column).
+    """
     out = frame.copy()
-    out["usable_to_total_ratio"] = frame["net_usable_area"] / frame["net_area"]
-    out["usable_area_per_room"] = frame["net_usable_area"] / np.maximum(frame["n_rooms"], 1)
     lat0, lon0 = BUSINESS_DISTRICT
     dy = (frame["latitude"] - lat0) * KM_PER_DEGREE
     dx = (frame["longitude"] - lon0) * KM_PER_DEGREE * np.cos(np.radians(lat0))

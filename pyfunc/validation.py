@@ -121,9 +121,16 @@ def _as_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     not_number = np.array(
         [not (v is None or (isinstance(v, (int, float, np.number)) and not isinstance(v, bool)))
          for v in objects], dtype=bool)
-    values = np.array([np.nan if bad or v is None else float(v)
+    values = np.array([np.nan if bad or v is None else _float(v)
                        for v, bad in zip(objects, not_number, strict=True)], dtype="float64")
     return values, not_number
+
+
+def _float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range
+        return float("inf") if value > 0 else float("-inf")
 
 
 def _numeric_column(column: pd.Series, feature) -> tuple[np.ndarray, list[FieldError]]:

@@ -120,11 +120,11 @@ def champion_mae(client: MlflowClient, settings: Settings, version: str,
         champion = client.get_model_version_by_alias(settings.model_name, settings.model_alias)
     except MlflowException:
         return None, None
-    if champion.version == version:
+    if str(champion.version) == str(version):
         return None, None
     try:
         model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{champion.version}")
-        return champion.version, evaluate(model, test).metrics["test_mae"]
+        return str(champion.version), evaluate(model, test).metrics["test_mae"]
     except Exception as error:  # a broken champion must not block its replacement
         logger.warning("champion version %s cannot be scored (%s); treating it as absent",
                        champion.version, error)

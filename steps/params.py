@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from pyfunc.schema import NUMERIC_NAMES
 from pyfunc.settings import PROJECT_DIR
 
 DEFAULT_PARAMS_PATH = PROJECT_DIR / "params.yaml"
 ESTIMATORS = ("GradientBoostingRegressor", "HistGradientBoostingRegressor",
               "RandomForestRegressor", "ExtraTreesRegressor")
+MONOTONIC_ESTIMATORS = ("HistGradientBoostingRegressor", "RandomForestRegressor",
+                        "ExtraTreesRegressor")
 
 
 class ParamsError(ValueError):
@@ -30,6 +33,7 @@ class Preset:
     engineered_features: bool
     log_target: bool
     candidates: tuple[Candidate, ...]
+    monotonic: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
         )
     except FileNotFoundError:
         raise ParamsError(f"params file not found: {path}") from None
+    except ParamsError as error:
+        raise ParamsError(f"{path}: {error}") from None
     except (KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError) as error:
         raise ParamsError(f"{path}: missing or invalid entry ({error})") from None
     _check(params, path)
@@ -73,11 +79,22 @@ def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
 
 
 def _preset(name: str, raw: dict) -> Preset:
+    if not raw["candidates"]:
+        raise ParamsError(f"preset {name}: candidates must list at least one estimator")
     candidates = tuple(
-        Candidate(c["estimator"], {k: list(v) for k, v in c.get("params", {}).items()})
+        Candidate(c["estimator"], {k: _values(name, k, v) for k, v in c.get("params", {}).items()})
         for c in raw["candidates"]
     )
-    return Preset(name, bool(raw["engineered_features"]), bool(raw["log_target"]), candidates)
+    monotonic = {str(k): int(v) for k, v in (raw.get("monotonic") or {}).items()}
+    return Preset(name, bool(raw["engineered_features"]), bool(raw["log_target"]), candidates,
+                  monotonic)
+
+
+def _values(preset: str, param: str, values: object) -> list:
+    if not isinstance(values, list) or not values:
+        raise ParamsError(f"preset {preset}: {param} must be a list of values to search, "
+                          f"e.g. [{values!r}]")
+    return values
 
 
 def _check(params: Params, path: Path) -> None:
@@ -89,8 +106,23 @@ def _check(params: Params, path: Path) -> None:
         raise ParamsError(f"{path}: promotion.tolerance must be >= 0")
     params.preset(params.default_preset)
     for preset in params.presets.values():
+        _check_monotonic(preset, path)
         for candidate in preset.candidates:
             if candidate.estimator not in ESTIMATORS:
                 raise ParamsError(
                     f"{path}: preset {preset.name}: unknown estimator {candidate.estimator!r}; "
                     f"known: {', '.join(ESTIMATORS)}")
+            if preset.monotonic and candidate.estimator not in MONOTONIC_ESTIMATORS:
+                raise ParamsError(
+                    f"{path}: preset {preset.name}: {candidate.estimator} cannot take monotonic "
+                    f"constraints; use one of {', '.join(MONOTONIC_ESTIMATORS)}")
+
+
+def _check_monotonic(preset: Preset, path: Path) -> None:
+    for name, direction in preset.monotonic.items():
+        if name not in NUMERIC_NAMES:
+            raise ParamsError(f"{path}: preset {preset.name}: monotonic: {name!r} is not a "
+                              f"numeric feature ({', '.join(NUMERIC_NAMES)})")
+        if direction not in (-1, 1):
+            raise ParamsError(f"{path}: preset {preset.name}: monotonic: {name} must be 1 "
+                              f"(increasing) or -1 (decreasing), got {direction}")

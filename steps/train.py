@@ -26,10 +26,10 @@ from sklearn.model_selection import KFold, ParameterGrid, RandomizedSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from pyfunc.features import add_engineered_features
+from pyfunc.features import ENGINEERED_FEATURES, add_engineered_features
 from pyfunc.model import log_model
 from pyfunc.profile import build_profile
-from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, TARGET
+from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES, TARGET
 from pyfunc.settings import Settings
 from steps.ingest import CLEAN_TRAIN, run_ingest
 from steps.params import Params, Preset, load_params
@@ -71,6 +71,8 @@ def build_pipeline(preset: Preset, seed: int) -> Pipeline:
     )
     first = preset.candidates[0]
     model = ESTIMATOR_CLASSES[first.estimator](random_state=seed)
+    if preset.monotonic:
+        model.set_params(monotonic_cst=monotonic_constraints(preset))
     if preset.log_target:
         model = TransformedTargetRegressor(regressor=model, func=np.log, inverse_func=np.exp,
                                            check_inverse=False)
@@ -80,11 +82,25 @@ def build_pipeline(preset: Preset, seed: int) -> Pipeline:
     return Pipeline(steps)
 
 
+def model_features(preset: Preset) -> list[str]:
+    """The columns the regressor sees, in order: encoded categories, numeric, engineered."""
+    engineered = ENGINEERED_FEATURES if preset.engineered_features else ()
+    return [*CATEGORICAL_NAMES, *NUMERIC_NAMES, *engineered]
+
+
+def monotonic_constraints(preset: Preset) -> list[int] | None:
+    if not preset.monotonic:
+        return None
+    return [preset.monotonic.get(name, 0) for name in model_features(preset)]
+
+
 def search_space(preset: Preset, seed: int) -> list[dict[str, list]]:
     """One grid per candidate family, in the pipeline's parameter names."""
     prefix = "model__regressor" if preset.log_target else "model"
+    constraints = monotonic_constraints(preset)
+    fixed = {f"{prefix}__monotonic_cst": [constraints]} if constraints else {}
     return [
-        {prefix: [ESTIMATOR_CLASSES[c.estimator](random_state=seed)],
+        {prefix: [ESTIMATOR_CLASSES[c.estimator](random_state=seed)], **fixed,
          **{f"{prefix}__{name}": values for name, values in c.params.items()}}
         for c in preset.candidates
     ]

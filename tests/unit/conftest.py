@@ -1,0 +1,178 @@
+"""Fixtures of the pipeline's unit tests: tiny data, tiny params, a throw-away MLflow store.
+
+Heavy libraries (pandas, scikit-learn, MLflow) are imported inside the fixtures, so the gateway's
+unit tests, which share this folder, do not pay for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.models.model import ModelInfo
+    from sklearn.pipeline import Pipeline
+
+    from steps.params import Params
+
+
+@pytest.fixture(scope="session")
+def params() -> Params:
+    """The committed params.yaml."""
+    from steps.params import load_params
+
+    return load_params()
+
+
+@pytest.fixture(scope="session")
+def tiny_params(params: Params) -> Params:
+    """params.yaml with the smallest cross-validation: 2 folds, 2 candidates searched."""
+    return dataclasses.replace(params, cv_folds=2, search_iterations=2)
+
+
+@pytest.fixture(scope="session")
+def listings() -> pd.DataFrame:
+    """1,500 clean synthetic listings, price included."""
+    from steps.generate import generate_listings
+
+    return generate_listings(1_500, seed=7, dirty=False)
+
+
+@pytest.fixture(scope="session")
+def few_listings() -> pd.DataFrame:
+    """300 clean synthetic listings, price included."""
+    from steps.generate import generate_listings
+
+    return generate_listings(300, seed=3, dirty=False)
+
+
+@pytest.fixture(scope="session")
+def small_pipeline(few_listings: pd.DataFrame) -> Pipeline:
+    """The project's pipeline with a 5-tree forest, fitted on `few_listings`: quick to log."""
+    from pyfunc.schema import FEATURE_NAMES, TARGET
+    from steps.params import Candidate, Preset
+    from steps.train import build_pipeline
+
+    preset = Preset("small", engineered_features=False, log_target=False,
+                    candidates=(Candidate("RandomForestRegressor", {}),))
+    pipeline = build_pipeline(preset, seed=0).set_params(model__n_estimators=5)
+    return pipeline.fit(few_listings[list(FEATURE_NAMES)], few_listings[TARGET.name])
+
+
+@dataclasses.dataclass(frozen=True)
+class Store:
+    """A sqlite tracking store and registry under a temporary folder."""
+
+    root: Path
+    experiment_id: str
+
+    def register(self, pipeline: Pipeline, train: pd.DataFrame, name: str) -> ModelInfo:
+        """Log `pipeline` (profiled on `train`) in a new run; registers a version of `name`."""
+        import mlflow
+
+        from pyfunc.model import log_model
+        from pyfunc.profile import build_profile
+
+        with mlflow.start_run(experiment_id=self.experiment_id):
+            return log_model(pipeline, build_profile(train), train.head(3), name)
+
+    def client(self) -> MlflowClient:
+        from mlflow import MlflowClient
+
+        return MlflowClient()
+
+    def alias(self, name: str, alias: str) -> str | None:
+        """The version an alias points at, as a string, or None when the alias is not set."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client().get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def stages(self, name: str) -> dict[str, str]:
+        """Stage of every version of `name`, by version."""
+        return {str(v.version): v.current_stage
+                for v in self.client().search_model_versions(f"name = '{name}'")}
+
+    @staticmethod
+    def delete_model_files(info: ModelInfo) -> None:
+        """Delete every file of a logged model. MLflow 3 keeps them under the experiment's
+        `models/<model id>/artifacts`, not under the run's own artifact folder."""
+        from urllib.parse import urlparse
+
+        import mlflow
+
+        location = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path)
+        assert (location / "MLmodel").is_file()
+        shutil.rmtree(location)
+
+
+_MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID",
+                     "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+
+
+@contextlib.contextmanager
+def _tracking(root: Path) -> Iterator[str]:
+    """MLflow pointed at `root`/mlflow.db, from `root`, offline; unset again afterwards."""
+    import mlflow
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        for variable in _MLFLOW_VARIABLES:
+            patch.delenv(variable, raising=False)
+        patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        patch.setenv("DO_NOT_TRACK", "true")
+        patch.chdir(root)
+        mlflow.set_tracking_uri(uri)
+        try:
+            assert mlflow.get_registry_uri() == uri
+            yield uri
+        finally:
+            if mlflow.active_run() is not None:
+                mlflow.end_run()
+            mlflow.set_tracking_uri(None)  # unset: back to the environment's or the default
+
+
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty tracking database with MLflow's tables, made once: creating them takes seconds,
+    copying the file takes milliseconds."""
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow-template")
+    with _tracking(root):
+        MlflowClient().search_experiments()
+    return root / "mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory, _empty_store: Path) -> Iterator[Store]:
+    """A throw-away sqlite store for one test module; MLflow is reset to unset afterwards.
+
+    The working directory is the store's folder, so nothing MLflow writes by default lands in
+    the project; telemetry is off, so nothing leaves the machine.
+    """
+    import mlflow
+
+    root = tmp_path_factory.mktemp("mlflow")
+    shutil.copyfile(_empty_store, root / "mlflow.db")
+    with _tracking(root):
+        experiment_id = mlflow.create_experiment(
+            "unit", artifact_location=(root / "artifacts").as_uri())
+        yield Store(root, experiment_id)
+
+
+@pytest.fixture
+def model_name(request: pytest.FixtureRequest) -> str:
+    """A registered-model name unique to the requesting test."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)

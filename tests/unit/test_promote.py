@@ -1,0 +1,190 @@
+"""steps.promote and steps.rollback: the gate, the aliases, the stage mirror, broken versions."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import pytest
+
+from pyfunc.settings import Settings
+from steps.promote import (
+    PREVIOUS_ALIAS,
+    PRODUCTION_STAGE,
+    check_loadable,
+    gate,
+    move_champion,
+    promote,
+)
+from steps.rollback import rollback
+from steps.tracking import StepError
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+    from sklearn.pipeline import Pipeline
+
+    from tests.unit.conftest import Store
+
+CHAMPION = "champion"
+
+
+@pytest.mark.parametrize(("tags", "force", "expected"), [
+    pytest.param({}, True, (True, "forced"), id="forced-unevaluated"),
+    pytest.param({"verdict": "worse"}, True, (True, "forced"), id="forced-worse"),
+    pytest.param({}, False,
+                 (False, "not evaluated: run the evaluate step first (or force)"),
+                 id="not-evaluated"),
+    pytest.param({"verdict": "worse", "test_mae": "2100", "champion_test_mae": "2000"}, False,
+                 (False, "verdict 'worse': test MAE 2100 vs champion 2000 on the same rows"),
+                 id="worse"),
+    pytest.param({"verdict": "better"}, False, (True, "verdict 'better'"), id="better"),
+    pytest.param({"verdict": "within_tolerance"}, False, (True, "verdict 'within_tolerance'"),
+                 id="within-tolerance"),
+    pytest.param({"verdict": "no_champion"}, False, (True, "verdict 'no_champion'"),
+                 id="no-champion"),
+    pytest.param({"verdict": "splendid"}, False,
+                 (False, "verdict 'splendid': test MAE None vs champion None on the same rows"),
+                 id="unknown-verdict"),
+])
+def test_gate(tags: dict[str, str], force: bool, expected: tuple[bool, str]) -> None:
+    assert gate(tags, force) == expected
+
+
+@pytest.fixture
+def versions(mlflow_store: Store, small_pipeline: Pipeline, few_listings: pd.DataFrame,
+             model_name: str) -> list[ModelInfo]:
+    """Versions 1 and 2 of a model named after the test; no alias, no stage."""
+    return [mlflow_store.register(small_pipeline, few_listings, model_name) for _ in range(2)]
+
+
+@pytest.fixture
+def settings(model_name: str) -> Settings:
+    return Settings.from_env({"MODEL_NAME": model_name})
+
+
+def test_move_champion_sets_both_aliases_and_mirrors_the_stage(
+        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    client, name = mlflow_store.client(), settings.model_name
+
+    first = move_champion(client, settings, "1")
+
+    assert first is None
+    assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
+        "1", None)
+    assert mlflow_store.stages(name) == {"1": PRODUCTION_STAGE, "2": "None"}
+
+    second = move_champion(client, settings, "2")
+
+    assert str(second) == "1"
+    assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
+        "2", "1")
+    assert mlflow_store.stages(name) == {"1": "Archived", "2": PRODUCTION_STAGE}
+    for version in ("1", "2"):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00",
+                            client.get_model_version(name, version).tags["promoted_at"])
+
+
+def test_promote_refuses_an_unevaluated_version_and_leaves_the_aliases(
+        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    client, name = mlflow_store.client(), settings.model_name
+    move_champion(client, settings, "1")
+
+    result = promote(client, settings, "2", force=False)
+
+    assert (result.version, result.promoted, result.reason, result.previous) == (
+        "2", False, "not evaluated: run the evaluate step first (or force)", None)
+    assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
+        "1", None)
+    assert mlflow_store.stages(name) == {"1": PRODUCTION_STAGE, "2": "None"}
+
+
+def test_promote_refuses_a_worse_version(mlflow_store: Store, versions: list[ModelInfo],
+                                         settings: Settings) -> None:
+    client, name = mlflow_store.client(), settings.model_name
+    move_champion(client, settings, "1")
+    for key, value in {"verdict": "worse", "test_mae": "2100", "champion_test_mae": "2000"}.items():
+        client.set_model_version_tag(name, "2", key, value)
+
+    result = promote(client, settings, "2", force=False)
+
+    assert (result.promoted, result.reason) == (
+        False, "verdict 'worse': test MAE 2100 vs champion 2000 on the same rows")
+    assert mlflow_store.alias(name, CHAMPION) == "1"
+
+
+def test_promote_moves_the_champion_for_a_passing_verdict(
+        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    client, name = mlflow_store.client(), settings.model_name
+    move_champion(client, settings, "1")
+    client.set_model_version_tag(name, "2", "verdict", "within_tolerance")
+
+    result = promote(client, settings, "2", force=False)
+
+    assert (result.version, result.promoted, result.reason, str(result.previous)) == (
+        "2", True, "verdict 'within_tolerance'", "1")
+    assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
+        "2", "1")
+
+
+def test_promote_names_a_version_that_does_not_exist(
+        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    with pytest.raises(StepError, match=re.escape(
+            f"model {settings.model_name!r} has no version '9'")):
+        promote(mlflow_store.client(), settings, "9", force=True)
+
+
+def test_a_version_without_its_files_is_never_promoted(
+        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    client, name = mlflow_store.client(), settings.model_name
+    move_champion(client, settings, "1")
+    check_loadable(f"models:/{name}/1")
+    mlflow_store.delete_model_files(versions[1])
+    uri = f"models:/{name}/2"
+
+    with pytest.raises(StepError, match=rf"^{re.escape(uri)} cannot be loaded or cannot price "
+                                        r"its input example \(.+\); the champion is unchanged$"):
+        check_loadable(uri)
+    with pytest.raises(StepError, match="the champion is unchanged"):
+        promote(client, settings, "2", force=True)
+
+    assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
+        "1", None)
+    assert mlflow_store.stages(name) == {"1": PRODUCTION_STAGE, "2": "None"}
+
+
+def test_rollback_swaps_champion_and_previous_champion(
+        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    client, name = mlflow_store.client(), settings.model_name
+    move_champion(client, settings, "1")
+    move_champion(client, settings, "2")
+
+    result = rollback(client, settings)
+
+    assert (str(result.version), result.promoted, result.reason, str(result.previous)) == (
+        "1", True, "rollback", "2")
+    assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
+        "1", "2")
+    assert mlflow_store.stages(name) == {"1": PRODUCTION_STAGE, "2": "Archived"}
+
+
+def test_rollback_needs_a_previous_champion(
+        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    move_champion(mlflow_store.client(), settings, "1")
+
+    with pytest.raises(StepError, match=re.escape(
+            f"model {settings.model_name!r} has no 'previous-champion' to roll back to")):
+        rollback(mlflow_store.client(), settings)
+
+
+def test_promoting_the_champion_again_keeps_the_previous_champion(
+        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    client, name = mlflow_store.client(), settings.model_name
+    promote(client, settings, "1", force=True)
+    promote(client, settings, "2", force=True)
+
+    again = promote(client, settings, "2", force=True)
+
+    assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
+        "2", "1")
+    assert (again.version, again.promoted, again.previous) == ("2", True, None)
