@@ -46,7 +46,9 @@ def categorical_shares(values: Iterable[str], categories: Sequence[str]) -> list
     return [s / n for s in shares] if n else shares
 
 
-def feature_drift(reference: Mapping[str, dict], columns: Mapping[str, Sequence]) -> dict[str, float]:
+def feature_drift(
+    reference: Mapping[str, dict], columns: Mapping[str, Sequence]
+) -> dict[str, float]:
     """PSI per feature of `columns` (feature -> recent values) against the training reference.
 
     Features with fewer than MIN_ROWS recent values are left out.

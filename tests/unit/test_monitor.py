@@ -45,7 +45,7 @@ def test_only_successful_rows_are_read_newest_last_and_normalized(tmp_path):
 
 
 def test_a_missing_log_is_named(tmp_path):
-    with pytest.raises(StepError, match="request log .*nope.jsonl does not exist"):
+    with pytest.raises(StepError, match=r"request log .*nope\.jsonl does not exist"):
         recent_columns(tmp_path / "nope.jsonl", 100)
 
 
