@@ -55,7 +55,7 @@ class GatewayMetrics:
         self.rows_predicted = Counter("gateway_rows_predicted", "Rows priced successfully.",
                                       registry=r)
         self.validation_errors = Counter(
-            "gateway_validation_errors", "Invalid feature values, by field (schema name or other).",
+            "gateway_validation_errors", "Requests refused for invalid features, by field.",
             ["field"], registry=r)
         self.auth_failures = Counter("gateway_auth_failures", "Refused requests, by reason.",
                                      ["reason"], registry=r)
@@ -76,9 +76,10 @@ class GatewayMetrics:
         self.request_duration.labels(endpoint).observe(seconds)
 
     def count_validation_errors(self, fields: Iterable[str]) -> None:
-        """Count each invalid field; names outside the schema are counted as "other"."""
-        for field in fields:
-            self.validation_errors.labels(field if field in _FIELDS else OTHER).inc()
+        """Count one rejected request under each field it got wrong (names outside the schema
+        as "other"), however many rows had the problem."""
+        for field in {field if field in _FIELDS else OTHER for field in fields}:
+            self.validation_errors.labels(field).inc()
 
     def observe_prices(self, prices: Sequence[float]) -> None:
         """Add a batch of predicted prices to the price histogram."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -31,10 +32,10 @@ def _count_invalid_fields(metrics: GatewayMetrics, error: GatewayError) -> None:
 
 
 def prediction_fields(
-    columns: Columns | None, answer: bytes, metrics: GatewayMetrics
+    columns: Callable[[], Columns] | None, answer: bytes, metrics: GatewayMetrics
 ) -> dict[str, Any]:
     """Parse the model's answer: observe the prices; the features and predictions to log
-    (when `columns` is given, i.e. GATEWAY_LOG_PAYLOADS is on)."""
+    (when `columns` is given, i.e. GATEWAY_LOG_PAYLOADS is on). Runs on the log's thread."""
     try:
         predictions = orjson.loads(answer)["predictions"]
         rows = [p if isinstance(p, dict) else {PREDICTION_COLUMN: p} for p in predictions]
@@ -45,7 +46,7 @@ def prediction_fields(
     metrics.observe_prices([p for p in prices if type(p) in (int, float) and math.isfinite(p)])
     if columns is None:
         return {}
-    return {"features": columns, "predictions": prices,
+    return {"features": columns(), "predictions": prices,
             FLAG_COLUMN: [r.get(FLAG_COLUMN, "") for r in rows]}
 
 

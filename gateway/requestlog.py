@@ -1,11 +1,11 @@
 """The request log: one JSON line per request, whatever its outcome.
 
-The request path only puts a small closure on a queue; a background thread per worker renders
-the line (parsing the model's answer when payloads are logged) and appends it. The file is
-opened with O_APPEND and every batch of whole lines goes out in one `write`, so gunicorn
-workers never interleave or lose each other's lines. When the file cannot be written, the
-requests are still served: the lost lines are counted and the failure is logged to stderr at
-most once a minute. `close()` (gunicorn's worker_exit hook, or atexit) drains the queue.
+The request path only puts a small closure on a queue; a background thread per worker wakes at
+most every 10 ms, renders the lines (parsing the model's answer when payloads are logged) and
+appends them. The file is opened with O_APPEND and every batch of whole lines goes out in one
+`write`, so gunicorn workers never interleave or lose each other's lines. When the file cannot
+be written, requests are still served: the lost lines are counted and the failure is logged to
+stderr at most once a minute. `close()` (gunicorn's worker_exit hook, or atexit) drains the queue.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import orjson
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH_LINES = 256
+MAX_BATCH_LINES = 512
+LINGER_SECONDS = 0.01
 COMPLAINT_INTERVAL_SECONDS = 60.0
 _STOP = object()
 
@@ -131,6 +132,9 @@ class RequestLog:
     def _run(self) -> None:
         while True:
             items = [self._queue.get()]
+            # Linger so that lines arriving meanwhile share one wake-up and one write: while
+            # this thread sleeps, a request's `put` is a plain append that wakes nobody.
+            time.sleep(LINGER_SECONDS)
             while len(items) < MAX_BATCH_LINES:
                 try:
                     items.append(self._queue.get_nowait())

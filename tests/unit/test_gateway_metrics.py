@@ -84,12 +84,13 @@ def test_model_info_gauge_follows_the_served_version(tmp_path, app):
     assert sample(app, "gateway_model_info", version="4") == 1
 
 
-def test_validation_error_fields_are_bounded():
+def test_validation_errors_count_requests_per_field_with_bounded_labels():
     metrics = GatewayMetrics()
     metrics.count_validation_errors(["net_area", "garage", "dataframe_split", "net_area"])
+    metrics.count_validation_errors(["net_area"])
     registry = metrics.registry
     assert registry.get_sample_value("gateway_validation_errors_total", {"field": "net_area"}) == 2
-    assert registry.get_sample_value("gateway_validation_errors_total", {"field": "other"}) == 2
+    assert registry.get_sample_value("gateway_validation_errors_total", {"field": "other"}) == 1
     assert registry.get_sample_value("gateway_validation_errors_total",
                                      {"field": "garage"}) is None
 
