@@ -7,12 +7,24 @@ distribution of every feature (to measure drift of the traffic later).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from pyfunc.schema import CATEGORICAL_NAMES, NUMERIC_NAMES
 
 REFERENCE_BINS = 10
+PROFILE_PATH = "artifacts/profile.json"  # inside a logged model's directory
+
+
+def load_profile(model_uri: str) -> dict:
+    """The training profile stored with the model at `model_uri` (any MLflow model URI)."""
+    import mlflow
+
+    path = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/{PROFILE_PATH}")
+    return json.loads(Path(path).read_text())
 
 
 def build_profile(train: pd.DataFrame) -> dict:

@@ -20,6 +20,7 @@ import click
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from pyfunc.profile import load_profile
 from pyfunc.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,16 @@ def resolve(client: MlflowClient, model_uri: str) -> dict:
     }
 
 
+def training_reference(model_uri: str) -> dict | None:
+    """The binned training distribution of each feature (for drift), if the model has one."""
+    try:
+        return load_profile(model_uri)["reference"]
+    except (MlflowException, OSError, KeyError, ValueError) as error:
+        logger.warning("no training profile in %s (%s): drift will not be measured",
+                       model_uri, error)
+        return None
+
+
 def write_info(info: dict, path: Path) -> None:
     """Write atomically, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +102,7 @@ def main(host: str) -> None:
                        settings.model_uri)
     except ServeError as error:
         raise click.ClickException(str(error)) from None
+    info["reference"] = training_reference(info["uri"])
     write_info(info, settings.model_info_path)
     logger.info("serving %s (from %s) on %s:%d", info["uri"], settings.model_uri, host,
                 settings.model_port)

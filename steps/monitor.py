@@ -18,13 +18,12 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from pyfunc.drift import DRIFT_THRESHOLD, MIN_ROWS, drifted, feature_drift
+from pyfunc.profile import load_profile
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, normalize_category
 from pyfunc.settings import Settings
 from steps.tracking import StepError, cli_errors, configure, step_run
 
 logger = logging.getLogger(__name__)
-
-PROFILE_PATH = "artifacts/profile.json"
 
 
 def recent_columns(request_log: Path, last_rows: int) -> dict[str, list]:
@@ -49,10 +48,9 @@ def recent_columns(request_log: Path, last_rows: int) -> dict[str, list]:
 
 def reference_profile(model_uri: str) -> dict:
     try:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/{PROFILE_PATH}")
+        return load_profile(model_uri)["reference"]
     except (MlflowException, OSError) as error:
         raise StepError(f"cannot read the training profile of {model_uri}: {error}") from None
-    return json.loads(Path(path).read_text())["reference"]
 
 
 def drift_report(reference: dict, columns: dict[str, list], model_uri: str) -> dict:
