@@ -75,9 +75,9 @@ class Settings:
     gateway_connect_timeout_seconds: float
     gateway_read_timeout_seconds: float
     gateway_metrics_public: bool
-    gateway_host: str = "127.0.0.1"
-    gateway_threads: int = 8
-    gateway_allow_no_auth: bool = False
+    gateway_host: str
+    gateway_threads: int
+    gateway_allow_no_auth: bool
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

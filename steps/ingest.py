@@ -39,15 +39,15 @@ class IngestResult:
 
 def ingest(source: DataSource, params: Params) -> IngestResult:
     """Clean train and test splits; the test split keeps only categories seen in training."""
-    raw_train = source.read("train")
-    raw_test = source.read("test") if source.has_split("test") else None
     where = source.describe()
+    raw_train = source.read("train")
     train = check_schema(raw_train, f"{where} [train]")
-    if raw_test is None:
+    if source.has_split("test"):
+        raw_test = source.read("test")
+        test = check_schema(raw_test, f"{where} [test]")
+    else:
         train, test = train_test_split(train, test_size=params.test_size, random_state=params.seed)
         raw_test = test
-    else:
-        test = check_schema(raw_test, f"{where} [test]")
     clean_train, train_report = clean(train)
     if clean_train.empty:
         raise DataError(f"{where} [train]: no row left after cleaning ({train_report.dropped})")
