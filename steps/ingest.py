@@ -92,13 +92,25 @@ def run_ingest(source_spec: str, train_name: str, test_name: str, params: Params
         return run.info.run_id
 
 
+SOURCE_OPTION = click.option(
+    "--source", default="synthetic", show_default=True,
+    help="Folder with the CSVs, SQLAlchemy URL, or 'synthetic[:seed=..,train_rows=..]'.")
+
+
+def source_options(command):
+    """--source, --train and --test: where the listings come from (shared by ingest and main)."""
+    command = click.option(
+        "--test", "test_name", default="test", show_default=True,
+        help="Test split; empty to split the training data (params.yaml split.test_size).",
+    )(command)
+    command = click.option("--train", "train_name", default="train", show_default=True,
+                           help="Training split: CSV file stem, table name or SELECT query.",
+                           )(command)
+    return SOURCE_OPTION(command)
+
+
 @click.command()
-@click.option("--source", default="synthetic", show_default=True,
-              help="Folder with the CSVs, SQLAlchemy URL, or 'synthetic[:seed=..,train_rows=..]'.")
-@click.option("--train", "train_name", default="train", show_default=True,
-              help="Training split: CSV file stem, table name or SELECT query.")
-@click.option("--test", "test_name", default="test", show_default=True,
-              help="Test split; empty to split the training data (params.yaml split.test_size).")
+@source_options
 @cli_errors
 def main(source: str, train_name: str, test_name: str) -> None:
     """Read, check and clean the listings; log the clean splits and the cleaning report."""

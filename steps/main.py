@@ -11,7 +11,7 @@ import mlflow
 
 from pyfunc.settings import Settings
 from steps.evaluate import run_evaluate
-from steps.ingest import run_ingest
+from steps.ingest import run_ingest, source_options
 from steps.params import load_params
 from steps.promote import describe, run_promote
 from steps.tracking import cli_errors, configure, step_run
@@ -19,12 +19,7 @@ from steps.train import run_train
 
 
 @click.command()
-@click.option("--source", default="synthetic", show_default=True,
-              help="Folder with the CSVs, SQLAlchemy URL, or 'synthetic[:seed=..,train_rows=..]'.")
-@click.option("--train", "train_name", default="train", show_default=True,
-              help="Training split: CSV file stem, table name or SELECT query.")
-@click.option("--test", "test_name", default="test", show_default=True,
-              help="Test split; empty to split the training data.")
+@source_options
 @click.option("--preset", default="", help="Preset of params.yaml (default: its `preset`).")
 @click.option("--force-promote", type=bool, default=False, show_default=True,
               help="true to promote even if the evaluation gate refuses.")

@@ -31,7 +31,7 @@ from pyfunc.model import log_model
 from pyfunc.profile import build_profile
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES, TARGET
 from pyfunc.settings import Settings
-from steps.ingest import CLEAN_TRAIN, run_ingest
+from steps.ingest import CLEAN_TRAIN, SOURCE_OPTION, run_ingest
 from steps.params import Params, Preset, load_params
 from steps.tracking import cli_errors, configure, load_frame, step_run
 
@@ -178,8 +178,7 @@ def run_train(ingest_run_id: str, preset_name: str, source: str, params: Params,
 @click.option("--ingest-run-id", default="", help="Ingest run whose clean data to use; "
               "empty to ingest --source first.")
 @click.option("--preset", default="", help="Preset of params.yaml (default: its `preset`).")
-@click.option("--source", default="synthetic", show_default=True,
-              help="Data source used when --ingest-run-id is empty.")
+@SOURCE_OPTION
 @cli_errors
 def main(ingest_run_id: str, preset: str, source: str) -> None:
     """Fit the model, log it with its CV scores and register a new version."""
