@@ -116,8 +116,9 @@ mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 (runs, registry, aliase
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
 .PHONY: lint
-lint: install ## ruff
+lint: install ## ruff and hadolint
 	$(BIN)/ruff check .
+	$(BIN)/hadolint docker/Dockerfile
 
 .PHONY: test
 test: install system-deps ## the test suite: unit and integration (real servers on 127.0.0.1)
@@ -126,6 +127,10 @@ test: install system-deps ## the test suite: unit and integration (real servers 
 .PHONY: test-slow
 test-slow: install system-deps ## the slow suites (load, soak, faults)
 	$(BIN)/pytest -m slow
+
+.PHONY: bench
+bench: install ## benchmarks: in-process vs model server vs gateway; saves bench-results/bench.json
+	$(BIN)/python -m tests.benchmarks.run --output bench-results/bench.json
 
 .PHONY: clean
 clean: stop ## remove generated data, runs, models and state (keeps .venv)
