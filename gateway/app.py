@@ -2,7 +2,7 @@
 
 Run under gunicorn: `gunicorn -c gateway/gunicorn.conf.py 'gateway.app:create_app()'`.
 Nothing happens at import time; each gunicorn worker builds its own app (no preload), hence
-its own connection pool, request-log thread and metric values.
+its own connection pool, request-log thread, drift window and metric values.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from functools import partial
 from flask import Flask, Response, g, request
 
 from gateway import auth, docs, errors, health, metrics, modelinfo, proxy
+from gateway.drift import DriftMonitor
 from gateway.metrics import GatewayMetrics
 from gateway.modelinfo import ModelInfo
 from gateway.openapi import build_spec
@@ -37,10 +38,13 @@ class Gateway:
     model_info: ModelInfo
     upstream: Upstream
     request_log: RequestLog
+    drift: DriftMonitor
 
     def close(self) -> None:
-        """Flush the request log (gunicorn's worker_exit hook calls this)."""
+        """Flush the request log, then stop the drift monitor (gunicorn's worker_exit hook
+        calls this)."""
         self.request_log.close()
+        self.drift.close()
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -53,8 +57,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.init_app(app, settings,
                   on_failure=lambda reason: gateway.metrics.auth_failures.labels(reason).inc())
     errors.init_app(app)
-    proxy.init_app(app, gateway.upstream, gateway.metrics, settings.gateway_max_body_bytes,
-                   settings.gateway_log_payloads)
+    proxy.init_app(app, gateway.upstream, gateway.metrics, gateway.drift,
+                   settings.gateway_max_body_bytes, settings.gateway_log_payloads)
     health.init_app(app, gateway.upstream, gateway.model_info)
     modelinfo.init_app(app, gateway.model_info)
     metrics.init_app(app, gateway.metrics)
@@ -65,10 +69,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def _build(settings: Settings) -> Gateway:
     gauges = GatewayMetrics()
+    drift = DriftMonitor(gauges.feature_drift)
     return Gateway(
         settings=settings,
         metrics=gauges,
-        model_info=ModelInfo(settings.model_info_path, on_change=gauges.model_version_changed),
+        model_info=ModelInfo(settings.model_info_path, on_change=gauges.model_version_changed,
+                             on_reference=drift.use_reference),
         upstream=Upstream(
             settings.gateway_upstream_url,
             settings.gateway_connect_timeout_seconds,
@@ -78,6 +84,7 @@ def _build(settings: Settings) -> Gateway:
         ),
         request_log=RequestLog(settings.gateway_request_log,
                                on_lost=gauges.request_log_errors.inc),
+        drift=drift,
     )
 
 

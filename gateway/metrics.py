@@ -5,7 +5,8 @@ imports prometheus_client: every worker then writes its values to files in that 
 `/metrics` merges them, so counts add up across workers. Without it (unit tests, one process)
 each app gets its own fresh registry. Labels are few and bounded: endpoint is a route template
 or "other", field a schema name or "other"; never a key, a raw path or a user value.
-`gateway_feature_drift{feature}` is reserved for the drift monitor (another module adds it).
+`gateway_feature_drift{feature}` is set by the drift monitor (`gateway.drift`, which explains its
+"livemax" mode and its -1).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from pyfunc.drift import DRIFT_THRESHOLD
 from pyfunc.schema import FEATURE_NAMES
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -32,6 +34,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 PRICE_BUCKETS_UF = (1_000, 2_000, 3_000, 4_000, 5_000, 7_500, 10_000, 12_500, 15_000, 20_000,
                     25_000, 30_000, 40_000, 50_000, 75_000, 100_000, 150_000, 200_000, 300_000)
 OTHER = "other"
+AUTH_FAILURE_REASONS = ("missing", "invalid")  # what gateway.auth reports
 _FIELDS = frozenset(FEATURE_NAMES)
 
 
@@ -65,10 +68,26 @@ class GatewayMetrics:
         self.model_info = Gauge(
             "gateway_model_info", "1 for the model version being served.", ["version"],
             registry=r, multiprocess_mode="mostrecent")
+        self.feature_drift = Gauge(
+            "gateway_feature_drift",
+            f"PSI of the recent rows against the training data, by feature: 0 = like the "
+            f"training data, above {DRIFT_THRESHOLD:g} a significant shift; -1 = not measured "
+            f"yet for the served model. Maximum over the workers.",
+            ["feature"], registry=r, multiprocess_mode="livemax")
         self.request_log_errors = Counter(
             "gateway_request_log_errors", "Request-log lines that could not be written.",
             registry=r)
+        self._start_at_zero()
         self._exposed = _exposition_registry(self.registry)
+
+    def _start_at_zero(self) -> None:
+        """Expose the known label values of the refusal counters at 0 from the start:
+        `rate()` only sees an increase from a value it has scraped, so a counter that appears
+        at 1 would hide the first refusal from every panel and alert."""
+        for reason in AUTH_FAILURE_REASONS:
+            self.auth_failures.labels(reason)
+        for field in (*FEATURE_NAMES, OTHER):
+            self.validation_errors.labels(field)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration."""

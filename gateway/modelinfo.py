@@ -1,7 +1,9 @@
 """Which model is served: the JSON file the launcher writes before `mlflow models serve` starts.
 
 The file is re-read when its modification time changes, checked at most once a second, so the
-`X-Model-Version` header costs nothing on the request path. `GET /model` returns it.
+`X-Model-Version` header costs nothing on the request path. `GET /model` returns its public
+fields; the training reference (binned distribution of every feature, for the drift monitor)
+is kept apart and never sent.
 """
 
 from __future__ import annotations
@@ -29,15 +31,23 @@ PUBLIC_FIELDS = ("name", "version", "alias", "uri", "run_id", "metrics", "served
 
 class ModelInfo:
     """Cached view of the served-model file; `on_change(old, new)` hears version changes
-    (`old` is "" on the first read)."""
+    (`old` is "" on the first read), `on_reference(reference)` hears that the served model
+    (uri and version) or its training reference changed (reference None: the file has none)."""
 
-    def __init__(self, path: Path, on_change: Callable[[str, str], None] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        on_change: Callable[[str, str], None] | None = None,
+        on_reference: Callable[[dict[str, Any] | None], None] | None = None,
+    ):
         self.path = path
         self._on_change = on_change
+        self._on_reference = on_reference
         self._lock = threading.Lock()
         self._checked_at = float("-inf")
         self._stamp: tuple[int, int] | None = None
         self._info: dict[str, Any] | None = None
+        self._reference: dict[str, Any] | None = None
         self._version = ""  # not read yet: the first refresh always reports a change
 
     @property
@@ -50,6 +60,12 @@ class ModelInfo:
         """The file's public fields, or None when there is no usable file."""
         self.refresh()
         return self._info
+
+    @property
+    def reference(self) -> dict[str, Any] | None:
+        """The served model's training reference (feature -> bins), None when there is none."""
+        self.refresh()
+        return self._reference
 
     def refresh(self, force: bool = False) -> None:
         """Re-read the file if its mtime or size changed; stat at most once a second."""
@@ -74,12 +90,20 @@ class ModelInfo:
         if stamp != self._stamp:
             self._set(stamp, _read(self.path))
 
-    def _set(self, stamp: tuple[int, int] | None, info: dict[str, Any] | None) -> None:
-        old = self._version
-        self._stamp, self._info = stamp, info
-        self._version = str(info.get("version") or UNKNOWN) if info else UNKNOWN
+    def _set(self, stamp: tuple[int, int] | None, data: dict[str, Any] | None) -> None:
+        old, old_model, old_reference = self._version, self._model(), self._reference
+        self._stamp = stamp
+        self._info = {key: data.get(key) for key in PUBLIC_FIELDS} if data else None
+        self._reference = data.get("reference") if data else None
+        self._version = str(data.get("version") or UNKNOWN) if data else UNKNOWN
         if self._on_change and self._version != old:
             self._on_change(old, self._version)
+        if self._on_reference and (self._model() != old_model
+                                   or self._reference != old_reference):
+            self._on_reference(self._reference)
+
+    def _model(self) -> tuple[object, str]:
+        return (self._info or {}).get("uri"), self._version
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -91,7 +115,7 @@ def _read(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         logger.warning("the served-model file %s is not a JSON object", path)
         return None
-    return {key: data.get(key) for key in PUBLIC_FIELDS}
+    return data
 
 
 def init_app(app: Flask, info: ModelInfo) -> None:

@@ -2,7 +2,8 @@
 
 The request path does the minimum: content type, size, one orjson parse, a column-wise shape
 check, the upstream call. The model's answer is passed through byte for byte; it is parsed
-later, on the request-log thread, for the price histogram and the logged predictions.
+later, on the request-log thread, for the price histogram, the drift window and the logged
+predictions.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import orjson
 from flask import Blueprint, Flask, Response, g
 
 from gateway import body, errors, upstream
+from gateway.drift import DriftMonitor
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import Upstream
@@ -32,10 +34,15 @@ def _count_invalid_fields(metrics: GatewayMetrics, error: GatewayError) -> None:
 
 
 def prediction_fields(
-    columns: Callable[[], Columns] | None, answer: bytes, metrics: GatewayMetrics
+    columns: Callable[[], Columns],
+    answer: bytes,
+    metrics: GatewayMetrics,
+    drift: DriftMonitor,
+    log_payloads: bool,
 ) -> dict[str, Any]:
-    """Parse the model's answer: observe the prices; the features and predictions to log
-    (when `columns` is given, i.e. GATEWAY_LOG_PAYLOADS is on). Runs on the log's thread."""
+    """Parse the model's answer: observe the prices, add the rows to the drift window; the
+    features and predictions to log when `log_payloads` (GATEWAY_LOG_PAYLOADS). Runs on the
+    log's thread."""
     try:
         predictions = orjson.loads(answer)["predictions"]
         rows = [p if isinstance(p, dict) else {PREDICTION_COLUMN: p} for p in predictions]
@@ -44,9 +51,13 @@ def prediction_fields(
         logger.warning("could not read the model's predictions: %r", exc)
         return {"payload_error": "unreadable predictions"}
     metrics.observe_prices([p for p in prices if type(p) in (int, float) and math.isfinite(p)])
-    if columns is None:
+    if not (log_payloads or drift.active):
         return {}
-    return {"features": columns(), "predictions": prices,
+    features = columns()
+    drift.observe(features)
+    if not log_payloads:
+        return {}
+    return {"features": features, "predictions": prices,
             FLAG_COLUMN: [r.get(FLAG_COLUMN, "") for r in rows]}
 
 
@@ -54,6 +65,7 @@ def init_app(
     app: Flask,
     client: Upstream,
     metrics: GatewayMetrics,
+    drift: DriftMonitor,
     max_body_bytes: int,
     log_payloads: bool,
 ) -> None:
@@ -79,8 +91,8 @@ def init_app(
             _count_invalid_fields(metrics, error)
             raise error
         metrics.rows_predicted.inc(batch.rows)
-        columns = batch.columns if log_payloads else None
-        record.extra = partial(prediction_fields, columns, answer.body, metrics)
+        record.extra = partial(prediction_fields, batch.columns, answer.body, metrics, drift,
+                               log_payloads)
         return Response(answer.body, status=200, content_type=answer.content_type)
 
     app.register_blueprint(blueprint)

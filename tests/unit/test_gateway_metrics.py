@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app, gateway_of
 from gateway.metrics import PRICE_BUCKETS_UF, GatewayMetrics, observe_many
+from pyfunc.schema import FEATURE_NAMES
 from tests.support.gateway import gateway_settings, write_model_info
 
 
@@ -26,12 +27,13 @@ def test_fixed_metric_names_are_exposed(app):
     client = app.test_client()
     client.get("/health")
     text = client.get("/metrics").get_data(as_text=True)
-    names = {family.name for family in text_string_to_metric_families(text)}
+    families = {family.name: family for family in text_string_to_metric_families(text)}
     assert {"gateway_requests", "gateway_request_duration_seconds",
             "gateway_upstream_duration_seconds", "gateway_predicted_price_uf",
             "gateway_rows_predicted", "gateway_validation_errors", "gateway_auth_failures",
-            "gateway_upstream_up", "gateway_model_info", "gateway_request_log_errors"} <= names
-    assert "gateway_feature_drift" not in names  # reserved for the drift monitor
+            "gateway_upstream_up", "gateway_model_info", "gateway_request_log_errors",
+            "gateway_feature_drift"} <= set(families)
+    assert families["gateway_feature_drift"].samples == []  # no served model, no drift
 
 
 def test_requests_are_counted_by_route_template_never_raw_path(app):
@@ -93,6 +95,15 @@ def test_validation_errors_count_requests_per_field_with_bounded_labels():
     assert registry.get_sample_value("gateway_validation_errors_total", {"field": "other"}) == 1
     assert registry.get_sample_value("gateway_validation_errors_total",
                                      {"field": "garage"}) is None
+
+
+def test_refusal_counters_start_at_zero_for_every_known_label():
+    registry = GatewayMetrics().registry
+    for reason in ("missing", "invalid"):
+        assert registry.get_sample_value("gateway_auth_failures_total", {"reason": reason}) == 0
+    for field in (*FEATURE_NAMES, "other"):
+        assert registry.get_sample_value("gateway_validation_errors_total",
+                                         {"field": field}) == 0
 
 
 def test_each_app_has_a_fresh_registry(tmp_path):
