@@ -113,17 +113,19 @@ def _errors_for_rows(field: str, rows: np.ndarray, describe) -> list[FieldError]
 
 def _as_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Values as float64 and a mask of entries that were not numbers (strings, bools, objects)."""
-    if pd.api.types.is_bool_dtype(column):
+    if pd.api.types.is_bool_dtype(column) or pd.api.types.is_complex_dtype(column):
         return np.full(len(column), np.nan), np.ones(len(column), dtype=bool)
     if pd.api.types.is_numeric_dtype(column):
         return column.to_numpy(dtype="float64", na_value=np.nan), np.zeros(len(column), bool)
     objects = column.to_numpy(dtype=object)
-    not_number = np.array(
-        [not (v is None or (isinstance(v, (int, float, np.number)) and not isinstance(v, bool)))
-         for v in objects], dtype=bool)
+    not_number = np.array([not (v is None or _is_real_number(v)) for v in objects], dtype=bool)
     values = np.array([np.nan if bad or v is None else _float(v)
                        for v, bad in zip(objects, not_number, strict=True)], dtype="float64")
     return values, not_number
+
+
+def _is_real_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _float(value: int | float) -> float:
@@ -158,8 +160,9 @@ def _categorical_column(
     flags: list[list[str]],
 ) -> tuple[list[str | None], list[FieldError]]:
     raw = column.to_numpy(dtype=object)
-    not_text = np.array([not isinstance(v, str) for v in raw], dtype=bool)
-    normalized = [normalize_category(v) if isinstance(v, str) else None for v in raw]
+    not_text = np.array([not _is_text(v) for v in raw], dtype=bool)
+    normalized = [None if bad else normalize_category(v) for v, bad in zip(raw, not_text,
+                                                                           strict=True)]
     known_set = set(known)
     unknown = np.array([v is not None and v not in known_set for v in normalized], dtype=bool)
     errors = _errors_for_rows(name, _rows(not_text), lambda r: (
@@ -172,6 +175,17 @@ def _categorical_column(
         errors += _errors_for_rows(name, _rows(unknown), lambda r: (
             f"{name} {raw[r]!r} is unknown (row {r}); known: {allowed}"))
     return normalized, errors
+
+
+def _is_text(value: object) -> bool:
+    """A string that UTF-8 can carry (a lone surrogate cannot)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _flag_outside_training_range(
