@@ -15,6 +15,7 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+from pyfunc import fastpath
 from pyfunc.schema import (
     CATEGORICAL_NAMES,
     FEATURE_NAMES,
@@ -60,17 +61,31 @@ class PropertyValuationModel(mlflow.pyfunc.PythonModel):
         self._pipeline = joblib.load(context.artifacts[PIPELINE_ARTIFACT])
         profile = json.loads(Path(context.artifacts[PROFILE_ARTIFACT]).read_text())
         self._categories = profile["categories"]
+        self._known = {name: frozenset(values) for name, values in self._categories.items()}
         self._ranges = {name: tuple(bounds) for name, bounds in profile["ranges"].items()}
+        # The pipeline's arithmetic without pandas and per-tree thread start-up; None (use the
+        # pipeline) if its shape is unknown or it disagrees with the pipeline on probe rows.
+        self._fast = fastpath.compile_pipeline(self._pipeline, self._categories, self._ranges)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        policy = (params or {}).get("on_unknown_category", "reject")
+        checked = self._validate(frame, (params or {}).get("on_unknown_category", "reject"))
+        if self._fast is not None:
+            prices = self._fast.predict_columns(checked.columns)
+        else:
+            prices = self._pipeline.predict(checked.frame())
+        return pd.DataFrame({PREDICTION_COLUMN: prices, FLAG_COLUMN: checked.flags})
+
+    def _validate(self, frame: pd.DataFrame, policy: str) -> fastpath.CheckedInput:
+        """A clean request passes numpy checks; anything else gets `validate`'s verdict."""
+        checked = fastpath.check(frame, self._categories, self._ranges, policy, self._known)
+        if checked is not None:
+            return checked
         try:
-            checked = validate(frame, self._categories, self._ranges, policy)
+            return fastpath.CheckedInput.from_validated(
+                validate(frame, self._categories, self._ranges, policy))
         except ValidationError as error:
             raise InvalidInputError(error) from None
-        prices = self._pipeline.predict(checked.frame)
-        return pd.DataFrame({PREDICTION_COLUMN: prices, FLAG_COLUMN: checked.flags})
 
 
 def signature() -> ModelSignature:

@@ -1,0 +1,218 @@
+"""The measurements: the same batches sent one at a time down each path, interleaved round by
+round so that the machine's noise falls on every path alike; and many concurrent keep-alive
+clients for a fixed time, with the CPU each process group spent per request."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tests.benchmarks.bench_client import Batch, Connection, prepare_post, prices
+
+logger = logging.getLogger(__name__)
+
+IN_PROCESS, MODEL_SERVER, GATEWAY = "in-process", "model server", "gateway"
+
+
+class InProcess:
+    """`model.predict(frame)` on the loaded pyfunc model, as the scoring server calls it."""
+
+    name = IN_PROCESS
+
+    def __init__(self, model):
+        self.model = model
+
+    def prepare(self, batch: Batch) -> object:
+        return batch.frame
+
+    def send(self, prepared: object) -> np.ndarray:
+        return self.model.predict(prepared)["price"].to_numpy()
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class Http:
+    """POST /invocations on one keep-alive connection; any status but 200 is an error."""
+
+    def __init__(self, name: str, host: str, port: int, headers: Mapping[str, str] | None = None):
+        self.name, self.host, self.port = name, host, port
+        self.headers = dict(headers or {})
+        self.connection = Connection(host, port)
+
+    def prepare(self, batch: Batch) -> object:
+        return prepare_post(self.host, self.port, "/invocations", batch.body, self.headers)
+
+    def send(self, prepared: object) -> bytes:
+        status, body = self.connection.send(prepared)
+        if status != 200:
+            raise RuntimeError(f"{self.name} answered {status}: {body[:300]!r}")
+        return body
+
+    def copy(self) -> Http:
+        return Http(self.name, self.host, self.port, self.headers)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+Route = InProcess | Http
+
+
+CpuReader = Callable[[], dict[str, float]]
+
+
+def summarize(seconds: Sequence[float], rows: int,
+              cpu: Mapping[str, float] | None = None) -> dict[str, object]:
+    """Latency percentiles (ms), rows/s from the median and from the total time, and the CPU
+    each process group spent per request (ms)."""
+    values = np.asarray(seconds)
+    return {
+        "n": len(values),
+        "p50_ms": float(np.percentile(values, 50) * 1e3),
+        "p99_ms": float(np.percentile(values, 99) * 1e3),
+        "mean_ms": float(values.mean() * 1e3),
+        "rows_per_s": float(rows / np.median(values)),
+        "rows_per_s_total": float(rows * len(values) / values.sum()),
+        "cpu_ms_per_request": {k: v * 1e3 / len(values) for k, v in (cpu or {}).items()},
+    }
+
+
+def sequential(routes: Sequence[Route], batches: Mapping[int, Sequence[Batch]],
+               counts: Mapping[int, int], rounds: int,
+               cpu: CpuReader = dict) -> dict[str, dict[int, dict]]:
+    """Per path and batch size: `counts[size]` requests, one at a time, spread over `rounds`
+    rounds; each round visits the paths in a rotated order. `cpu()` gives the CPU seconds of
+    the started process groups; this process's own CPU is counted as "benchmark process"."""
+    prepared = {r.name: {size: [r.prepare(b) for b in batches[size]] for size in batches}
+                for r in routes}
+    samples: dict[str, dict[int, list[float]]] = {r.name: {s: [] for s in batches}
+                                                  for r in routes}
+    spent: dict[str, dict[int, dict[str, float]]] = {r.name: {s: {} for s in batches}
+                                                     for r in routes}
+    for route in routes:  # warm-up: first requests open connections and fill caches
+        for size in batches:
+            for request in prepared[route.name][size][:3]:
+                route.send(request)
+    for round_ in range(rounds):
+        order = [routes[(round_ + k) % len(routes)] for k in range(len(routes))]
+        for size, count in counts.items():
+            per_round = max(1, -(-count // rounds))
+            for route in order:
+                pool, times = prepared[route.name][size], samples[route.name][size]
+                before = _cpu_now(cpu)
+                for i in range(per_round):
+                    request = pool[(round_ * per_round + i) % len(pool)]
+                    started = time.perf_counter()
+                    route.send(request)
+                    times.append(time.perf_counter() - started)
+                _add(spent[route.name][size], before, _cpu_now(cpu))
+        logger.info("round %d/%d done", round_ + 1, rounds)
+    return {name: {size: summarize(times, size, spent[name][size])
+                   for size, times in by_size.items()}
+            for name, by_size in samples.items()}
+
+
+def _cpu_now(cpu: CpuReader) -> dict[str, float]:
+    return {**cpu(), "benchmark process": time.process_time()}
+
+
+def _add(total: dict[str, float], before: Mapping[str, float], after: Mapping[str, float]) -> None:
+    for name, seconds in after.items():
+        total[name] = total.get(name, 0.0) + seconds - before[name]
+
+
+def agreement(routes: Sequence[Route], batch: Batch) -> dict[str, float]:
+    """Largest relative difference of each path's prices from the in-process ones."""
+    answers = {}
+    for route in routes:
+        answer = route.send(route.prepare(batch))
+        answers[route.name] = answer if isinstance(answer, np.ndarray) else prices(answer)
+    reference = answers[IN_PROCESS]
+    return {name: float(np.max(np.abs(got - reference) / np.abs(reference)))
+            for name, got in answers.items() if name != IN_PROCESS}
+
+
+@dataclass
+class _Client:
+    """One concurrent client: its connection, its requests and what happened to them."""
+
+    route: Http
+    requests: Sequence[object]
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (finished, seconds)
+    errors: int = 0
+    first_error: str = ""
+
+    def run(self, start: threading.Barrier, stop_at: Callable[[], float], offset: int) -> None:
+        """Send back to back (one request in flight) from `start` until `stop_at()`."""
+        start.wait()
+        i = offset
+        while time.perf_counter() < stop_at():
+            request = self.requests[i % len(self.requests)]
+            i += 1
+            sent = time.perf_counter()
+            try:
+                self.route.send(request)
+            except (OSError, RuntimeError) as error:
+                self.errors += 1
+                self.first_error = self.first_error or repr(error)[:300]
+                self.route.close()
+                continue
+            finished = time.perf_counter()
+            self.latencies.append((finished, finished - sent))
+        self.route.close()
+
+
+def concurrent(route: Http, batches: Sequence[Batch], clients: int, warmup: float,
+               duration: float, cpu: CpuReader) -> dict[str, object]:
+    """`clients` threads, each on its own connection, sending as fast as answers come back.
+
+    Requests that finish inside the measured window (after `warmup`) are counted; `cpu()`
+    (CPU seconds of each started process group) is read at both ends of the window.
+    """
+    workers = [_Client(route.copy(), [route.prepare(b) for b in batches]) for _ in range(clients)]
+    start = threading.Barrier(clients + 1)
+    clock = {"stop_at": float("inf")}  # set just before the clients are released
+    threads = [threading.Thread(target=w.run, args=(start, lambda: clock["stop_at"], k * 7),
+                                daemon=True) for k, w in enumerate(workers)]
+    for thread in threads:
+        thread.start()
+    began = time.perf_counter()
+    clock["stop_at"] = began + warmup + duration + 0.5  # past the window: no tail-off inside
+    start.wait()
+    time.sleep(warmup)
+    cpu_before, client_before = cpu(), time.process_time()
+    time.sleep(duration)
+    cpu_after, client_after = cpu(), time.process_time()
+    for thread in threads:
+        thread.join(timeout=duration + 120)
+    spent = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+    spent["client"] = client_after - client_before
+    window = (began + warmup, began + warmup + duration)
+    inside = [seconds for w in workers for finished, seconds in w.latencies
+              if window[0] <= finished < window[1]]
+    return _load_result(workers, inside, duration, spent)
+
+
+def _load_result(workers: Sequence[_Client], inside: Sequence[float], duration: float,
+                 spent: Mapping[str, float]) -> dict[str, object]:
+    count = len(inside)
+    result: dict[str, object] = {
+        "clients": len(workers),
+        "seconds": duration,
+        "requests": count,
+        "requests_per_s": count / duration,
+        "errors": sum(w.errors for w in workers),
+        "first_error": next((w.first_error for w in workers if w.first_error), ""),
+        "cpu_ms_per_request": {k: (v * 1e3 / count if count else None) for k, v in spent.items()},
+        "cpu_cores_busy": {k: v / duration for k, v in spent.items()},
+    }
+    if inside:
+        result |= {"p50_ms": float(np.percentile(inside, 50) * 1e3),
+                   "p99_ms": float(np.percentile(inside, 99) * 1e3)}
+    return result

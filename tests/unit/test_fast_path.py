@@ -1,0 +1,228 @@
+"""pyfunc.fastpath: the served model's hot path prices exactly as the fitted pipeline does, and
+accepts exactly what `validate` accepts, with the same flags; anything else falls back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pyfunc import fastpath
+from pyfunc.profile import build_profile
+from pyfunc.schema import FEATURE_NAMES, NUMERIC_FEATURES, TARGET, example_listing
+from pyfunc.validation import validate
+from steps.params import Candidate, Preset
+from steps.train import build_pipeline
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+RELATIVE = 1e-9
+SCORED_ROWS = 2_000
+# Batch sizes that take each way through the trees: all trees at once with numpy (1, 40 rows)
+# and scikit-learn's compiled predictor (500, 2,000).
+CHUNKS = (1, 40, 500, SCORED_ROWS)
+
+DEFAULT = Preset("default", engineered_features=True, log_target=True,
+                 candidates=(Candidate("HistGradientBoostingRegressor", {}),),
+                 monotonic={"net_usable_area": 1})
+NOTEBOOK = Preset("notebook", engineered_features=False, log_target=False,
+                  candidates=(Candidate("GradientBoostingRegressor", {}),))
+FOREST = Preset("forest", engineered_features=True, log_target=True,
+                candidates=(Candidate("RandomForestRegressor", {}),))
+SETTINGS = {
+    "default": {"model__regressor__max_iter": 300, "model__regressor__max_leaf_nodes": 31,
+                "model__regressor__early_stopping": False},
+    "notebook": {"model__n_estimators": 50, "model__max_depth": 5},
+    "forest": {"model__regressor__n_estimators": 20},
+}
+
+
+def features(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[list(FEATURE_NAMES)].reset_index(drop=True)
+
+
+def fitted(preset: Preset, train: pd.DataFrame) -> Pipeline:
+    """On one thread: OpenMP teams on a busy machine make fitting many times slower."""
+    from threadpoolctl import threadpool_limits
+
+    pipeline = build_pipeline(preset, seed=0).set_params(**SETTINGS[preset.name])
+    with threadpool_limits(1):
+        return pipeline.fit(features(train), train[TARGET.name])
+
+
+@pytest.fixture(scope="module")
+def scored() -> pd.DataFrame:
+    """2,000 listings the pipelines have not seen, some of them in a sector nobody knows."""
+    from steps.generate import generate_listings
+
+    frame = features(generate_listings(SCORED_ROWS, seed=11, dirty=False))
+    frame.loc[frame.index % 97 == 5, "sector"] = "isla de pascua"
+    return frame
+
+
+@pytest.fixture(scope="module")
+def profile(listings: pd.DataFrame) -> dict:
+    return build_profile(listings)
+
+
+@pytest.fixture(scope="module")
+def fits(listings: pd.DataFrame) -> Callable[[Preset], Pipeline]:
+    """Each preset's pipeline fitted on `listings`, once per module."""
+    cache: dict[str, Pipeline] = {}
+
+    def fit(preset: Preset) -> Pipeline:
+        if preset.name not in cache:
+            cache[preset.name] = fitted(preset, listings)
+        return cache[preset.name]
+
+    return fit
+
+
+@pytest.fixture(params=[DEFAULT, NOTEBOOK, FOREST], ids=lambda p: p.name)
+def pipeline(request: pytest.FixtureRequest, fits: Callable[[Preset], Pipeline]) -> Pipeline:
+    return fits(request.param)
+
+
+def relative_difference(got: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.max(np.abs(got - expected) / np.abs(expected)))
+
+
+def test_fast_path_prices_like_the_pipeline(pipeline: Pipeline, profile: dict,
+                                            scored: pd.DataFrame) -> None:
+    from threadpoolctl import threadpool_limits
+
+    fast = fastpath.compile_pipeline(pipeline, profile["categories"], _ranges(profile))
+    with threadpool_limits(1):
+        expected = pipeline.predict(scored)
+
+    assert fast is not None
+    for size in CHUNKS:
+        got = np.concatenate([fast.predict(scored.iloc[start:start + size])
+                              for start in range(0, min(len(scored), 4 * size), size)])
+        assert got.shape == expected[:len(got)].shape
+        assert relative_difference(got, expected[:len(got)]) <= RELATIVE, f"batches of {size}"
+
+
+def test_the_default_model_takes_both_ways_through_its_trees(profile: dict, fits) -> None:
+    fast = fastpath.compile_pipeline(fits(DEFAULT), profile["categories"], _ranges(profile))
+
+    assert fast is not None and fast.trees is not None and fast.inverse_exp
+    assert len(fast.trees.roots) == 300
+    assert 1 * 300 <= fastpath.VECTORIZED_MAX_CELLS < 500 * 300
+
+
+def test_trees_send_missing_values_where_scikit_learn_does(fits) -> None:
+    regressor = fits(DEFAULT).named_steps["model"].regressor_
+    trees = fastpath.Trees.from_estimator(regressor)
+    rng = np.random.default_rng(3)
+    matrix = rng.uniform(-1, 1, (600, regressor.n_features_in_)) * [1, 1, 300, 500, 3, 2, 0.1,
+                                                                    0.1, 10]
+    matrix += [9.5, 9.5, 150, 300, 3, 2, -33.45, -70.6, 10]
+    matrix[rng.uniform(size=matrix.shape) < 0.2] = np.nan
+
+    expected = regressor.predict(matrix)  # squared error: the raw prediction itself
+
+    assert trees is not None
+    assert relative_difference(trees.raw_predict(matrix[:3]), expected[:3]) <= RELATIVE
+    assert relative_difference(trees.raw_predict(matrix), expected) <= RELATIVE
+
+
+def test_an_unknown_pipeline_shape_has_no_fast_path(profile: dict, fits,
+                                                    listings: pd.DataFrame) -> None:
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipeline = fits(NOTEBOOK)
+    scaled = Pipeline([*pipeline.steps[:-1], ("scale", StandardScaler()), pipeline.steps[-1]])
+    scaled.fit(features(listings), listings[TARGET.name])
+
+    assert fastpath.compile_pipeline(scaled, profile["categories"], _ranges(profile)) is None
+
+
+def test_a_fast_path_that_disagrees_is_refused(profile: dict, fits,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath, "km_to_business_district", lambda lat, lon: lat * 0)
+
+    # Without the engineered feature the notebook's model is unaffected; the forest is not.
+    assert fastpath.compile_pipeline(fits(NOTEBOOK), profile["categories"], _ranges(profile))
+    assert fastpath.compile_pipeline(fits(FOREST), profile["categories"], _ranges(profile)) is None
+
+
+def _ranges(profile: dict) -> dict[str, tuple[float, float]]:
+    return {name: tuple(bounds) for name, bounds in profile["ranges"].items()}
+
+
+KNOWN = {"type": ["casa", "departamento"], "sector": ["las condes", "nunoa", "vitacura"]}
+WIDE = {f.name: (f.minimum, f.maximum) for f in NUMERIC_FEATURES}
+NARROW = {**WIDE, "net_usable_area": (50.0, 200.0), "net_area": (60.0, 250.0),
+          "latitude": (-33.5, -33.3)}
+
+
+def messy_listings(rows: int = 60) -> pd.DataFrame:
+    """Valid listings in untidy spellings, some outside NARROW's training ranges."""
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame.from_records([example_listing() for _ in range(rows)])
+    frame["type"] = rng.choice(["Casa", " DEPARTAMENTO", "departamento", "casa "], rows)
+    frame["sector"] = rng.choice(["Las Condes", "Ñuñoa", "  VITACURA", "nunoa"], rows)
+    frame["net_usable_area"] = rng.uniform(20, 400, rows)
+    frame["net_area"] = rng.integers(30, 600, rows)  # integers: an int64 column
+    frame["latitude"] = rng.uniform(-33.6, -33.2, rows)
+    return frame
+
+
+@pytest.mark.parametrize("ranges", [WIDE, NARROW], ids=["wide", "narrow"])
+@pytest.mark.parametrize("policy", ["reject", "flag"])
+def test_clean_input_is_checked_exactly_as_validate_does(ranges: dict, policy: str) -> None:
+    frame = messy_listings()[list(reversed(FEATURE_NAMES))]
+    frame.index = range(100, 100 + len(frame))
+
+    fast = fastpath.check(frame, KNOWN, ranges, policy)
+    slow = validate(frame, KNOWN, ranges, policy)
+
+    assert fast is not None
+    assert fast.flags == slow.flags
+    assert any(fast.flags) == (ranges is NARROW)
+    pd.testing.assert_frame_equal(fast.frame(), slow.frame)
+
+
+def test_flag_policy_flags_unknown_categories_first_as_validate_does() -> None:
+    frame = messy_listings(6)
+    frame.loc[[1, 4], "sector"] = ["Marte", "Saturno"]
+    frame.loc[4, "type"] = "oficina"
+
+    fast = fastpath.check(frame, KNOWN, NARROW, "flag")
+    slow = validate(frame, KNOWN, NARROW, "flag")
+
+    assert fast is not None
+    assert fast.flags == slow.flags
+    assert fast.flags[4].startswith("type,sector")
+    assert fast.columns["sector"].tolist() == slow.frame["sector"].tolist()
+
+
+BAD = [
+    pytest.param(lambda f: f.assign(net_area=f["net_area"].astype(str)), id="numbers-as-text"),
+    pytest.param(lambda f: f.assign(n_rooms=True), id="booleans"),
+    pytest.param(lambda f: f.assign(latitude=np.nan), id="nan"),
+    pytest.param(lambda f: f.assign(net_area=np.inf), id="inf"),
+    pytest.param(lambda f: f.assign(n_rooms=25), id="above-bound"),
+    pytest.param(lambda f: f.assign(net_usable_area=-1.0), id="below-bound"),
+    pytest.param(lambda f: f.assign(sector="Marte"), id="unknown-sector-rejected"),
+    pytest.param(lambda f: f.assign(type=5), id="type-as-number"),
+    pytest.param(lambda f: f.assign(sector=[None, *f["sector"][1:]]), id="missing-sector"),
+    pytest.param(lambda f: f.assign(price=1.0), id="extra-column"),
+    pytest.param(lambda f: f.drop(columns="net_area"), id="missing-column"),
+    pytest.param(lambda f: f.iloc[:0], id="no-rows"),
+]
+
+
+@pytest.mark.parametrize("spoil", BAD)
+def test_anything_not_clean_is_left_to_validate(spoil) -> None:
+    assert fastpath.check(spoil(messy_listings(5)), KNOWN, WIDE, "reject") is None
+
+
+def test_an_unknown_policy_is_left_to_validate() -> None:
+    assert fastpath.check(messy_listings(3), KNOWN, WIDE, "guess") is None
