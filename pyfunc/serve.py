@@ -106,6 +106,8 @@ def main(host: str) -> None:
     write_info(info, settings.model_info_path)
     logger.info("serving %s (from %s) on %s:%d", info["uri"], settings.model_uri, host,
                 settings.model_port)
+    # One-row predictions pay for OpenMP thread start-up on every tree; batches barely gain.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     bin_dir = str(Path(sys.executable).parent)  # the server runs `uvicorn` from PATH
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     command = serve_command(settings, info["uri"], host)
