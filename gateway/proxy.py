@@ -1,9 +1,11 @@
-"""POST /invocations: check the body, forward it unchanged to the model server, answer.
+"""POST /invocations: check the body, forward what was checked to the model server, answer.
 
 The request path does the minimum: content type, size, one orjson parse, a column-wise shape
-check, the upstream call. The model's answer is passed through byte for byte; it is parsed
-later, on the request-log thread, for the price histogram, the drift window and the logged
-predictions.
+check, the upstream call. The model server gets the parsed body serialized again, not the
+client's bytes: when a key appears twice in an object, two JSON parsers may keep different
+values, and the model must see the one the gateway checked. The model's answer is passed
+through byte for byte; it is parsed later, on the request-log thread, for the price
+histogram, the drift window and the logged predictions.
 """
 
 from __future__ import annotations
@@ -78,12 +80,13 @@ def init_app(
         content_type = body.require_json()
         raw = body.read_body(max_body_bytes)
         try:
-            batch = validate_payload(body.parse_json(raw))
+            payload = body.parse_json(raw)
+            batch = validate_payload(payload)
         except GatewayError as error:
             _count_invalid_fields(metrics, error)
             raise
         record.rows = batch.rows
-        answer = client.predict(raw, content_type, record.request_id)
+        answer = client.predict(orjson.dumps(payload), content_type, record.request_id)
         record.upstream_latency_ms = round(answer.seconds * 1000, 3)
         metrics.upstream_duration.observe(answer.seconds)
         if answer.status != 200:

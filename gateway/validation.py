@@ -17,13 +17,13 @@ from typing import Any
 
 from gateway import errors
 from gateway.errors import GatewayError
+from pyfunc.reporting import ROWS_SHOWN_PER_PROBLEM, first_names, shown
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES
 
 DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES = (
     "dataframe_split", "dataframe_records", "inputs", "instances")
 FORMATS = (DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES)
 PARAMS = "params"
-ROWS_SHOWN_PER_PROBLEM = 5
 _NUMBER_TYPES = frozenset({int, float})
 _FEATURES = frozenset(FEATURE_NAMES)
 _EXPECTED = ", ".join(FEATURE_NAMES)
@@ -92,10 +92,12 @@ def validate_payload(payload: object) -> Batch:
 
 def _format_key(payload: dict) -> str:
     allowed = ", ".join(FORMATS)
-    unknown = [str(k) for k in payload if k not in FORMATS and k != PARAMS]
+    unknown, hidden = first_names([k for k in payload if k not in FORMATS and k != PARAMS])
     if unknown:
+        more = f" and {hidden} more" if hidden else ""
         raise _fail(unknown[0], None, f"unknown top-level key(s) {', '.join(map(repr, unknown))}"
-                                      f"; send exactly one of: {allowed} (and optionally params)")
+                                      f"{more}; send exactly one of: {allowed} (and optionally "
+                                      "params)")
     present = [k for k in FORMATS if k in payload]
     if len(present) != 1:
         got = f"got {' and '.join(present)}" if present else "got none"
@@ -110,8 +112,11 @@ def _column_problems(names: Sequence[str], row: int | None = None) -> list[dict[
     problems = [problem(n, row, f"{n} is a required column" if row is None
                         else f"{n} is missing (row {row})")
                 for n in FEATURE_NAMES if n not in found]
-    problems += [problem(str(n), row, f"{str(n)!r} is not a feature ({at}expected: {_EXPECTED})")
-                 for n in names if n not in _FEATURES]
+    unknown, hidden = first_names([n for n in names if n not in _FEATURES])
+    problems += [problem(n, row, f"{n!r} is not a feature ({at}expected: {_EXPECTED})")
+                 for n in unknown]
+    if hidden:
+        problems.append(problem("columns", row, f"{at}{hidden} more columns are not features"))
     return problems
 
 
@@ -138,11 +143,16 @@ def _check_split(data: object) -> int:
             or not isinstance(data.get("data"), list):
         raise _fail(DF_SPLIT, None, "dataframe_split must be an object with \"columns\" (a list "
                                     "of names) and \"data\" (a list of rows)")
-    extra = sorted(set(data) - {"columns", "data", "index"})
+    extra, hidden = first_names(sorted(set(data) - {"columns", "data", "index"}))
     if extra:
+        more = f" and {hidden} more" if hidden else ""
         raise _fail(DF_SPLIT, None, f"dataframe_split takes columns, data and index, got "
-                                    f"{', '.join(map(repr, extra))}")
+                                    f"{', '.join(map(repr, extra))}{more}")
     names, rows = data["columns"], data["data"]
+    if "index" in data and not (isinstance(data["index"], list)
+                                and len(data["index"]) == len(rows)):
+        raise _fail("index", None, "dataframe_split.index, when sent, must be a list with one "
+                                   "label per row of data")
     if set(map(type, names)) - {str} or len(set(names)) != len(names):
         raise _fail(DF_SPLIT, None, "dataframe_split.columns must be distinct strings")
     problems = _column_problems(names)
@@ -248,6 +258,4 @@ def _bad_values(
 def _describe_value(name: str, kind: str, row: int, value: Any) -> str:
     if value is None:
         return f"{name} is missing (row {row}, got null)"
-    shown = repr(value)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    return f"{name} must be {kind} (row {row}, got {type(value).__name__} {shown})"
+    return f"{name} must be {kind} (row {row}, got {type(value).__name__} {shown(value)})"

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from pyfunc.reporting import ROWS_SHOWN_PER_PROBLEM, first_names, shown
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_FEATURES, normalize_category
 
-ROWS_SHOWN_PER_PROBLEM = 5
 UNKNOWN_CATEGORY_POLICIES = ("reject", "flag")
 
 
@@ -89,12 +89,14 @@ def validate(
 
 def _column_errors(frame: pd.DataFrame) -> list[FieldError]:
     missing = [n for n in FEATURE_NAMES if n not in frame.columns]
-    unexpected = [str(c) for c in frame.columns if c not in FEATURE_NAMES]
+    unexpected, hidden = first_names([c for c in frame.columns if c not in FEATURE_NAMES])
     errors = [FieldError(n, None, f"{n} is a required column") for n in missing]
     errors += [
         FieldError(c, None, f"{c!r} is not a feature (expected: {', '.join(FEATURE_NAMES)})")
         for c in unexpected
     ]
+    if hidden:
+        errors.append(FieldError("columns", None, f"{hidden} more columns are not features"))
     return errors
 
 
@@ -144,7 +146,7 @@ def _numeric_column(column: pd.Series, feature) -> tuple[np.ndarray, list[FieldE
             (values < feature.minimum) | (values > feature.maximum))
     unit = f" {feature.unit}" if feature.unit else ""
     errors = _errors_for_rows(name, _rows(not_number), lambda r: (
-        f"{name} must be a number (row {r}, got {type(raw[r]).__name__} {raw[r]!r})"))
+        f"{name} must be a number (row {r}, got {type(raw[r]).__name__} {shown(raw[r])})"))
     errors += _errors_for_rows(name, _rows(not_finite), lambda r: (
         f"{name} must be a finite number (row {r}, got {float(values[r])})"))
     errors += _errors_for_rows(name, _rows(out_of_bounds), lambda r: (
@@ -166,14 +168,14 @@ def _categorical_column(
     known_set = set(known)
     unknown = np.array([v is not None and v not in known_set for v in normalized], dtype=bool)
     errors = _errors_for_rows(name, _rows(not_text), lambda r: (
-        f"{name} must be a string (row {r}, got {type(raw[r]).__name__} {raw[r]!r})"))
+        f"{name} must be a string (row {r}, got {type(raw[r]).__name__} {shown(raw[r])})"))
     if on_unknown == "flag":
         for r in _rows(unknown):
             flags[r].append(name)
     else:
         allowed = ", ".join(sorted(known_set))
         errors += _errors_for_rows(name, _rows(unknown), lambda r: (
-            f"{name} {raw[r]!r} is unknown (row {r}); known: {allowed}"))
+            f"{name} {shown(raw[r])} is unknown (row {r}); known: {allowed}"))
     return normalized, errors
 
 

@@ -19,6 +19,7 @@ from tests.support.gateway import ALICE_KEY, gateway_settings, read_log, write_m
 AUTH = {"X-API-Key": ALICE_KEY}
 TERMINATED = {"wsgi.input_terminated": True}  # what gunicorn sets for a chunked body
 ROW = example_listing()
+ROW_VALUES = list(ROW.values())
 
 
 @pytest.fixture
@@ -154,6 +155,12 @@ INVALID_BODIES = [
      "dataframe_split row 1 has 1 values for 8 columns"),
     ("split null", _split([list(ROW.values()), [*list(ROW.values())[:-1], None]]), "longitude",
      1, "longitude is missing (row 1, got null)"),
+    ("split index not a list", {"dataframe_split": {**_split([ROW_VALUES])["dataframe_split"],
+                                                    "index": None}}, "index", None,
+     "dataframe_split.index, when sent, must be a list with one label per row of data"),
+    ("split index too short", {"dataframe_split": {**_split([ROW_VALUES] * 2)["dataframe_split"],
+                                                   "index": [0]}}, "index", None,
+     "dataframe_split.index, when sent, must be a list with one label per row of data"),
     ("inputs string", {"inputs": {**{k: [v, v] for k, v in ROW.items()}, "net_area": [1, "2"]}},
      "net_area", 1, "net_area must be a number (row 1, got str '2')"),
 ]
@@ -324,3 +331,17 @@ def test_wrong_method_is_405_json(client):
     assert response.status_code == 405
     assert response.json["error_code"] == "METHOD_NOT_ALLOWED"
     assert response.headers["Allow"] == "OPTIONS, POST"
+
+
+def test_the_model_server_gets_the_values_the_gateway_checked(client, upstream_calls):
+    """With `net_area` twice, whichever value a parser keeps, the model must see the one the
+    gateway checked: the forwarded body has the key once, with the value that passed."""
+    listing = orjson.dumps({"dataframe_records": [{**ROW, "net_area": "MARK"}]})
+    body = listing.replace(b'"MARK"', b'"evil","net_area":' + orjson.dumps(ROW["net_area"]))
+
+    response = post(client, body)
+
+    assert response.status_code == 200, response.json
+    forwarded = upstream_calls[0][0]
+    assert forwarded.count(b'"net_area"') == 1
+    assert orjson.loads(forwarded) == {"dataframe_records": [ROW]}

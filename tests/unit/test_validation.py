@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pyfunc.reporting import NAMES_SHOWN
 from pyfunc.schema import FEATURE_NAMES, NUMERIC_BY_NAME, NUMERIC_FEATURES, example_listing
 from pyfunc.validation import ROWS_SHOWN_PER_PROBLEM, FieldError, ValidationError, validate
 
@@ -260,3 +261,19 @@ def test_rows_are_positions_not_index_labels() -> None:
 
     assert [e.row for e in error.errors] == [BAD_ROW]
     assert re.search(rf"\(row {BAD_ROW}, got -3\)", str(error))
+
+
+def test_ten_thousand_unknown_columns_and_a_megabyte_value_give_a_short_error() -> None:
+    base = listings(sector="x" * 1_000_000)
+    extra = pd.DataFrame(1.0, index=base.index, columns=[f"extra_{n}" for n in range(10_000)])
+    frame = pd.concat([base, extra], axis=1)
+
+    error = refused(frame)
+
+    unknown = [e for e in error.errors if e.field.startswith("extra_")]
+    assert [e.field for e in unknown] == [f"extra_{n}" for n in range(NAMES_SHOWN)]
+    assert FieldError("columns", None,
+                      f"{10_000 - NAMES_SHOWN} more columns are not features") in error.errors
+    [sector] = [e for e in error.errors if e.field == "sector"]
+    assert sector.row == BAD_ROW and "'xxxxxxxx" in sector.message
+    assert len(str(error)) < 2_000
