@@ -1,11 +1,13 @@
 """The model server, seen through one pooled keep-alive urllib3 connection pool per worker.
 
 Connect and read timeouts are bounded (GATEWAY_CONNECT_TIMEOUT_SECONDS,
-GATEWAY_READ_TIMEOUT_SECONDS). Failures become gateway errors: refused or unreachable 503
-UPSTREAM_UNAVAILABLE, too slow 504 UPSTREAM_TIMEOUT, the model's validation errors 400
-INVALID_FEATURES (its message without MLflow's dump of the input frame, never a stack trace),
-anything else 502 UPSTREAM_ERROR. A connection dropped before any answer is retried once on a
-new connection (scoring is idempotent; uvicorn closes idle keep-alive connections).
+GATEWAY_READ_TIMEOUT_SECONDS); the read timeout bounds the whole answer, not each byte of it,
+so a model server trickling its answer cannot hold a thread. Failures become gateway errors:
+refused or unreachable 503 UPSTREAM_UNAVAILABLE, too slow 504 UPSTREAM_TIMEOUT, the model's
+validation errors 400 INVALID_FEATURES (its message without MLflow's dump of the input frame,
+never a stack trace), anything else 502 UPSTREAM_ERROR. A connection dropped before any answer
+is retried once on a new connection (scoring is idempotent; uvicorn closes idle keep-alive
+connections).
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from urllib3.exceptions import (
 from gateway import errors
 from gateway.errors import GatewayError
 from gateway.validation import problem
+from pyfunc.reporting import cut
 
 logger = logging.getLogger(__name__)
 
 PING_READ_TIMEOUT_SECONDS = 2.0
+READ_CHUNK_BYTES = 64 * 1024
 MLFLOW_DUMP_PREFIX = "Failed to predict data '"
 MLFLOW_DUMP_END = "\nError: "
 MLFLOW_UNEXPECTED = "Encountered an unexpected error while evaluating the model"
@@ -78,12 +82,13 @@ class Upstream:
         started = time.perf_counter()
         try:
             response = self._post(body, headers)
+            content = _read_by(response, time.monotonic() + self._timeout.read_timeout)
         except (NewConnectionError, ConnectTimeoutError) as exc:
             self._on_reachable(False)
             logger.warning("model server %s unreachable: %s", self.url, exc)
             raise GatewayError(errors.UPSTREAM_UNAVAILABLE,
                                "the model server is not reachable; try again shortly") from None
-        except ReadTimeoutError:
+        except (ReadTimeoutError, AnswerTooSlow):
             raise GatewayError(errors.UPSTREAM_TIMEOUT,
                                f"the model server did not answer within "
                                f"{self._timeout.read_timeout:g} s") from None
@@ -92,7 +97,7 @@ class Upstream:
             raise GatewayError(errors.UPSTREAM_ERROR,
                                "the model server dropped the connection") from None
         self._on_reachable(True)
-        return UpstreamAnswer(response.status, response.data,
+        return UpstreamAnswer(response.status, content,
                               response.headers.get("Content-Type", errors.JSON),
                               time.perf_counter() - started)
 
@@ -100,7 +105,8 @@ class Upstream:
         for attempt in (1, 2):
             try:
                 return self._pool.urlopen("POST", f"{self._prefix}/invocations", body=body,
-                                          headers=headers, retries=False, redirect=False)
+                                          headers=headers, retries=False, redirect=False,
+                                          preload_content=False)
             except ProtocolError:
                 if attempt == 2:
                     raise
@@ -135,6 +141,23 @@ def failure(answer: UpstreamAnswer) -> GatewayError:
                         f"the model server failed on this request (status {answer.status})")
 
 
+class AnswerTooSlow(Exception):
+    """The model server's answer was still coming when the read timeout ran out."""
+
+
+def _read_by(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+    """The whole body of `response`, or AnswerTooSlow (the connection closed) after `deadline`.
+    Each read returns what one receive brought, so a trickle is checked as it comes."""
+    chunks = []
+    while chunk := response.read1(READ_CHUNK_BYTES):
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            response.close()
+            raise AnswerTooSlow
+    response.release_conn()
+    return b"".join(chunks)
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         content = orjson.loads(body)
@@ -160,7 +183,7 @@ def clean_errors(raw: object) -> list[dict[str, Any]] | None:
     for entry in raw[:MAX_ERRORS]:
         if isinstance(entry, dict) and isinstance(entry.get("message"), str):
             row = entry.get("row")
-            cleaned.append(problem(str(entry.get("field") or "other"),
+            cleaned.append(problem(cut(str(entry.get("field") or "other")),
                                    row if isinstance(row, int) else None,
                                    clean_message(entry["message"])))
     return cleaned or None
