@@ -15,7 +15,7 @@ from functools import partial
 
 from flask import Flask, Response, g, request
 
-from gateway import auth, docs, errors, health, metrics, modelinfo, proxy
+from gateway import auth, body, docs, errors, health, metrics, modelinfo, proxy
 from gateway.drift import DriftMonitor
 from gateway.metrics import GatewayMetrics
 from gateway.modelinfo import ModelInfo
@@ -105,6 +105,7 @@ def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
         response.headers["X-Model-Version"] = record.model_version
         gateway.metrics.observe_request(endpoint, response.status_code, seconds)
         gateway.request_log.emit(partial(record.line, response.status_code, seconds * 1000))
+        body.discard_unread(gateway.settings.gateway_max_body_bytes)
         return response
 
 

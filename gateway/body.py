@@ -59,6 +59,18 @@ def read_body(limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def discard_unread(limit: int) -> None:
+    """Read and drop the rest of a body of at most `limit` bytes that the answer did not need
+    (401, 403, 415). gunicorn drains only 64 kB of it before the next request and otherwise
+    closes the connection it has just answered with keep-alive: the client's next request on
+    that connection would fail."""
+    length = request.content_length
+    if not length or length > limit:
+        return
+    while request.stream.read(READ_CHUNK_BYTES):
+        pass
+
+
 def _too_large(limit: int, what: str) -> GatewayError:
     return GatewayError(errors.PAYLOAD_TOO_LARGE,
                         f"{what}; the gateway accepts at most {limit} bytes: split the batch")
