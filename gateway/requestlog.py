@@ -5,12 +5,14 @@ most every 10 ms, renders the lines (parsing the model's answer when payloads ar
 appends them. The file is opened with O_APPEND and every batch of whole lines goes out in one
 `write`, so gunicorn workers never interleave or lose each other's lines. When the file cannot
 be written, requests are still served: the lost lines are counted and the failure is logged to
-stderr at most once a minute. `close()` (gunicorn's worker_exit hook, or atexit) drains the queue.
+stderr at most once a minute; half a line left by a disk filling up mid-write is cut off.
+`close()` (gunicorn's worker_exit hook, or atexit) drains the queue.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import queue
@@ -161,14 +163,19 @@ class RequestLog:
     def _append(self, data: bytes, count: int) -> None:
         try:
             fd = self._open()
-            try:
-                written = os.write(fd, data)
-                while written < len(data):  # only on a nearly full disk
-                    written += os.write(fd, data[written:])
-            finally:
-                os.close(fd)
         except OSError as exc:
             self._lost_lines(count, exc)
+            return
+        written = 0
+        try:
+            written = os.write(fd, data)
+            while written < len(data):  # only on a nearly full disk
+                written += os.write(fd, data[written:])
+        except OSError as exc:
+            kept = _cut_partial_line(fd, data, written)
+            self._lost_lines(count - data[:kept].count(b"\n"), exc)
+        finally:
+            os.close(fd)
 
     def _open(self) -> int:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
@@ -186,3 +193,15 @@ class RequestLog:
             self._complained_at = now
             logger.error("request log %s cannot be written (%s); %d line(s) lost so far",
                          self.path, exc, self._lost)
+
+
+def _cut_partial_line(fd: int, data: bytes, written: int) -> int:
+    """After a short write of `data` (a full disk), truncate the file after the last whole line
+    that made it, unless another process appended since; return the bytes of `data` kept."""
+    kept = data.rfind(b"\n", 0, written) + 1
+    if kept < written:
+        with contextlib.suppress(OSError):
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            if os.fstat(fd).st_size == end:
+                os.ftruncate(fd, end - written + kept)
+    return kept
