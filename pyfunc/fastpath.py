@@ -393,8 +393,8 @@ def compile_pipeline(pipeline, known_categories: Mapping[str, Sequence[str]],
         columns = _columns(probe)
         got = np.concatenate([fast.predict_columns({k: v[start:stop] for k, v in columns.items()})
                               for start, stop in ((0, 1), (1, 60), (60, len(probe)))])
-    except Exception:  # an unexpected shape of a fitted object: the pipeline still works
-        logger.warning("no fast path for this pipeline", exc_info=True)
+    except Exception as exc:  # an unexpected shape of a fitted object: the pipeline still works
+        logger.warning("no fast path for this pipeline (%r); predicting with the pipeline", exc)
         return None
     if not np.allclose(got, expected, rtol=RELATIVE_TOLERANCE, atol=0.0):
         worst = float(np.max(np.abs(got - expected) / np.abs(expected)))
