@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.server
 import json
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import requests
 
 from pyfunc.settings import PROJECT_DIR, Settings
 from tests.support.processes import VENV_BIN, free_port, running, subprocess_env
@@ -99,3 +104,113 @@ def running_gateway(
     with running(command, f"{url}/health", state_dir / "gunicorn.log", env=env,
                  timeout=30) as process:
         yield RunningGateway(url, port, process.pid, state_dir, Path(env["GATEWAY_REQUEST_LOG"]))
+
+
+def metric_samples(gateway: RunningGateway) -> dict[tuple[str, frozenset], float]:
+    """Every sample of GET /metrics, keyed by (sample name, frozenset of its label items)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(gateway.metrics_text())
+            for sample in family.samples}
+
+
+def metric_sum(samples: Mapping[tuple[str, frozenset], float], name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels` (0 when none)."""
+    wanted = set(labels.items())
+    return sum(value for (sample, items), value in samples.items()
+               if sample == name and wanted <= items)
+
+
+@contextlib.contextmanager
+def fake_upstream(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stand-in model server on a free port, one thread per connection; yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="fake-upstream", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One kind of request a load client sends: its body, extra headers and row count."""
+
+    kind: str
+    body: bytes
+    rows: int
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What one request of a load got; status 0 when no HTTP answer came back."""
+
+    request_id: str
+    kind: str
+    started: float
+    ended: float
+    status: int
+    error_code: str | None
+    rows: int
+
+
+class LoadClients:
+    """`clients` threads, each with its own keep-alive session, sending `shots` in turn to
+    POST /invocations until `stop()`, or until `max_requests` were sent in all. Every request
+    carries a unique X-Request-ID (`prefix`-client-n); `sent` lists the outcomes."""
+
+    def __init__(self, url: str, shots: list[Shot], clients: int, prefix: str = "load",
+                 pause: float = 0.0, max_requests: int | None = None):
+        self.url = url
+        self.shots = shots
+        self.prefix = prefix
+        self.pause = pause
+        self.max_requests = max_requests
+        self.sent: list[Sent] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(n,), name=f"load-{n}",
+                                          daemon=True) for n in range(clients)]
+
+    def start(self) -> LoadClients:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self, timeout: float = 60) -> list[Sent]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        return self.sent
+
+    def _run(self, client: int) -> None:
+        with requests.Session() as session:
+            n = 0
+            while not self._stop.is_set():
+                with self._lock:
+                    if self.max_requests is not None and len(self.sent) >= self.max_requests:
+                        return
+                shot = self.shots[(n + client) % len(self.shots)]
+                request_id = f"{self.prefix}-{client}-{n}"
+                headers = {"Content-Type": "application/json", "X-Request-ID": request_id,
+                           **shot.headers}
+                started = time.monotonic()
+                try:
+                    response = session.post(f"{self.url}/invocations", data=shot.body,
+                                            headers=headers, timeout=30)
+                    status = response.status_code
+                    code = response.json().get("error_code") if status != 200 else None
+                except (requests.RequestException, ValueError) as error:
+                    status, code = 0, repr(error)
+                with self._lock:
+                    self.sent.append(Sent(request_id, shot.kind, started, time.monotonic(),
+                                          status, code, shot.rows))
+                n += 1
+                if self.pause:
+                    time.sleep(self.pause)
