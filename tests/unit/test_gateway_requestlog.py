@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import pytest
 
 from gateway.app import create_app, gateway_of
-from gateway.requestlog import RequestLog, RequestRecord, iso_utc
+from gateway.requestlog import RequestLog, RequestRecord, _cut_partial_line, iso_utc
 from tests.support.gateway import gateway_settings, read_log
 
 FIELDS = {"time", "request_id", "key_id", "method", "path", "status", "latency_ms",
@@ -112,3 +113,35 @@ def test_existing_file_is_appended_to(tmp_path):
     log.emit(lambda: b'{"n": 1}\n')
     log.close()
     assert [line["n"] for line in read_log(path)] == [0, 1]
+
+
+def _short_write(path, before: bytes, data: bytes, written: int) -> int:
+    """`before` in the file, then the first `written` bytes of `data` as a short write left
+    them; returns what _cut_partial_line kept."""
+    path.write_bytes(before)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, data[:written])
+        return _cut_partial_line(fd, data, written)
+    finally:
+        os.close(fd)
+
+
+def test_a_short_write_keeps_the_whole_lines_and_cuts_the_partial_one(tmp_path):
+    path = tmp_path / "requests.jsonl"
+    data = b'{"n": 1}\n{"n": 2}\n{"n": 3}\n'
+
+    kept = _short_write(path, b'{"n": 0}\n', data, written=data.index(b"3"))
+
+    assert kept == len(b'{"n": 1}\n{"n": 2}\n')
+    assert path.read_bytes() == b'{"n": 0}\n{"n": 1}\n{"n": 2}\n'
+
+
+def test_a_short_write_ending_on_a_line_break_cuts_nothing(tmp_path):
+    path = tmp_path / "requests.jsonl"
+    data = b'{"n": 1}\n{"n": 2}\n'
+
+    kept = _short_write(path, b"", data, written=len(b'{"n": 1}\n'))
+
+    assert kept == len(b'{"n": 1}\n')
+    assert path.read_bytes() == b'{"n": 1}\n'
