@@ -9,6 +9,7 @@ from pathlib import Path
 
 import joblib
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
@@ -20,14 +21,16 @@ from pyfunc.schema import (
     CATEGORICAL_NAMES,
     FEATURE_NAMES,
     FLAG_COLUMN,
+    INVALID_COLUMN,
     NUMERIC_NAMES,
     PREDICTION_COLUMN,
 )
-from pyfunc.validation import ValidationError, validate
+from pyfunc.validation import FieldError, ValidationError, validate, validate_each_row
 
 MODEL_ARTIFACT_PATH = "model"
 PIPELINE_ARTIFACT = "pipeline"
 PROFILE_ARTIFACT = "profile"
+INVALID_ROW_POLICIES = ("reject", "report")
 RUNTIME_PACKAGES = ("mlflow", "scikit-learn", "category_encoders", "pandas", "numpy", "pyarrow",
                     "joblib")
 
@@ -68,13 +71,25 @@ class PropertyValuationModel(mlflow.pyfunc.PythonModel):
         self._fast = fastpath.compile_pipeline(self._pipeline, self._categories, self._ranges)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+        """Prices and flags. With params on_invalid_row="report", a bad row does not refuse the
+        batch: it gets no price and its reason in `invalid_reason` (batch scoring)."""
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        checked = self._validate(frame, (params or {}).get("on_unknown_category", "reject"))
+        params = params or {}
+        policy = params.get("on_unknown_category", "reject")
+        on_invalid_row = params.get("on_invalid_row", "reject")
+        if on_invalid_row == "report":
+            return self._predict_each_row(frame, policy)
+        if on_invalid_row != "reject":
+            raise InvalidInputError(ValidationError([FieldError(
+                "on_invalid_row", None, f"on_invalid_row must be one of "
+                f"{', '.join(INVALID_ROW_POLICIES)}, got {on_invalid_row!r}")]))
+        checked = self._validate(frame, policy)
+        return pd.DataFrame({PREDICTION_COLUMN: self._prices(checked), FLAG_COLUMN: checked.flags})
+
+    def _prices(self, checked: fastpath.CheckedInput) -> np.ndarray:
         if self._fast is not None:
-            prices = self._fast.predict_columns(checked.columns)
-        else:
-            prices = self._pipeline.predict(checked.frame())
-        return pd.DataFrame({PREDICTION_COLUMN: prices, FLAG_COLUMN: checked.flags})
+            return self._fast.predict_columns(checked.columns)
+        return self._pipeline.predict(checked.frame())
 
     def _validate(self, frame: pd.DataFrame, policy: str) -> fastpath.CheckedInput:
         """A clean request passes numpy checks; anything else gets `validate`'s verdict."""
@@ -87,6 +102,25 @@ class PropertyValuationModel(mlflow.pyfunc.PythonModel):
         except ValidationError as error:
             raise InvalidInputError(error) from None
 
+    def _predict_each_row(self, frame: pd.DataFrame, policy: str) -> pd.DataFrame:
+        checked = fastpath.check(frame, self._categories, self._ranges, policy, self._known)
+        reasons: dict[int, str] = {}
+        if checked is None:
+            try:
+                valid, reasons = validate_each_row(frame, self._categories, self._ranges, policy)
+            except ValidationError as error:
+                raise InvalidInputError(error) from None
+            checked = fastpath.CheckedInput.from_validated(valid)
+        priced = np.setdiff1d(np.arange(len(frame)), list(reasons))
+        prices = np.full(len(frame), np.nan)
+        flags = [""] * len(frame)
+        if len(priced):
+            prices[priced] = self._prices(checked)
+            for row, flag in zip(priced.tolist(), checked.flags, strict=True):
+                flags[row] = flag
+        return pd.DataFrame({PREDICTION_COLUMN: prices, FLAG_COLUMN: flags,
+                             INVALID_COLUMN: [reasons.get(r, "") for r in range(len(frame))]})
+
 
 def signature() -> ModelSignature:
     """Columns are optional in the signature so that the model's validator, not MLflow's,
@@ -96,7 +130,8 @@ def signature() -> ModelSignature:
         + [ColSpec("double", name, required=False) for name in NUMERIC_NAMES]
     )
     outputs = Schema([ColSpec("double", PREDICTION_COLUMN), ColSpec("string", FLAG_COLUMN)])
-    params = ParamSchema([ParamSpec("on_unknown_category", "string", "reject")])
+    params = ParamSchema([ParamSpec("on_unknown_category", "string", "reject"),
+                          ParamSpec("on_invalid_row", "string", "reject")])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 

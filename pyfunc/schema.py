@@ -62,6 +62,7 @@ NUMERIC_BY_NAME: dict[str, NumericFeature] = {f.name: f for f in NUMERIC_FEATURE
 
 PREDICTION_COLUMN = "price"
 FLAG_COLUMN = "outside_training_range"
+INVALID_COLUMN = "invalid_reason"  # only with on_invalid_row="report" (batch scoring)
 
 _SPACES = re.compile(r"\s+")
 

@@ -6,8 +6,8 @@ is wrong: which field, which row, what was sent and what is allowed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -61,28 +61,82 @@ def validate(
     the list of known values, or kept and flagged when `on_unknown_category` is "flag".
     Values inside the physical bounds but outside `training_ranges` are flagged, not refused.
     """
+    findings = _inspect(frame, known_categories, on_unknown_category)
+    if findings.errors:
+        raise ValidationError(findings.errors)
+    return _accepted(findings, training_ranges)
+
+
+def validate_each_row(
+    frame: pd.DataFrame,
+    known_categories: Mapping[str, Sequence[str]],
+    training_ranges: Mapping[str, tuple[float, float]],
+    on_unknown_category: str = "reject",
+) -> tuple[ValidatedInput, dict[int, str]]:
+    """Like `validate`, but a bad row does not sink the others: the valid rows (in order), and
+    for each invalid row's position the reason it cannot be priced. Raises only when no row
+    can be priced: a missing column, or a bad policy."""
+    findings = _inspect(frame, known_categories, on_unknown_category)
+    if findings.batch_errors:
+        raise ValidationError(findings.batch_errors)
+    reasons = {row: "; ".join(messages) for row, messages in findings.by_row.items()}
+    return _accepted(findings, training_ranges, exclude=list(reasons)), reasons
+
+
+@dataclass
+class _Findings:
+    """What `_inspect` saw: cleaned columns, flags, the errors to report (capped) and, per bad
+    row, every message about it without its row number."""
+
+    clean: pd.DataFrame
+    flags: list[list[str]]
+    errors: list[FieldError] = field(default_factory=list)
+    by_row: dict[int, list[str]] = field(default_factory=dict)
+    batch_errors: list[FieldError] = field(default_factory=list)
+
+    def add(self, name: str, rows: np.ndarray, describe: Callable[[int, bool], str]) -> None:
+        self.errors += _errors_for_rows(name, rows, lambda r: describe(r, True))
+        for r in rows.tolist():
+            self.by_row.setdefault(r, []).append(describe(r, False))
+
+    def refuse_batch(self, errors: list[FieldError]) -> None:
+        self.errors += errors
+        self.batch_errors += errors
+
+
+def _inspect(
+    frame: pd.DataFrame,
+    known_categories: Mapping[str, Sequence[str]],
+    on_unknown_category: str,
+) -> _Findings:
+    findings = _Findings(pd.DataFrame(index=pd.RangeIndex(len(frame))),
+                         [[] for _ in range(len(frame))])
     if on_unknown_category not in UNKNOWN_CATEGORY_POLICIES:
-        raise ValidationError([FieldError(
+        findings.refuse_batch([FieldError(
             "on_unknown_category", None,
             f"on_unknown_category must be one of {', '.join(UNKNOWN_CATEGORY_POLICIES)}, "
             f"got {on_unknown_category!r}",
         )])
+        return findings
     if frame.empty:
-        raise ValidationError([FieldError("rows", None, "no rows to price")])
-    errors = _column_errors(frame)
-    clean = pd.DataFrame(index=pd.RangeIndex(len(frame)))
-    flags = [[] for _ in range(len(frame))]
+        findings.refuse_batch([FieldError("rows", None, "no rows to price")])
+        return findings
+    findings.refuse_batch(_column_errors(frame))
     for feature in (f for f in NUMERIC_FEATURES if f.name in frame.columns):
-        values, problems = _numeric_column(frame[feature.name], feature)
-        clean[feature.name] = values
-        errors += problems
+        findings.clean[feature.name] = _numeric_column(frame[feature.name], feature, findings)
     for name in (n for n in CATEGORICAL_NAMES if n in frame.columns):
-        values, problems = _categorical_column(frame[name], name, known_categories[name],
-                                               on_unknown_category, flags)
-        clean[name] = values
-        errors += problems
-    if errors:
-        raise ValidationError(errors)
+        findings.clean[name] = _categorical_column(frame[name], name, known_categories[name],
+                                                   on_unknown_category, findings)
+    return findings
+
+
+def _accepted(findings: _Findings, training_ranges: Mapping[str, tuple[float, float]],
+              exclude: Sequence[int] = ()) -> ValidatedInput:
+    clean, flags = findings.clean, findings.flags
+    if exclude:
+        keep = np.setdiff1d(np.arange(len(clean)), exclude)
+        clean = clean.iloc[keep].reset_index(drop=True)
+        flags = [flags[r] for r in keep.tolist()]
     _flag_outside_training_range(clean, training_ranges, flags)
     return ValidatedInput(clean[list(FEATURE_NAMES)], [",".join(f) for f in flags])
 
@@ -137,7 +191,7 @@ def _float(value: int | float) -> float:
         return float("inf") if value > 0 else float("-inf")
 
 
-def _numeric_column(column: pd.Series, feature) -> tuple[np.ndarray, list[FieldError]]:
+def _numeric_column(column: pd.Series, feature, findings: _Findings) -> np.ndarray:
     name, raw = feature.name, column.to_numpy(dtype=object)
     values, not_number = _as_numbers(column)
     not_finite = ~not_number & ~np.isfinite(values)
@@ -145,13 +199,17 @@ def _numeric_column(column: pd.Series, feature) -> tuple[np.ndarray, list[FieldE
         out_of_bounds = np.isfinite(values) & (
             (values < feature.minimum) | (values > feature.maximum))
     unit = f" {feature.unit}" if feature.unit else ""
-    errors = _errors_for_rows(name, _rows(not_number), lambda r: (
-        f"{name} must be a number (row {r}, got {type(raw[r]).__name__} {shown(raw[r])})"))
-    errors += _errors_for_rows(name, _rows(not_finite), lambda r: (
-        f"{name} must be a finite number (row {r}, got {float(values[r])})"))
-    errors += _errors_for_rows(name, _rows(out_of_bounds), lambda r: (
-        f"{name} must be from {feature.allowed()}{unit} (row {r}, got {values[r]:g})"))
-    return values, errors
+    findings.add(name, _rows(not_number), lambda r, at: (
+        f"{name} must be a number ({_at(r, at)}got {type(raw[r]).__name__} {shown(raw[r])})"))
+    findings.add(name, _rows(not_finite), lambda r, at: (
+        f"{name} must be a finite number ({_at(r, at)}got {float(values[r])})"))
+    findings.add(name, _rows(out_of_bounds), lambda r, at: (
+        f"{name} must be from {feature.allowed()}{unit} ({_at(r, at)}got {values[r]:g})"))
+    return values
+
+
+def _at(row: int, with_row: bool) -> str:
+    return f"row {row}, " if with_row else ""
 
 
 def _categorical_column(
@@ -159,24 +217,24 @@ def _categorical_column(
     name: str,
     known: Sequence[str],
     on_unknown: str,
-    flags: list[list[str]],
-) -> tuple[list[str | None], list[FieldError]]:
+    findings: _Findings,
+) -> list[str | None]:
     raw = column.to_numpy(dtype=object)
     not_text = np.array([not _is_text(v) for v in raw], dtype=bool)
     normalized = [None if bad else normalize_category(v) for v, bad in zip(raw, not_text,
                                                                            strict=True)]
     known_set = set(known)
     unknown = np.array([v is not None and v not in known_set for v in normalized], dtype=bool)
-    errors = _errors_for_rows(name, _rows(not_text), lambda r: (
-        f"{name} must be a string (row {r}, got {type(raw[r]).__name__} {shown(raw[r])})"))
+    findings.add(name, _rows(not_text), lambda r, at: (
+        f"{name} must be a string ({_at(r, at)}got {type(raw[r]).__name__} {shown(raw[r])})"))
     if on_unknown == "flag":
         for r in _rows(unknown):
-            flags[r].append(name)
+            findings.flags[r].append(name)
     else:
         allowed = ", ".join(sorted(known_set))
-        errors += _errors_for_rows(name, _rows(unknown), lambda r: (
-            f"{name} {shown(raw[r])} is unknown (row {r}); known: {allowed}"))
-    return normalized, errors
+        findings.add(name, _rows(unknown), lambda r, at: (
+            f"{name} {shown(raw[r])} is unknown{f' (row {r})' if at else ''}; known: {allowed}"))
+    return normalized
 
 
 def _is_text(value: object) -> bool:
