@@ -29,17 +29,18 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,spark]'
 	touch $@
 
 .PHONY: install
 install: $(VENV)/.installed ## create or update the virtualenv (.venv)
 
 .PHONY: system-deps
-system-deps: ## install the Debian servers the tests use (PostgreSQL, Prometheus) when missing
+system-deps: ## install what the tests run when missing: PostgreSQL, Prometheus, Java (Spark)
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 	  echo "missing:$$missing; install with: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; fi; \

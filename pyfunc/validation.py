@@ -225,7 +225,10 @@ def _categorical_column(
                                                                            strict=True)]
     known_set = set(known)
     unknown = np.array([v is not None and v not in known_set for v in normalized], dtype=bool)
-    findings.add(name, _rows(not_text), lambda r, at: (
+    null = np.array([v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+                     for v in raw], dtype=bool)
+    findings.add(name, _rows(null), lambda r, at: f"{name} is missing ({_at(r, at)}got null)")
+    findings.add(name, _rows(not_text & ~null), lambda r, at: (
         f"{name} must be a string ({_at(r, at)}got {type(raw[r]).__name__} {shown(raw[r])})"))
     if on_unknown == "flag":
         for r in _rows(unknown):

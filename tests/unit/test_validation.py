@@ -145,7 +145,7 @@ def test_sector_missing_in_a_text_column_is_refused() -> None:
     error = refused(frame)
 
     assert error.errors == [
-        FieldError("sector", BAD_ROW, f"sector must be a string (row {BAD_ROW}, got float nan)")]
+        FieldError("sector", BAD_ROW, f"sector is missing (row {BAD_ROW}, got null)")]
 
 
 def test_every_problem_is_reported_in_one_error() -> None:

@@ -1,0 +1,93 @@
+"""The Spark engine of batch_score: the same validated pyfunc model as a Spark UDF.
+
+Local mode (`local[*]`) by default; a cluster is one master URL away (--spark-master, or
+`spark-submit --master ... -m steps.batch_score ...`). pyspark is the optional `spark` extra,
+imported only here, so the serving image stays small.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import mlflow
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pyfunc.schema import (
+    CATEGORICAL_NAMES,
+    FEATURE_NAMES,
+    FLAG_COLUMN,
+    INVALID_COLUMN,
+    NUMERIC_NAMES,
+    PREDICTION_COLUMN,
+    TARGET,
+)
+from steps.batch_score import ACTUAL_PRICE, VERSION_COLUMN, Job, Outcome
+from steps.tracking import StepError
+
+RESULT_TYPE = f"{PREDICTION_COLUMN} double, {FLAG_COLUMN} string, {INVALID_COLUMN} string"
+SCORED = "_scored"
+
+
+def session(master: str) -> SparkSession:
+    """A session whose Python workers run this interpreter, unless PYSPARK_PYTHON says
+    otherwise (a cluster's executors have their own)."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return (SparkSession.builder.master(master).appName("property-friends-batch-score")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .config("spark.ui.enabled", "false")
+            .getOrCreate())
+
+
+def read(spark: SparkSession, path: str) -> DataFrame:
+    """The listings typed as the pandas engine types them (steps.batch_score.typed)."""
+    if path.lower().endswith(".parquet"):
+        frame = spark.read.parquet(path)
+    else:
+        frame = spark.read.option("header", True).csv(path)
+    missing = [name for name in FEATURE_NAMES if name not in frame.columns]
+    if missing:
+        raise StepError(f"the listings lack column(s) {', '.join(missing)}")
+    if TARGET.name in frame.columns:
+        frame = frame.withColumnRenamed(TARGET.name, ACTUAL_PRICE)
+    return frame.withColumns(
+        {name: F.col(name).try_cast("double") for name in (*NUMERIC_NAMES, ACTUAL_PRICE)
+         if name in frame.columns}
+        | {name: F.col(name).cast("string") for name in CATEGORICAL_NAMES})
+
+
+def write(frame: DataFrame, path: str) -> None:
+    writer = frame.write.mode("overwrite")
+    if path.lower().endswith(".csv"):
+        writer.option("header", True).csv(path)
+    else:
+        writer.parquet(path)
+
+
+def score_with_spark(job: Job, master: str) -> Outcome:
+    started = time.perf_counter()
+    spark = session(master)
+    try:
+        listings = read(spark, job.input)
+        model = mlflow.pyfunc.spark_udf(spark, job.model_uri, result_type=RESULT_TYPE,
+                                        env_manager="local", params=job.params)
+        scored = (listings.withColumn(SCORED, model(F.struct(*FEATURE_NAMES)))
+                  .select(*listings.columns, f"{SCORED}.*")
+                  .withColumn(VERSION_COLUMN, F.lit(job.version)))
+        write(scored, str(job.output))
+        written = _written(spark, str(job.output))
+        rows = written.count()
+        if rows == 0:
+            raise StepError(f"{job.input} has no rows")
+        invalid = written.filter(F.col(INVALID_COLUMN) != "").count()
+    finally:
+        spark.stop()
+    return Outcome(rows, invalid, time.perf_counter() - started)
+
+
+def _written(spark: SparkSession, path: str) -> DataFrame:
+    if path.lower().endswith(".csv"):
+        return spark.read.option("header", True).csv(path)
+    return spark.read.parquet(path)
