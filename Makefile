@@ -133,6 +133,10 @@ test-slow: install system-deps ## the slow suites (load, soak, faults)
 bench: install ## benchmarks: in-process vs model server vs gateway; saves bench-results/bench.json
 	$(BIN)/python -m tests.benchmarks.run --output bench-results/bench.json
 
+.PHONY: bench-batch
+bench-batch: install system-deps ## batch scoring of 1,000,000 listings: pandas vs Spark (local)
+	$(BIN)/python -m tests.benchmarks.batch --output bench-results/batch.json
+
 .PHONY: clean
 clean: stop ## remove generated data, runs, models and state (keeps .venv)
 	rm -rf $(SAMPLE_DATA) mlruns mlartifacts mlflow.db $(STATE)
