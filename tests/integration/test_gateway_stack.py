@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +18,10 @@ from tests.support.gateway import (
     ALICE_KEY,
     BOB_KEY,
     RunningGateway,
+    fake_upstream,
     read_log,
     running_gateway,
 )
-from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -220,15 +219,8 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def slow_upstream() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _SlowHandler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with fake_upstream(_SlowHandler) as url:
+        yield url
 
 
 def test_slow_upstream_is_504(tmp_path, slow_upstream):
