@@ -61,7 +61,7 @@ def validate(
     the list of known values, or kept and flagged when `on_unknown_category` is "flag".
     Values inside the physical bounds but outside `training_ranges` are flagged, not refused.
     """
-    findings = _inspect(frame, known_categories, on_unknown_category)
+    findings = _inspect(frame, known_categories, on_unknown_category, each_row=False)
     if findings.errors:
         raise ValidationError(findings.errors)
     return _accepted(findings, training_ranges)
@@ -76,7 +76,7 @@ def validate_each_row(
     """Like `validate`, but a bad row does not sink the others: the valid rows (in order), and
     for each invalid row's position the reason it cannot be priced. Raises only when no row
     can be priced: a missing column, or a bad policy."""
-    findings = _inspect(frame, known_categories, on_unknown_category)
+    findings = _inspect(frame, known_categories, on_unknown_category, each_row=True)
     if findings.batch_errors:
         raise ValidationError(findings.batch_errors)
     reasons = {row: "; ".join(messages) for row, messages in findings.by_row.items()}
@@ -85,18 +85,19 @@ def validate_each_row(
 
 @dataclass
 class _Findings:
-    """What `_inspect` saw: cleaned columns, flags, the errors to report (capped) and, per bad
-    row, every message about it without its row number."""
+    """What `_inspect` saw: cleaned columns, flags, the errors to report (capped) and, when
+    `each_row`, every message about each bad row without its row number."""
 
     clean: pd.DataFrame
     flags: list[list[str]]
+    each_row: bool
     errors: list[FieldError] = field(default_factory=list)
     by_row: dict[int, list[str]] = field(default_factory=dict)
     batch_errors: list[FieldError] = field(default_factory=list)
 
     def add(self, name: str, rows: np.ndarray, describe: Callable[[int, bool], str]) -> None:
         self.errors += _errors_for_rows(name, rows, lambda r: describe(r, True))
-        for r in rows.tolist():
+        for r in rows.tolist() if self.each_row else ():
             self.by_row.setdefault(r, []).append(describe(r, False))
 
     def refuse_batch(self, errors: list[FieldError]) -> None:
@@ -108,9 +109,10 @@ def _inspect(
     frame: pd.DataFrame,
     known_categories: Mapping[str, Sequence[str]],
     on_unknown_category: str,
+    each_row: bool,
 ) -> _Findings:
     findings = _Findings(pd.DataFrame(index=pd.RangeIndex(len(frame))),
-                         [[] for _ in range(len(frame))])
+                         [[] for _ in range(len(frame))], each_row)
     if on_unknown_category not in UNKNOWN_CATEGORY_POLICIES:
         findings.refuse_batch([FieldError(
             "on_unknown_category", None,
