@@ -176,3 +176,14 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory, _empty_store: Path) -
 def model_name(request: pytest.FixtureRequest) -> str:
     """A registered-model name unique to the requesting test."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)
+
+
+@pytest.fixture
+def app(tmp_path: Path):
+    """A gateway app with default test settings (no model server), closed afterwards."""
+    from gateway.app import create_app, gateway_of
+    from tests.support.gateway import gateway_settings
+
+    app = create_app(gateway_settings(tmp_path))
+    yield app
+    gateway_of(app).close()

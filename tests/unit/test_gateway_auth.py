@@ -13,13 +13,6 @@ from tests.support.gateway import ALICE_KEY, BOB_KEY, gateway_settings, read_log
 
 
 @pytest.fixture
-def app(tmp_path):
-    app = create_app(gateway_settings(tmp_path))
-    yield app
-    gateway_of(app).close()
-
-
-@pytest.fixture
 def client(app):
     return app.test_client()
 

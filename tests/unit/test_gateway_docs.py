@@ -16,13 +16,6 @@ ENDPOINTS = {("post", "/invocations"), ("get", "/model"), ("get", "/health"), ("
 
 
 @pytest.fixture
-def app(tmp_path):
-    app = create_app(gateway_settings(tmp_path))
-    yield app
-    gateway_of(app).close()
-
-
-@pytest.fixture
 def spec(app):
     response = app.test_client().get("/openapi.json")
     assert response.status_code == 200

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -10,13 +9,6 @@ from gateway.app import create_app, gateway_of
 from gateway.metrics import PRICE_BUCKETS_UF, GatewayMetrics, observe_many
 from pyfunc.schema import FEATURE_NAMES
 from tests.support.gateway import gateway_settings, write_model_info
-
-
-@pytest.fixture
-def app(tmp_path):
-    app = create_app(gateway_settings(tmp_path))
-    yield app
-    gateway_of(app).close()
 
 
 def sample(app, name: str, **labels: str) -> float | None:

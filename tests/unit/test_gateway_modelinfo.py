@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from gateway import modelinfo
-from gateway.app import create_app, gateway_of
+from gateway.app import gateway_of
 from gateway.modelinfo import ModelInfo
-from tests.support.gateway import ALICE_KEY, gateway_settings, write_model_info
+from tests.support.gateway import ALICE_KEY, write_model_info
 
 AUTH = {"X-API-Key": ALICE_KEY}
-
-
-@pytest.fixture
-def app(tmp_path):
-    app = create_app(gateway_settings(tmp_path))
-    yield app
-    gateway_of(app).close()
 
 
 def test_model_endpoint_returns_the_file(tmp_path, app):

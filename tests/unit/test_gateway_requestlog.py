@@ -6,21 +6,12 @@ import logging
 import os
 import threading
 
-import pytest
-
 from gateway.app import create_app, gateway_of
 from gateway.requestlog import RequestLog, RequestRecord, _cut_partial_line, iso_utc
 from tests.support.gateway import gateway_settings, read_log
 
 FIELDS = {"time", "request_id", "key_id", "method", "path", "status", "latency_ms",
           "upstream_latency_ms", "rows", "model_version", "error_code"}
-
-
-@pytest.fixture
-def app(tmp_path):
-    app = create_app(gateway_settings(tmp_path))
-    yield app
-    gateway_of(app).close()
 
 
 def last_line(app, tmp_path) -> dict:
