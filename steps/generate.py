@@ -1,17 +1,20 @@
 """Generate realistic synthetic listings in the client's schema, dirty rows included.
 
 Reads nothing. Writes ``train.csv`` and ``test.csv`` to a folder, or tables ``train`` and
-``test`` to any SQLAlchemy URL. ``SECTORS`` and ``DIRT_COUNTS`` reproduce the aggregates known
-of the client's private files (CHALLENGE.md): they describe this synthetic world, not the
-feature schema, which lives in ``pyfunc.schema``.
+``test`` to any SQLAlchemy URL. ``WORLD`` and ``DIRT_COUNTS`` reproduce the aggregates known of
+the client's private files (CHALLENGE.md); ``VARIANTS`` are named worlds that change what a
+model must learn. A price is usable area times a UF/m² made of the group's median, a smooth
+spatial surface, a building's effect (its units share coordinates) and the unit's own part.
+Train and test are split from one pool of listings, so a building can have units in both.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import NamedTuple
 
 import click
 import numpy as np
@@ -19,184 +22,194 @@ import pandas as pd
 from sqlalchemy import create_engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from pyfunc.schema import FEATURE_NAMES, TARGET, normalize_category
+from pyfunc.schema import FEATURE_NAMES, TARGET
 
 logger = logging.getLogger(__name__)
 
-
-class Sector(NamedTuple):
-    """One comuna of the synthetic world: where its listings lie, their mix and prices."""
-
-    name: str
-    train_rows: int  # listings in the client's train.csv
-    latitude: float  # centre of the sector's listings
-    longitude: float
-    lat_sd: float  # spread of the listings, degrees
-    lon_sd: float
-    casa_share: float
-    casa_price: int  # median price, UF
-    casa_uf_m2: float  # median UF per m2 of usable area
-    casa_lot: float  # median lot (net_area), m2
-    depto_price: int
-    depto_uf_m2: float
-
-
-SECTORS: tuple[Sector, ...] = (
-    Sector("Las Condes",   5634, -33.410, -70.560, 0.014, 0.022, 0.35, 18_500, 81, 600, 10_346, 87),
-    Sector("Vitacura",     2902, -33.385, -70.580, 0.010, 0.016, 0.45, 22_000, 96, 800, 13_100, 88),
-    Sector("Lo Barnechea", 2888, -33.352, -70.515, 0.012, 0.024, 0.60, 25_000, 78, 956, 13_200, 82),
-    Sector("Ñuñoa",        1924, -33.457, -70.600, 0.010, 0.012, 0.30, 11_592, 68, 300, 5_227, 72),
-    Sector("Providencia",  1849, -33.430, -70.612, 0.008, 0.011, 0.20, 15_400, 78, 320, 7_167, 86),
-    Sector("La Reina",     1015, -33.445, -70.545, 0.010, 0.014, 0.65, 13_200, 70, 550, 7_725, 74),
-)
+# One row per sector and type. rows: listings in the client's train.csv; lat/lon: centre of
+# the listings and their spread (degrees); usable: median usable area (m²); uf_m2: median UF
+# per m² of usable area; lot: median net_area of houses (m²); spread: sd of log(UF/m²).
+WORLD = pd.DataFrame([
+    ("las condes", "casa", 1972, -33.410, -70.560, 0.014, 0.022, 220, 84, 600, 0.28),
+    ("las condes", "departamento", 3662, -33.410, -70.560, 0.014, 0.022, 118, 88, 0, 0.26),
+    ("vitacura", "casa", 1306, -33.385, -70.580, 0.010, 0.016, 230, 96, 800, 0.30),
+    ("vitacura", "departamento", 1596, -33.385, -70.580, 0.010, 0.016, 140, 92, 0, 0.35),
+    ("lo barnechea", "casa", 1733, -33.352, -70.515, 0.012, 0.024, 308, 81, 956, 0.34),
+    ("lo barnechea", "departamento", 1155, -33.352, -70.515, 0.012, 0.024, 140, 91, 0, 0.37),
+    ("nunoa", "casa", 577, -33.457, -70.600, 0.010, 0.012, 163, 71, 300, 0.25),
+    ("nunoa", "departamento", 1347, -33.457, -70.600, 0.010, 0.012, 72, 73, 0, 0.22),
+    ("providencia", "casa", 370, -33.430, -70.612, 0.008, 0.011, 181, 85, 320, 0.27),
+    ("providencia", "departamento", 1479, -33.430, -70.612, 0.008, 0.011, 83, 86, 0, 0.23),
+    ("la reina", "casa", 660, -33.445, -70.545, 0.010, 0.014, 176, 75, 550, 0.31),
+    ("la reina", "departamento", 355, -33.445, -70.545, 0.010, 0.014, 99, 78, 0, 0.46),
+], columns=["sector", "type", "rows", "lat", "lon", "lat_sd", "lon_sd", "usable", "uf_m2",
+            "lot", "spread"])
 LATITUDE_RANGE = (-33.52, -33.31)  # every clean listing lies in this box
 LONGITUDE_RANGE = (-70.64, -70.43)
-AREA_SIGMA = (0.48, 0.40)  # log-sd of usable area around the typical size: casa, departamento
-AREA_EXPONENT = 0.9  # price grows a little slower than area
-LOT_EXPONENT = 0.12  # houses: price elasticity to the lot
-LOCATION_EFFECT = 0.3  # log-price gained across a sector towards its north-east
-NOISE_SIGMA = 0.12  # multiplicative lognormal noise of a listing's price
-# Micro-location: hot and cold spots (parks, metro, busy roads) a few hundred metres wide.
-# They belong to the world, not to a sample: drawn from WORLD_SEED, the same for every seed.
+# The micro-location surface belongs to the world, not to a sample: the same for every seed.
 WORLD_SEED = 20_240_601
-NEIGHBOURHOODS = 60
-NEIGHBOURHOOD_SD = 0.15  # log-price effect of a spot at its centre
-NEIGHBOURHOOD_RADIUS = 0.006  # degrees, about 600 m
+SURFACE_WAVES = 128  # random Fourier features of a smooth Gaussian field
 
+
+@dataclass(frozen=True)
+class Variant:
+    """The knobs a named world turns; shares split the variance of log(UF/m²) in a group."""
+
+    spread: float = 1.0  # multiplies WORLD.spread
+    location_share: float = 0.35  # smooth surface over the map (length_scale wide)
+    building_share: float = 0.30  # one effect shared by a building's units
+    length_scale: float = 0.006  # degrees, about 600 m
+    building_rate: float = 0.17  # share of sites that are multi-unit buildings
+    units_per_building: float = 3.0  # mean units of a multi-unit building
+    same_type: float = 0.95  # share of a building's units of the building's type
+    area_sd: float = 0.42  # sd of log usable area in a group
+    area_skew: float = 0.15
+
+
+VARIANTS: dict[str, Variant] = {
+    "realistic": Variant(),
+    "noisy": Variant(spread=1.4, location_share=0.2, building_share=0.15),
+    "local": Variant(location_share=0.55, building_share=0.35, length_scale=0.003),
+    "buildings": Variant(building_rate=0.3, units_per_building=5.0),
+    "smooth": Variant(spread=0.45, building_rate=0.0),
+}
+AREA_EXPONENT = -0.1  # UF/m² falls a little as the area grows
+LOT_EXPONENT = 0.12  # houses: price elasticity to the lot
+OTHER_VARIANCE = 0.005  # of log(UF/m²) from area, lot and layout, taken off a unit's own part
 REFERENCE_ROWS = 16_212  # rows of the client's train.csv, the scale of DIRT_COUNTS
 DIRT_COUNTS: dict[str, int] = {
-    "price_zero": 1, "price_under_1000": 19, "zero_areas": 32, "usable_over_total": 170,
-    "absurd_areas": 10, "many_rooms": 10, "zero_bathrooms": 131, "swapped_coordinates": 15,
-    "far_coordinates": 10, "duplicates": 22,
+    "price_zero": 1, "price_under_1000": 19, "zero_areas": 32, "zero_net_area": 4,
+    "usable_over_total": 170, "absurd_areas": 10, "many_rooms": 10, "zero_bathrooms": 131,
+    "swapped_coordinates": 15, "far_coordinates": 10, "duplicates": 22,
 }
 FAR_PLACES = ((0.0, 0.0), (-36.827, -73.050), (-23.650, -70.400), (-41.469, -72.942))
 
 COLUMNS: tuple[str, ...] = (*FEATURE_NAMES, TARGET.name)
 
 
-def _coordinates(world: pd.DataFrame, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Latitude, longitude and the location's price factor (pricier towards the north-east)."""
-    z_lat, z_lon = rng.standard_normal((2, len(world)))
-    lat = np.clip(world["latitude"] + z_lat * world["lat_sd"], *LATITUDE_RANGE).round(6)
-    lon = np.clip(world["longitude"] + z_lon * world["lon_sd"], *LONGITUDE_RANGE).round(6)
-    towards_ne = ((lat - world["latitude"]) / world["lat_sd"]
-                  + (lon - world["longitude"]) / world["lon_sd"]) / np.sqrt(2)
-    lat, lon = lat.to_numpy(), lon.to_numpy()
-    factor = np.exp(LOCATION_EFFECT * np.tanh(towards_ne.to_numpy())) * _neighbourhood(lat, lon)
-    return lat, lon, factor
-
-
-def _neighbourhood(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """Price factor of the hot and cold spots around each location."""
+def _surface(lat: np.ndarray, lon: np.ndarray, length_scale: float) -> np.ndarray:
+    """A smooth field of unit variance over the map (random Fourier features of WORLD_SEED)."""
     world = np.random.default_rng(WORLD_SEED)
-    spot_lat = world.uniform(*LATITUDE_RANGE, NEIGHBOURHOODS)
-    spot_lon = world.uniform(*LONGITUDE_RANGE, NEIGHBOURHOODS)
-    effect = world.normal(0.0, NEIGHBOURHOOD_SD, NEIGHBOURHOODS)
-    distance2 = (lat[:, None] - spot_lat) ** 2 + (lon[:, None] - spot_lon) ** 2
-    return np.exp((effect * np.exp(-distance2 / (2 * NEIGHBOURHOOD_RADIUS**2))).sum(axis=1))
+    waves = world.standard_normal((2, SURFACE_WAVES)) / length_scale
+    phases = world.uniform(0.0, 2 * np.pi, SURFACE_WAVES)
+    places = np.column_stack([lat, lon * np.cos(np.radians(33.4))])
+    return np.sqrt(2 / SURFACE_WAVES) * np.cos(places @ waves + phases).sum(axis=1)
 
 
-def _total_area(usable: np.ndarray, ratio: np.ndarray, lot: np.ndarray, casa: np.ndarray,
+@cache
+def _surface_scale(length_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd of the surface over each group's area: it moves no group's median or spread."""
+    z_lat, z_lon = np.random.default_rng(WORLD_SEED).standard_normal((2, 1, 1_000))
+    lat = WORLD["lat"].to_numpy()[:, None] + z_lat * WORLD["lat_sd"].to_numpy()[:, None]
+    lon = WORLD["lon"].to_numpy()[:, None] + z_lon * WORLD["lon_sd"].to_numpy()[:, None]
+    surface = _surface(lat.ravel(), lon.ravel(), length_scale).reshape(len(WORLD), -1)
+    return surface.mean(axis=1), surface.std(axis=1)
+
+
+def _sites(n_rows: int, variant: Variant, rng: np.random.Generator) -> pd.DataFrame:
+    """One row per unit: its site's group, coordinates and shared effects (a building or not)."""
+    building = rng.random(n_rows) < variant.building_rate
+    extra_units = rng.geometric(1 / max(variant.units_per_building - 1, 1), n_rows)
+    site = np.repeat(np.arange(n_rows), np.where(building, 1 + extra_units, 1))[:n_rows]
+    n_sites = site[-1] + 1
+    group = rng.choice(len(WORLD), size=n_sites, p=WORLD["rows"] / WORLD["rows"].sum())
+    where, building = WORLD.iloc[group], building[:n_sites]
+    lat, lon = (np.clip(where[name] + rng.standard_normal(n_sites) * where[f"{name}_sd"],
+                        *bounds).to_numpy() for name, bounds in
+                (("lat", LATITUDE_RANGE), ("lon", LONGITUDE_RANGE)))
+    mean, sd = (values[group] for values in _surface_scale(variant.length_scale))
+    return pd.DataFrame({
+        "group": group, "latitude": np.where(building, lat.round(4), lat.round(6)),
+        "longitude": np.where(building, lon.round(4), lon.round(6)),
+        "location": (_surface(lat, lon, variant.length_scale) - mean) / sd,
+        "building": rng.standard_normal(n_sites), "size": rng.standard_normal(n_sites),
+    }).iloc[site].reset_index(drop=True)
+
+
+def _unit_groups(sites: pd.DataFrame, variant: Variant, rng: np.random.Generator) -> np.ndarray:
+    """Each unit's row of WORLD: its site's, or (a few units) a type drawn in the same sector."""
+    casa, flat = WORLD["rows"].iloc[::2].to_numpy(), WORLD["rows"].iloc[1::2].to_numpy()
+    sector, casa_share = sites["group"].to_numpy() // 2, casa / (casa + flat)
+    drawn = 2 * sector + (rng.random(len(sites)) >= casa_share[sector])
+    return np.where(rng.random(len(sites)) < variant.same_type, sites["group"], drawn)
+
+
+def _total_area(usable: np.ndarray, group: pd.DataFrame, casa: np.ndarray,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """net_area (the lot of a house, usable plus terraces for a flat) and the lot's price factor."""
-    house_lot = lot * ratio**0.5 * rng.lognormal(0.0, 0.35, len(usable))
-    flat_total = usable * (1.0 + rng.lognormal(np.log(0.07), 0.5, len(usable)))
+    """net_area (the lot of a house, usable plus terraces for a flat) and the lot's log effect."""
+    typical_lot = group["lot"].to_numpy() * (usable / group["usable"].to_numpy()) ** 0.5
+    house_lot = typical_lot * rng.lognormal(0.0, 0.35, len(usable))
+    flat_total = usable * (1.0 + rng.lognormal(np.log(0.12), 0.5, len(usable)))
     total = np.where(casa, np.clip(house_lot, usable * 1.1, 50_000), flat_total).round()
-    return total, np.where(casa, (total / lot) ** LOT_EXPONENT, 1.0)
+    return total, LOT_EXPONENT * np.log(total / np.where(casa, typical_lot, total))
 
 
 def _rooms(usable: np.ndarray, casa: np.ndarray,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rooms and bathrooms growing with area, and their small price factor."""
+    """Rooms and bathrooms growing with area, and their small log effect on price."""
     expected_rooms = np.where(casa, 1.5 + usable / 70, 0.6 + usable / 45)
     expected_baths = np.where(casa, 0.6 + usable / 75, 0.3 + usable / 60)
     rooms = np.clip((expected_rooms + rng.normal(0, 0.7, len(usable))).round(), 1, 12)
     baths = np.clip((expected_baths + rng.normal(0, 0.6, len(usable))).round(), 1, 10)
-    factor = np.exp(0.04 * (baths - expected_baths) - 0.02 * (rooms - expected_rooms))
-    return rooms, baths, factor
+    return rooms, baths, 0.04 * (baths - expected_baths) - 0.02 * (rooms - expected_rooms)
 
 
-def _clean_listings(n_rows: int, rng: np.random.Generator) -> pd.DataFrame:
-    """Listings drawn from the synthetic world, all inside the schema's bounds."""
-    table = pd.DataFrame(list(SECTORS))
-    shares = table["train_rows"] / table["train_rows"].sum()
-    world = table.iloc[rng.choice(len(table), size=n_rows, p=shares)].reset_index(drop=True)
-    casa = rng.random(n_rows) < world["casa_share"].to_numpy()
-    median_price = np.where(casa, world["casa_price"], world["depto_price"])
-    typical_area = median_price / np.where(casa, world["casa_uf_m2"], world["depto_uf_m2"])
-    spread = np.where(casa, *AREA_SIGMA)
-    usable = np.clip(typical_area * rng.lognormal(0.0, spread), 30, 3_000).round()
-    ratio = usable / typical_area
-    total, lot_factor = _total_area(usable, ratio, world["casa_lot"].to_numpy(), casa, rng)
-    latitude, longitude, location = _coordinates(world, rng)
-    rooms, baths, layout = _rooms(usable, casa, rng)
-    noise = rng.lognormal(0.0, NOISE_SIGMA, n_rows)
-    price = median_price * ratio**AREA_EXPONENT * lot_factor * location * layout * noise
-    return pd.DataFrame({
-        "type": np.where(casa, "casa", "departamento"),
-        "sector": world["name"].map(normalize_category).to_numpy(),
-        "net_usable_area": usable, "net_area": total, "n_rooms": rooms, "n_bathroom": baths,
-        "latitude": latitude, "longitude": longitude,
-        TARGET.name: np.clip(price.round(), TARGET.minimum, TARGET.maximum).astype(np.int64),
-    }, columns=list(COLUMNS)).astype({"type": "str", "sector": "str"})
+def _clean_listings(n_rows: int, variant: Variant, rng: np.random.Generator) -> pd.DataFrame:
+    """Listings drawn from the synthetic world, all inside the schema's bounds, none repeated."""
+    sites = _sites(n_rows, variant, rng)
+    group = WORLD.iloc[_unit_groups(sites, variant, rng)].reset_index(drop=True)
+    casa = (group["type"] == "casa").to_numpy()
+    size = np.sqrt(0.4) * sites["size"] + np.sqrt(0.6) * rng.standard_normal(n_rows)
+    size += variant.area_skew * size**2  # a heavier upper tail, the same median
+    usable = np.clip(group["usable"] * np.exp(variant.area_sd * size), 20, 3_000).round()
+    total, lot_effect = _total_area(usable.to_numpy(), group, casa, rng)
+    rooms, baths, layout = _rooms(usable.to_numpy(), casa, rng)
+    spread = variant.spread * group["spread"]
+    own_sd = np.sqrt(np.clip((1 - variant.location_share - variant.building_share) * spread**2
+                             - OTHER_VARIANCE, 0, None))
+    effects = spread * (np.sqrt(variant.location_share) * sites["location"]
+                        + np.sqrt(variant.building_share) * sites["building"])
+    log_uf_m2 = (np.log(group["uf_m2"]) + effects + own_sd * rng.standard_normal(n_rows)
+                 + AREA_EXPONENT * np.log(usable / group["usable"]) + lot_effect + layout)
+    frame = pd.DataFrame({
+        "type": group["type"], "sector": group["sector"], "net_usable_area": usable,
+        "net_area": total, "n_rooms": rooms, "n_bathroom": baths,
+        "latitude": sites["latitude"], "longitude": sites["longitude"],
+        TARGET.name: np.clip(np.exp(log_uf_m2) * usable, TARGET.minimum, TARGET.maximum)
+        .round().astype(np.int64),
+    }, columns=list(COLUMNS)).iloc[rng.permutation(n_rows)].reset_index(drop=True)
+    frame[TARGET.name] += frame.groupby(list(COLUMNS)).cumcount()  # no unit listed twice
+    return frame.astype({"type": "str", "sector": "str"})
 
 
-def _price_zero(frame: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> None:
-    frame.loc[rows, "price"] = 0
+def _many_rooms(rows: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+    """n_rooms or n_bathroom (one of them per row) becomes 21 to 55."""
+    count, rooms = rng.integers(21, 56, len(rows)).astype(float), rng.random(len(rows)) < 0.5
+    return np.column_stack([np.where(rooms, count, rows["n_rooms"]),
+                            np.where(rooms, rows["n_bathroom"], count)])
 
 
-def _price_under_1000(frame: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> None:
-    frame.loc[rows, "price"] = rng.integers(1, 1_000, len(rows))
-
-
-def _zero_areas(frame: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> None:
-    frame.loc[rows, ["net_usable_area", "net_area"]] = 0.0
-
-
-def _usable_over_total(frame: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> None:
-    usable = frame.loc[rows, "net_usable_area"].to_numpy()
-    frame.loc[rows, "net_area"] = np.floor(usable * rng.uniform(0.4, 0.95, len(rows)))
-
-
-def _absurd_areas(frame: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> None:
+def _absurd_areas(rows: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
     usable = np.exp(rng.uniform(np.log(6_000), np.log(180_116), len(rows))).round()
     total = np.minimum(usable * rng.uniform(1, 8, len(rows)), 1_430_000).round()
-    frame.loc[rows, ["net_usable_area", "net_area"]] = np.column_stack([usable, total])
+    return np.column_stack([usable, total])
 
 
-def _many_rooms(frame: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> None:
-    columns = rng.choice(["n_rooms", "n_bathroom"], len(rows))
-    for row, column, count in zip(rows, columns, rng.integers(21, 56, len(rows)), strict=True):
-        frame.loc[row, column] = float(count)
-
-
-def _zero_bathrooms(frame: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> None:
-    frame.loc[rows, "n_bathroom"] = 0.0
-
-
-def _swapped_coordinates(frame: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> None:
-    swapped = frame.loc[rows, ["longitude", "latitude"]].to_numpy()
-    frame.loc[rows, ["latitude", "longitude"]] = swapped
-
-
-def _far_coordinates(frame: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> None:
-    frame.loc[rows, ["latitude", "longitude"]] = np.array(FAR_PLACES)[
-        rng.integers(0, len(FAR_PLACES), len(rows))]
-
-
-def _duplicates(frame: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> None:
-    """The first half of ``rows`` becomes exact copies of the second half."""
-    copies, originals = np.split(rows, 2)
-    for column in frame.columns:
-        frame.loc[copies, column] = frame.loc[originals, column].to_numpy()
-
-
-_DIRTIERS: dict[str, Callable[[pd.DataFrame, np.ndarray, np.random.Generator], None]] = {
-    "price_zero": _price_zero, "price_under_1000": _price_under_1000, "zero_areas": _zero_areas,
-    "usable_over_total": _usable_over_total, "absurd_areas": _absurd_areas,
-    "many_rooms": _many_rooms, "zero_bathrooms": _zero_bathrooms,
-    "swapped_coordinates": _swapped_coordinates, "far_coordinates": _far_coordinates,
-    "duplicates": _duplicates,
+AREAS, PLACE = ["net_usable_area", "net_area"], ["latitude", "longitude"]
+# Each kind of dirt: the columns it overwrites and their new values for the rows it picks.
+_DIRT: dict[str, tuple[list[str], Callable[[pd.DataFrame, np.random.Generator], object]]] = {
+    "price_zero": ([TARGET.name], lambda rows, rng: 0),
+    "price_under_1000": ([TARGET.name], lambda rows, rng: rng.integers(1, 1_000, len(rows))),
+    "zero_areas": (AREAS, lambda rows, rng: 0.0),
+    "zero_net_area": (["net_area"], lambda rows, rng: 0.0),
+    "usable_over_total": (["net_area"], lambda rows, rng: np.floor(
+        rows["net_usable_area"] * rng.uniform(0.4, 0.95, len(rows)))),
+    "absurd_areas": (AREAS, _absurd_areas),
+    "many_rooms": (["n_rooms", "n_bathroom"], _many_rooms),
+    "zero_bathrooms": (["n_bathroom"], lambda rows, rng: 0.0),
+    "swapped_coordinates": (PLACE, lambda rows, rng: rows[PLACE[::-1]].to_numpy()),
+    "far_coordinates": (PLACE, lambda rows, rng: np.array(FAR_PLACES)[
+        rng.integers(0, len(FAR_PLACES), len(rows))]),
 }
 
 
@@ -219,32 +232,42 @@ def add_dirt(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     order = rng.permutation(len(dirty))
     start = 0
     for kind, count in dirt_counts(len(dirty)).items():
-        width = 2 * count if kind == "duplicates" else count
-        _DIRTIERS[kind](dirty, order[start:start + width], rng)
-        start += width
+        rows, start = order[start:start + count], start + count
+        if kind == "duplicates":  # copies of as many rows further on
+            originals, start = order[start:start + count], start + count
+            dirty.loc[rows] = dirty.loc[originals].set_axis(rows)
+        elif count:
+            columns, values = _DIRT[kind]
+            dirty.loc[rows, columns] = values(dirty.loc[rows], rng)
     logger.debug("added %d dirty rows to %d listings", start, len(dirty))
     return dirty
 
 
-def generate_listings(n_rows: int, seed: int, dirty: bool = True) -> pd.DataFrame:
-    """``n_rows`` synthetic listings in the client's columns; the same seed gives the same frame.
+def generate_splits(seed: int = 42, train_rows: int = 16_212, test_rows: int = 6_949,
+                    dirty: bool = True, variant: str = "realistic",
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and test frames split at random from one pool of listings of the named variant.
 
-    With ``dirty=False`` every row is inside the schema's bounds and no row is repeated.
+    The same seed gives the same frames; with ``dirty=False`` every row is inside the schema's
+    bounds and no row is repeated.
     """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+    pool_stream, *dirt_streams = np.random.SeedSequence(seed).spawn(3)
+    pool = _clean_listings(train_rows + test_rows, VARIANTS[variant],
+                           np.random.default_rng(pool_stream))
+    splits = (pool.iloc[:train_rows], pool.iloc[train_rows:])
+    return tuple(add_dirt(split, np.random.default_rng(stream)) if dirty
+                 else split.reset_index(drop=True)
+                 for split, stream in zip(splits, dirt_streams, strict=True))
+
+
+def generate_listings(n_rows: int, seed: int, dirty: bool = True,
+                      variant: str = "realistic") -> pd.DataFrame:
+    """``n_rows`` synthetic listings in the client's columns (the train split of a seed)."""
     if n_rows <= 0:
         raise ValueError(f"n_rows must be > 0 (got {n_rows})")
-    clean_stream, dirt_stream = np.random.SeedSequence(seed).spawn(2)
-    frame = _clean_listings(n_rows, np.random.default_rng(clean_stream))
-    return add_dirt(frame, np.random.default_rng(dirt_stream)) if dirty else frame
-
-
-def generate_splits(seed: int = 42, train_rows: int = 16_212, test_rows: int = 6_949,
-                    dirty: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and test frames drawn independently from the same world, from sub-streams of seed."""
-    train_seed, test_seed = (int(child.generate_state(1)[0])
-                             for child in np.random.SeedSequence(seed).spawn(2))
-    return (generate_listings(train_rows, train_seed, dirty),
-            generate_listings(test_rows, test_seed, dirty))
+    return generate_splits(seed, n_rows, 0, dirty, variant)[0]
 
 
 def _check_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -285,12 +308,15 @@ def _write_csvs(frames: dict[str, pd.DataFrame], folder: Path) -> None:
               help="Same seed, same files.")
 @click.option("--train-rows", type=click.IntRange(min=1), default=16_212, show_default=True)
 @click.option("--test-rows", type=click.IntRange(min=1), default=6_949, show_default=True)
+@click.option("--variant", type=click.Choice(list(VARIANTS)), default="realistic",
+              show_default=True, help="Named world: realistic, or one that changes what a "
+              "model must learn.")
 @click.option("--dirty/--clean", default=True, show_default=True,
               help="Add the dirty rows seen in the client's files.")
 def main(out: Path, url: str | None, seed: int, train_rows: int, test_rows: int,
-         dirty: bool) -> None:
+         variant: str, dirty: bool) -> None:
     """Write synthetic train and test listings as CSV files or database tables."""
-    train, test = generate_splits(seed, train_rows, test_rows, dirty)
+    train, test = generate_splits(seed, train_rows, test_rows, dirty, variant)
     frames = {"train": train, "test": test}
     if url:
         _write_tables(frames, url)

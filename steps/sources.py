@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 SPLITS = ("train", "test")
-SYNTHETIC_KEYS = ("seed", "train_rows", "test_rows")
+SYNTHETIC_KEYS = ("variant", "seed", "train_rows", "test_rows")
 _QUERY = re.compile(r"\s*(select|with)\b", re.IGNORECASE)
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:).*@")
 
@@ -177,9 +177,11 @@ class SqlSource(DataSource):
 class SyntheticSource(DataSource):
     """Realistic generated listings (steps.generate), deterministic from the seed."""
 
-    def __init__(self, seed: int = 42, train_rows: int = 16_212, test_rows: int = 6_949) -> None:
+    def __init__(self, seed: int = 42, train_rows: int = 16_212, test_rows: int = 6_949,
+                 variant: str = "realistic") -> None:
         super().__init__()
         self.seed, self.train_rows, self.test_rows = seed, train_rows, test_rows
+        self.variant = variant
         self._splits: dict[str, pd.DataFrame] | None = None
 
     def describe(self) -> str:
@@ -190,7 +192,8 @@ class SyntheticSource(DataSource):
         if self._splits is None:
             from steps.generate import generate_splits
 
-            train, test = generate_splits(self.seed, self.train_rows, self.test_rows)
+            train, test = generate_splits(self.seed, self.train_rows, self.test_rows,
+                                          variant=self.variant)
             self._splits = {"train": train, "test": test}
         return self._splits[name].copy()
 
@@ -208,16 +211,21 @@ def open_source(spec: str, train: str = "train", test: str = "test") -> DataSour
     return CsvFolderSource(Path(spec), train, test)
 
 
-def _synthetic_options(text: str) -> dict[str, int]:
-    options: dict[str, int] = {}
+def _synthetic_options(text: str) -> dict[str, int | str]:
+    from steps.generate import VARIANTS
+
+    options: dict[str, int | str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = (part.strip() for part in item.partition("="))
         if key not in SYNTHETIC_KEYS:
             allowed = ", ".join(SYNTHETIC_KEYS)
             raise SourceError(f"unknown synthetic option {key!r}; allowed: {allowed}")
-        if not value.lstrip("-").isdigit():
+        if key == "variant" and value not in VARIANTS:
+            raise SourceError(f"unknown synthetic variant {value!r}; allowed: "
+                              f"{', '.join(VARIANTS)}")
+        if key != "variant" and not value.lstrip("-").isdigit():
             raise SourceError(f"synthetic option {item!r} must be an integer")
-        options[key] = int(value)
+        options[key] = value if key == "variant" else int(value)
     return options
 
 

@@ -205,14 +205,15 @@ def test_password_hidden_in_url_errors(url: str, expected: str) -> None:
 def test_open_source_dispatch(csv_folder: Path, sqlite_url: str) -> None:
     folder = open_source(str(csv_folder))
     database = open_source(sqlite_url, train="train", test="")
-    synthetic = open_source("synthetic:seed=7, train_rows=1000,test_rows=500")
+    synthetic = open_source("synthetic:variant=noisy,seed=7, train_rows=1000,test_rows=500")
 
     assert isinstance(folder, CsvFolderSource) and folder.folder == csv_folder
     assert isinstance(database, SqlSource) and not database.has_split("test")
     assert isinstance(synthetic, SyntheticSource)
-    assert (synthetic.seed, synthetic.train_rows, synthetic.test_rows) == (7, 1000, 500)
+    assert (synthetic.variant, synthetic.seed, synthetic.train_rows, synthetic.test_rows) == (
+        "noisy", 7, 1000, 500)
     assert open_source("synthetic").describe() == (
-        "synthetic data (seed=42, train_rows=16212, test_rows=6949)"
+        "synthetic data (variant=realistic, seed=42, train_rows=16212, test_rows=6949)"
     )
 
 
@@ -226,9 +227,11 @@ def test_plain_postgresql_url_uses_psycopg3() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("synthetic:rows=5", "unknown synthetic option 'rows'; allowed: seed, train_rows, "
-                             "test_rows"),
+        ("synthetic:rows=5", "unknown synthetic option 'rows'; allowed: variant, seed, "
+                             "train_rows, test_rows"),
         ("synthetic:seed=x", "synthetic option 'seed=x' must be an integer"),
+        ("synthetic:variant=calm", "unknown synthetic variant 'calm'; allowed: realistic, "
+                                   "noisy, local, buildings, smooth"),
     ],
 )
 def test_bad_synthetic_spec(spec: str, message: str) -> None:
@@ -238,17 +241,27 @@ def test_bad_synthetic_spec(spec: str, message: str) -> None:
 
 
 def test_synthetic_reads_generate_splits_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[int, int, int]] = []
+    calls: list[tuple[int, int, int, str]] = []
 
-    def generate_splits(seed: int, train_rows: int, test_rows: int):
-        calls.append((seed, train_rows, test_rows))
+    def generate_splits(seed: int, train_rows: int, test_rows: int, variant: str):
+        calls.append((seed, train_rows, test_rows, variant))
         return listings(train_rows), listings(test_rows, start=train_rows)
 
     module = types.ModuleType("steps.generate")
     module.generate_splits = generate_splits
     monkeypatch.setitem(sys.modules, "steps.generate", module)
-    source = SyntheticSource(seed=7, train_rows=4, test_rows=2)
+    source = SyntheticSource(seed=7, train_rows=4, test_rows=2, variant="local")
 
     assert len(source.read("train")) == 4
     assert source.read("test")["id"].tolist() == [4, 5]
-    assert calls == [(7, 4, 2)]
+    assert calls == [(7, 4, 2, "local")]
+
+
+def test_synthetic_spec_reads_the_named_variant() -> None:
+    from steps.generate import generate_splits
+
+    source = open_source("synthetic:variant=noisy,seed=3,train_rows=300,test_rows=100")
+
+    train, test = generate_splits(3, 300, 100, variant="noisy")
+    pd.testing.assert_frame_equal(source.read("train"), train)
+    pd.testing.assert_frame_equal(source.read("test"), test)
