@@ -26,9 +26,10 @@ from pyfunc.schema import FEATURE_NAMES, TARGET
 
 logger = logging.getLogger(__name__)
 
-# One row per sector and type. rows: listings in the client's train.csv; lat/lon: centre of
-# the listings and their spread (degrees); usable: median usable area (m²); uf_m2: median UF
-# per m² of usable area; lot: median net_area of houses (m²); spread: sd of log(UF/m²).
+# One row per sector and type, casa then departamento: the client's figures (CHALLENGE.md).
+# rows: listings in train.csv; lat/lon: centre of the listings and their spread (degrees);
+# usable: median usable area (m²); uf_m2: median UF per m² of usable area; lot: median
+# net_area of houses (m²); spread: sd of log(UF/m²) within the group.
 WORLD = pd.DataFrame([
     ("las condes", "casa", 1972, -33.410, -70.560, 0.014, 0.022, 220, 84, 600, 0.28),
     ("las condes", "departamento", 3662, -33.410, -70.560, 0.014, 0.022, 118, 88, 0, 0.26),
@@ -63,7 +64,7 @@ class Variant:
     units_per_building: float = 3.0  # mean units of a multi-unit building
     same_type: float = 0.95  # share of a building's units of the building's type
     area_sd: float = 0.42  # sd of log usable area in a group
-    area_skew: float = 0.15
+    area_skew: float = 0.15  # a heavier upper tail of areas, and so of prices
 
 
 VARIANTS: dict[str, Variant] = {
@@ -160,7 +161,7 @@ def _clean_listings(n_rows: int, variant: Variant, rng: np.random.Generator) -> 
     group = WORLD.iloc[_unit_groups(sites, variant, rng)].reset_index(drop=True)
     casa = (group["type"] == "casa").to_numpy()
     size = np.sqrt(0.4) * sites["size"] + np.sqrt(0.6) * rng.standard_normal(n_rows)
-    size += variant.area_skew * size**2  # a heavier upper tail, the same median
+    size += variant.area_skew * size**2  # keeps the median
     usable = np.clip(group["usable"] * np.exp(variant.area_sd * size), 20, 3_000).round()
     total, lot_effect = _total_area(usable.to_numpy(), group, casa, rng)
     rooms, baths, layout = _rooms(usable.to_numpy(), casa, rng)
@@ -309,8 +310,8 @@ def _write_csvs(frames: dict[str, pd.DataFrame], folder: Path) -> None:
 @click.option("--train-rows", type=click.IntRange(min=1), default=16_212, show_default=True)
 @click.option("--test-rows", type=click.IntRange(min=1), default=6_949, show_default=True)
 @click.option("--variant", type=click.Choice(list(VARIANTS)), default="realistic",
-              show_default=True, help="Named world: realistic, or one that changes what a "
-              "model must learn.")
+              show_default=True, help="Synthetic world: realistic (the client's market) or one "
+              "that changes what a model must learn.")
 @click.option("--dirty/--clean", default=True, show_default=True,
               help="Add the dirty rows seen in the client's files.")
 def main(out: Path, url: str | None, seed: int, train_rows: int, test_rows: int,

@@ -142,7 +142,8 @@ def test_ingest_logs_clean_splits_and_a_report_that_adds_up(main_run: MainRun,
         "clean/test.parquet", "clean/train.parquet"]
     rows = synthetic_rows(SMALL_SOURCE)
     assert ingest.data.params["source"] == (
-        f"synthetic data (seed=42, train_rows={rows['train']}, test_rows={rows['test']})")
+        f"synthetic data (variant=realistic, seed=42, train_rows={rows['train']}, "
+        f"test_rows={rows['test']})")
     report = load_json_artifact(client, run_id, "ingest_report.json", tmp_path)
     assert sorted(report) == ["test", "train"]
     assert report["train"]["rows_read"] == rows["train"]
