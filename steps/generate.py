@@ -57,20 +57,21 @@ class Variant:
     """The knobs a named world turns; shares split the variance of log(UF/m²) in a group."""
 
     spread: float = 1.0  # multiplies WORLD.spread
-    location_share: float = 0.35  # smooth surface over the map (length_scale wide)
-    building_share: float = 0.30  # one effect shared by a building's units
-    length_scale: float = 0.006  # degrees, about 600 m
+    location_share: float = 0.45  # smooth surface over the map (length_scale wide)
+    building_share: float = 0.45  # one effect shared by a building's units
+    length_scale: float = 0.01  # degrees, about 1 km
     building_rate: float = 0.17  # share of sites that are multi-unit buildings
     units_per_building: float = 3.0  # mean units of a multi-unit building
     same_type: float = 0.95  # share of a building's units of the building's type
+    same_plan: float = 0.9  # share of a building's units repeating a floor plan
     area_sd: float = 0.42  # sd of log usable area in a group
-    area_skew: float = 0.15  # a heavier upper tail of areas, and so of prices
+    area_skew: float = 0.18  # a heavier upper tail of areas, and so of prices
 
 
 VARIANTS: dict[str, Variant] = {
     "realistic": Variant(),
-    "noisy": Variant(spread=1.4, location_share=0.2, building_share=0.15),
-    "local": Variant(location_share=0.55, building_share=0.35, length_scale=0.003),
+    "noisy": Variant(spread=1.4, location_share=0.25, building_share=0.25, same_plan=0.5),
+    "local": Variant(location_share=0.5, building_share=0.5, length_scale=0.004),
     "buildings": Variant(building_rate=0.3, units_per_building=5.0),
     "smooth": Variant(spread=0.45, building_rate=0.0),
 }
@@ -120,7 +121,8 @@ def _sites(n_rows: int, variant: Variant, rng: np.random.Generator) -> pd.DataFr
                 (("lat", LATITUDE_RANGE), ("lon", LONGITUDE_RANGE)))
     mean, sd = (values[group] for values in _surface_scale(variant.length_scale))
     return pd.DataFrame({
-        "group": group, "latitude": np.where(building, lat.round(4), lat.round(6)),
+        "site": np.arange(n_sites), "group": group,
+        "latitude": np.where(building, lat.round(4), lat.round(6)),
         "longitude": np.where(building, lon.round(4), lon.round(6)),
         "location": (_surface(lat, lon, variant.length_scale) - mean) / sd,
         "building": rng.standard_normal(n_sites), "size": rng.standard_normal(n_sites),
@@ -158,13 +160,19 @@ def _rooms(usable: np.ndarray, casa: np.ndarray,
 def _clean_listings(n_rows: int, variant: Variant, rng: np.random.Generator) -> pd.DataFrame:
     """Listings drawn from the synthetic world, all inside the schema's bounds, none repeated."""
     sites = _sites(n_rows, variant, rng)
-    group = WORLD.iloc[_unit_groups(sites, variant, rng)].reset_index(drop=True)
+    groups = _unit_groups(sites, variant, rng)
+    group = WORLD.iloc[groups].reset_index(drop=True)
     casa = (group["type"] == "casa").to_numpy()
     size = np.sqrt(0.4) * sites["size"] + np.sqrt(0.6) * rng.standard_normal(n_rows)
-    size += variant.area_skew * size**2  # keeps the median
+    size += variant.area_skew * (size**2 - 0.5)  # a heavier upper tail
     usable = np.clip(group["usable"] * np.exp(variant.area_sd * size), 20, 3_000).round()
     total, lot_effect = _total_area(usable.to_numpy(), group, casa, rng)
     rooms, baths, layout = _rooms(usable.to_numpy(), casa, rng)
+    # Units of a building often repeat a floor plan: the first unit's of their type.
+    first = pd.Series(np.arange(n_rows)).groupby([sites["site"], groups]).transform("first")
+    plan = np.where(rng.random(n_rows) < variant.same_plan, first, np.arange(n_rows))
+    usable, total, rooms, baths, lot_effect, layout = (
+        np.asarray(values)[plan] for values in (usable, total, rooms, baths, lot_effect, layout))
     spread = variant.spread * group["spread"]
     own_sd = np.sqrt(np.clip((1 - variant.location_share - variant.building_share) * spread**2
                              - OTHER_VARIANCE, 0, None))

@@ -153,7 +153,7 @@ def test_price_percentiles_and_a_heavy_upper_tail(clean: pd.DataFrame) -> None:
     assert prices.quantile(0.01) == pytest.approx(3_300, rel=0.06)
     assert prices.median() == pytest.approx(12_500, rel=0.06)
     assert prices.quantile(0.99) == pytest.approx(64_000, rel=0.07)
-    assert prices.max() > 2.2 * prices.quantile(0.99)
+    assert prices.max() > 2 * prices.quantile(0.99)
 
 
 def test_uf_per_m2_areas_and_rooms_are_realistic(clean: pd.DataFrame) -> None:
@@ -187,8 +187,8 @@ def test_a_third_of_listings_are_units_of_buildings(clean: pd.DataFrame) -> None
     assert (buildings["sector"].nunique() == 1).mean() > 0.98
     main_type = clean.groupby([*PLACE, "type"]).size().groupby(level=PLACE).max()
     assert main_type[units.index].sum() > 0.9 * units.sum()
-    assert (buildings["price"].nunique() == units).mean() > 0.95
-    assert (buildings["net_usable_area"].nunique() > 1).mean() > 0.8
+    assert (buildings["price"].nunique() == units).mean() > 0.95  # floor, condition
+    assert (buildings["net_usable_area"].nunique() < units).mean() > 0.5  # floor plans repeat
 
 
 def test_test_split_shares_buildings_with_train(splits: tuple[pd.DataFrame, ...]) -> None:
