@@ -106,7 +106,7 @@ def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
         response.headers["X-Model-Version"] = record.model_version
         gateway.metrics.observe_request(endpoint, response.status_code, seconds)
         gateway.request_log.emit(partial(record.fields, response.status_code, seconds * 1000))
-        body.linger(response)
+        body.discard_unread()
         return response
 
 

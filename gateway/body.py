@@ -6,10 +6,10 @@ refuses a Content-Length over it before reading and stops a chunked body that gr
 (413). orjson parses; NaN and Infinity are not JSON and are refused with a message saying so
 (400 INVALID_JSON).
 
-A body the answer did not need (401, 403, 413, 415) is read and dropped after the answer is
-sent, like nginx's lingering close: a client still sending then reads the answer instead of a
-connection reset, and a keep-alive connection stays usable. That is bounded to LINGER_BODIES
-times the limit and LINGER_SECONDS; past either, gunicorn closes the connection.
+A body the answer did not need (401, 403, 413, 415) is read and dropped before the answer goes
+out, as nginx's lingering close does after it: a client still sending then reads the answer
+instead of a connection reset, and a keep-alive connection stays usable. That is bounded to
+LINGER_BODIES times the limit and LINGER_SECONDS; past either, gunicorn closes the connection.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from functools import partial
 from typing import IO
 
 import orjson
-from flask import Response, request
+from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway import errors
@@ -72,11 +71,10 @@ def _too_large(what: str, limit: int) -> GatewayError:
                         f"{what}; the gateway accepts at most {limit} bytes: split the batch")
 
 
-def linger(response: Response) -> None:
-    """Once `response` is sent, read and drop what the request left of its body."""
+def discard_unread() -> None:
+    """Read and drop what the request left of its body, before answering."""
     budget = LINGER_BODIES * (request.max_content_length or READ_CHUNK_BYTES)
-    response.call_on_close(partial(_discard, request.environ["wsgi.input"],
-                                   request.environ.get("gunicorn.socket"), budget))
+    _discard(request.environ["wsgi.input"], request.environ.get("gunicorn.socket"), budget)
 
 
 def _discard(stream: IO[bytes], sock: socket.socket | None, budget: int) -> None:

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 PING_READ_TIMEOUT_SECONDS = 2.0
 READ_CHUNK_BYTES = 64 * 1024
 MAX_MESSAGE_CHARS = 4000
+MLFLOW_INVALID_VALUE = "INVALID_PARAMETER_VALUE"  # MLflow's own checks, e.g. of `params`
+MODEL_REFUSED = "the model server refused the columns or params of this request; see /docs"
 MAX_ERRORS = 100
 
 
@@ -137,6 +139,8 @@ def failure(answer: UpstreamAnswer) -> GatewayError:
     problems = model_errors(content.get("errors"))
     if answer.status == 400 and problems:
         return GatewayError(errors.INVALID_FEATURES, _message(content), problems)
+    if answer.status == 400 and content.get("error_code") == MLFLOW_INVALID_VALUE:
+        return GatewayError(errors.INVALID_FEATURES, MODEL_REFUSED)
     logger.error("model server answered %d: %r", answer.status, answer.body[:200])
     return GatewayError(errors.UPSTREAM_ERROR,
                         f"the model server failed on this request (status {answer.status})")

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.upstream import Upstream, UpstreamAnswer, failure, model_errors
+from gateway.upstream import MODEL_REFUSED, Upstream, UpstreamAnswer, failure, model_errors
 
 DUMP = ("Failed to predict data '     type      sector  net_usable_area\n0  casa  vitacura"
         "  -5.0'. \nError: ")
@@ -42,6 +42,14 @@ def test_errors_list_keeps_field_row_and_message_only():
         {"field": "x" * 37 + "...", "row": None, "message": "m"}]
 
 
+def test_mlflows_own_refusal_is_invalid_features_without_its_text():
+    error = failure(answer(400, {"error_code": "INVALID_PARAMETER_VALUE",
+                                 "stack_trace": "Traceback ...",
+                                 "message": DUMP + "Failed to enforce schema of params"}))
+    assert (error.status, error.code, error.errors) == (400, "INVALID_FEATURES", None)
+    assert error.message == MODEL_REFUSED
+
+
 @pytest.mark.parametrize(("status", "content", "expected"), [
     (504, b"Request processing time exceeded limit", (504, "UPSTREAM_TIMEOUT")),
     (503, b"", (503, "UPSTREAM_UNAVAILABLE")),
@@ -50,8 +58,6 @@ def test_errors_list_keeps_field_row_and_message_only():
     (400, {"error_code": "BAD_REQUEST", "stack_trace": "Traceback ...",
            "message": "Encountered an unexpected error while evaluating the model. Verify"},
      (502, "UPSTREAM_ERROR")),
-    (400, {"error_code": "INVALID_PARAMETER_VALUE", "stack_trace": "Traceback ...",
-           "message": DUMP + "Failed to enforce schema of data"}, (502, "UPSTREAM_ERROR")),
     (400, {"message": DUMP, "errors": "not a list"}, (502, "UPSTREAM_ERROR")),
     (400, b"not json", (502, "UPSTREAM_ERROR")),
 ])
