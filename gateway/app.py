@@ -52,13 +52,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     gateway = _build(settings)
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.gateway_max_body_bytes
     app.extensions[EXTENSION] = gateway
     _install_request_hooks(app, gateway)
     auth.init_app(app, settings,
                   on_failure=lambda reason: gateway.metrics.auth_failures.labels(reason).inc())
     errors.init_app(app)
     proxy.init_app(app, gateway.upstream, gateway.metrics, gateway.drift,
-                   settings.gateway_max_body_bytes, settings.gateway_log_payloads)
+                   settings.gateway_log_payloads)
     health.init_app(app, gateway.upstream, gateway.model_info)
     modelinfo.init_app(app, gateway.model_info)
     metrics.init_app(app, gateway.metrics)
@@ -104,8 +105,8 @@ def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
         response.headers["X-Request-ID"] = record.request_id
         response.headers["X-Model-Version"] = record.model_version
         gateway.metrics.observe_request(endpoint, response.status_code, seconds)
-        gateway.request_log.emit(partial(record.line, response.status_code, seconds * 1000))
-        body.discard_unread(gateway.settings.gateway_max_body_bytes)
+        gateway.request_log.emit(partial(record.fields, response.status_code, seconds * 1000))
+        body.discard_unread()
         return response
 
 

@@ -1,21 +1,35 @@
 """The request body of /invocations: content type, size and JSON, checked before anything else.
 
 Only JSON is accepted (415 otherwise; a missing Content-Type too, where the model server would
-answer 500). The size is checked on Content-Length before reading and enforced again while
-reading, so a chunked body cannot exceed the limit either (413). orjson parses; NaN and
-Infinity are not JSON and are refused with a message saying so (400 INVALID_JSON).
+answer 500). The size limit is Flask's MAX_CONTENT_LENGTH (GATEWAY_MAX_BODY_BYTES): Werkzeug
+refuses a Content-Length over it before reading and stops a chunked body that grows past it
+(413). orjson parses; NaN and Infinity are not JSON and are refused with a message saying so
+(400 INVALID_JSON).
+
+A body the answer did not need (401, 403, 413, 415) is read and dropped before the answer goes
+out, as nginx's lingering close does after it: a client still sending then reads the answer
+instead of a connection reset, and a keep-alive connection stays usable. That is bounded to
+LINGER_BODIES times the limit and LINGER_SECONDS; past either, gunicorn closes the connection.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import time
+from typing import IO
+
 import orjson
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway import errors
 from gateway.errors import GatewayError
 
 JSON_MIME = "application/json"
 READ_CHUNK_BYTES = 64 * 1024
+LINGER_BODIES = 4
+LINGER_SECONDS = 5.0
 _UTF8 = frozenset({"utf-8", "utf8"})
 
 
@@ -38,42 +52,48 @@ def require_json() -> str:
     return JSON_MIME
 
 
-def read_body(limit: int) -> bytes:
-    """The whole body, refusing more than `limit` bytes before and while reading (413)."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise _too_large(limit, f"Content-Length is {length} bytes")
-    stream = request.stream
-    chunks: list[bytes] = []
-    total = 0
-    want = min(length, limit + 1) if length is not None else READ_CHUNK_BYTES
-    while True:
-        chunk = stream.read(max(1, min(want, limit + 1 - total)))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(limit, "the body is larger")
-        want = READ_CHUNK_BYTES
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def read_body() -> bytes:
+    """The whole body; 413 PAYLOAD_TOO_LARGE past MAX_CONTENT_LENGTH. Werkzeug stops a chunked
+    body at the limit without saying whether more follows: one more byte of it tells."""
+    limit = request.max_content_length
+    try:
+        data = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise _too_large(f"Content-Length is {request.content_length} bytes", limit) from None
+    if (request.content_length is None and len(data) >= limit
+            and request.environ["wsgi.input"].read(1)):
+        raise _too_large("the body is larger", limit)
+    return data
 
 
-def discard_unread(limit: int) -> None:
-    """Read and drop the rest of a body of at most `limit` bytes that the answer did not need
-    (401, 403, 415). gunicorn drains only 64 kB of it before the next request and otherwise
-    closes the connection it has just answered with keep-alive: the client's next request on
-    that connection would fail."""
-    length = request.content_length
-    if not length or length > limit:
-        return
-    while request.stream.read(READ_CHUNK_BYTES):
-        pass
-
-
-def _too_large(limit: int, what: str) -> GatewayError:
+def _too_large(what: str, limit: int) -> GatewayError:
     return GatewayError(errors.PAYLOAD_TOO_LARGE,
                         f"{what}; the gateway accepts at most {limit} bytes: split the batch")
+
+
+def discard_unread() -> None:
+    """Read and drop what the request left of its body, before answering."""
+    budget = LINGER_BODIES * (request.max_content_length or READ_CHUNK_BYTES)
+    _discard(request.environ["wsgi.input"], request.environ.get("gunicorn.socket"), budget)
+
+
+def _discard(stream: IO[bytes], sock: socket.socket | None, budget: int) -> None:
+    deadline = time.monotonic() + LINGER_SECONDS
+    timeout = sock.gettimeout() if sock is not None else None
+    try:
+        while budget > 0 and (left := deadline - time.monotonic()) > 0:
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = stream.read(min(READ_CHUNK_BYTES, budget))
+            if not chunk:
+                return
+            budget -= len(chunk)
+    except Exception:  # a timeout, a reset, a malformed chunk: gunicorn closes the connection
+        return
+    finally:
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(timeout)
 
 
 def parse_json(body: bytes) -> object:

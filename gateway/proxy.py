@@ -68,7 +68,6 @@ def init_app(
     client: Upstream,
     metrics: GatewayMetrics,
     drift: DriftMonitor,
-    max_body_bytes: int,
     log_payloads: bool,
 ) -> None:
     """Serve POST /invocations through `client`."""
@@ -78,7 +77,7 @@ def init_app(
     def invocations() -> Response:
         record = g.record
         content_type = body.require_json()
-        raw = body.read_body(max_body_bytes)
+        raw = body.read_body()
         try:
             payload = body.parse_json(raw)
             batch = validate_payload(payload)

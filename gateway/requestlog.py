@@ -1,12 +1,12 @@
 """The request log: one JSON line per request, whatever its outcome.
 
-The request path only puts a small closure on a queue; a background thread per worker wakes at
-most every 10 ms, renders the lines (parsing the model's answer when payloads are logged) and
-appends them. The file is opened with O_APPEND and every batch of whole lines goes out in one
-`write`, so gunicorn workers never interleave or lose each other's lines. When the file cannot
-be written, requests are still served: the lost lines are counted and the failure is logged to
-stderr at most once a minute; half a line left by a disk filling up mid-write is cut off.
-`close()` (gunicorn's worker_exit hook, or atexit) drains the queue.
+The request path only hands a record to a `QueueHandler`; a `QueueListener` thread per worker
+renders it (`JsonLineFormatter`, parsing the model's answer when payloads are logged) and
+appends it (`AppendHandler`). Each line goes out in one `write` on a file opened with
+O_APPEND, so gunicorn workers never interleave or lose each other's lines. When the file
+cannot be written, requests are still served: the lost lines are counted and the failure is
+logged to stderr at most once a minute; half a line left by a disk filling up mid-write is cut
+off. `close()` (gunicorn's worker_exit hook, or atexit) writes what is queued.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import contextlib
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,9 @@ import orjson
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH_LINES = 512
-LINGER_SECONDS = 0.01
 COMPLAINT_INTERVAL_SECONDS = 60.0
-_STOP = object()
 
-LineFactory = Callable[[], bytes]
+Fields = Callable[[], dict[str, Any]]
 
 
 @dataclass
@@ -50,18 +49,11 @@ class RequestRecord:
     upstream_latency_ms: float | None = None
     model_version: str | None = None
     error_code: str | None = None
-    extra: Callable[[], dict[str, Any]] | None = None  # payload fields, run in the background
-
-    def line(self, status: int, latency_ms: float) -> bytes:
-        """The JSON line for this request, newline included."""
-        fields = self.fields(status, latency_ms)
-        if self.extra is not None:
-            fields.update(self.extra())
-        return orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
+    extra: Fields | None = None  # payload fields, run in the background
 
     def fields(self, status: int, latency_ms: float) -> dict[str, Any]:
-        """The line's fields, without payloads."""
-        return {
+        """The line's fields, payloads included."""
+        fields = {
             "time": iso_utc(self.started_at),
             "request_id": self.request_id,
             "key_id": self.key_id,
@@ -74,6 +66,9 @@ class RequestRecord:
             "model_version": self.model_version,
             "error_code": self.error_code,
         }
+        if self.extra is not None:
+            fields.update(self.extra())
+        return fields
 
 
 def iso_utc(epoch_seconds: float) -> str:
@@ -82,126 +77,106 @@ def iso_utc(epoch_seconds: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class JsonLineFormatter(logging.Formatter):
+    """A record whose `msg` is a function returning the fields, as one line of JSON."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(record.msg()).decode()
+
+
+class AppendHandler(logging.Handler):
+    """Appends each record as one line to `path`; `on_lost(1)` for each line lost."""
+
+    def __init__(self, path: Path, on_lost: Callable[[int], None]):
+        super().__init__()
+        self.path = path
+        self._on_lost = on_lost
+        self._lost = 0
+        self._complained_at = float("-inf")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _append(self.path, (self.format(record) + "\n").encode())
+        except Exception:
+            self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Count the lost line; say why on stderr at most once a minute."""
+        self._lost += 1
+        self._on_lost(1)
+        now = time.monotonic()
+        if now - self._complained_at >= COMPLAINT_INTERVAL_SECONDS:
+            self._complained_at = now
+            logger.error("request log %s cannot be written (%s); %d line(s) lost so far",
+                         self.path, sys.exc_info()[1], self._lost)
+
+
+class _Enqueue(QueueHandler):
+    """Queues the record as it is: rendering waits for the listener's thread."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
 class RequestLog:
     """Appends lines to `path` from a background thread; `on_lost(n)` counts lost lines."""
 
     def __init__(self, path: Path, on_lost: Callable[[int], None]):
         self.path = path
-        self._on_lost = on_lost
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer = AppendHandler(path, on_lost)
+        self._writer.setFormatter(JsonLineFormatter())
+        self._queue: queue.Queue = queue.Queue()
+        self._enqueue = _Enqueue(self._queue)
+        self._listener = QueueListener(self._queue, self._writer)
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
         self._closed = False
-        self._lost = 0
-        self._complained_at = float("-inf")
+        self._listener.start()
+        atexit.register(self.close)
 
-    def emit(self, make_line: LineFactory) -> None:
-        """Queue one line; `make_line` runs on the background thread and returns the bytes."""
-        if self._closed:
-            self._write_batch([make_line])
-            return
-        self._ensure_started()
-        self._queue.put(make_line)
+    def emit(self, fields: Fields) -> None:
+        """Log one line; `fields` runs on the background thread and returns its fields."""
+        record = logging.makeLogRecord({"name": __name__, "msg": fields})
+        (self._writer if self._closed else self._enqueue).handle(record)
 
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every line queued so far is written (tests, shutdown)."""
-        if self._thread is None or self._closed:
-            return True
-        done = threading.Event()
-        self._queue.put(done)
-        return done.wait(timeout)
+    def flush(self) -> None:
+        """Wait until every line queued so far is written (tests)."""
+        self._queue.join()
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self) -> None:
         """Write what is queued and stop the thread; later lines are written synchronously."""
         with self._lock:
-            thread, self._closed = self._thread, True
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
-            self._queue.put(_STOP)
-            thread.join(timeout)
-
-    def _ensure_started(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._closed or (self._thread is not None and self._pid == os.getpid()):
+            if self._closed:
                 return
-            self._pid = os.getpid()  # a thread started before a fork does not exist here
-            self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
-            self._thread.start()
-            atexit.register(self.close)
-
-    def _run(self) -> None:
-        while True:
-            items = [self._queue.get()]
-            # Linger so that lines arriving meanwhile share one wake-up and one write: while
-            # this thread sleeps, a request's `put` is a plain append that wakes nobody.
-            time.sleep(LINGER_SECONDS)
-            while len(items) < MAX_BATCH_LINES:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._write_batch([i for i in items if callable(i)])
-            for item in items:
-                if isinstance(item, threading.Event):
-                    item.set()
-            if _STOP in items:
-                return
-
-    def _write_batch(self, factories: list[LineFactory]) -> None:
-        lines = []
-        for make_line in factories:
-            try:
-                lines.append(make_line())
-            except Exception:
-                logger.exception("could not render a request-log line")
-                self._lost_lines(1, None)
-        if lines:
-            self._append(b"".join(lines), len(lines))
-
-    def _append(self, data: bytes, count: int) -> None:
-        try:
-            fd = self._open()
-        except OSError as exc:
-            self._lost_lines(count, exc)
-            return
-        written = 0
-        try:
-            written = os.write(fd, data)
-            while written < len(data):  # only on a nearly full disk
-                written += os.write(fd, data[written:])
-        except OSError as exc:
-            kept = _cut_partial_line(fd, data, written)
-            self._lost_lines(count - data[:kept].count(b"\n"), exc)
-        finally:
-            os.close(fd)
-
-    def _open(self) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-        try:
-            return os.open(self.path, flags, 0o644)
-        except FileNotFoundError:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, flags, 0o644)
-
-    def _lost_lines(self, count: int, exc: OSError | None) -> None:
-        self._lost += count
-        self._on_lost(count)
-        now = time.monotonic()
-        if exc is not None and now - self._complained_at >= COMPLAINT_INTERVAL_SECONDS:
-            self._complained_at = now
-            logger.error("request log %s cannot be written (%s); %d line(s) lost so far",
-                         self.path, exc, self._lost)
+            self._closed = True
+        self._listener.stop()
 
 
-def _cut_partial_line(fd: int, data: bytes, written: int) -> int:
-    """After a short write of `data` (a full disk), truncate the file after the last whole line
-    that made it, unless another process appended since; return the bytes of `data` kept."""
-    kept = data.rfind(b"\n", 0, written) + 1
-    if kept < written:
+def _append(path: Path, data: bytes) -> None:
+    """Write `data` at the end of `path` in one O_APPEND write; on a short write (a full disk)
+    cut off what made it, so that the file never keeps half a line."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o644)
+    written = 0
+    try:
+        written = os.write(fd, data)
+        while written < len(data):  # only on a nearly full disk
+            written += os.write(fd, data[written:])
+    except OSError:
+        _cut_partial_line(fd, written)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _cut_partial_line(fd: int, written: int) -> None:
+    """Truncate the `written` bytes of a line that did not make it whole, unless another
+    process appended since."""
+    if written:
         with contextlib.suppress(OSError):
             end = os.lseek(fd, 0, os.SEEK_CUR)
             if os.fstat(fd).st_size == end:
-                os.ftruncate(fd, end - written + kept)
-    return kept
+                os.ftruncate(fd, end - written)

@@ -4,10 +4,11 @@ Connect and read timeouts are bounded (GATEWAY_CONNECT_TIMEOUT_SECONDS,
 GATEWAY_READ_TIMEOUT_SECONDS); the read timeout bounds the whole answer, not each byte of it,
 so a model server trickling its answer cannot hold a thread. Failures become gateway errors:
 refused or unreachable 503 UPSTREAM_UNAVAILABLE, too slow 504 UPSTREAM_TIMEOUT, the model's
-validation errors 400 INVALID_FEATURES (its message without MLflow's dump of the input frame,
-never a stack trace), anything else 502 UPSTREAM_ERROR. A connection dropped before any answer
-is retried once on a new connection (scoring is idempotent; uvicorn closes idle keep-alive
-connections).
+validation errors (a 400 with its structured `errors` list) 400 INVALID_FEATURES, anything else
+502 UPSTREAM_ERROR (never the model server's text, which may dump the input or a stack trace).
+`urllib3.Retry` retries once a request the model server never answered: a failed connection, or
+one dropped before any answer (scoring is idempotent; uvicorn closes idle keep-alive
+connections). A read timeout is never retried: the model server has the request.
 """
 
 from __future__ import annotations
@@ -21,13 +22,8 @@ from urllib.parse import urlsplit
 
 import orjson
 import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, MaxRetryError, ReadTimeoutError
+from urllib3.util import Retry
 
 from gateway import errors
 from gateway.errors import GatewayError
@@ -38,11 +34,24 @@ logger = logging.getLogger(__name__)
 
 PING_READ_TIMEOUT_SECONDS = 2.0
 READ_CHUNK_BYTES = 64 * 1024
-MLFLOW_DUMP_PREFIX = "Failed to predict data '"
-MLFLOW_DUMP_END = "\nError: "
-MLFLOW_UNEXPECTED = "Encountered an unexpected error while evaluating the model"
 MAX_MESSAGE_CHARS = 4000
+MLFLOW_INVALID_VALUE = "INVALID_PARAMETER_VALUE"  # MLflow's own checks, e.g. of `params`
+MODEL_REFUSED = "the model server refused the columns or params of this request; see /docs"
 MAX_ERRORS = 100
+
+
+class RetryUnanswered(Retry):
+    """Retry, except after a read timeout: the model server has the request and is slow."""
+
+    def increment(self, method=None, url=None, response=None, error=None, **kwargs) -> Retry:
+        if isinstance(error, ReadTimeoutError):
+            raise error
+        return super().increment(method, url, response, error, **kwargs)
+
+
+RETRY_ONCE_UNANSWERED = RetryUnanswered(total=1, connect=1, read=1, status=0, other=0,
+                                        redirect=False, allowed_methods=None,
+                                        raise_on_status=False)
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,8 @@ class Upstream:
         self._ping_timeout = urllib3.Timeout(
             connect=connect_timeout, read=min(read_timeout, PING_READ_TIMEOUT_SECONDS))
         self._pool = urllib3.connection_from_url(
-            url, maxsize=pool_size, block=False, retries=False, timeout=self._timeout)
+            url, maxsize=pool_size, block=False, retries=RETRY_ONCE_UNANSWERED,
+            timeout=self._timeout)
         self._on_reachable = on_reachable
 
     def predict(self, body: bytes, content_type: str, request_id: str) -> UpstreamAnswer:
@@ -81,36 +91,31 @@ class Upstream:
         headers = {"Content-Type": content_type, "X-Request-ID": request_id}
         started = time.perf_counter()
         try:
-            response = self._post(body, headers)
+            response = self._pool.urlopen("POST", f"{self._prefix}/invocations", body=body,
+                                          headers=headers, redirect=False,
+                                          preload_content=False)
             content = _read_by(response, time.monotonic() + self._timeout.read_timeout)
-        except (NewConnectionError, ConnectTimeoutError) as exc:
-            self._on_reachable(False)
-            logger.warning("model server %s unreachable: %s", self.url, exc)
-            raise GatewayError(errors.UPSTREAM_UNAVAILABLE,
-                               "the model server is not reachable; try again shortly") from None
         except (ReadTimeoutError, AnswerTooSlow):
             raise GatewayError(errors.UPSTREAM_TIMEOUT,
                                f"the model server did not answer within "
                                f"{self._timeout.read_timeout:g} s") from None
+        except MaxRetryError as exc:
+            raise self._unanswered(exc.reason) from None
         except HTTPError as exc:
-            logger.warning("model server %s failed: %r", self.url, exc)
-            raise GatewayError(errors.UPSTREAM_ERROR,
-                               "the model server dropped the connection") from None
+            raise self._unanswered(exc) from None
         self._on_reachable(True)
         return UpstreamAnswer(response.status, content,
                               response.headers.get("Content-Type", errors.JSON),
                               time.perf_counter() - started)
 
-    def _post(self, body: bytes, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
-        for attempt in (1, 2):
-            try:
-                return self._pool.urlopen("POST", f"{self._prefix}/invocations", body=body,
-                                          headers=headers, retries=False, redirect=False,
-                                          preload_content=False)
-            except ProtocolError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+    def _unanswered(self, reason: Exception | None) -> GatewayError:
+        if isinstance(reason, ConnectTimeoutError):  # NewConnectionError included
+            self._on_reachable(False)
+            logger.warning("model server %s unreachable: %s", self.url, reason)
+            return GatewayError(errors.UPSTREAM_UNAVAILABLE,
+                                "the model server is not reachable; try again shortly")
+        logger.warning("model server %s failed: %r", self.url, reason)
+        return GatewayError(errors.UPSTREAM_ERROR, "the model server dropped the connection")
 
     def ping(self) -> bool:
         """True when GET /ping answers 200; reports reachability either way."""
@@ -131,14 +136,19 @@ def failure(answer: UpstreamAnswer) -> GatewayError:
     if answer.status == 503:
         return GatewayError(errors.UPSTREAM_UNAVAILABLE, "the model server is not ready")
     content = _json_object(answer.body)
-    message = str(content.get("message") or "")
-    if answer.status in (400, 422) and content and not message.startswith(MLFLOW_UNEXPECTED):
-        return GatewayError(errors.INVALID_FEATURES, clean_message(message),
-                            clean_errors(content.get("errors")))
-    logger.error("model server answered %d: %s", answer.status,
-                 clean_message(message) if message else answer.body[:500])
+    problems = model_errors(content.get("errors"))
+    if answer.status == 400 and problems:
+        return GatewayError(errors.INVALID_FEATURES, _message(content), problems)
+    if answer.status == 400 and content.get("error_code") == MLFLOW_INVALID_VALUE:
+        return GatewayError(errors.INVALID_FEATURES, MODEL_REFUSED)
+    logger.error("model server answered %d: %r", answer.status, answer.body[:200])
     return GatewayError(errors.UPSTREAM_ERROR,
                         f"the model server failed on this request (status {answer.status})")
+
+
+def _message(content: dict[str, Any]) -> str:
+    message = str(content.get("message") or "").strip() or "invalid input"
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "..."
 
 
 class AnswerTooSlow(Exception):
@@ -166,24 +176,12 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return content if isinstance(content, dict) else {}
 
 
-def clean_message(message: str) -> str:
-    """The model's message without MLflow's `Failed to predict data '<frame dump>'` prefix."""
-    if message.startswith(MLFLOW_DUMP_PREFIX):
-        end = message.rfind(MLFLOW_DUMP_END)
-        message = message[end + len(MLFLOW_DUMP_END):] if end >= 0 else "invalid input"
-    message = message.strip() or "invalid input"
-    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "..."
-
-
-def clean_errors(raw: object) -> list[dict[str, Any]] | None:
-    """The model's `errors` list, keeping only field, row and message of each entry."""
+def model_errors(raw: object) -> list[dict[str, Any]]:
+    """The model's structured `errors` list: field, row and message of each entry."""
     if not isinstance(raw, list):
-        return None
-    cleaned = []
-    for entry in raw[:MAX_ERRORS]:
-        if isinstance(entry, dict) and isinstance(entry.get("message"), str):
-            row = entry.get("row")
-            cleaned.append(problem(cut(str(entry.get("field") or "other")),
-                                   row if isinstance(row, int) else None,
-                                   clean_message(entry["message"])))
-    return cleaned or None
+        return []
+    return [problem(cut(str(entry.get("field") or "other")),
+                    entry["row"] if isinstance(entry.get("row"), int) else None,
+                    entry["message"][:MAX_MESSAGE_CHARS])
+            for entry in raw[:MAX_ERRORS]
+            if isinstance(entry, dict) and isinstance(entry.get("message"), str)]

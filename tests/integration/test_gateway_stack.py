@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import json
 import time
@@ -128,6 +129,37 @@ def test_missing_content_type_is_415(gateway):
                              data=json.dumps({"dataframe_records": listings(1)}).encode())
     assert response.status_code == 415
     assert response.json()["error_code"] == "UNSUPPORTED_MEDIA_TYPE"
+
+
+NINE_MB = 9 * 1024 * 1024
+LIMIT = "the gateway accepts at most 8388608 bytes: split the batch"
+
+
+def post_too_large(gateway: RunningGateway, body: object, chunked: bool) -> tuple[int, dict]:
+    """POST with http.client, which sends the whole body before it reads the answer and,
+    unlike urllib3, stops at a broken pipe."""
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=60)
+    try:
+        conn.request("POST", "/invocations", body=body, encode_chunked=chunked,
+                     headers={**ALICE, "Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_a_body_over_the_limit_is_answered_413_not_reset(gateway):
+    """The gateway answers, then reads the rest of the 9 MB so that the client can read it."""
+    status, content = post_too_large(gateway, b" " * NINE_MB, chunked=False)
+    assert (status, content["error_code"]) == (413, "PAYLOAD_TOO_LARGE")
+    assert content["message"] == f"Content-Length is {NINE_MB} bytes; {LIMIT}"
+
+
+def test_a_chunked_body_over_the_limit_is_answered_413(gateway):
+    status, content = post_too_large(gateway, (b" " * 1024 * 1024 for _ in range(9)),
+                                     chunked=True)
+    assert (status, content["error_code"]) == (413, "PAYLOAD_TOO_LARGE")
+    assert content["message"] == f"the body is larger; {LIMIT}"
 
 
 def test_docs_and_model_info(gateway, model_server):

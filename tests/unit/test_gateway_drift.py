@@ -90,7 +90,7 @@ def send(app, rows: list[dict], batch: int = 250) -> None:
         response = client.post("/invocations", data=orjson.dumps(body), headers=AUTH,
                                content_type="application/json")
         assert response.status_code == 200, response.json
-    assert gateway_of(app).request_log.flush()
+    gateway_of(app).request_log.flush()
 
 
 def gauges(metrics: GatewayMetrics) -> dict[str, float]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram
+from functools import partial
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app, gateway_of
-from gateway.metrics import PRICE_BUCKETS_UF, GatewayMetrics, observe_many
+from gateway.metrics import PRICE_BUCKETS_UF, GatewayMetrics
 from pyfunc.schema import FEATURE_NAMES
 from tests.support.gateway import gateway_settings, write_model_info
 
@@ -46,20 +47,12 @@ def test_price_buckets_span_1e3_to_3e5():
     assert list(PRICE_BUCKETS_UF) == sorted(PRICE_BUCKETS_UF)
 
 
-def test_observe_many_equals_one_observe_per_value():
-    values = [500.0, 1000.0, 1000.1, 14_500.0, 299_999.0, 300_000.0, 1e7, 12_500.0]
-    batch, single = CollectorRegistry(), CollectorRegistry()
-    by_batch = Histogram("price", "p", buckets=PRICE_BUCKETS_UF, registry=batch)
-    by_value = Histogram("price", "p", buckets=PRICE_BUCKETS_UF, registry=single)
-    observe_many(by_batch, values)
-    for value in values:
-        by_value.observe(value)
-    assert _values(batch) == _values(single)
-
-
-def _values(registry: CollectorRegistry) -> list[tuple[str, dict, float]]:
-    return [(s.name, s.labels, s.value) for family in registry.collect()
-            for s in family.samples if not s.name.endswith("_created")]
+def test_prices_land_in_their_buckets():
+    metrics = GatewayMetrics()
+    metrics.observe_prices([500.0, 1000.0, 1000.1, 14_500.0, 1e7])
+    bucket = partial(metrics.registry.get_sample_value, "gateway_predicted_price_uf_bucket")
+    assert [bucket({"le": le}) for le in ("1000.0", "2000.0", "15000.0", "+Inf")] == [2, 3, 4, 5]
+    assert metrics.registry.get_sample_value("gateway_predicted_price_uf_sum") == 1e7 + 17_000.1
 
 
 def test_upstream_up_follows_the_last_outcome(app):
