@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from pyfunc.contract import UNKNOWN_CATEGORY_POLICIES, fractional, outside_bounds
 from pyfunc.features import (
     BUSINESS_DISTRICT,
     ENGINEERED_FEATURES,
@@ -41,7 +42,7 @@ from pyfunc.schema import (
     NUMERIC_NAMES,
     normalize_category,
 )
-from pyfunc.validation import UNKNOWN_CATEGORY_POLICIES, ValidatedInput
+from pyfunc.validation import ValidatedInput
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +123,13 @@ def check(
 
 
 def _clean_numbers(column: pd.Series, name: str) -> np.ndarray | None:
-    """float64 values if the column is numeric, finite and inside the physical bounds."""
+    """float64 values if the column is numeric and every value passes the contract's rules."""
     if column.dtype.kind not in "iuf":  # not bool, object, complex...: `validate` decides
         return None
     values = column.to_numpy(dtype="float64", na_value=np.nan)
     feature = NUMERIC_BY_NAME[name]
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(values).all() and values.min() >= feature.minimum \
-            and values.max() <= feature.maximum
+    ok = np.isfinite(values).all() and not outside_bounds(feature, values).any() \
+        and not fractional(feature, values).any()
     return values if ok else None
 
 

@@ -16,7 +16,8 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from pyfunc import fastpath
+from pyfunc import contract, fastpath
+from pyfunc.contract import INVALID_ROW_POLICIES, FieldError, ValidationError
 from pyfunc.schema import (
     CATEGORICAL_NAMES,
     FEATURE_NAMES,
@@ -25,12 +26,11 @@ from pyfunc.schema import (
     NUMERIC_NAMES,
     PREDICTION_COLUMN,
 )
-from pyfunc.validation import FieldError, ValidationError, validate, validate_each_row
+from pyfunc.validation import validate, validate_each_row
 
 MODEL_ARTIFACT_PATH = "model"
 PIPELINE_ARTIFACT = "pipeline"
 PROFILE_ARTIFACT = "profile"
-INVALID_ROW_POLICIES = ("reject", "report")
 RUNTIME_PACKAGES = ("mlflow", "scikit-learn", "category_encoders", "pandas", "numpy", "pyarrow",
                     "joblib")
 
@@ -80,9 +80,8 @@ class PropertyValuationModel(mlflow.pyfunc.PythonModel):
         if on_invalid_row == "report":
             return self._predict_each_row(frame, policy)
         if on_invalid_row != "reject":
-            raise InvalidInputError(ValidationError([FieldError(
-                "on_invalid_row", None, f"on_invalid_row must be one of "
-                f"{', '.join(INVALID_ROW_POLICIES)}, got {on_invalid_row!r}")]))
+            message = contract.not_one_of("on_invalid_row", INVALID_ROW_POLICIES, on_invalid_row)
+            raise InvalidInputError(ValidationError([FieldError("on_invalid_row", None, message)]))
         checked = self._validate(frame, policy)
         return pd.DataFrame({PREDICTION_COLUMN: self._prices(checked), FLAG_COLUMN: checked.flags})
 

@@ -1,4 +1,4 @@
-"""Validation of listings before they reach the model.
+"""The model's validation of listings: values, bounds and categories (see `pyfunc.contract`).
 
 Every problem is collected, not only the first, so one answer tells a client everything that
 is wrong: which field, which row, what was sent and what is allowed.
@@ -7,33 +7,14 @@ is wrong: which field, which row, what was sent and what is allowed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from pyfunc.reporting import ROWS_SHOWN_PER_PROBLEM, first_names, shown
+from pyfunc import contract
+from pyfunc.contract import UNKNOWN_CATEGORY_POLICIES, FieldError, ValidationError
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_FEATURES, normalize_category
-
-UNKNOWN_CATEGORY_POLICIES = ("reject", "flag")
-
-
-@dataclass(frozen=True)
-class FieldError:
-    field: str
-    row: int | None
-    message: str
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-class ValidationError(ValueError):
-    """The input cannot be priced; `errors` names each bad field and row."""
-
-    def __init__(self, errors: Sequence[FieldError]):
-        self.errors = list(errors)
-        super().__init__(summarize(self.errors))
 
 
 @dataclass(frozen=True)
@@ -42,11 +23,6 @@ class ValidatedInput:
 
     frame: pd.DataFrame
     flags: list[str]
-
-
-def summarize(errors: Sequence[FieldError]) -> str:
-    fields = sorted({e.field for e in errors})
-    return f"Invalid input ({', '.join(fields)}): " + "; ".join(e.message for e in errors)
 
 
 def validate(
@@ -95,10 +71,14 @@ class _Findings:
     by_row: dict[int, list[str]] = field(default_factory=dict)
     batch_errors: list[FieldError] = field(default_factory=list)
 
-    def add(self, name: str, rows: np.ndarray, describe: Callable[[int, bool], str]) -> None:
-        self.errors += _errors_for_rows(name, rows, lambda r: describe(r, True))
+    def add(self, name: str, mask: np.ndarray,
+            describe: Callable[[int, int | None], str]) -> None:
+        """Report the rows of `mask`; `describe(row, shown_row)` words one (shown_row None:
+        the message leaves the row out)."""
+        rows = np.flatnonzero(mask)
+        self.errors += contract.errors_for_rows(name, rows, lambda r: describe(r, r))
         for r in rows.tolist() if self.each_row else ():
-            self.by_row.setdefault(r, []).append(describe(r, False))
+            self.by_row.setdefault(r, []).append(describe(r, None))
 
     def refuse_batch(self, errors: list[FieldError]) -> None:
         self.errors += errors
@@ -114,14 +94,11 @@ def _inspect(
     findings = _Findings(pd.DataFrame(index=pd.RangeIndex(len(frame))),
                          [[] for _ in range(len(frame))], each_row)
     if on_unknown_category not in UNKNOWN_CATEGORY_POLICIES:
-        findings.refuse_batch([FieldError(
-            "on_unknown_category", None,
-            f"on_unknown_category must be one of {', '.join(UNKNOWN_CATEGORY_POLICIES)}, "
-            f"got {on_unknown_category!r}",
-        )])
+        findings.refuse_batch([FieldError("on_unknown_category", None, contract.not_one_of(
+            "on_unknown_category", UNKNOWN_CATEGORY_POLICIES, on_unknown_category))])
         return findings
     if frame.empty:
-        findings.refuse_batch([FieldError("rows", None, "no rows to price")])
+        findings.refuse_batch([FieldError("rows", None, contract.NO_ROWS)])
         return findings
     findings.refuse_batch(_column_errors(frame))
     for feature in (f for f in NUMERIC_FEATURES if f.name in frame.columns):
@@ -145,28 +122,13 @@ def _accepted(findings: _Findings, training_ranges: Mapping[str, tuple[float, fl
 
 def _column_errors(frame: pd.DataFrame) -> list[FieldError]:
     missing = [n for n in FEATURE_NAMES if n not in frame.columns]
-    unexpected, hidden = first_names([c for c in frame.columns if c not in FEATURE_NAMES])
-    errors = [FieldError(n, None, f"{n} is a required column") for n in missing]
-    errors += [
-        FieldError(c, None, f"{c!r} is not a feature (expected: {', '.join(FEATURE_NAMES)})")
-        for c in unexpected
-    ]
+    unexpected, hidden = contract.first_names([c for c in frame.columns
+                                               if c not in FEATURE_NAMES])
+    errors = [FieldError(n, None, contract.required_column(n)) for n in missing]
+    errors += [FieldError(c, None, contract.not_a_feature(c)) for c in unexpected]
     if hidden:
-        errors.append(FieldError("columns", None, f"{hidden} more columns are not features"))
+        errors.append(FieldError("columns", None, contract.more_columns(hidden)))
     return errors
-
-
-def _rows(mask: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(mask)
-
-
-def _errors_for_rows(field: str, rows: np.ndarray, describe) -> list[FieldError]:
-    """One error per bad row, capped; the last one says how many more rows share the problem."""
-    shown = [FieldError(field, int(r), describe(int(r))) for r in rows[:ROWS_SHOWN_PER_PROBLEM]]
-    hidden = len(rows) - len(shown)
-    if hidden > 0:
-        shown.append(FieldError(field, None, f"{field}: the same problem in {hidden} more rows"))
-    return shown
 
 
 def _as_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -196,22 +158,16 @@ def _float(value: int | float) -> float:
 def _numeric_column(column: pd.Series, feature, findings: _Findings) -> np.ndarray:
     name, raw = feature.name, column.to_numpy(dtype=object)
     values, not_number = _as_numbers(column)
-    not_finite = ~not_number & ~np.isfinite(values)
+    finite = np.isfinite(values)
     with np.errstate(invalid="ignore"):
-        out_of_bounds = np.isfinite(values) & (
-            (values < feature.minimum) | (values > feature.maximum))
-    unit = f" {feature.unit}" if feature.unit else ""
-    findings.add(name, _rows(not_number), lambda r, at: (
-        f"{name} must be a number ({_at(r, at)}got {type(raw[r]).__name__} {shown(raw[r])})"))
-    findings.add(name, _rows(not_finite), lambda r, at: (
-        f"{name} must be a finite number ({_at(r, at)}got {float(values[r])})"))
-    findings.add(name, _rows(out_of_bounds), lambda r, at: (
-        f"{name} must be from {feature.allowed()}{unit} ({_at(r, at)}got {values[r]:g})"))
+        outside = finite & contract.outside_bounds(feature, values)
+        fractional = finite & ~outside & contract.fractional(feature, values)
+    findings.add(name, not_number, lambda r, at: contract.wrong_type(name, "a number", at, raw[r]))
+    findings.add(name, ~not_number & ~finite,
+                 lambda r, at: contract.not_finite(name, at, values[r]))
+    findings.add(name, outside, lambda r, at: contract.out_of_bounds(feature, at, values[r]))
+    findings.add(name, fractional, lambda r, at: contract.not_whole(feature, at, values[r]))
     return values
-
-
-def _at(row: int, with_row: bool) -> str:
-    return f"row {row}, " if with_row else ""
 
 
 def _categorical_column(
@@ -229,16 +185,15 @@ def _categorical_column(
     unknown = np.array([v is not None and v not in known_set for v in normalized], dtype=bool)
     null = np.array([v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
                      for v in raw], dtype=bool)
-    findings.add(name, _rows(null), lambda r, at: f"{name} is missing ({_at(r, at)}got null)")
-    findings.add(name, _rows(not_text & ~null), lambda r, at: (
-        f"{name} must be a string ({_at(r, at)}got {type(raw[r]).__name__} {shown(raw[r])})"))
+    findings.add(name, null, lambda r, at: contract.null(name, at))
+    findings.add(name, not_text & ~null,
+                 lambda r, at: contract.wrong_type(name, "a string", at, raw[r]))
     if on_unknown == "flag":
-        for r in _rows(unknown):
+        for r in np.flatnonzero(unknown):
             findings.flags[r].append(name)
     else:
-        allowed = ", ".join(sorted(known_set))
-        findings.add(name, _rows(unknown), lambda r, at: (
-            f"{name} {shown(raw[r])} is unknown{f' (row {r})' if at else ''}; known: {allowed}"))
+        findings.add(name, unknown,
+                     lambda r, at: contract.unknown_category(name, raw[r], at, known_set))
     return normalized
 
 
@@ -260,5 +215,5 @@ def _flag_outside_training_range(
 ) -> None:
     for name, (low, high) in training_ranges.items():
         values = clean[name].to_numpy()
-        for r in _rows((values < low) | (values > high)):
+        for r in np.flatnonzero((values < low) | (values > high)):
             flags[r].append(name)

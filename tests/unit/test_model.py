@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
+from pyfunc.contract import FieldError, ValidationError
 from pyfunc.model import InvalidInputError
 from pyfunc.profile import REFERENCE_BINS, build_profile
 from pyfunc.schema import (
@@ -25,7 +26,6 @@ from pyfunc.schema import (
     PREDICTION_COLUMN,
     TARGET,
 )
-from pyfunc.validation import FieldError, ValidationError
 from steps.params import Candidate, Preset
 from steps.train import build_pipeline
 
