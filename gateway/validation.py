@@ -12,7 +12,7 @@ checked here, byte for byte.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +26,8 @@ DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES = (
     "dataframe_split", "dataframe_records", "inputs", "instances")
 FORMATS = (DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES)
 PARAMS = "params"
-_NUMBER_TYPES = frozenset({int, float})
-_FEATURES = frozenset(FEATURE_NAMES)
+_KINDS = {**{name: ("a string", frozenset({str})) for name in CATEGORICAL_NAMES},
+          **{name: ("a number", frozenset({int, float})) for name in NUMERIC_NAMES}}
 
 Columns = dict[str, Sequence[Any]]
 
@@ -50,7 +50,6 @@ class Batch:
 
 
 def problem(field: str, row: int | None, message: str) -> dict[str, Any]:
-    """One entry of an `errors` list (for callers that build the JSON form directly)."""
     return FieldError(field, row, message).as_dict()
 
 
@@ -106,32 +105,14 @@ def _format_key(payload: dict) -> str:
     return present[0]
 
 
-def _column_problems(names: Sequence[str], row: int | None = None) -> list[FieldError]:
-    found = set(names)
-    problems = [FieldError(n, row, contract.required_column(n) if row is None
-                           else contract.absent(n, row))
-                for n in FEATURE_NAMES if n not in found]
-    unknown, hidden = first_names([n for n in names if n not in _FEATURES])
-    problems += [FieldError(n, row, contract.not_a_feature(n, row)) for n in unknown]
-    if hidden:
-        problems.append(FieldError("columns", row, contract.more_columns(hidden, row)))
-    return problems
-
-
-def _types_ok(rows: list, text_keys: Sequence[Any], number_keys: Sequence[Any]) -> bool:
-    """Whether every text feature is a string and every numeric one an int or float
-    (a bool is neither). One pass per column; KeyError when a record lacks a feature."""
-    for key in text_keys:
-        if set(map(type, map(operator.itemgetter(key), rows))) - {str}:
-            return False
-    for key in number_keys:
-        if set(map(type, map(operator.itemgetter(key), rows))) - _NUMBER_TYPES:
-            return False
-    return True
-
-
-def _raise_type_problems(columns: Columns) -> None:
-    problems = _type_problems(columns)
+def _check_types(column: Callable[[str], Iterable[Any]]) -> None:
+    """Every text feature is a string and every numeric one an int or float (a bool is
+    neither): one pass per column, whose values are listed only to describe a problem.
+    KeyError when a record lacks a feature."""
+    problems: list[FieldError] = []
+    for name, (kind, types) in _KINDS.items():
+        if set(map(type, column(name))) - types:
+            problems += _bad_values(name, list(column(name)), kind, types)
     if problems:
         raise invalid(problems)
 
@@ -153,14 +134,12 @@ def _check_split(data: object) -> int:
                                    "label per row of data")
     if set(map(type, names)) - {str} or len(set(names)) != len(names):
         raise _fail(DF_SPLIT, None, "dataframe_split.columns must be distinct strings")
-    problems = _column_problems(names)
+    problems = contract.column_problems(names)
     if problems:
         raise invalid(problems)
     _check_rows(rows, list, len(names), DF_SPLIT)
     where = {name: i for i, name in enumerate(names)}
-    if not _types_ok(rows, [where[n] for n in CATEGORICAL_NAMES],
-                     [where[n] for n in NUMERIC_NAMES]):
-        _raise_type_problems(_split_to_columns(data))
+    _check_types(lambda name: map(operator.itemgetter(where[name]), rows))
     return len(rows)
 
 
@@ -184,7 +163,7 @@ def _check_rows(rows: list, kind: type, width: int, fmt: str) -> None:
 
 
 def _check_columnar(data: dict) -> int:
-    problems = _column_problems(list(data))
+    problems = contract.column_problems(list(data))
     if problems:
         raise invalid(problems)
     for name in FEATURE_NAMES:
@@ -195,7 +174,7 @@ def _check_columnar(data: dict) -> int:
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{n} has {k}" for n, k in lengths.items())
         raise _fail(INPUTS, None, f"all columns must have the same length ({shown})")
-    _raise_type_problems(data)
+    _check_types(data.__getitem__)
     return lengths[FEATURE_NAMES[0]]
 
 
@@ -207,11 +186,9 @@ def _check_records(data: object, fmt: str) -> int:
     if set(map(len, data)) - {len(FEATURE_NAMES)}:
         raise _record_keys_error(data)
     try:
-        ok = _types_ok(data, CATEGORICAL_NAMES, NUMERIC_NAMES)
+        _check_types(lambda name: map(operator.itemgetter(name), data))
     except KeyError:
         raise _record_keys_error(data) from None
-    if not ok:
-        _raise_type_problems(_records_to_columns(data))
     return len(data)
 
 
@@ -223,25 +200,14 @@ def _record_keys_error(records: list[dict]) -> GatewayError:
     """Name the missing and unknown keys of the first rows that have them."""
     problems: list[FieldError] = []
     for row, record in enumerate(records):
-        problems += _column_problems(list(record), row)
+        problems += contract.column_problems(list(record), row)
         if len(problems) >= ROWS_SHOWN_PER_PROBLEM:
             break
     return invalid(problems[:ROWS_SHOWN_PER_PROBLEM])
 
 
-def _type_problems(columns: Columns) -> list[FieldError]:
-    problems: list[FieldError] = []
-    for name in CATEGORICAL_NAMES:
-        if set(map(type, columns[name])) - {str}:
-            problems += _bad_values(name, columns[name], "a string", {str})
-    for name in NUMERIC_NAMES:
-        if set(map(type, columns[name])) - _NUMBER_TYPES:
-            problems += _bad_values(name, columns[name], "a number", _NUMBER_TYPES)
-    return problems
-
-
 def _bad_values(name: str, values: Sequence[Any], kind: str,
-                types: frozenset[type] | set[type]) -> list[FieldError]:
+                types: frozenset[type]) -> list[FieldError]:
     bad = [row for row, value in enumerate(values) if type(value) not in types]
     return contract.errors_for_rows(name, bad, lambda row: (
         contract.null(name, row) if values[row] is None

@@ -15,14 +15,12 @@ split the work and speak with one voice:
   training data with the same bounds: it drops the rows they refuse and counts them by reason
   (`n_rooms_out_of_bounds`, `n_rooms_not_whole`, ...).
 
-All three describe a problem as a `FieldError` (field, row, message), word it with the
-templates below and sum up a refusal in one line (`summary`). Rows are 0-based positions; a
-template given `row=None` leaves the row out. Whatever was sent, the answer stays short: the
-first ROWS_SHOWN_PER_PROBLEM rows of a problem and a count of the rest, the first NAMES_SHOWN
-unknown names, each value cut to CHARS_SHOWN characters.
+All three describe a problem as a `FieldError` (field, 0-based row, message), word it with
+the templates below and sum up a refusal in one line (`summary`). Whatever was sent, the answer
+stays short: the first ROWS_SHOWN_PER_PROBLEM rows of a problem and a count of the rest, the
+first NAMES_SHOWN unknown names, each value cut to CHARS_SHOWN characters.
 
-Only the standard library and the schema are imported: the gateway uses this module on its
-request path. The rules work elementwise on numbers, numpy arrays and pandas columns alike.
+Imports only the standard library and the schema: the gateway uses it on its request path.
 """
 
 from __future__ import annotations
@@ -70,7 +68,8 @@ def summary(errors: Sequence[FieldError]) -> str:
 
 
 def outside_bounds(feature: NumericFeature, values):
-    """Where values lie outside the feature's physical bounds (NaN does not)."""
+    """Where values lie outside the feature's physical bounds (NaN does not). Like `fractional`,
+    works elementwise on a number, a numpy array or a pandas column."""
     return (values < feature.minimum) | (values > feature.maximum)
 
 
@@ -102,11 +101,12 @@ def errors_for_rows(field: str, rows: Sequence[int],
     """One error per bad row, capped; the last one says how many more rows share the problem."""
     errors = [FieldError(field, int(r), describe(int(r))) for r in rows[:ROWS_SHOWN_PER_PROBLEM]]
     if len(rows) > len(errors):
-        errors.append(FieldError(field, None, more_rows(field, len(rows) - len(errors))))
+        hidden = len(rows) - len(errors)
+        errors.append(FieldError(field, None, f"{field}: the same problem in {hidden} more rows"))
     return errors
 
 
-# The messages.
+# The messages. A template given `row=None` leaves the row out (a per-row reason).
 
 def _got(row: int | None, got: object) -> str:
     return f"(got {got})" if row is None else f"(row {row}, got {got})"
@@ -116,23 +116,20 @@ def required_column(name: str) -> str:
     return f"{name} is a required column"
 
 
-def not_a_feature(name: str, row: int | None = None) -> str:
+def column_problems(names: Sequence[object], row: int | None = None) -> list[FieldError]:
+    """The features missing from `names` (the columns, or the keys of row `row`) and the names
+    that are not features."""
+    found = set(names)
+    problems = [FieldError(n, row, required_column(n) if row is None
+                           else f"{n} is missing (row {row})")
+                for n in FEATURE_NAMES if n not in found]
+    unknown, hidden = first_names([n for n in names if n not in FEATURE_NAMES])
     at = "" if row is None else f"row {row}; "
-    return f"{name!r} is not a feature ({at}expected: {', '.join(FEATURE_NAMES)})"
-
-
-def more_columns(hidden: int, row: int | None = None) -> str:
-    at = "" if row is None else f"row {row}; "
-    return f"{at}{hidden} more columns are not features"
-
-
-def more_rows(field: str, hidden: int) -> str:
-    return f"{field}: the same problem in {hidden} more rows"
-
-
-def absent(name: str, row: int) -> str:
-    """A row (a JSON object) without the feature."""
-    return f"{name} is missing (row {row})"
+    problems += [FieldError(n, row, f"{n!r} is not a feature ({at}expected: "
+                                    f"{', '.join(FEATURE_NAMES)})") for n in unknown]
+    if hidden:
+        problems.append(FieldError("columns", row, f"{at}{hidden} more columns are not features"))
+    return problems
 
 
 def null(name: str, row: int | None) -> str:

@@ -1,6 +1,2 @@
-"""The bounded-size rules moved to `pyfunc.contract`; `cut` stays importable from here for
-`gateway.upstream` until it imports the contract."""
-
-from pyfunc.contract import cut
-
-__all__ = ["cut"]
+"""`cut` for gateway.upstream; the bounded-size rules live in pyfunc.contract."""
+from pyfunc.contract import cut  # noqa: F401

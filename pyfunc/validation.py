@@ -6,6 +6,7 @@ is wrong: which field, which row, what was sent and what is allowed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +17,8 @@ from pyfunc import contract
 from pyfunc.contract import UNKNOWN_CATEGORY_POLICIES, FieldError, ValidationError
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_FEATURES, normalize_category
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 @dataclass(frozen=True)
 class ValidatedInput:
@@ -25,12 +28,9 @@ class ValidatedInput:
     flags: list[str]
 
 
-def validate(
-    frame: pd.DataFrame,
-    known_categories: Mapping[str, Sequence[str]],
-    training_ranges: Mapping[str, tuple[float, float]],
-    on_unknown_category: str = "reject",
-) -> ValidatedInput:
+def validate(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
+             training_ranges: Mapping[str, tuple[float, float]],
+             on_unknown_category: str = "reject") -> ValidatedInput:
     """Check columns, types, finiteness, physical bounds and categories; raise or return.
 
     Categories are normalized (case, accents, spaces). Unknown categories are rejected with
@@ -43,12 +43,9 @@ def validate(
     return _accepted(findings, training_ranges)
 
 
-def validate_each_row(
-    frame: pd.DataFrame,
-    known_categories: Mapping[str, Sequence[str]],
-    training_ranges: Mapping[str, tuple[float, float]],
-    on_unknown_category: str = "reject",
-) -> tuple[ValidatedInput, dict[int, str]]:
+def validate_each_row(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
+                      training_ranges: Mapping[str, tuple[float, float]],
+                      on_unknown_category: str = "reject") -> tuple[ValidatedInput, dict[int, str]]:
     """Like `validate`, but a bad row does not sink the others: the valid rows (in order), and
     for each invalid row's position the reason it cannot be priced. Raises only when no row
     can be priced: a missing column, or a bad policy."""
@@ -61,12 +58,12 @@ def validate_each_row(
 
 @dataclass
 class _Findings:
-    """What `_inspect` saw: cleaned columns, flags, the errors to report (capped) and, when
-    `each_row`, every message about each bad row without its row number."""
+    """What `_inspect` saw: cleaned columns, flagged unknown categories, the errors to report
+    (capped) and, when `each_row`, every message about each bad row without its row number."""
 
     clean: pd.DataFrame
-    flags: list[list[str]]
     each_row: bool
+    flagged: list[tuple[str, np.ndarray]] = field(default_factory=list)
     errors: list[FieldError] = field(default_factory=list)
     by_row: dict[int, list[str]] = field(default_factory=dict)
     batch_errors: list[FieldError] = field(default_factory=list)
@@ -85,14 +82,9 @@ class _Findings:
         self.batch_errors += errors
 
 
-def _inspect(
-    frame: pd.DataFrame,
-    known_categories: Mapping[str, Sequence[str]],
-    on_unknown_category: str,
-    each_row: bool,
-) -> _Findings:
-    findings = _Findings(pd.DataFrame(index=pd.RangeIndex(len(frame))),
-                         [[] for _ in range(len(frame))], each_row)
+def _inspect(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
+             on_unknown_category: str, each_row: bool) -> _Findings:
+    findings = _Findings(pd.DataFrame(index=pd.RangeIndex(len(frame))), each_row)
     if on_unknown_category not in UNKNOWN_CATEGORY_POLICIES:
         findings.refuse_batch([FieldError("on_unknown_category", None, contract.not_one_of(
             "on_unknown_category", UNKNOWN_CATEGORY_POLICIES, on_unknown_category))])
@@ -100,7 +92,7 @@ def _inspect(
     if frame.empty:
         findings.refuse_batch([FieldError("rows", None, contract.NO_ROWS)])
         return findings
-    findings.refuse_batch(_column_errors(frame))
+    findings.refuse_batch(contract.column_problems(list(frame.columns)))
     for feature in (f for f in NUMERIC_FEATURES if f.name in frame.columns):
         findings.clean[feature.name] = _numeric_column(frame[feature.name], feature, findings)
     for name in (n for n in CATEGORICAL_NAMES if n in frame.columns):
@@ -111,24 +103,35 @@ def _inspect(
 
 def _accepted(findings: _Findings, training_ranges: Mapping[str, tuple[float, float]],
               exclude: Sequence[int] = ()) -> ValidatedInput:
-    clean, flags = findings.clean, findings.flags
+    clean, flagged = findings.clean, findings.flagged
     if exclude:
         keep = np.setdiff1d(np.arange(len(clean)), exclude)
         clean = clean.iloc[keep].reset_index(drop=True)
-        flags = [flags[r] for r in keep.tolist()]
-    _flag_outside_training_range(clean, training_ranges, flags)
-    return ValidatedInput(clean[list(FEATURE_NAMES)], [",".join(f) for f in flags])
+        flagged = [(name, mask[keep]) for name, mask in flagged]
+    flagged = flagged + outside_training_range(clean, training_ranges)
+    return ValidatedInput(clean[list(FEATURE_NAMES)], joined_flags(len(clean), flagged))
 
 
-def _column_errors(frame: pd.DataFrame) -> list[FieldError]:
-    missing = [n for n in FEATURE_NAMES if n not in frame.columns]
-    unexpected, hidden = contract.first_names([c for c in frame.columns
-                                               if c not in FEATURE_NAMES])
-    errors = [FieldError(n, None, contract.required_column(n)) for n in missing]
-    errors += [FieldError(c, None, contract.not_a_feature(c)) for c in unexpected]
-    if hidden:
-        errors.append(FieldError("columns", None, contract.more_columns(hidden)))
-    return errors
+def outside_training_range(columns, training_ranges: Mapping[str, tuple[float, float]]
+                           ) -> list[tuple[str, np.ndarray]]:
+    """Per feature with a training range, the mask of values outside it."""
+    masks = []
+    for name, (low, high) in training_ranges.items():
+        values = np.asarray(columns[name])
+        masks.append((name, (values < low) | (values > high)))
+    return masks
+
+
+def joined_flags(rows: int, flagged: list[tuple[str, np.ndarray]]) -> list[str]:
+    """Per row, the names of the features flagged there, joined by commas, in order."""
+    flags = [""] * rows
+    if not flagged:
+        return flags
+    names = [name for name, _ in flagged]
+    matrix = np.column_stack([mask for _, mask in flagged])
+    for row in np.flatnonzero(matrix.any(axis=1)):
+        flags[row] = ",".join(names[j] for j in np.flatnonzero(matrix[row]))
+    return flags
 
 
 def _as_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -170,13 +173,8 @@ def _numeric_column(column: pd.Series, feature, findings: _Findings) -> np.ndarr
     return values
 
 
-def _categorical_column(
-    column: pd.Series,
-    name: str,
-    known: Sequence[str],
-    on_unknown: str,
-    findings: _Findings,
-) -> list[str | None]:
+def _categorical_column(column: pd.Series, name: str, known: Sequence[str], on_unknown: str,
+                        findings: _Findings) -> list[str | None]:
     raw = column.to_numpy(dtype=object)
     not_text = np.array([not _is_text(v) for v in raw], dtype=bool)
     normalized = [None if bad else normalize_category(v) for v, bad in zip(raw, not_text,
@@ -189,8 +187,7 @@ def _categorical_column(
     findings.add(name, not_text & ~null,
                  lambda r, at: contract.wrong_type(name, "a string", at, raw[r]))
     if on_unknown == "flag":
-        for r in np.flatnonzero(unknown):
-            findings.flags[r].append(name)
+        findings.flagged.append((name, unknown))
     else:
         findings.add(name, unknown,
                      lambda r, at: contract.unknown_category(name, raw[r], at, known_set))
@@ -199,21 +196,4 @@ def _categorical_column(
 
 def _is_text(value: object) -> bool:
     """A string that UTF-8 can carry (a lone surrogate cannot)."""
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _flag_outside_training_range(
-    clean: pd.DataFrame,
-    training_ranges: Mapping[str, tuple[float, float]],
-    flags: list[list[str]],
-) -> None:
-    for name, (low, high) in training_ranges.items():
-        values = clean[name].to_numpy()
-        for r in np.flatnonzero((values < low) | (values > high)):
-            flags[r].append(name)
+    return isinstance(value, str) and not _SURROGATE.search(value)

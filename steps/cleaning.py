@@ -54,9 +54,8 @@ def check_schema(raw: pd.DataFrame, where: str) -> pd.DataFrame:
     for name in NUMERIC_COLUMNS:
         frame[name] = _numeric(frame[name], name, where)
     for name in CATEGORICAL_NAMES:
-        values = frame[name].to_numpy(dtype=object)
-        _refuse_rows(where, name, "a string", values,
-                     frame[name].notna() & ~frame[name].map(lambda v: isinstance(v, str)))
+        text = frame[name].map(lambda v: isinstance(v, str))
+        _refuse_rows(where, name, "a string", frame[name], frame[name].notna() & ~text)
     return frame
 
 
@@ -64,21 +63,20 @@ def _refuse(where: str, errors: list[FieldError], tail: str = "") -> None:
     raise DataError(f"{where}: {contract.summary(errors)}{tail}")
 
 
-def _refuse_rows(where: str, name: str, kind: str, values: np.ndarray, bad: pd.Series) -> None:
-    rows = np.flatnonzero(bad.to_numpy(dtype=bool))
+def _refuse_rows(where: str, name: str, kind: str, column: pd.Series, bad: pd.Series) -> None:
+    rows, values = np.flatnonzero(bad.to_numpy(dtype=bool)), column.to_numpy(dtype=object)
     if len(rows):
         _refuse(where, contract.errors_for_rows(
             name, rows, lambda r: contract.wrong_type(name, kind, r, values[r])))
 
 
 def _numeric(column: pd.Series, name: str, where: str) -> pd.Series:
-    values = column.to_numpy(dtype=object)
     if pd.api.types.is_bool_dtype(column):
-        _refuse_rows(where, name, "a number", values, column.notna())
+        _refuse_rows(where, name, "a number", column, column.notna())
     if pd.api.types.is_numeric_dtype(column):
         return column.astype("float64")
     converted = pd.to_numeric(column, errors="coerce")
-    _refuse_rows(where, name, "a number", values, converted.isna() & column.notna())
+    _refuse_rows(where, name, "a number", column, converted.isna() & column.notna())
     return converted.astype("float64")
 
 
