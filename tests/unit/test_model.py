@@ -133,6 +133,20 @@ def test_an_unknown_sector_is_refused_with_the_known_ones(
     assert caught.value.get_http_status_code() == 400
 
 
+def test_a_fractional_number_of_rooms_is_refused_naming_field_and_row(
+        model: PyFuncModel, listings: pd.DataFrame) -> None:
+    rows = features(listings.head(3))
+    rows.loc[1, "n_rooms"] = 2.5
+
+    with pytest.raises(InvalidInputError) as caught:
+        model.predict(rows)
+
+    message = "n_rooms must be a whole number (row 1, got 2.5)"
+    assert caught.value.message == f"Invalid input (n_rooms): {message}"
+    assert caught.value.json_kwargs == {
+        "errors": [{"field": "n_rooms", "row": 1, "message": message}]}
+
+
 def test_an_unknown_sector_is_priced_and_flagged_on_request(
         model: PyFuncModel, listings: pd.DataFrame) -> None:
     rows = features(listings.head(3))
