@@ -121,7 +121,7 @@ def _clean_numbers(column: pd.Series, name: str) -> np.ndarray | None:
     values = column.to_numpy(dtype="float64", na_value=np.nan)
     feature = NUMERIC_BY_NAME[name]
     ok = np.isfinite(values).all() and not outside_bounds(feature, values).any() \
-        and not fractional(feature, values).any()
+        and not (feature.integral and fractional(feature, values).any())
     return values if ok else None
 
 

@@ -125,12 +125,12 @@ def outside_training_range(columns, training_ranges: Mapping[str, tuple[float, f
 def joined_flags(rows: int, flagged: list[tuple[str, np.ndarray]]) -> list[str]:
     """Per row, the names of the features flagged there, joined by commas, in order."""
     flags = [""] * rows
-    if not flagged:
-        return flags
-    names = [name for name, _ in flagged]
-    matrix = np.column_stack([mask for _, mask in flagged])
-    for row in np.flatnonzero(matrix.any(axis=1)):
-        flags[row] = ",".join(names[j] for j in np.flatnonzero(matrix[row]))
+    flagged = [(name, mask) for name, mask in flagged if mask.any()]
+    if flagged:
+        names = [name for name, _ in flagged]
+        matrix = np.column_stack([mask for _, mask in flagged])
+        for row in np.flatnonzero(matrix.any(axis=1)):
+            flags[row] = ",".join(names[j] for j in np.flatnonzero(matrix[row]))
     return flags
 
 
