@@ -59,6 +59,11 @@ def invalid(problems: list[FieldError]) -> GatewayError:
                         [p.as_dict() for p in problems])
 
 
+def _refuse(problems: list[FieldError]) -> None:
+    if problems:
+        raise invalid(problems)
+
+
 def _fail(field: str, row: int | None, message: str) -> GatewayError:
     return invalid([FieldError(field, row, message)])
 
@@ -113,8 +118,7 @@ def _check_types(column: Callable[[str], Iterable[Any]]) -> None:
     for name, (kind, types) in _KINDS.items():
         if set(map(type, column(name))) - types:
             problems += _bad_values(name, list(column(name)), kind, types)
-    if problems:
-        raise invalid(problems)
+    _refuse(problems)
 
 
 def _check_split(data: object) -> int:
@@ -134,9 +138,7 @@ def _check_split(data: object) -> int:
                                    "label per row of data")
     if set(map(type, names)) - {str} or len(set(names)) != len(names):
         raise _fail(DF_SPLIT, None, "dataframe_split.columns must be distinct strings")
-    problems = contract.column_problems(names)
-    if problems:
-        raise invalid(problems)
+    _refuse(contract.column_problems(names))
     _check_rows(rows, list, len(names), DF_SPLIT)
     where = {name: i for i, name in enumerate(names)}
     _check_types(lambda name: map(operator.itemgetter(where[name]), rows))
@@ -163,9 +165,7 @@ def _check_rows(rows: list, kind: type, width: int, fmt: str) -> None:
 
 
 def _check_columnar(data: dict) -> int:
-    problems = contract.column_problems(list(data))
-    if problems:
-        raise invalid(problems)
+    _refuse(contract.column_problems(list(data)))
     for name in FEATURE_NAMES:
         if not isinstance(data[name], list):
             raise _fail(name, None, f"inputs.{name} must be a list of values, one per row, got "
