@@ -53,9 +53,9 @@ def feature_schema() -> dict[str, Any]:
                                 "example": cat.example}
     for num in NUMERIC_FEATURES:
         unit = f" Unit: {num.unit}." if num.unit else ""
-        properties[num.name] = {"type": "number", "minimum": num.minimum,
-                                "maximum": num.maximum, "description": num.description + unit,
-                                "example": num.example}
+        kind = "integer" if num.integral else "number"  # JSON Schema: 3.0 is an integer too
+        properties[num.name] = {"type": kind, "minimum": num.minimum, "maximum": num.maximum,
+                                "description": num.description + unit, "example": num.example}
     return {"type": "object", "properties": properties, "required": list(FEATURE_NAMES),
             "additionalProperties": False}
 

@@ -1,6 +1,7 @@
 """A cheap, column-wise check of the shape and JSON types of a scoring request.
 
-The model server validates values (bounds, known sectors); the gateway refuses what it would
+Its share of the validation contract (`pyfunc.contract`, which also words its messages): the
+model server validates values (bounds, known sectors); the gateway refuses what it would
 otherwise coerce or mangle silently: no format key or several, rows that are not lists or
 objects, missing or unknown columns, numbers sent as strings or booleans, strings sent as
 numbers, nulls. Every problem names its field and row (0-based, as the model does), e.g.
@@ -11,22 +12,22 @@ checked here, byte for byte.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway import errors
 from gateway.errors import GatewayError
-from pyfunc.reporting import ROWS_SHOWN_PER_PROBLEM, first_names, shown
+from pyfunc import contract
+from pyfunc.contract import ROWS_SHOWN_PER_PROBLEM, FieldError, first_names
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES
 
 DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES = (
     "dataframe_split", "dataframe_records", "inputs", "instances")
 FORMATS = (DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES)
 PARAMS = "params"
-_NUMBER_TYPES = frozenset({int, float})
-_FEATURES = frozenset(FEATURE_NAMES)
-_EXPECTED = ", ".join(FEATURE_NAMES)
+_KINDS = {**{name: ("a string", frozenset({str})) for name in CATEGORICAL_NAMES},
+          **{name: ("a number", frozenset({int, float})) for name in NUMERIC_NAMES}}
 
 Columns = dict[str, Sequence[Any]]
 
@@ -49,19 +50,22 @@ class Batch:
 
 
 def problem(field: str, row: int | None, message: str) -> dict[str, Any]:
-    """One entry of the `errors` list, as the model server writes them."""
-    return {"field": field, "row": row, "message": message}
+    return FieldError(field, row, message).as_dict()
 
 
-def invalid(problems: list[dict[str, Any]]) -> GatewayError:
-    """400 INVALID_FEATURES with a message naming every problem."""
-    fields = sorted({p["field"] for p in problems})
-    message = f"Invalid input ({', '.join(fields)}): " + "; ".join(p["message"] for p in problems)
-    return GatewayError(errors.INVALID_FEATURES, message, problems)
+def invalid(problems: list[FieldError]) -> GatewayError:
+    """400 INVALID_FEATURES with the contract's summary line and `errors` list."""
+    return GatewayError(errors.INVALID_FEATURES, contract.summary(problems),
+                        [p.as_dict() for p in problems])
+
+
+def _refuse(problems: list[FieldError]) -> None:
+    if problems:
+        raise invalid(problems)
 
 
 def _fail(field: str, row: int | None, message: str) -> GatewayError:
-    return invalid([problem(field, row, message)])
+    return invalid([FieldError(field, row, message)])
 
 
 def validate_payload(payload: object) -> Batch:
@@ -86,7 +90,7 @@ def validate_payload(payload: object) -> Batch:
     else:
         rows = _check_records(data, fmt)
     if rows == 0:
-        raise _fail("rows", None, "no rows to price")
+        raise _fail("rows", None, contract.NO_ROWS)
     return Batch(fmt, rows, data)
 
 
@@ -106,36 +110,15 @@ def _format_key(payload: dict) -> str:
     return present[0]
 
 
-def _column_problems(names: Sequence[str], row: int | None = None) -> list[dict[str, Any]]:
-    found = set(names)
-    at = "" if row is None else f"row {row}; "
-    problems = [problem(n, row, f"{n} is a required column" if row is None
-                        else f"{n} is missing (row {row})")
-                for n in FEATURE_NAMES if n not in found]
-    unknown, hidden = first_names([n for n in names if n not in _FEATURES])
-    problems += [problem(n, row, f"{n!r} is not a feature ({at}expected: {_EXPECTED})")
-                 for n in unknown]
-    if hidden:
-        problems.append(problem("columns", row, f"{at}{hidden} more columns are not features"))
-    return problems
-
-
-def _types_ok(rows: list, text_keys: Sequence[Any], number_keys: Sequence[Any]) -> bool:
-    """Whether every text feature is a string and every numeric one an int or float
-    (a bool is neither). One pass per column; KeyError when a record lacks a feature."""
-    for key in text_keys:
-        if set(map(type, map(operator.itemgetter(key), rows))) - {str}:
-            return False
-    for key in number_keys:
-        if set(map(type, map(operator.itemgetter(key), rows))) - _NUMBER_TYPES:
-            return False
-    return True
-
-
-def _raise_type_problems(columns: Columns) -> None:
-    problems = _type_problems(columns)
-    if problems:
-        raise invalid(problems)
+def _check_types(column: Callable[[str], Iterable[Any]]) -> None:
+    """Every text feature is a string and every numeric one an int or float (a bool is
+    neither): one pass per column, whose values are listed only to describe a problem.
+    KeyError when a record lacks a feature."""
+    problems: list[FieldError] = []
+    for name, (kind, types) in _KINDS.items():
+        if set(map(type, column(name))) - types:
+            problems += _bad_values(name, list(column(name)), kind, types)
+    _refuse(problems)
 
 
 def _check_split(data: object) -> int:
@@ -155,14 +138,10 @@ def _check_split(data: object) -> int:
                                    "label per row of data")
     if set(map(type, names)) - {str} or len(set(names)) != len(names):
         raise _fail(DF_SPLIT, None, "dataframe_split.columns must be distinct strings")
-    problems = _column_problems(names)
-    if problems:
-        raise invalid(problems)
+    _refuse(contract.column_problems(names))
     _check_rows(rows, list, len(names), DF_SPLIT)
     where = {name: i for i, name in enumerate(names)}
-    if not _types_ok(rows, [where[n] for n in CATEGORICAL_NAMES],
-                     [where[n] for n in NUMERIC_NAMES]):
-        _raise_type_problems(_split_to_columns(data))
+    _check_types(lambda name: map(operator.itemgetter(where[name]), rows))
     return len(rows)
 
 
@@ -186,9 +165,7 @@ def _check_rows(rows: list, kind: type, width: int, fmt: str) -> None:
 
 
 def _check_columnar(data: dict) -> int:
-    problems = _column_problems(list(data))
-    if problems:
-        raise invalid(problems)
+    _refuse(contract.column_problems(list(data)))
     for name in FEATURE_NAMES:
         if not isinstance(data[name], list):
             raise _fail(name, None, f"inputs.{name} must be a list of values, one per row, got "
@@ -197,7 +174,7 @@ def _check_columnar(data: dict) -> int:
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{n} has {k}" for n, k in lengths.items())
         raise _fail(INPUTS, None, f"all columns must have the same length ({shown})")
-    _raise_type_problems(data)
+    _check_types(data.__getitem__)
     return lengths[FEATURE_NAMES[0]]
 
 
@@ -209,11 +186,9 @@ def _check_records(data: object, fmt: str) -> int:
     if set(map(len, data)) - {len(FEATURE_NAMES)}:
         raise _record_keys_error(data)
     try:
-        ok = _types_ok(data, CATEGORICAL_NAMES, NUMERIC_NAMES)
+        _check_types(lambda name: map(operator.itemgetter(name), data))
     except KeyError:
         raise _record_keys_error(data) from None
-    if not ok:
-        _raise_type_problems(_records_to_columns(data))
     return len(data)
 
 
@@ -223,39 +198,17 @@ def _records_to_columns(records: list[dict]) -> Columns:
 
 def _record_keys_error(records: list[dict]) -> GatewayError:
     """Name the missing and unknown keys of the first rows that have them."""
-    problems: list[dict[str, Any]] = []
+    problems: list[FieldError] = []
     for row, record in enumerate(records):
-        problems += _column_problems(list(record), row)
+        problems += contract.column_problems(list(record), row)
         if len(problems) >= ROWS_SHOWN_PER_PROBLEM:
             break
     return invalid(problems[:ROWS_SHOWN_PER_PROBLEM])
 
 
-def _type_problems(columns: Columns) -> list[dict[str, Any]]:
-    problems: list[dict[str, Any]] = []
-    for name in CATEGORICAL_NAMES:
-        if set(map(type, columns[name])) - {str}:
-            problems += _bad_values(name, columns[name], "a string", lambda v: type(v) is str)
-    for name in NUMERIC_NAMES:
-        if set(map(type, columns[name])) - _NUMBER_TYPES:
-            problems += _bad_values(name, columns[name], "a number",
-                                    lambda v: type(v) in _NUMBER_TYPES)
-    return problems
-
-
-def _bad_values(
-    name: str, values: Sequence[Any], kind: str, ok: Callable[[Any], bool]
-) -> list[dict[str, Any]]:
-    bad = [row for row, value in enumerate(values) if not ok(value)]
-    shown = [problem(name, row, _describe_value(name, kind, row, values[row]))
-             for row in bad[:ROWS_SHOWN_PER_PROBLEM]]
-    hidden = len(bad) - len(shown)
-    if hidden:
-        shown.append(problem(name, None, f"{name}: the same problem in {hidden} more rows"))
-    return shown
-
-
-def _describe_value(name: str, kind: str, row: int, value: Any) -> str:
-    if value is None:
-        return f"{name} is missing (row {row}, got null)"
-    return f"{name} must be {kind} (row {row}, got {type(value).__name__} {shown(value)})"
+def _bad_values(name: str, values: Sequence[Any], kind: str,
+                types: frozenset[type]) -> list[FieldError]:
+    bad = [row for row, value in enumerate(values) if type(value) not in types]
+    return contract.errors_for_rows(name, bad, lambda row: (
+        contract.null(name, row) if values[row] is None
+        else contract.wrong_type(name, kind, row, values[row])))

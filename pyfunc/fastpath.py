@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from pyfunc.contract import UNKNOWN_CATEGORY_POLICIES, fractional, outside_bounds
 from pyfunc.features import (
     BUSINESS_DISTRICT,
     ENGINEERED_FEATURES,
@@ -41,7 +42,7 @@ from pyfunc.schema import (
     NUMERIC_NAMES,
     normalize_category,
 )
-from pyfunc.validation import UNKNOWN_CATEGORY_POLICIES, ValidatedInput
+from pyfunc.validation import ValidatedInput, joined_flags, outside_training_range
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +83,9 @@ def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return columns | {n: frame[n].to_numpy(dtype=object) for n in CATEGORICAL_NAMES}
 
 
-def check(
-    frame: pd.DataFrame,
-    known_categories: Mapping[str, Sequence[str]],
-    training_ranges: Mapping[str, tuple[float, float]],
-    on_unknown_category: str = "reject",
-    known_sets: Mapping[str, frozenset[str]] | None = None,
-) -> CheckedInput | None:
+def check(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
+          training_ranges: Mapping[str, tuple[float, float]], on_unknown_category: str = "reject",
+          known_sets: Mapping[str, frozenset[str]] | None = None) -> CheckedInput | None:
     """The listings if they are clean, exactly as `validate` would accept and flag them;
     None when anything is off, so that `validate` says what (it is the only one that does)."""
     if on_unknown_category not in UNKNOWN_CATEGORY_POLICIES or frame.empty:
@@ -102,7 +99,7 @@ def check(
         if values is None:
             return None
         columns[name] = values
-    flag_columns: list[tuple[str, np.ndarray]] = []
+    flagged: list[tuple[str, np.ndarray]] = []
     for name in CATEGORICAL_NAMES:
         known = known_sets[name] if known_sets else frozenset(known_categories[name])
         checked = _clean_categories(frame[name], known)
@@ -112,24 +109,19 @@ def check(
         if unknown.any():
             if on_unknown_category == "reject":
                 return None
-            flag_columns.append((name, unknown))
-    for name, (low, high) in training_ranges.items():
-        values = columns[name]
-        outside = (values < low) | (values > high)
-        if outside.any():
-            flag_columns.append((name, outside))
-    return CheckedInput(columns, _flags(len(frame), flag_columns))
+            flagged.append((name, unknown))
+    flagged += outside_training_range(columns, training_ranges)
+    return CheckedInput(columns, joined_flags(len(frame), flagged))
 
 
 def _clean_numbers(column: pd.Series, name: str) -> np.ndarray | None:
-    """float64 values if the column is numeric, finite and inside the physical bounds."""
+    """float64 values if the column is numeric and every value passes the contract's rules."""
     if column.dtype.kind not in "iuf":  # not bool, object, complex...: `validate` decides
         return None
     values = column.to_numpy(dtype="float64", na_value=np.nan)
     feature = NUMERIC_BY_NAME[name]
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(values).all() and values.min() >= feature.minimum \
-            and values.max() <= feature.maximum
+    ok = np.isfinite(values).all() and not outside_bounds(feature, values).any() \
+        and not (feature.integral and fractional(feature, values).any())
     return values if ok else None
 
 
@@ -142,18 +134,6 @@ def _clean_categories(column: pd.Series,
         return None
     unknown = np.fromiter((v not in known for v in normalized), dtype=bool, count=len(raw))
     return np.array(normalized, dtype=object), unknown
-
-
-def _flags(rows: int, flag_columns: list[tuple[str, np.ndarray]]) -> list[str]:
-    """Per row, the flagged feature names joined by commas, in `validate`'s order."""
-    flags = [""] * rows
-    if not flag_columns:
-        return flags
-    names = [name for name, _ in flag_columns]
-    matrix = np.column_stack([mask for _, mask in flag_columns])
-    for row in np.flatnonzero(matrix.any(axis=1)):
-        flags[row] = ",".join(names[j] for j in np.flatnonzero(matrix[row]))
-    return flags
 
 
 @dataclass(frozen=True)

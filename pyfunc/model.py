@@ -16,7 +16,8 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from pyfunc import fastpath
+from pyfunc import contract, fastpath
+from pyfunc.contract import INVALID_ROW_POLICIES, FieldError, ValidationError
 from pyfunc.schema import (
     CATEGORICAL_NAMES,
     FEATURE_NAMES,
@@ -25,12 +26,11 @@ from pyfunc.schema import (
     NUMERIC_NAMES,
     PREDICTION_COLUMN,
 )
-from pyfunc.validation import FieldError, ValidationError, validate, validate_each_row
+from pyfunc.validation import validate, validate_each_row
 
 MODEL_ARTIFACT_PATH = "model"
 PIPELINE_ARTIFACT = "pipeline"
 PROFILE_ARTIFACT = "profile"
-INVALID_ROW_POLICIES = ("reject", "report")
 RUNTIME_PACKAGES = ("mlflow", "scikit-learn", "category_encoders", "pandas", "numpy", "pyarrow",
                     "joblib")
 
@@ -77,40 +77,13 @@ class PropertyValuationModel(mlflow.pyfunc.PythonModel):
         params = params or {}
         policy = params.get("on_unknown_category", "reject")
         on_invalid_row = params.get("on_invalid_row", "reject")
-        if on_invalid_row == "report":
-            return self._predict_each_row(frame, policy)
-        if on_invalid_row != "reject":
-            raise InvalidInputError(ValidationError([FieldError(
-                "on_invalid_row", None, f"on_invalid_row must be one of "
-                f"{', '.join(INVALID_ROW_POLICIES)}, got {on_invalid_row!r}")]))
-        checked = self._validate(frame, policy)
-        return pd.DataFrame({PREDICTION_COLUMN: self._prices(checked), FLAG_COLUMN: checked.flags})
-
-    def _prices(self, checked: fastpath.CheckedInput) -> np.ndarray:
-        if self._fast is not None:
-            return self._fast.predict_columns(checked.columns)
-        return self._pipeline.predict(checked.frame())
-
-    def _validate(self, frame: pd.DataFrame, policy: str) -> fastpath.CheckedInput:
-        """A clean request passes numpy checks; anything else gets `validate`'s verdict."""
-        checked = fastpath.check(frame, self._categories, self._ranges, policy, self._known)
-        if checked is not None:
-            return checked
-        try:
-            return fastpath.CheckedInput.from_validated(
-                validate(frame, self._categories, self._ranges, policy))
-        except ValidationError as error:
-            raise InvalidInputError(error) from None
-
-    def _predict_each_row(self, frame: pd.DataFrame, policy: str) -> pd.DataFrame:
-        checked = fastpath.check(frame, self._categories, self._ranges, policy, self._known)
-        reasons: dict[int, str] = {}
-        if checked is None:
-            try:
-                valid, reasons = validate_each_row(frame, self._categories, self._ranges, policy)
-            except ValidationError as error:
-                raise InvalidInputError(error) from None
-            checked = fastpath.CheckedInput.from_validated(valid)
+        if on_invalid_row not in INVALID_ROW_POLICIES:
+            message = contract.not_one_of("on_invalid_row", INVALID_ROW_POLICIES, on_invalid_row)
+            raise InvalidInputError(ValidationError([FieldError("on_invalid_row", None, message)]))
+        checked, reasons = self._validate(frame, policy, each_row=on_invalid_row == "report")
+        if on_invalid_row == "reject":
+            return pd.DataFrame({PREDICTION_COLUMN: self._prices(checked),
+                                 FLAG_COLUMN: checked.flags})
         priced = np.setdiff1d(np.arange(len(frame)), list(reasons))
         prices = np.full(len(frame), np.nan)
         flags = [""] * len(frame)
@@ -120,6 +93,27 @@ class PropertyValuationModel(mlflow.pyfunc.PythonModel):
                 flags[row] = flag
         return pd.DataFrame({PREDICTION_COLUMN: prices, FLAG_COLUMN: flags,
                              INVALID_COLUMN: [reasons.get(r, "") for r in range(len(frame))]})
+
+    def _prices(self, checked: fastpath.CheckedInput) -> np.ndarray:
+        if self._fast is not None:
+            return self._fast.predict_columns(checked.columns)
+        return self._pipeline.predict(checked.frame())
+
+    def _validate(self, frame: pd.DataFrame, policy: str,
+                  each_row: bool) -> tuple[fastpath.CheckedInput, dict[int, str]]:
+        """A clean request passes the fast path's checks; anything else gets the validator's
+        verdict: with `each_row`, the valid rows and the reason of each invalid one."""
+        checked = fastpath.check(frame, self._categories, self._ranges, policy, self._known)
+        if checked is not None:
+            return checked, {}
+        try:
+            if each_row:
+                valid, reasons = validate_each_row(frame, self._categories, self._ranges, policy)
+            else:
+                valid, reasons = validate(frame, self._categories, self._ranges, policy), {}
+        except ValidationError as error:
+            raise InvalidInputError(error) from None
+        return fastpath.CheckedInput.from_validated(valid), reasons
 
 
 def signature() -> ModelSignature:

@@ -1,4 +1,4 @@
-"""Validation of listings before they reach the model.
+"""The model's validation of listings: values, bounds and categories (see `pyfunc.contract`).
 
 Every problem is collected, not only the first, so one answer tells a client everything that
 is wrong: which field, which row, what was sent and what is allowed.
@@ -6,34 +6,18 @@ is wrong: which field, which row, what was sent and what is allowed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from pyfunc.reporting import ROWS_SHOWN_PER_PROBLEM, first_names, shown
+from pyfunc import contract
+from pyfunc.contract import UNKNOWN_CATEGORY_POLICIES, FieldError, ValidationError
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_FEATURES, normalize_category
 
-UNKNOWN_CATEGORY_POLICIES = ("reject", "flag")
-
-
-@dataclass(frozen=True)
-class FieldError:
-    field: str
-    row: int | None
-    message: str
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-class ValidationError(ValueError):
-    """The input cannot be priced; `errors` names each bad field and row."""
-
-    def __init__(self, errors: Sequence[FieldError]):
-        self.errors = list(errors)
-        super().__init__(summarize(self.errors))
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -44,17 +28,9 @@ class ValidatedInput:
     flags: list[str]
 
 
-def summarize(errors: Sequence[FieldError]) -> str:
-    fields = sorted({e.field for e in errors})
-    return f"Invalid input ({', '.join(fields)}): " + "; ".join(e.message for e in errors)
-
-
-def validate(
-    frame: pd.DataFrame,
-    known_categories: Mapping[str, Sequence[str]],
-    training_ranges: Mapping[str, tuple[float, float]],
-    on_unknown_category: str = "reject",
-) -> ValidatedInput:
+def validate(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
+             training_ranges: Mapping[str, tuple[float, float]],
+             on_unknown_category: str = "reject") -> ValidatedInput:
     """Check columns, types, finiteness, physical bounds and categories; raise or return.
 
     Categories are normalized (case, accents, spaces). Unknown categories are rejected with
@@ -67,12 +43,9 @@ def validate(
     return _accepted(findings, training_ranges)
 
 
-def validate_each_row(
-    frame: pd.DataFrame,
-    known_categories: Mapping[str, Sequence[str]],
-    training_ranges: Mapping[str, tuple[float, float]],
-    on_unknown_category: str = "reject",
-) -> tuple[ValidatedInput, dict[int, str]]:
+def validate_each_row(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
+                      training_ranges: Mapping[str, tuple[float, float]],
+                      on_unknown_category: str = "reject") -> tuple[ValidatedInput, dict[int, str]]:
     """Like `validate`, but a bad row does not sink the others: the valid rows (in order), and
     for each invalid row's position the reason it cannot be priced. Raises only when no row
     can be priced: a missing column, or a bad policy."""
@@ -85,45 +58,41 @@ def validate_each_row(
 
 @dataclass
 class _Findings:
-    """What `_inspect` saw: cleaned columns, flags, the errors to report (capped) and, when
-    `each_row`, every message about each bad row without its row number."""
+    """What `_inspect` saw: cleaned columns, flagged unknown categories, the errors to report
+    (capped) and, when `each_row`, every message about each bad row without its row number."""
 
     clean: pd.DataFrame
-    flags: list[list[str]]
     each_row: bool
+    flagged: list[tuple[str, np.ndarray]] = field(default_factory=list)
     errors: list[FieldError] = field(default_factory=list)
     by_row: dict[int, list[str]] = field(default_factory=dict)
     batch_errors: list[FieldError] = field(default_factory=list)
 
-    def add(self, name: str, rows: np.ndarray, describe: Callable[[int, bool], str]) -> None:
-        self.errors += _errors_for_rows(name, rows, lambda r: describe(r, True))
+    def add(self, name: str, mask: np.ndarray,
+            describe: Callable[[int, int | None], str]) -> None:
+        """Report the rows of `mask`; `describe(row, shown_row)` words one (shown_row None:
+        the message leaves the row out)."""
+        rows = np.flatnonzero(mask)
+        self.errors += contract.errors_for_rows(name, rows, lambda r: describe(r, r))
         for r in rows.tolist() if self.each_row else ():
-            self.by_row.setdefault(r, []).append(describe(r, False))
+            self.by_row.setdefault(r, []).append(describe(r, None))
 
     def refuse_batch(self, errors: list[FieldError]) -> None:
         self.errors += errors
         self.batch_errors += errors
 
 
-def _inspect(
-    frame: pd.DataFrame,
-    known_categories: Mapping[str, Sequence[str]],
-    on_unknown_category: str,
-    each_row: bool,
-) -> _Findings:
-    findings = _Findings(pd.DataFrame(index=pd.RangeIndex(len(frame))),
-                         [[] for _ in range(len(frame))], each_row)
+def _inspect(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
+             on_unknown_category: str, each_row: bool) -> _Findings:
+    findings = _Findings(pd.DataFrame(index=pd.RangeIndex(len(frame))), each_row)
     if on_unknown_category not in UNKNOWN_CATEGORY_POLICIES:
-        findings.refuse_batch([FieldError(
-            "on_unknown_category", None,
-            f"on_unknown_category must be one of {', '.join(UNKNOWN_CATEGORY_POLICIES)}, "
-            f"got {on_unknown_category!r}",
-        )])
+        findings.refuse_batch([FieldError("on_unknown_category", None, contract.not_one_of(
+            "on_unknown_category", UNKNOWN_CATEGORY_POLICIES, on_unknown_category))])
         return findings
     if frame.empty:
-        findings.refuse_batch([FieldError("rows", None, "no rows to price")])
+        findings.refuse_batch([FieldError("rows", None, contract.NO_ROWS)])
         return findings
-    findings.refuse_batch(_column_errors(frame))
+    findings.refuse_batch(contract.column_problems(list(frame.columns)))
     for feature in (f for f in NUMERIC_FEATURES if f.name in frame.columns):
         findings.clean[feature.name] = _numeric_column(frame[feature.name], feature, findings)
     for name in (n for n in CATEGORICAL_NAMES if n in frame.columns):
@@ -134,39 +103,35 @@ def _inspect(
 
 def _accepted(findings: _Findings, training_ranges: Mapping[str, tuple[float, float]],
               exclude: Sequence[int] = ()) -> ValidatedInput:
-    clean, flags = findings.clean, findings.flags
+    clean, flagged = findings.clean, findings.flagged
     if exclude:
         keep = np.setdiff1d(np.arange(len(clean)), exclude)
         clean = clean.iloc[keep].reset_index(drop=True)
-        flags = [flags[r] for r in keep.tolist()]
-    _flag_outside_training_range(clean, training_ranges, flags)
-    return ValidatedInput(clean[list(FEATURE_NAMES)], [",".join(f) for f in flags])
+        flagged = [(name, mask[keep]) for name, mask in flagged]
+    flagged = flagged + outside_training_range(clean, training_ranges)
+    return ValidatedInput(clean[list(FEATURE_NAMES)], joined_flags(len(clean), flagged))
 
 
-def _column_errors(frame: pd.DataFrame) -> list[FieldError]:
-    missing = [n for n in FEATURE_NAMES if n not in frame.columns]
-    unexpected, hidden = first_names([c for c in frame.columns if c not in FEATURE_NAMES])
-    errors = [FieldError(n, None, f"{n} is a required column") for n in missing]
-    errors += [
-        FieldError(c, None, f"{c!r} is not a feature (expected: {', '.join(FEATURE_NAMES)})")
-        for c in unexpected
-    ]
-    if hidden:
-        errors.append(FieldError("columns", None, f"{hidden} more columns are not features"))
-    return errors
+def outside_training_range(columns, training_ranges: Mapping[str, tuple[float, float]]
+                           ) -> list[tuple[str, np.ndarray]]:
+    """Per feature with a training range, the mask of values outside it."""
+    masks = []
+    for name, (low, high) in training_ranges.items():
+        values = np.asarray(columns[name])
+        masks.append((name, (values < low) | (values > high)))
+    return masks
 
 
-def _rows(mask: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(mask)
-
-
-def _errors_for_rows(field: str, rows: np.ndarray, describe) -> list[FieldError]:
-    """One error per bad row, capped; the last one says how many more rows share the problem."""
-    shown = [FieldError(field, int(r), describe(int(r))) for r in rows[:ROWS_SHOWN_PER_PROBLEM]]
-    hidden = len(rows) - len(shown)
-    if hidden > 0:
-        shown.append(FieldError(field, None, f"{field}: the same problem in {hidden} more rows"))
-    return shown
+def joined_flags(rows: int, flagged: list[tuple[str, np.ndarray]]) -> list[str]:
+    """Per row, the names of the features flagged there, joined by commas, in order."""
+    flags = [""] * rows
+    flagged = [(name, mask) for name, mask in flagged if mask.any()]
+    if flagged:
+        names = [name for name, _ in flagged]
+        matrix = np.column_stack([mask for _, mask in flagged])
+        for row in np.flatnonzero(matrix.any(axis=1)):
+            flags[row] = ",".join(names[j] for j in np.flatnonzero(matrix[row]))
+    return flags
 
 
 def _as_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -196,31 +161,20 @@ def _float(value: int | float) -> float:
 def _numeric_column(column: pd.Series, feature, findings: _Findings) -> np.ndarray:
     name, raw = feature.name, column.to_numpy(dtype=object)
     values, not_number = _as_numbers(column)
-    not_finite = ~not_number & ~np.isfinite(values)
+    finite = np.isfinite(values)
     with np.errstate(invalid="ignore"):
-        out_of_bounds = np.isfinite(values) & (
-            (values < feature.minimum) | (values > feature.maximum))
-    unit = f" {feature.unit}" if feature.unit else ""
-    findings.add(name, _rows(not_number), lambda r, at: (
-        f"{name} must be a number ({_at(r, at)}got {type(raw[r]).__name__} {shown(raw[r])})"))
-    findings.add(name, _rows(not_finite), lambda r, at: (
-        f"{name} must be a finite number ({_at(r, at)}got {float(values[r])})"))
-    findings.add(name, _rows(out_of_bounds), lambda r, at: (
-        f"{name} must be from {feature.allowed()}{unit} ({_at(r, at)}got {values[r]:g})"))
+        outside = finite & contract.outside_bounds(feature, values)
+        fractional = finite & ~outside & contract.fractional(feature, values)
+    findings.add(name, not_number, lambda r, at: contract.wrong_type(name, "a number", at, raw[r]))
+    findings.add(name, ~not_number & ~finite,
+                 lambda r, at: contract.not_finite(name, at, values[r]))
+    findings.add(name, outside, lambda r, at: contract.out_of_bounds(feature, at, values[r]))
+    findings.add(name, fractional, lambda r, at: contract.not_whole(feature, at, values[r]))
     return values
 
 
-def _at(row: int, with_row: bool) -> str:
-    return f"row {row}, " if with_row else ""
-
-
-def _categorical_column(
-    column: pd.Series,
-    name: str,
-    known: Sequence[str],
-    on_unknown: str,
-    findings: _Findings,
-) -> list[str | None]:
+def _categorical_column(column: pd.Series, name: str, known: Sequence[str], on_unknown: str,
+                        findings: _Findings) -> list[str | None]:
     raw = column.to_numpy(dtype=object)
     not_text = np.array([not _is_text(v) for v in raw], dtype=bool)
     normalized = [None if bad else normalize_category(v) for v, bad in zip(raw, not_text,
@@ -229,36 +183,17 @@ def _categorical_column(
     unknown = np.array([v is not None and v not in known_set for v in normalized], dtype=bool)
     null = np.array([v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
                      for v in raw], dtype=bool)
-    findings.add(name, _rows(null), lambda r, at: f"{name} is missing ({_at(r, at)}got null)")
-    findings.add(name, _rows(not_text & ~null), lambda r, at: (
-        f"{name} must be a string ({_at(r, at)}got {type(raw[r]).__name__} {shown(raw[r])})"))
+    findings.add(name, null, lambda r, at: contract.null(name, at))
+    findings.add(name, not_text & ~null,
+                 lambda r, at: contract.wrong_type(name, "a string", at, raw[r]))
     if on_unknown == "flag":
-        for r in _rows(unknown):
-            findings.flags[r].append(name)
+        findings.flagged.append((name, unknown))
     else:
-        allowed = ", ".join(sorted(known_set))
-        findings.add(name, _rows(unknown), lambda r, at: (
-            f"{name} {shown(raw[r])} is unknown{f' (row {r})' if at else ''}; known: {allowed}"))
+        findings.add(name, unknown,
+                     lambda r, at: contract.unknown_category(name, raw[r], at, known_set))
     return normalized
 
 
 def _is_text(value: object) -> bool:
     """A string that UTF-8 can carry (a lone surrogate cannot)."""
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _flag_outside_training_range(
-    clean: pd.DataFrame,
-    training_ranges: Mapping[str, tuple[float, float]],
-    flags: list[list[str]],
-) -> None:
-    for name, (low, high) in training_ranges.items():
-        values = clean[name].to_numpy()
-        for r in _rows((values < low) | (values > high)):
-            flags[r].append(name)
+    return isinstance(value, str) and not _SURROGATE.search(value)

@@ -1,7 +1,8 @@
 """Schema checks and cleaning rules for raw listings, with an account of every row touched.
 
 Rules run in a fixed order; a row dropped by one rule is counted under that rule only, so the
-counts of a split add up: rows_read == rows_kept + sum(dropped).
+counts of a split add up: rows_read == rows_kept + sum(dropped). The bounds, the whole numbers
+of rooms and the wording of schema errors are the validation contract's (`pyfunc.contract`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pyfunc import contract
+from pyfunc.contract import NOT_WHOLE, OUT_OF_BOUNDS, FieldError, fractional, outside_bounds
 from pyfunc.schema import (
     CATEGORICAL_NAMES,
     FEATURE_NAMES,
@@ -23,7 +26,6 @@ from pyfunc.schema import (
 
 COLUMNS = (*FEATURE_NAMES, TARGET.name)
 NUMERIC_COLUMNS = (*(f.name for f in NUMERIC_FEATURES), TARGET.name)
-EXAMPLES_SHOWN = 3
 
 
 class DataError(ValueError):
@@ -41,59 +43,57 @@ class CleaningReport:
 
 
 def check_schema(raw: pd.DataFrame, where: str) -> pd.DataFrame:
-    """The schema's columns with numeric dtypes, or DataError naming the problem and `where`."""
+    """The schema's columns with numeric dtypes, or DataError naming the problems and `where`."""
     if raw.empty:
         raise DataError(f"{where}: no rows")
     missing = [c for c in COLUMNS if c not in raw.columns]
     if missing:
-        raise DataError(f"{where}: missing column(s) {', '.join(missing)}; "
-                        f"found: {', '.join(map(str, raw.columns))}")
+        _refuse(where, [FieldError(c, None, contract.required_column(c)) for c in missing],
+                f"; found: {', '.join(map(str, raw.columns))}")
     frame = raw[list(COLUMNS)].copy()
     for name in NUMERIC_COLUMNS:
         frame[name] = _numeric(frame[name], name, where)
     for name in CATEGORICAL_NAMES:
-        _require_text(frame[name], name, where)
+        text = frame[name].map(lambda v: isinstance(v, str))
+        _refuse_rows(where, name, "a string", frame[name], frame[name].notna() & ~text)
     return frame
+
+
+def _refuse(where: str, errors: list[FieldError], tail: str = "") -> None:
+    raise DataError(f"{where}: {contract.summary(errors)}{tail}")
+
+
+def _refuse_rows(where: str, name: str, kind: str, column: pd.Series, bad: pd.Series) -> None:
+    rows, values = np.flatnonzero(bad.to_numpy(dtype=bool)), column.to_numpy(dtype=object)
+    if len(rows):
+        _refuse(where, contract.errors_for_rows(
+            name, rows, lambda r: contract.wrong_type(name, kind, r, values[r])))
 
 
 def _numeric(column: pd.Series, name: str, where: str) -> pd.Series:
     if pd.api.types.is_bool_dtype(column):
-        raise DataError(f"{where}: column {name} must be numeric, found booleans")
+        _refuse_rows(where, name, "a number", column, column.notna())
     if pd.api.types.is_numeric_dtype(column):
         return column.astype("float64")
     converted = pd.to_numeric(column, errors="coerce")
-    bad = column[converted.isna() & column.notna()]
-    if len(bad):
-        examples = ", ".join(f"{v!r} (row {i})" for i, v in bad.head(EXAMPLES_SHOWN).items())
-        raise DataError(f"{where}: column {name} must be numeric; found {examples}"
-                        + (f" and {len(bad) - EXAMPLES_SHOWN} more" if len(bad) > EXAMPLES_SHOWN
-                           else ""))
+    _refuse_rows(where, name, "a number", column, converted.isna() & column.notna())
     return converted.astype("float64")
-
-
-def _require_text(column: pd.Series, name: str, where: str) -> None:
-    bad = column[column.notna() & ~column.map(lambda v: isinstance(v, str))]
-    if len(bad):
-        examples = ", ".join(f"{v!r} (row {i})" for i, v in bad.head(EXAMPLES_SHOWN).items())
-        raise DataError(f"{where}: column {name} must hold text; found {examples}")
 
 
 def _missing(frame: pd.DataFrame) -> pd.Series:
     return frame[list(COLUMNS)].isna().any(axis=1)
 
 
-def _out_of_bounds(name: str) -> Callable[[pd.DataFrame], pd.Series]:
-    bounds = TARGET if name == TARGET.name else NUMERIC_BY_NAME[name]
-    return lambda frame: ~frame[name].between(bounds.minimum, bounds.maximum)
-
-
 def _duplicate(frame: pd.DataFrame) -> pd.Series:
     return frame.duplicated(keep="first")
 
 
-BOUNDS_RULES: tuple[tuple[str, Callable[[pd.DataFrame], pd.Series]], ...] = tuple(
-    (f"{name}_out_of_bounds", _out_of_bounds(name))
-    for name in (TARGET.name, *(f.name for f in NUMERIC_FEATURES))
+# The contract's value rules, each dropping rows under f"{column}_{rule}".
+VALUE_RULES: tuple[tuple[str, Callable[[pd.DataFrame], pd.Series]], ...] = (
+    *((f"{f.name}_{OUT_OF_BOUNDS}", lambda frame, f=f: outside_bounds(f, frame[f.name]))
+      for f in (TARGET, *NUMERIC_FEATURES)),
+    *((f"{f.name}_{NOT_WHOLE}", lambda frame, f=f: fractional(f, frame[f.name]))
+      for f in NUMERIC_FEATURES if f.integral),
 )
 
 
@@ -133,7 +133,7 @@ def clean(
     frame = _drop(frame, "missing_value", _missing, report)
     frame = _respell_categories(frame, report)
     frame = _unswap_coordinates(frame, report)
-    for reason, rule in BOUNDS_RULES:
+    for reason, rule in VALUE_RULES:
         frame = _drop(frame, reason, rule, report)
     frame = _drop(frame, "duplicate", _duplicate, report)
     for name, known in (known_categories or {}).items():

@@ -119,6 +119,7 @@ NASTY: dict[str, Nasty] = {
     "integer-beyond-int64": Nasty(raw_value("net_area", "1" + "0" * 30), 400, BAD_FEATURES,
                                   "net_area"),
     "negative-zero-area": Nasty(raw_value("net_area", "-0.0"), 400, BAD_FEATURES, "net_area"),
+    "half-a-room": Nasty(records({**ROW, "n_rooms": 2.5}), 400, BAD_FEATURES, "n_rooms"),
     # numbers as strings, nulls, nesting
     "number-as-string": Nasty(records({**ROW, "net_area": "170"}), 400, BAD_FEATURES,
                               "net_area"),
@@ -237,6 +238,16 @@ def test_nasty_body_gets_a_small_4xx_json_error_and_the_gateway_stays_healthy(
         f"{len(response.content)} bytes of error for a {name} request: "
         f"{response.text[:300]}...")
     assert_still_healthy(gateway)
+
+
+def test_a_fractional_number_of_rooms_is_refused_naming_field_and_row(
+        gateway: RunningGateway) -> None:
+    response = post(gateway.url, {"dataframe_records": [ROW, {**ROW, "n_rooms": 2.5}]}, ALICE)
+
+    message = "n_rooms must be a whole number (row 1, got 2.5)"
+    assert response.status_code == 400, response.text[:500]
+    assert response.json()["message"] == f"Invalid input (n_rooms): {message}"
+    assert response.json()["errors"] == [{"field": "n_rooms", "row": 1, "message": message}]
 
 
 # Duplicated keys: two JSON parsers may keep different values; the model must see the checked one.

@@ -329,13 +329,15 @@ def _missing_folder(tmp: Path, generated: Path) -> tuple[list[str], str]:
 
 def _missing_column(tmp: Path, generated: Path) -> tuple[list[str], str]:
     folder = csv_copy(generated, tmp / "no-bathrooms", lambda f: f.drop(columns="n_bathroom"))
-    return ["steps.main", "--source", str(folder)], "[train]: missing column(s) n_bathroom;"
+    return ["steps.main", "--source", str(folder)], (
+        "[train]: Invalid input (n_bathroom): n_bathroom is a required column; found: ")
 
 
 def _text_column(tmp: Path, generated: Path) -> tuple[list[str], str]:
     folder = csv_copy(generated, tmp / "text", _text_in_net_area)
     return ["steps.main", "--source", str(folder)], (
-        "[train]: column net_area must be numeric; found 'about 120' (row 7)")
+        "[train]: Invalid input (net_area): net_area must be a number (row 7, got str "
+        "'about 120')")
 
 
 def _unknown_preset(tmp: Path, generated: Path) -> tuple[list[str], str]:

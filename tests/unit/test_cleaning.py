@@ -49,8 +49,9 @@ def test_check_schema_lists_missing_columns_and_those_found() -> None:
     frame = raw(GOOD).drop(columns=["sector", "price"])
 
     with pytest.raises(DataError, match=exactly(
-            f"{WHERE}: missing column(s) sector, price; found: type, net_usable_area, net_area, "
-            "n_rooms, n_bathroom, latitude, longitude")):
+            f"{WHERE}: Invalid input (price, sector): sector is a required column; price is a "
+            "required column; found: type, net_usable_area, net_area, n_rooms, n_bathroom, "
+            "latitude, longitude")):
         check_schema(frame, WHERE)
 
 
@@ -58,16 +59,19 @@ def test_check_schema_names_a_non_numeric_value_and_its_row() -> None:
     frame = raw(GOOD, GOOD, GOOD).assign(n_rooms=[3.0, "three", 2.0])
 
     with pytest.raises(DataError, match=exactly(
-            f"{WHERE}: column n_rooms must be numeric; found 'three' (row 1)")):
+            f"{WHERE}: Invalid input (n_rooms): n_rooms must be a number (row 1, got str "
+            "'three')")):
         check_schema(frame, WHERE)
 
 
-def test_check_schema_shows_three_bad_values_and_counts_the_rest() -> None:
-    frame = raw(*[GOOD] * 6).assign(price=["a", "b", "c", "d", "e", 1.0])
+def test_check_schema_shows_five_bad_values_and_counts_the_rest() -> None:
+    frame = raw(*[GOOD] * 8).assign(price=["a", "b", "c", "d", "e", "f", "g", 1.0])
 
     with pytest.raises(DataError, match=exactly(
-            f"{WHERE}: column price must be numeric; found 'a' (row 0), 'b' (row 1), "
-            "'c' (row 2) and 2 more")):
+            f"{WHERE}: Invalid input (price): "
+            + "; ".join(f"price must be a number (row {row}, got str '{value}')"
+                        for row, value in enumerate("abcde"))
+            + "; price: the same problem in 2 more rows")):
         check_schema(frame, WHERE)
 
 
@@ -75,7 +79,8 @@ def test_check_schema_refuses_booleans_as_numbers() -> None:
     frame = raw(GOOD, GOOD).assign(n_bathroom=[True, False])
 
     with pytest.raises(DataError, match=exactly(
-            f"{WHERE}: column n_bathroom must be numeric, found booleans")):
+            f"{WHERE}: Invalid input (n_bathroom): n_bathroom must be a number (row 0, got bool "
+            "True); n_bathroom must be a number (row 1, got bool False)")):
         check_schema(frame, WHERE)
 
 
@@ -83,7 +88,7 @@ def test_check_schema_refuses_non_text_in_sector() -> None:
     frame = raw(GOOD, GOOD).assign(sector=["las condes", 5])
 
     with pytest.raises(DataError, match=exactly(
-            f"{WHERE}: column sector must hold text; found 5 (row 1)")):
+            f"{WHERE}: Invalid input (sector): sector must be a string (row 1, got int 5)")):
         check_schema(frame, WHERE)
 
 
@@ -110,6 +115,9 @@ DROPPED = [
     pytest.param({"net_area": 1_430_000.0}, "net_area_out_of_bounds", id="absurd-total-area"),
     pytest.param({"n_rooms": 55.0}, "n_rooms_out_of_bounds", id="55-rooms"),
     pytest.param({"n_bathroom": 0.0}, "n_bathroom_out_of_bounds", id="no-bathroom"),
+    pytest.param({"n_rooms": 2.5}, "n_rooms_not_whole", id="half-a-room"),
+    pytest.param({"n_bathroom": 1.5}, "n_bathroom_not_whole", id="half-a-bathroom"),
+    pytest.param({"n_rooms": 20.5}, "n_rooms_out_of_bounds", id="out-of-bounds-before-whole"),
     pytest.param({"latitude": 0.0, "longitude": 0.0}, "latitude_out_of_bounds", id="null-island"),
     pytest.param({"latitude": -36.827, "longitude": -73.050}, "latitude_out_of_bounds",
                  id="concepcion"),

@@ -210,6 +210,7 @@ BAD = [
     pytest.param(lambda f: f.assign(net_area=np.inf), id="inf"),
     pytest.param(lambda f: f.assign(n_rooms=25), id="above-bound"),
     pytest.param(lambda f: f.assign(net_usable_area=-1.0), id="below-bound"),
+    pytest.param(lambda f: f.assign(n_rooms=[2.5, *f["n_rooms"][1:]]), id="half-a-room"),
     pytest.param(lambda f: f.assign(sector="Marte"), id="unknown-sector-rejected"),
     pytest.param(lambda f: f.assign(type=5), id="type-as-number"),
     pytest.param(lambda f: f.assign(sector=[None, *f["sector"][1:]]), id="missing-sector"),

@@ -78,7 +78,7 @@ def test_listing_schema_matches_pyfunc_schema(spec):
                          "example": feature.example}
     for feature in NUMERIC_FEATURES:
         field = listing["properties"][feature.name]
-        assert field["type"] == "number"
+        assert field["type"] == ("integer" if feature.integral else "number")
         assert (field["minimum"], field["maximum"]) == (feature.minimum, feature.maximum)
         assert field["description"].startswith(feature.description)
         assert feature.minimum <= field["example"] <= feature.maximum

@@ -180,6 +180,17 @@ def test_invalid_features_name_field_and_row(app, client, upstream_calls, body, 
     assert not upstream_calls
 
 
+def test_a_renamed_key_after_a_bad_value_is_named_not_a_server_error(client, upstream_calls):
+    renamed = {k: v for k, v in ROW.items() if k != "net_area"} | {"garage": 1, "sector": 5}
+    response = post(client, {"dataframe_records": [ROW, renamed]})
+    assert response.status_code == 400
+    assert response.json["errors"][0] == {"field": "net_area", "row": 1,
+                                          "message": "net_area is missing (row 1)"}
+    assert [(e["field"], e["row"]) for e in response.json["errors"]] == [
+        ("net_area", 1), ("garage", 1)]
+    assert not upstream_calls
+
+
 @pytest.mark.parametrize(("body", "field", "message"), [
     ({"data": [ROW]}, "data", "unknown top-level key(s) 'data'; send exactly one of: "
                               "dataframe_split, dataframe_records, inputs, instances (and "

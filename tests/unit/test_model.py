@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
+from pyfunc.contract import FieldError, ValidationError
 from pyfunc.model import InvalidInputError
 from pyfunc.profile import REFERENCE_BINS, build_profile
 from pyfunc.schema import (
@@ -25,7 +26,6 @@ from pyfunc.schema import (
     PREDICTION_COLUMN,
     TARGET,
 )
-from pyfunc.validation import FieldError, ValidationError
 from steps.params import Candidate, Preset
 from steps.train import build_pipeline
 
@@ -131,6 +131,20 @@ def test_an_unknown_sector_is_refused_with_the_known_ones(
         "errors": [{"field": "sector", "row": 1, "message": message}]}
     assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
     assert caught.value.get_http_status_code() == 400
+
+
+def test_a_fractional_number_of_rooms_is_refused_naming_field_and_row(
+        model: PyFuncModel, listings: pd.DataFrame) -> None:
+    rows = features(listings.head(3))
+    rows.loc[1, "n_rooms"] = 2.5
+
+    with pytest.raises(InvalidInputError) as caught:
+        model.predict(rows)
+
+    message = "n_rooms must be a whole number (row 1, got 2.5)"
+    assert caught.value.message == f"Invalid input (n_rooms): {message}"
+    assert caught.value.json_kwargs == {
+        "errors": [{"field": "n_rooms", "row": 1, "message": message}]}
 
 
 def test_an_unknown_sector_is_priced_and_flagged_on_request(

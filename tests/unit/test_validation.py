@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pyfunc.reporting import NAMES_SHOWN
+from pyfunc.contract import NAMES_SHOWN, ROWS_SHOWN_PER_PROBLEM, FieldError, ValidationError
 from pyfunc.schema import FEATURE_NAMES, NUMERIC_BY_NAME, NUMERIC_FEATURES, example_listing
-from pyfunc.validation import ROWS_SHOWN_PER_PROBLEM, FieldError, ValidationError, validate
+from pyfunc.validation import validate
 
 KNOWN = {"type": ["casa", "departamento"], "sector": ["las condes", "nunoa", "vitacura"]}
 # The physical bounds as training ranges: nothing is flagged unless a test narrows them.
@@ -86,6 +86,13 @@ BAD_VALUES = [
                    id=f"{f.name}-below-minimum") for f in NUMERIC_FEATURES),
     *(pytest.param({f.name: f.maximum + 1}, f.name, bounds_message(f.name, f.maximum + 1),
                    id=f"{f.name}-above-maximum") for f in NUMERIC_FEATURES),
+    pytest.param({"n_rooms": 2.5}, "n_rooms",
+                 f"n_rooms must be a whole number (row {BAD_ROW}, got 2.5)", id="half-a-room"),
+    pytest.param({"n_bathroom": 1.25}, "n_bathroom",
+                 f"n_bathroom must be a whole number (row {BAD_ROW}, got 1.25)",
+                 id="a-quarter-bathroom"),
+    pytest.param({"n_rooms": 20.5}, "n_rooms", bounds_message("n_rooms", 20.5),
+                 id="out-of-bounds-says-only-that"),
     pytest.param({"sector": "Marte"}, "sector",
                  f"sector 'Marte' is unknown (row {BAD_ROW}); known: las condes, nunoa, vitacura",
                  id="unknown-sector"),
@@ -240,6 +247,17 @@ def test_training_range_edges_are_inside() -> None:
     checked = validate(frame, KNOWN, {"net_usable_area": (50.0, 200.0)})
 
     assert checked.flags == ["", ""]
+
+
+def test_rooms_and_bathrooms_are_whole_numbers_sent_as_ints_or_floats() -> None:
+    frame = listings(2)
+    frame["n_rooms"] = [3, 4]
+    frame["n_bathroom"] = [2.0, 1.0]
+
+    checked = validate(frame, KNOWN, WIDE)
+
+    assert checked.frame["n_rooms"].tolist() == [3.0, 4.0]
+    assert checked.frame["n_bathroom"].tolist() == [2.0, 1.0]
 
 
 def test_physical_bounds_are_inclusive() -> None:

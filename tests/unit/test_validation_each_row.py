@@ -9,15 +9,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pyfunc.reporting import ROWS_SHOWN_PER_PROBLEM
+from pyfunc.contract import ROWS_SHOWN_PER_PROBLEM, FieldError, ValidationError
 from pyfunc.schema import FEATURE_NAMES, NUMERIC_BY_NAME, NUMERIC_FEATURES, example_listing
-from pyfunc.validation import (
-    FieldError,
-    ValidatedInput,
-    ValidationError,
-    validate,
-    validate_each_row,
-)
+from pyfunc.validation import ValidatedInput, validate, validate_each_row
 
 KNOWN = {"type": ["casa", "departamento"], "sector": ["las condes", "nunoa", "vitacura"]}
 # The physical bounds as training ranges: nothing is flagged unless a test narrows them.
@@ -32,6 +26,7 @@ PROBLEMS = {
     "-inf": {"longitude": float("-inf")},
     "below-minimum": {"n_rooms": NUMERIC_BY_NAME["n_rooms"].minimum - 1},
     "above-maximum": {"n_bathroom": NUMERIC_BY_NAME["n_bathroom"].maximum + 1},
+    "half-a-room": {"n_rooms": 2.5},
     "unknown-sector": {"sector": "Marte"},
     "unknown-type": {"type": "oficina"},
     "type-as-number": {"type": 1.5},
@@ -108,7 +103,7 @@ def test_expected_reasons_for_some_problems() -> None:
     rooms, bathrooms = NUMERIC_BY_NAME["n_rooms"], NUMERIC_BY_NAME["n_bathroom"]
     frame = frame_of([listing(net_area="0.5"), listing(), listing(latitude=float("nan")),
                       listing(n_rooms=-1.0), listing(sector="Marte"), listing(type=1.5),
-                      listing(n_bathroom=21.0, sector=5)])
+                      listing(n_bathroom=21.0, sector=5), listing(n_rooms=2.5)])
 
     _, reasons = each_row(frame)
 
@@ -120,6 +115,7 @@ def test_expected_reasons_for_some_problems() -> None:
         5: "type must be a string (got float 1.5)",
         6: f"n_bathroom must be from {bathrooms.allowed()} (got 21); "
            "sector must be a string (got int 5)",
+        7: "n_rooms must be a whole number (got 2.5)",
     }
 
 

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 
+from pyfunc.contract import ROWS_SHOWN_PER_PROBLEM, ValidationError
 from pyfunc.schema import (
     CATEGORICAL_NAMES,
     FEATURE_NAMES,
@@ -29,7 +30,7 @@ from pyfunc.schema import (
     example_listing,
     normalize_category,
 )
-from pyfunc.validation import ROWS_SHOWN_PER_PROBLEM, ValidatedInput, ValidationError, validate
+from pyfunc.validation import ValidatedInput, validate
 
 KNOWN: dict[str, tuple[str, ...]] = {
     "type": ("casa", "departamento"),
@@ -52,17 +53,23 @@ def training_ranges(draw: st.DrawFn) -> Ranges:
     """A training range inside the physical bounds of every numeric feature."""
     ranges: Ranges = {}
     for feature in NUMERIC_FEATURES:
-        low = draw(st.floats(feature.minimum, feature.maximum))
-        ranges[feature.name] = (low, draw(st.floats(low, feature.maximum)))
+        low = draw(numbers_between(feature.minimum, feature.maximum, feature.integral))
+        high = draw(numbers_between(low, feature.maximum, feature.integral))
+        ranges[feature.name] = (float(low), float(high))
     return ranges
 
 
-def numbers_between(low: float, high: float) -> st.SearchStrategy[float | int]:
-    """Floats in [low, high], and the integers there too (clients send both)."""
+def numbers_between(low: float, high: float,
+                    whole: bool = False) -> st.SearchStrategy[float | int]:
+    """Floats in [low, high], and the integers there too (clients send both); only whole
+    numbers (as integers or floats) when `whole`."""
+    integers = st.integers(math.ceil(low), math.floor(high))
+    if whole:
+        return st.one_of(integers, integers.map(float))
     floats = st.floats(low, high)
     if math.ceil(low) > math.floor(high):
         return floats
-    return st.one_of(floats, st.integers(math.ceil(low), math.floor(high)))
+    return st.one_of(floats, integers)
 
 
 @st.composite
@@ -74,8 +81,9 @@ def valid_columns(draw: st.DrawFn, ranges: Ranges, min_rows: int = 1) -> Columns
         columns[name] = draw(st.lists(st.sampled_from(KNOWN[name]), min_size=rows,
                                       max_size=rows))
     for name in NUMERIC_NAMES:
-        columns[name] = draw(st.lists(numbers_between(*ranges[name]), min_size=rows,
-                                      max_size=rows))
+        columns[name] = draw(st.lists(numbers_between(*ranges[name],
+                                                      NUMERIC_BY_NAME[name].integral),
+                                      min_size=rows, max_size=rows))
     return columns
 
 
@@ -128,6 +136,15 @@ def out_of_bounds(name: str) -> st.SearchStrategy[float | int]:
     return st.one_of(below, above)
 
 
+def fractions(name: str) -> st.SearchStrategy[float]:
+    """Numbers with a fractional part inside the bounds of an integral feature (2.5 rooms);
+    out-of-bounds numbers for the other features."""
+    feature = NUMERIC_BY_NAME[name]
+    if not feature.integral:
+        return out_of_bounds(name)
+    return st.floats(feature.minimum, feature.maximum).filter(lambda value: value % 1 != 0)
+
+
 def unknown_categories(name: str) -> st.SearchStrategy[str]:
     return st.text(max_size=20).filter(lambda text: normalize_category(text) not in KNOWN[name])
 
@@ -143,6 +160,7 @@ NUMERIC_CORRUPTIONS: dict[str, Callable[[str], st.SearchStrategy[Any]]] = {
                                      st.dictionaries(st.text(max_size=3), st.integers(),
                                                      max_size=2)),
     "out-of-bounds": out_of_bounds,
+    "fractional": fractions,
     "integer-beyond-float": lambda name: st.integers(min_value=10**309).flatmap(
         lambda n: st.sampled_from([n, -n])),
 }
@@ -184,7 +202,7 @@ def any_column(draw: st.DrawFn, name: object, rows: int) -> list[Any]:
     odd: st.SearchStrategy[Any] = ANYTHING
     if name in NUMERIC_BY_NAME:
         feature = NUMERIC_BY_NAME[name]
-        plausible = numbers_between(feature.minimum, feature.maximum)
+        plausible = numbers_between(feature.minimum, feature.maximum, feature.integral)
         odd = out_of_bounds(name)
     elif name in KNOWN:
         plausible = st.sampled_from(KNOWN[name]).flatmap(spellings)
@@ -282,11 +300,14 @@ def test_values_outside_the_training_range_are_flagged_with_exactly_their_featur
     expected: list[set[str]] = [set() for _ in range(rows)]
     for name in NUMERIC_NAMES:
         feature, (low, high) = NUMERIC_BY_NAME[name], ranges[name]
-        outside = []
-        if low > feature.minimum:
-            outside.append(st.floats(feature.minimum, low, exclude_max=True))
-        if high < feature.maximum:
-            outside.append(st.floats(high, feature.maximum, exclude_min=True))
+        if feature.integral:  # whole numbers, as the ranges are
+            below = st.integers(int(feature.minimum), int(low) - 1).map(float)
+            above = st.integers(int(high) + 1, int(feature.maximum)).map(float)
+        else:
+            below = st.floats(feature.minimum, low, exclude_max=True)
+            above = st.floats(high, feature.maximum, exclude_min=True)
+        outside = [values for values, there in ((below, low > feature.minimum),
+                                                (above, high < feature.maximum)) if there]
         if not outside:
             continue
         for row in data.draw(st.sets(st.integers(0, rows - 1))):
@@ -367,6 +388,7 @@ def test_nothing_but_validation_error_escapes_and_nothing_is_coerced(frame: pd.D
     assert_nothing_coerced(frame, checked)
     for name, feature in NUMERIC_BY_NAME.items():
         assert checked.frame[name].between(feature.minimum, feature.maximum).all()
+        assert not feature.integral or (checked.frame[name] % 1 == 0).all(), name
     if policy == "reject":
         for name in CATEGORICAL_NAMES:
             assert set(checked.frame[name]) <= set(KNOWN[name])
