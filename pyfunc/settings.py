@@ -1,11 +1,7 @@
-"""Runtime settings: every environment variable, declared once with its type, default and help.
+"""Runtime settings: every environment variable declared once, with type, default and help.
 
-Each field is the variable of the same name in upper case (`gateway_port` is GATEWAY_PORT),
-grouped per service. Values come from the environment, then from a `.env` file in the current
-directory; an empty value means the default. Tunables of the model (hyperparameters, split,
-promotion gate) live in `params.yaml`.
-
-`python -m pyfunc.settings > .env.example` writes the documented list of variables.
+Field `gateway_port` is the variable GATEWAY_PORT; groups per service. Read from the environment,
+then `./.env`; an empty value means the default. Model tunables live in `params.yaml`.
 """
 
 from __future__ import annotations
@@ -26,15 +22,15 @@ class SettingsError(ValueError):
 class PipelineSettings(BaseModel):
     """pipeline: the steps (steps/), with MLflow tracking and the model registry"""
 
-    mlflow_tracking_uri: str = Field(
-        default_factory=lambda: f"sqlite:///{PROJECT_DIR / 'mlflow.db'}",
-        description="MLflow tracking and registry store (default: mlflow.db in the project)")
+    mlflow_tracking_uri: str = Field(default_factory=lambda: f"sqlite:///{PROJECT_DIR}/mlflow.db",
+                                     description="tracking and registry store (default: "
+                                                 "mlflow.db in the project)")
     mlflow_experiment_name: str = Field("property-friends", description="MLflow experiment")
     model_name: str = Field("property-friends", description="registered model name")
     model_alias: str = Field("champion", description="alias that promote moves")
-    state_dir: Path = Field(
-        default_factory=lambda: PROJECT_DIR / ".run",
-        description="pid files, logs, served-model.json (default: .run in the project)")
+    state_dir: Path = Field(default_factory=lambda: PROJECT_DIR / ".run",
+                            description="pid files, logs, served-model.json (default: .run in "
+                                        "the project)")
 
 
 class ModelServerSettings(BaseModel):
@@ -44,9 +40,9 @@ class ModelServerSettings(BaseModel):
         default_factory=lambda data: f"models:/{data['model_name']}@{data['model_alias']}",
         description="what is served: an alias, a stage or a version, e.g. "
                     "models:/property-friends/3 (default: models:/MODEL_NAME@MODEL_ALIAS)")
-    model_port: int = Field(5001, description="port of the model server")
-    model_workers: int = Field(1, description="uvicorn workers of the model server")
-    model_timeout_seconds: int = Field(30, description="model server answer timeout (504)")
+    model_port: int = Field(5001, gt=0, lt=65536, description="port of the model server")
+    model_workers: int = Field(1, gt=0, description="uvicorn workers of the model server")
+    model_timeout_seconds: int = Field(30, gt=0, description="answer timeout (504)")
     model_info_path: Path = Field(
         default_factory=lambda data: data["state_dir"] / "served-model.json",
         description="what is served, for the gateway (default: STATE_DIR/served-model.json)")
@@ -56,24 +52,23 @@ class GatewaySettings(BaseModel):
     """gateway: gunicorn -c gateway/gunicorn.conf.py"""
 
     gateway_host: str = Field("127.0.0.1", description="listen address (0.0.0.0 in a container)")
-    gateway_port: int = Field(8000, description="listen port")
-    gateway_workers: int = Field(2, description="gunicorn processes")
-    gateway_threads: int = Field(8, description="threads per gunicorn process")
+    gateway_port: int = Field(8000, gt=0, lt=65536, description="listen port")
+    gateway_workers: int = Field(2, gt=0, description="gunicorn processes")
+    gateway_threads: int = Field(8, gt=0, description="threads per gunicorn process")
     gateway_upstream_url: str = Field(
         default_factory=lambda data: f"http://127.0.0.1:{data['model_port']}",
         description="model server URL (default: http://127.0.0.1:MODEL_PORT)")
-    gateway_api_keys: str = Field(
-        "", repr=False,
-        description="comma-separated id:key or id:sha256:<hex sha256 of the key>; prefer hashes")
-    gateway_allow_no_auth: bool = Field(
-        False, description="only for local experiments: no API key, every request is accepted")
+    gateway_api_keys: str = Field("", repr=False, description="comma-separated id:key or "
+                                  "id:sha256:<hex sha256 of the key>; prefer hashes")
+    gateway_allow_no_auth: bool = Field(False, description="only for local experiments: no "
+                                        "API key, every request is accepted")
     gateway_request_log: Path = Field(
         default_factory=lambda data: data["state_dir"] / "logs" / "requests.jsonl",
         description="JSON-lines request log (default: STATE_DIR/logs/requests.jsonl)")
     gateway_log_payloads: bool = Field(True, description="log features and predictions")
-    gateway_max_body_bytes: int = Field(8 * 1024 * 1024, description="largest request body (413)")
-    gateway_connect_timeout_seconds: float = Field(1.0, description="model server connect timeout")
-    gateway_read_timeout_seconds: float = Field(10.0, description="model server answer timeout")
+    gateway_max_body_bytes: int = Field(8 << 20, gt=0, description="largest request body (413)")
+    gateway_connect_timeout_seconds: float = Field(1.0, gt=0, description="connect timeout")
+    gateway_read_timeout_seconds: float = Field(10.0, gt=0, description="answer timeout (504)")
     gateway_metrics_public: bool = Field(True, description="false: /metrics needs an API key too")
 
 
@@ -91,42 +86,34 @@ class Settings(GatewaySettings, ModelServerSettings, PipelineSettings, BaseSetti
         try:
             if environ is None:
                 return cls()
-            given = {name.lower(): value for name, value in environ.items() if value.strip()}
-            return cls.model_validate(given)
+            return cls.model_validate({k.lower(): v for k, v in environ.items() if v.strip()})
         except ValidationError as error:
-            raise SettingsError(describe(error)) from None
+            raise SettingsError(_describe(error)) from None
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict safe to log: API keys are never shown."""
-        shown = self.model_dump()
-        shown["gateway_api_keys"] = "<set>" if self.gateway_api_keys else "<unset>"
-        return shown
+        return {**self.model_dump(),
+                "gateway_api_keys": "<set>" if self.gateway_api_keys else "<unset>"}
 
 
-ALLOWED = {int: "an integer", float: "a number", bool: "true or false"}
+_TYPES = {"int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "true or false"}
 
 
-def describe(error: ValidationError) -> str:
+def _describe(error: ValidationError) -> str:
     """One line naming each bad variable, what it allows and what it got."""
-    problems = []
-    for item in error.errors():
-        if item["type"] == "default_factory_not_called":
-            continue  # a default derived from a variable already reported
-        name = str(item["loc"][0])
-        allowed = ALLOWED.get(Settings.model_fields[name].annotation)
-        expected = f"must be {allowed}" if allowed else item["msg"]
-        problems.append(f"{name.upper()} {expected}, got {item['input']!r}")
-    return "; ".join(problems)
+    return "; ".join(
+        f"{str(item['loc'][0]).upper()} must be "
+        f"{_TYPES.get(item['type']) or item['msg'].removeprefix('Input should be ')}, "
+        f"got {item['input']!r}"
+        for item in error.errors()
+        if item["type"] != "default_factory_not_called")  # derived from a value reported
 
 
 def env_example() -> str:
     """The text of `.env.example`: every variable with its help and default."""
-    lines = ["# Every variable the steps, the model server and the gateway read, with its default.",
-             "# Written by: python -m pyfunc.settings > .env.example (from pyfunc/settings.py)",
-             "# Copy to .env and edit; the environment wins over .env; .env is never committed.",
-             "# An empty value means the default."]
-    groups = [base for base in reversed(Settings.__bases__) if base is not BaseSettings]
-    for group in groups:
+    lines = ["# Every setting and its default (empty: computed). Copy to .env (never committed);",
+             "# the environment wins over it. Written by: python -m pyfunc.settings > .env.example"]
+    for group in reversed(Settings.__bases__[:-1]):  # the groups, BaseSettings left out
         lines += ["", f"# --- {group.__doc__} ---"]
         for name, field in group.model_fields.items():
             default = "" if field.default_factory else field.default

@@ -54,6 +54,8 @@ def test_an_empty_value_means_the_default():
     ({"GATEWAY_READ_TIMEOUT_SECONDS": "ten"},
      "GATEWAY_READ_TIMEOUT_SECONDS must be a number, got 'ten'"),
     ({"GATEWAY_LOG_PAYLOADS": "maybe"}, "GATEWAY_LOG_PAYLOADS must be true or false, got 'maybe'"),
+    ({"MODEL_WORKERS": "0"}, "MODEL_WORKERS must be greater than 0, got '0'"),
+    ({"GATEWAY_PORT": "80000"}, "GATEWAY_PORT must be less than 65536, got '80000'"),
     ({"MODEL_PORT": "abc", "GATEWAY_METRICS_PUBLIC": "2"},
      "MODEL_PORT must be an integer, got 'abc'; "
      "GATEWAY_METRICS_PUBLIC must be true or false, got '2'"),
