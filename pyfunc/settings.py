@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -78,7 +78,12 @@ class Settings(GatewaySettings, ModelServerSettings, PipelineSettings, BaseSetti
     """Every setting of every service; `Settings.from_env()` reads them."""
 
     model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore",
-                                      str_strip_whitespace=True, frozen=True)
+                                      frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -44,6 +44,13 @@ def test_model_uri_follows_name_and_alias_and_upstream_follows_port():
     assert settings.model_info_path == Path("/tmp/x/served-model.json")
 
 
+def test_values_are_stripped():
+    settings = Settings.from_env({"MODEL_PORT": " 6000 ", "GATEWAY_LOG_PAYLOADS": " off ",
+                                  "GATEWAY_API_KEYS": " a:b\n"})
+    assert (settings.model_port, settings.gateway_log_payloads) == (6000, False)
+    assert settings.gateway_api_keys == "a:b"
+
+
 def test_an_empty_value_means_the_default():
     assert Settings.from_env({"MODEL_PORT": " ", "GATEWAY_LOG_PAYLOADS": ""}) == \
         Settings.from_env({})
