@@ -7,12 +7,14 @@ then `./.env`; an empty value means the default. Model tunables live in `params.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
+_GIVEN_VALUES_ONLY: ContextVar[bool] = ContextVar("given_values_only", default=False)
 
 
 class SettingsError(ValueError):
@@ -86,14 +88,27 @@ class Settings(GatewaySettings, ModelServerSettings, PipelineSettings, BaseSetti
         return value.strip() if isinstance(value, str) else value
 
     @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if _GIVEN_VALUES_ONLY.get():
+            return (init_settings,)
+        return (init_settings, env_settings, dotenv_settings)
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """The environment, then ./.env (the environment wins); or `environ` alone if given."""
+        token = _GIVEN_VALUES_ONLY.set(environ is not None)
         try:
-            if environ is None:
-                return cls()
-            return cls.model_validate({k.lower(): v for k, v in environ.items() if v.strip()})
+            values = {k.lower(): v for k, v in (environ or {}).items() if v.strip()}
+            return cls(**values)
         except ValidationError as error:
             raise SettingsError(_describe(error)) from None
+        finally:
+            _GIVEN_VALUES_ONLY.reset(token)
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict safe to log: API keys are never shown."""

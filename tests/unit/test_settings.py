@@ -90,6 +90,15 @@ def test_dotenv_in_the_current_directory_is_read_and_the_environment_wins(
     assert settings.gateway_upstream_url == "http://127.0.0.1:6001"
 
 
+def test_given_values_alone_ignore_the_environment_and_dotenv(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch):
+    (workdir / ".env").write_text("MODEL_PORT=6001\n")
+    monkeypatch.setenv("MODEL_NAME", "from-env")
+    settings = Settings.from_env({"GATEWAY_PORT": "9000"})
+    assert (settings.model_name, settings.model_port, settings.gateway_port) == (
+        "property-friends", 5001, 9000)
+
+
 def test_a_bad_value_in_dotenv_names_the_variable(workdir: Path):
     (workdir / ".env").write_text("GATEWAY_MAX_BODY_BYTES=8MB\n")
     with pytest.raises(SettingsError, match=r"^GATEWAY_MAX_BODY_BYTES must be an integer, "
