@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -23,11 +22,11 @@ import mlflow
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from mlflow import MlflowClient
 
+from pyfunc.registry import resolve
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, INVALID_COLUMN, NUMERIC_NAMES, TARGET
-from pyfunc.serve import ServeError, resolve
 from pyfunc.settings import Settings
+from steps.batch_job import ACTUAL_PRICE, VERSION_COLUMN, Job, Outcome
 from steps.sources import open_source
 from steps.tracking import StepError, cli_errors, configure, step_run
 
@@ -35,27 +34,6 @@ logger = logging.getLogger(__name__)
 
 ENGINES = ("pandas", "spark")
 FORMATS = (".csv", ".parquet")
-VERSION_COLUMN = "model_version"
-ACTUAL_PRICE = f"actual_{TARGET.name}"
-
-
-@dataclass(frozen=True)
-class Job:
-    """One batch: where from, where to, which pinned model, with which parameters."""
-
-    input: str
-    output: Path
-    model_uri: str
-    version: str
-    params: dict[str, str]
-    table: str = ""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    rows: int
-    invalid_rows: int
-    seconds: float
 
 
 def check_paths(input_spec: str, output: str, engine: str, table: str) -> None:
@@ -78,10 +56,7 @@ def check_paths(input_spec: str, output: str, engine: str, table: str) -> None:
 def pinned(model_uri: str) -> tuple[str, str]:
     """The model URI pinned to a version (an alias can move during a batch) and that version;
     StepError if that model cannot report invalid rows one by one."""
-    try:
-        info = resolve(MlflowClient(), model_uri)
-    except ServeError as error:
-        raise StepError(str(error)) from None
+    info = resolve(model_uri)
     signature = mlflow.models.get_model_info(info["uri"]).signature
     params = signature.params.params if signature and signature.params else []
     if "on_invalid_row" not in {param.name for param in params}:

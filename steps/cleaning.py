@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pyfunc.errors import UserError
 from pyfunc.schema import (
     CATEGORICAL_NAMES,
     FEATURE_NAMES,
@@ -26,7 +27,7 @@ NUMERIC_COLUMNS = (*(f.name for f in NUMERIC_FEATURES), TARGET.name)
 EXAMPLES_SHOWN = 3
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The data cannot be used as it is: a column is missing, has the wrong type, or is empty."""
 
 

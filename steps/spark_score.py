@@ -24,7 +24,7 @@ from pyfunc.schema import (
     PREDICTION_COLUMN,
     TARGET,
 )
-from steps.batch_score import ACTUAL_PRICE, VERSION_COLUMN, Job, Outcome
+from steps.batch_job import ACTUAL_PRICE, VERSION_COLUMN, Job, Outcome
 from steps.tracking import StepError
 
 RESULT_TYPE = f"{PREDICTION_COLUMN} double, {FLAG_COLUMN} string, {INVALID_COLUMN} string"
