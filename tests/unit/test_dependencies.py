@@ -143,3 +143,11 @@ def test_declared_names_are_normalized(tmp_path: Path, requirement: str, expecte
                          '[project.optional-dependencies]\ndev = ["pytest"]\n')
 
     assert declared_distributions(pyproject) == {expected}
+
+
+def test_test_modules_share_helpers_only_through_tests_support() -> None:
+    borrowing = re.compile(r"^\s*(?:from|import) tests\.(?:unit|integration)\b", re.MULTILINE)
+    borrowers = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "tests").rglob("*.py"))
+                 if borrowing.search(path.read_text())]
+
+    assert borrowers == []
