@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 from pyspark.sql import DataFrame, SparkSession
@@ -41,12 +42,14 @@ def session(master: str) -> SparkSession:
             .getOrCreate())
 
 
+def load(spark: SparkSession, path: str) -> DataFrame:
+    """A .csv (with its header) or .parquet file, or a folder of such part files."""
+    return spark.read.load(path, format=Path(path).suffix.lower()[1:], header=True)
+
+
 def read(spark: SparkSession, path: str) -> DataFrame:
     """The listings typed as the pandas engine types them (steps.batch_score.typed)."""
-    if path.lower().endswith(".parquet"):
-        frame = spark.read.parquet(path)
-    else:
-        frame = spark.read.option("header", True).csv(path)
+    frame = load(spark, path)
     missing = [name for name in FEATURE_NAMES if name not in frame.columns]
     if missing:
         raise StepError(f"the listings lack column(s) {', '.join(missing)}")
@@ -56,14 +59,6 @@ def read(spark: SparkSession, path: str) -> DataFrame:
         {name: F.col(name).try_cast("double") for name in (*NUMERIC_NAMES, ACTUAL_PRICE)
          if name in frame.columns}
         | {name: F.col(name).cast("string") for name in CATEGORICAL_NAMES})
-
-
-def write(frame: DataFrame, path: str) -> None:
-    writer = frame.write.mode("overwrite")
-    if path.lower().endswith(".csv"):
-        writer.option("header", True).csv(path)
-    else:
-        writer.parquet(path)
 
 
 def score_with_spark(job: Job, master: str) -> Outcome:
@@ -76,8 +71,9 @@ def score_with_spark(job: Job, master: str) -> Outcome:
         scored = (listings.withColumn(SCORED, model(F.struct(*FEATURE_NAMES)))
                   .select(*listings.columns, f"{SCORED}.*")
                   .withColumn(VERSION_COLUMN, F.lit(job.version)))
-        write(scored, str(job.output))
-        written = _written(spark, str(job.output))
+        scored.write.save(str(job.output), format=job.output.suffix.lower()[1:],
+                          mode="overwrite", header=True)
+        written = load(spark, str(job.output))
         rows = written.count()
         if rows == 0:
             raise StepError(f"{job.input} has no rows")
@@ -85,9 +81,3 @@ def score_with_spark(job: Job, master: str) -> Outcome:
     finally:
         spark.stop()
     return Outcome(rows, invalid, time.perf_counter() - started)
-
-
-def _written(spark: SparkSession, path: str) -> DataFrame:
-    if path.lower().endswith(".csv"):
-        return spark.read.option("header", True).csv(path)
-    return spark.read.parquet(path)
