@@ -1,7 +1,5 @@
-"""The model registry in one place: `models:/` URIs, versions, aliases, stages and version tags.
-
-Steps and the model server look versions up here; the gateway never does (it reads the file
-that `pyfunc.serve` writes)."""
+"""The model registry in one place: `models:/` URIs, versions, aliases, stages and version tags;
+for the steps and the model server, never the gateway (it reads what `pyfunc.serve` writes)."""
 
 from __future__ import annotations
 
@@ -22,18 +20,13 @@ _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
-class RegistryError(UserError):
-    """A registered model, version, alias or stage that does not exist."""
-
-
 def model_uri(name: str, version: str | int | None = None, alias: str | None = None) -> str:
     """`models:/<name>/<version>`, or `models:/<name>@<alias>` when an alias is given."""
     return f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
 
 
 def lookup(uri: str) -> ModelVersion:
-    """The version a `models:/` URI names now (a number, an alias or a stage); RegistryError
-    when there is none."""
+    """The version a `models:/` URI names now (by number, alias or stage), or UserError."""
     name, alias, ref = _URI.match(uri).group("name", "alias", "ref")
     client = MlflowClient()
     try:
@@ -47,7 +40,7 @@ def lookup(uri: str) -> ModelVersion:
     if found is None:
         what = (f"alias {alias!r}" if alias else f"version {ref!r}" if ref.isdigit()
                 else f"version in stage {ref!r}")
-        raise RegistryError(f"cannot resolve {uri}: model {name!r} has no {what}")
+        raise UserError(f"cannot resolve {uri}: model {name!r} has no {what}")
     return found
 
 
@@ -55,15 +48,15 @@ def alias_version(name: str, alias: str) -> str | None:
     """The version `alias` points at, or None when the alias (or the model) does not exist."""
     try:
         return str(lookup(model_uri(name, alias=alias)).version)
-    except RegistryError:
+    except UserError:
         return None
 
 
 def latest_version(name: str) -> str:
-    """The newest version of `name`; RegistryError when it has none."""
+    """The newest version of `name`; UserError when it has none."""
     versions = MlflowClient().search_model_versions(f"name = '{name}'")
     if not versions:
-        raise RegistryError(f"model {name!r} has no registered version; run the train step first")
+        raise UserError(f"model {name!r} has no registered version; run the train step first")
     return str(max(int(v.version) for v in versions))
 
 

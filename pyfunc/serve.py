@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import click
-from mlflow.exceptions import MlflowException
 
-from pyfunc.profile import load_profile
-from pyfunc.registry import RegistryError, resolve
+from pyfunc.errors import UserError
+from pyfunc.profile import load_reference
+from pyfunc.registry import resolve
 from pyfunc.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -28,10 +28,9 @@ logger = logging.getLogger(__name__)
 def training_reference(model_uri: str) -> dict | None:
     """The binned training distribution of each feature (for drift), if the model has one."""
     try:
-        return load_profile(model_uri)["reference"]
-    except (MlflowException, OSError, KeyError, ValueError) as error:
-        logger.warning("no training profile in %s (%s): drift will not be measured",
-                       model_uri, error)
+        return load_reference(model_uri)
+    except UserError as error:
+        logger.warning("%s: drift will not be measured", error)
         return None
 
 
@@ -62,7 +61,7 @@ def main(host: str) -> None:
     os.environ["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_REGISTRY_URI"] = settings.tracking_uri
     try:
         info = resolve(settings.model_uri)
-    except RegistryError as error:
+    except UserError as error:
         raise click.ClickException(str(error)) from None
     info["reference"] = training_reference(info["uri"])
     write_info(info, settings.model_info_path)

@@ -1,4 +1,4 @@
-"""A batch scoring job and its outcome, as both engines of batch_score (pandas, Spark) see it."""
+"""A batch scoring job, as both engines of batch_score (pandas, Spark) see it."""
 
 from __future__ import annotations
 
@@ -21,10 +21,3 @@ class Job:
     version: str
     params: dict[str, str]
     table: str = ""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    rows: int
-    invalid_rows: int
-    seconds: float

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from pyfunc.registry import resolve
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, INVALID_COLUMN, NUMERIC_NAMES, TARGET
 from pyfunc.settings import Settings
-from steps.batch_job import ACTUAL_PRICE, VERSION_COLUMN, Job, Outcome
+from steps.batch_job import ACTUAL_PRICE, VERSION_COLUMN, Job
 from steps.sources import open_source
 from steps.tracking import StepError, cli_errors, configure, step_run
 
@@ -127,8 +127,9 @@ class ChunkWriter:
             self._parquet.close()
 
 
-def score_with_pandas(job: Job, chunk_rows: int) -> Outcome:
-    """Score chunk by chunk, logging progress; the whole input never sits in memory twice."""
+def score_with_pandas(job: Job, chunk_rows: int) -> tuple[int, int]:
+    """Score chunk by chunk, logging progress; the whole input never sits in memory twice.
+    Returns the rows scored and how many of them are invalid."""
     model = mlflow.pyfunc.load_model(job.model_uri)
     started, rows, invalid = time.perf_counter(), 0, 0
     writer = ChunkWriter(job.output)
@@ -145,7 +146,7 @@ def score_with_pandas(job: Job, chunk_rows: int) -> Outcome:
         writer.close()
     if rows == 0:
         raise StepError(f"{job.input} has no rows")
-    return Outcome(rows, invalid, time.perf_counter() - started)
+    return rows, invalid
 
 
 @click.command()
@@ -176,17 +177,18 @@ def main(input_spec: str, output: str, engine: str, model_uri: str, table: str,
     with step_run("batch_score"):
         mlflow.log_params({"model_uri": uri, "engine": engine, "input": input_spec,
                            "on_unknown_category": on_unknown_category})
+        started = time.perf_counter()
         if engine == "spark":
             from steps.spark_score import score_with_spark
 
-            outcome = score_with_spark(job, spark_master)
+            rows, invalid = score_with_spark(job, spark_master)
         else:
-            outcome = score_with_pandas(job, chunk_rows)
-        mlflow.log_metrics({"rows": outcome.rows, "invalid_rows": outcome.invalid_rows,
-                            "rows_per_second": outcome.rows / outcome.seconds})
-    click.echo(f"priced {outcome.rows - outcome.invalid_rows:,} of {outcome.rows:,} listings "
-               f"({outcome.invalid_rows:,} invalid, reasons in {INVALID_COLUMN}) with {uri} "
-               f"on {engine} in {outcome.seconds:.1f} s -> {output}")
+            rows, invalid = score_with_pandas(job, chunk_rows)
+        seconds = time.perf_counter() - started
+        mlflow.log_metrics({"rows": rows, "invalid_rows": invalid,
+                            "rows_per_second": rows / seconds})
+    click.echo(f"priced {rows - invalid:,} of {rows:,} listings ({invalid:,} invalid, reasons in "
+               f"{INVALID_COLUMN}) with {uri} on {engine} in {seconds:.1f} s -> {output}")
 
 
 if __name__ == "__main__":

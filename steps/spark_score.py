@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -25,7 +24,7 @@ from pyfunc.schema import (
     PREDICTION_COLUMN,
     TARGET,
 )
-from steps.batch_job import ACTUAL_PRICE, VERSION_COLUMN, Job, Outcome
+from steps.batch_job import ACTUAL_PRICE, VERSION_COLUMN, Job
 from steps.tracking import StepError
 
 RESULT_TYPE = f"{PREDICTION_COLUMN} double, {FLAG_COLUMN} string, {INVALID_COLUMN} string"
@@ -61,8 +60,8 @@ def read(spark: SparkSession, path: str) -> DataFrame:
         | {name: F.col(name).cast("string") for name in CATEGORICAL_NAMES})
 
 
-def score_with_spark(job: Job, master: str) -> Outcome:
-    started = time.perf_counter()
+def score_with_spark(job: Job, master: str) -> tuple[int, int]:
+    """The rows scored and how many of them are invalid."""
     spark = session(master)
     try:
         listings = read(spark, job.input)
@@ -80,4 +79,4 @@ def score_with_spark(job: Job, master: str) -> Outcome:
         invalid = written.filter(F.col(INVALID_COLUMN) != "").count()
     finally:
         spark.stop()
-    return Outcome(rows, invalid, time.perf_counter() - started)
+    return rows, invalid

