@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pytest
 
-from pyfunc.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, move_champion
+from pyfunc.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, model_uri, move_champion
 from pyfunc.settings import Settings
 from steps.promote import check_loadable, gate, promote
 from steps.rollback import rollback
@@ -132,9 +132,9 @@ def test_a_version_without_its_files_is_never_promoted(
         mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
     name = settings.model_name
     move_champion(settings.model_name, CHAMPION, "1")
-    check_loadable(f"models:/{name}/1")
+    check_loadable(model_uri(name, 1))
     mlflow_store.delete_model_files(versions[1])
-    uri = f"models:/{name}/2"
+    uri = model_uri(name, 2)
 
     with pytest.raises(StepError, match=rf"^{re.escape(uri)} cannot be loaded or cannot price "
                                         r"its input example \(.+\); the champion is unchanged$"):
