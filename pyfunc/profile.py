@@ -13,18 +13,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pyfunc.errors import UserError
 from pyfunc.schema import CATEGORICAL_NAMES, NUMERIC_NAMES
 
 REFERENCE_BINS = 10
 PROFILE_PATH = "artifacts/profile.json"  # inside a logged model's directory
 
 
-def load_profile(model_uri: str) -> dict:
-    """The training profile stored with the model at `model_uri` (any MLflow model URI)."""
+def load_reference(model_uri: str) -> dict:
+    """The binned training distribution stored with the model at `model_uri`, or UserError."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    path = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/{PROFILE_PATH}")
-    return json.loads(Path(path).read_text())
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/{PROFILE_PATH}")
+        return json.loads(Path(path).read_text())["reference"]
+    except (MlflowException, OSError, KeyError, ValueError) as error:
+        raise UserError(f"cannot read the training profile of {model_uri}: {error}") from None
 
 
 def build_profile(train: pd.DataFrame) -> dict:

@@ -12,63 +12,25 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
 import click
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
-from pyfunc.profile import load_profile
-from pyfunc.settings import Settings, SettingsError
+from pyfunc.errors import UserError
+from pyfunc.profile import load_reference
+from pyfunc.registry import resolve
+from pyfunc.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
-METRIC_TAGS = ("test_mae", "test_rmse", "test_mape", "test_r2")
-
-
-class ServeError(RuntimeError):
-    """The model to serve cannot be found."""
-
-
-def resolve(client: MlflowClient, model_uri: str) -> dict:
-    """What `model_uri` points at now: name, version, alias, pinned uri, run and test metrics."""
-    match = REGISTRY_URI.match(model_uri)
-    if not match:
-        return {"name": None, "version": "unregistered", "alias": None, "uri": model_uri,
-                "run_id": None, "metrics": {}}
-    name, alias, ref = match["name"], match["alias"], match["ref"]
-    try:
-        if alias:
-            version = client.get_model_version_by_alias(name, alias)
-        elif ref.isdigit():
-            version = client.get_model_version(name, ref)
-        else:
-            latest = client.get_latest_versions(name, stages=[ref])
-            if not latest:
-                raise ServeError(f"no version of {name!r} is in stage {ref!r}")
-            version = latest[0]
-    except MlflowException as error:
-        raise ServeError(f"cannot resolve {model_uri}: {error.message}") from None
-    return {
-        "name": name,
-        "version": str(version.version),
-        "alias": alias or ref,
-        "uri": f"models:/{name}/{version.version}",
-        "run_id": version.run_id,
-        "metrics": {k: float(version.tags[k]) for k in METRIC_TAGS if k in version.tags},
-    }
 
 
 def training_reference(model_uri: str) -> dict | None:
     """The binned training distribution of each feature (for drift), if the model has one."""
     try:
-        return load_profile(model_uri)["reference"]
-    except (MlflowException, OSError, KeyError, ValueError) as error:
-        logger.warning("no training profile in %s (%s): drift will not be measured",
-                       model_uri, error)
+        return load_reference(model_uri)
+    except UserError as error:
+        logger.warning("%s: drift will not be measured", error)
         return None
 
 
@@ -97,9 +59,10 @@ def main(host: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         settings = Settings.from_env()
-        tracking_uri = os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
-        info = resolve(MlflowClient(tracking_uri, tracking_uri), settings.model_uri)
-    except (ServeError, SettingsError) as error:
+        os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+        os.environ["MLFLOW_REGISTRY_URI"] = settings.mlflow_tracking_uri
+        info = resolve(settings.model_uri)
+    except UserError as error:
         raise click.ClickException(str(error)) from None
     info["reference"] = training_reference(info["uri"])
     write_info(info, settings.model_info_path)

@@ -13,11 +13,13 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from pyfunc.errors import UserError
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 _GIVEN_VALUES_ONLY: ContextVar[bool] = ContextVar("given_values_only", default=False)
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError):
     """An environment variable has a value that cannot be used."""
 
 

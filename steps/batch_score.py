@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -23,11 +22,11 @@ import mlflow
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from mlflow import MlflowClient
 
+from pyfunc.registry import resolve
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, INVALID_COLUMN, NUMERIC_NAMES, TARGET
-from pyfunc.serve import ServeError, resolve
 from pyfunc.settings import Settings
+from steps.batch_job import ACTUAL_PRICE, VERSION_COLUMN, Job
 from steps.sources import open_source
 from steps.tracking import StepError, cli_errors, configure, step_run
 
@@ -35,27 +34,6 @@ logger = logging.getLogger(__name__)
 
 ENGINES = ("pandas", "spark")
 FORMATS = (".csv", ".parquet")
-VERSION_COLUMN = "model_version"
-ACTUAL_PRICE = f"actual_{TARGET.name}"
-
-
-@dataclass(frozen=True)
-class Job:
-    """One batch: where from, where to, which pinned model, with which parameters."""
-
-    input: str
-    output: Path
-    model_uri: str
-    version: str
-    params: dict[str, str]
-    table: str = ""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    rows: int
-    invalid_rows: int
-    seconds: float
 
 
 def check_paths(input_spec: str, output: str, engine: str, table: str) -> None:
@@ -78,10 +56,7 @@ def check_paths(input_spec: str, output: str, engine: str, table: str) -> None:
 def pinned(model_uri: str) -> tuple[str, str]:
     """The model URI pinned to a version (an alias can move during a batch) and that version;
     StepError if that model cannot report invalid rows one by one."""
-    try:
-        info = resolve(MlflowClient(), model_uri)
-    except ServeError as error:
-        raise StepError(str(error)) from None
+    info = resolve(model_uri)
     signature = mlflow.models.get_model_info(info["uri"]).signature
     params = signature.params.params if signature and signature.params else []
     if "on_invalid_row" not in {param.name for param in params}:
@@ -152,8 +127,9 @@ class ChunkWriter:
             self._parquet.close()
 
 
-def score_with_pandas(job: Job, chunk_rows: int) -> Outcome:
-    """Score chunk by chunk, logging progress; the whole input never sits in memory twice."""
+def score_with_pandas(job: Job, chunk_rows: int) -> tuple[int, int]:
+    """Score chunk by chunk, logging progress; the whole input never sits in memory twice.
+    Returns the rows scored and how many of them are invalid."""
     model = mlflow.pyfunc.load_model(job.model_uri)
     started, rows, invalid = time.perf_counter(), 0, 0
     writer = ChunkWriter(job.output)
@@ -170,7 +146,7 @@ def score_with_pandas(job: Job, chunk_rows: int) -> Outcome:
         writer.close()
     if rows == 0:
         raise StepError(f"{job.input} has no rows")
-    return Outcome(rows, invalid, time.perf_counter() - started)
+    return rows, invalid
 
 
 @click.command()
@@ -201,17 +177,18 @@ def main(input_spec: str, output: str, engine: str, model_uri: str, table: str,
     with step_run("batch_score"):
         mlflow.log_params({"model_uri": uri, "engine": engine, "input": input_spec,
                            "on_unknown_category": on_unknown_category})
+        started = time.perf_counter()
         if engine == "spark":
             from steps.spark_score import score_with_spark
 
-            outcome = score_with_spark(job, spark_master)
+            rows, invalid = score_with_spark(job, spark_master)
         else:
-            outcome = score_with_pandas(job, chunk_rows)
-        mlflow.log_metrics({"rows": outcome.rows, "invalid_rows": outcome.invalid_rows,
-                            "rows_per_second": outcome.rows / outcome.seconds})
-    click.echo(f"priced {outcome.rows - outcome.invalid_rows:,} of {outcome.rows:,} listings "
-               f"({outcome.invalid_rows:,} invalid, reasons in {INVALID_COLUMN}) with {uri} "
-               f"on {engine} in {outcome.seconds:.1f} s -> {output}")
+            rows, invalid = score_with_pandas(job, chunk_rows)
+        seconds = time.perf_counter() - started
+        mlflow.log_metrics({"rows": rows, "invalid_rows": invalid,
+                            "rows_per_second": rows / seconds})
+    click.echo(f"priced {rows - invalid:,} of {rows:,} listings ({invalid:,} invalid, reasons in "
+               f"{INVALID_COLUMN}) with {uri} on {engine} in {seconds:.1f} s -> {output}")
 
 
 if __name__ == "__main__":

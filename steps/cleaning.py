@@ -15,6 +15,7 @@ import pandas as pd
 
 from pyfunc import contract
 from pyfunc.contract import NOT_WHOLE, OUT_OF_BOUNDS, FieldError, fractional, outside_bounds
+from pyfunc.errors import UserError
 from pyfunc.schema import (
     CATEGORICAL_NAMES,
     FEATURE_NAMES,
@@ -28,7 +29,7 @@ COLUMNS = (*FEATURE_NAMES, TARGET.name)
 NUMERIC_COLUMNS = (*(f.name for f in NUMERIC_FEATURES), TARGET.name)
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The data cannot be used as it is: a column is missing, has the wrong type, or is empty."""
 
 

@@ -16,8 +16,6 @@ import click
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import (
@@ -27,6 +25,7 @@ from sklearn.metrics import (
     root_mean_squared_error,
 )
 
+from pyfunc import registry
 from pyfunc.schema import FEATURE_NAMES, PREDICTION_COLUMN, TARGET
 from pyfunc.settings import Settings
 from steps import plots
@@ -106,45 +105,34 @@ def importance(model, test: pd.DataFrame, params: Params) -> pd.Series:
     return pd.Series(result.importances_mean, index=list(FEATURE_NAMES)).sort_values()
 
 
-def latest_version(client: MlflowClient, name: str) -> str:
-    versions = client.search_model_versions(f"name = '{name}'")
-    if not versions:
-        raise StepError(f"model {name!r} has no registered version; run the train step first")
-    return str(max(int(v.version) for v in versions))
-
-
-def champion_mae(client: MlflowClient, settings: Settings, version: str,
+def champion_mae(settings: Settings, version: str,
                  test: pd.DataFrame) -> tuple[str | None, float | None]:
     """The current champion's MAE on the same test rows (None when there is no other champion)."""
-    try:
-        champion = client.get_model_version_by_alias(settings.model_name, settings.model_alias)
-    except MlflowException:
-        return None, None
-    if str(champion.version) == str(version):
+    champion = registry.alias_version(settings.model_name, settings.model_alias)
+    if champion in (None, str(version)):
         return None, None
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{champion.version}")
-        return str(champion.version), evaluate(model, test).metrics["test_mae"]
+        model = mlflow.pyfunc.load_model(registry.model_uri(settings.model_name, champion))
+        return champion, evaluate(model, test).metrics["test_mae"]
     except Exception as error:  # a broken champion must not block its replacement
         logger.warning("champion version %s cannot be scored (%s); treating it as absent",
-                       champion.version, error)
+                       champion, error)
         return None, None
 
 
 def run_evaluate(version: str, ingest_run_id: str, params: Params, settings: Settings) -> str:
     """Evaluate in a step run, tag the model version; returns the verdict."""
-    client = MlflowClient()
-    version = version or latest_version(client, settings.model_name)
+    version = version or registry.latest_version(settings.model_name)
     with step_run("evaluate"):
-        model_version = client.get_model_version(settings.model_name, version)
-        ingest_run_id = ingest_run_id or client.get_run(model_version.run_id).data.tags.get(
+        uri = registry.model_uri(settings.model_name, version)
+        ingest_run_id = ingest_run_id or mlflow.get_run(registry.lookup(uri).run_id).data.tags.get(
             "ingest_run_id", "")
         if not ingest_run_id:
             raise StepError(f"version {version} does not name its ingest run; pass --ingest-run-id")
         test = load_frame(ingest_run_id, CLEAN_TEST)
-        model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
+        model = mlflow.pyfunc.load_model(uri)
         result = evaluate(model, test)
-        champion_version, champion = champion_mae(client, settings, version, test)
+        champion_version, champion = champion_mae(settings, version, test)
         outcome = verdict(result.metrics["test_mae"], champion, params.promotion_tolerance)
         _log(result, model, test, params)
         mlflow.set_tags({"model_version": version, "ingest_run_id": ingest_run_id,
@@ -153,8 +141,7 @@ def run_evaluate(version: str, ingest_run_id: str, params: Params, settings: Set
                 "evaluated_by_run": mlflow.active_run().info.run_id}
         if champion is not None:
             tags |= {"champion_version": champion_version, "champion_test_mae": f"{champion:.6g}"}
-        for key, value in tags.items():
-            client.set_model_version_tag(settings.model_name, version, key, value)
+        registry.set_tags(settings.model_name, version, tags)
         logger.info("version %s: test MAE %.0f UF, champion %s, verdict %s", version,
                     result.metrics["test_mae"], champion, outcome)
         return outcome

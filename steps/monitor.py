@@ -15,10 +15,9 @@ from pathlib import Path
 
 import click
 import mlflow
-from mlflow.exceptions import MlflowException
 
 from pyfunc.drift import DRIFT_THRESHOLD, MIN_ROWS, drifted, feature_drift
-from pyfunc.profile import load_profile
+from pyfunc.profile import load_reference
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, normalize_category
 from pyfunc.settings import Settings
 from steps.tracking import StepError, cli_errors, configure, step_run
@@ -44,13 +43,6 @@ def recent_columns(request_log: Path, last_rows: int) -> dict[str, list]:
     for name in CATEGORICAL_NAMES:
         columns[name] = [normalize_category(v) if isinstance(v, str) else v for v in columns[name]]
     return columns
-
-
-def reference_profile(model_uri: str) -> dict:
-    try:
-        return load_profile(model_uri)["reference"]
-    except (MlflowException, OSError) as error:
-        raise StepError(f"cannot read the training profile of {model_uri}: {error}") from None
 
 
 def drift_report(reference: dict, columns: dict[str, list], model_uri: str) -> dict:
@@ -85,7 +77,7 @@ def main(request_log: str, model_uri: str, last_rows: int, output: Path,
     configure(settings)
     model_uri = model_uri or served_model_uri(settings)
     columns = recent_columns(Path(request_log or settings.gateway_request_log), last_rows)
-    report = drift_report(reference_profile(model_uri), columns, model_uri)
+    report = drift_report(load_reference(model_uri), columns, model_uri)
     if not report["psi"]:
         raise StepError(f"only {report['rows']} priced rows in the request log; "
                         f"at least {MIN_ROWS} are needed to measure drift")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from pyfunc.errors import UserError
 from pyfunc.schema import NUMERIC_NAMES
 from pyfunc.settings import PROJECT_DIR
 
@@ -17,7 +18,7 @@ MONOTONIC_ESTIMATORS = ("HistGradientBoostingRegressor", "RandomForestRegressor"
                         "ExtraTreesRegressor")
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError):
     """params.yaml is missing something or holds a value that cannot be used."""
 
 

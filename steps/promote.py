@@ -8,24 +8,18 @@ A version that cannot be loaded or cannot price its own input example is never p
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import warnings
 from dataclasses import dataclass
 
 import click
 import mlflow
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
+from pyfunc import registry
 from pyfunc.settings import Settings
-from steps.evaluate import PASSING_VERDICTS, latest_version
+from steps.evaluate import PASSING_VERDICTS
 from steps.tracking import StepError, cli_errors, configure, step_run
 
 logger = logging.getLogger(__name__)
-
-PREVIOUS_ALIAS = "previous-champion"
-PRODUCTION_STAGE = "Production"
 
 
 @dataclass(frozen=True)
@@ -34,13 +28,6 @@ class Promotion:
     promoted: bool
     reason: str
     previous: str | None = None
-
-
-def current_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
 
 
 def gate(tags: dict[str, str], force: bool) -> tuple[bool, str]:
@@ -66,38 +53,23 @@ def check_loadable(uri: str) -> None:
                         f"({type(error).__name__}: {error}); the champion is unchanged") from None
 
 
-def move_champion(client: MlflowClient, settings: Settings, version: str) -> str | None:
-    """Alias champion -> version, previous-champion -> the former one; mirror the stage."""
-    previous = current_version(client, settings.model_name, settings.model_alias)
-    if previous and previous != version:
-        client.set_registered_model_alias(settings.model_name, PREVIOUS_ALIAS, previous)
-    client.set_registered_model_alias(settings.model_name, settings.model_alias, version)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still used
-        client.transition_model_version_stage(settings.model_name, version, PRODUCTION_STAGE,
-                                              archive_existing_versions=True)
-    client.set_model_version_tag(settings.model_name, version, "promoted_at",
-                                 dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    return previous if previous != version else None
+def champion_to(version: str, reason: str, settings: Settings) -> Promotion:
+    """Move the champion alias to `version` if it loads and prices its input example."""
+    check_loadable(registry.model_uri(settings.model_name, version))
+    previous = registry.move_champion(settings.model_name, settings.model_alias, version)
+    return Promotion(version, True, reason, previous)
 
 
-def promote(client: MlflowClient, settings: Settings, version: str, force: bool) -> Promotion:
-    try:
-        model_version = client.get_model_version(settings.model_name, version)
-    except MlflowException:
-        raise StepError(f"model {settings.model_name!r} has no version {version!r}") from None
-    allowed, reason = gate(model_version.tags, force)
-    if not allowed:
-        return Promotion(version, False, reason)
-    check_loadable(f"models:/{settings.model_name}/{version}")
-    return Promotion(version, True, reason, move_champion(client, settings, version))
+def promote(settings: Settings, version: str, force: bool) -> Promotion:
+    tags = registry.lookup(registry.model_uri(settings.model_name, version)).tags
+    allowed, reason = gate(tags, force)
+    return champion_to(version, reason, settings) if allowed else Promotion(version, False, reason)
 
 
 def run_promote(version: str, force: bool, settings: Settings) -> Promotion:
-    client = MlflowClient()
-    version = version or latest_version(client, settings.model_name)
+    version = version or registry.latest_version(settings.model_name)
     with step_run("promote"):
-        result = promote(client, settings, version, force)
+        result = promote(settings, version, force)
         mlflow.set_tags({"model_version": version, "promoted": str(result.promoted).lower(),
                          "reason": result.reason})
         return result

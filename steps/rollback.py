@@ -7,26 +7,18 @@ Writes: alias `champion` -> that version, `previous-champion` -> the one rolled 
 from __future__ import annotations
 
 import click
-from mlflow import MlflowClient
 
+from pyfunc.registry import PREVIOUS_ALIAS, alias_version
 from pyfunc.settings import Settings
-from steps.promote import (
-    PREVIOUS_ALIAS,
-    Promotion,
-    check_loadable,
-    current_version,
-    describe,
-    move_champion,
-)
+from steps.promote import Promotion, champion_to, describe
 from steps.tracking import StepError, cli_errors, configure, step_run
 
 
-def rollback(client: MlflowClient, settings: Settings) -> Promotion:
-    previous = current_version(client, settings.model_name, PREVIOUS_ALIAS)
+def rollback(settings: Settings) -> Promotion:
+    previous = alias_version(settings.model_name, PREVIOUS_ALIAS)
     if previous is None:
         raise StepError(f"model {settings.model_name!r} has no {PREVIOUS_ALIAS!r} to roll back to")
-    check_loadable(f"models:/{settings.model_name}/{previous}")
-    return Promotion(previous, True, "rollback", move_champion(client, settings, previous))
+    return champion_to(previous, "rollback", settings)
 
 
 @click.command()
@@ -36,7 +28,7 @@ def main() -> None:
     settings = Settings.from_env()
     configure(settings)
     with step_run("rollback"):
-        result = rollback(MlflowClient(), settings)
+        result = rollback(settings)
     click.echo(describe(result, settings))
 
 

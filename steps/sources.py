@@ -19,13 +19,15 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from pyfunc.errors import UserError
+
 SPLITS = ("train", "test")
 SYNTHETIC_KEYS = ("variant", "seed", "train_rows", "test_rows")
 _QUERY = re.compile(r"\s*(select|with)\b", re.IGNORECASE)
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:).*@")
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """A split cannot be read: the message says what and where (never a password)."""
 
 

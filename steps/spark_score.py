@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-import time
+from pathlib import Path
 
 import mlflow
 from pyspark.sql import DataFrame, SparkSession
@@ -24,7 +24,7 @@ from pyfunc.schema import (
     PREDICTION_COLUMN,
     TARGET,
 )
-from steps.batch_score import ACTUAL_PRICE, VERSION_COLUMN, Job, Outcome
+from steps.batch_job import ACTUAL_PRICE, VERSION_COLUMN, Job
 from steps.tracking import StepError
 
 RESULT_TYPE = f"{PREDICTION_COLUMN} double, {FLAG_COLUMN} string, {INVALID_COLUMN} string"
@@ -41,12 +41,14 @@ def session(master: str) -> SparkSession:
             .getOrCreate())
 
 
+def load(spark: SparkSession, path: str) -> DataFrame:
+    """A .csv (with its header) or .parquet file, or a folder of such part files."""
+    return spark.read.load(path, format=Path(path).suffix.lower()[1:], header=True)
+
+
 def read(spark: SparkSession, path: str) -> DataFrame:
     """The listings typed as the pandas engine types them (steps.batch_score.typed)."""
-    if path.lower().endswith(".parquet"):
-        frame = spark.read.parquet(path)
-    else:
-        frame = spark.read.option("header", True).csv(path)
+    frame = load(spark, path)
     missing = [name for name in FEATURE_NAMES if name not in frame.columns]
     if missing:
         raise StepError(f"the listings lack column(s) {', '.join(missing)}")
@@ -58,16 +60,8 @@ def read(spark: SparkSession, path: str) -> DataFrame:
         | {name: F.col(name).cast("string") for name in CATEGORICAL_NAMES})
 
 
-def write(frame: DataFrame, path: str) -> None:
-    writer = frame.write.mode("overwrite")
-    if path.lower().endswith(".csv"):
-        writer.option("header", True).csv(path)
-    else:
-        writer.parquet(path)
-
-
-def score_with_spark(job: Job, master: str) -> Outcome:
-    started = time.perf_counter()
+def score_with_spark(job: Job, master: str) -> tuple[int, int]:
+    """The rows scored and how many of them are invalid."""
     spark = session(master)
     try:
         listings = read(spark, job.input)
@@ -76,18 +70,13 @@ def score_with_spark(job: Job, master: str) -> Outcome:
         scored = (listings.withColumn(SCORED, model(F.struct(*FEATURE_NAMES)))
                   .select(*listings.columns, f"{SCORED}.*")
                   .withColumn(VERSION_COLUMN, F.lit(job.version)))
-        write(scored, str(job.output))
-        written = _written(spark, str(job.output))
+        scored.write.save(str(job.output), format=job.output.suffix.lower()[1:],
+                          mode="overwrite", header=True)
+        written = load(spark, str(job.output))
         rows = written.count()
         if rows == 0:
             raise StepError(f"{job.input} has no rows")
         invalid = written.filter(F.col(INVALID_COLUMN) != "").count()
     finally:
         spark.stop()
-    return Outcome(rows, invalid, time.perf_counter() - started)
-
-
-def _written(spark: SparkSession, path: str) -> DataFrame:
-    if path.lower().endswith(".csv"):
-        return spark.read.option("header", True).csv(path)
-    return spark.read.parquet(path)
+    return rows, invalid

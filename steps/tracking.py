@@ -15,19 +15,14 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from pyfunc.errors import UserError
 from pyfunc.settings import Settings, SettingsError
-from steps.cleaning import DataError
-from steps.params import ParamsError
-from steps.sources import SourceError
 
 logger = logging.getLogger(__name__)
 
 
-class StepError(RuntimeError):
+class StepError(UserError):
     """A step cannot go on; the message says why and what to do."""
-
-
-EXPECTED_ERRORS = (DataError, SourceError, ParamsError, SettingsError, StepError)
 
 
 def configure(settings: Settings) -> None:
@@ -75,7 +70,7 @@ def cli_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except EXPECTED_ERRORS as error:
+        except (UserError, SettingsError) as error:
             raise click.ClickException(str(error)) from None
         except MlflowException as error:
             raise click.ClickException(f"MLflow: {error.message}") from None

@@ -26,21 +26,6 @@ import pytest
 import requests
 
 from pyfunc.schema import example_listing
-from tests.integration.test_gateway_stack import (
-    ALICE,
-    listings,
-    metric,
-    post,
-    requests_total,
-    settled_lines,
-)
-from tests.integration.test_pipeline import (
-    MODEL,
-    client_for,
-    error_line,
-    model_artifacts_dir,
-    registry_state,
-)
 from tests.support.gateway import (
     LoadClients,
     RunningGateway,
@@ -51,6 +36,21 @@ from tests.support.gateway import (
     running_gateway,
 )
 from tests.support.stack import ModelServer, run_step, store_env
+from tests.support.tracking import (
+    MODEL,
+    client_for,
+    error_line,
+    model_artifacts_dir,
+    registry_state,
+)
+from tests.support.traffic import (
+    ALICE,
+    listings,
+    metric,
+    post,
+    requests_total,
+    settled_lines,
+)
 
 pytestmark = pytest.mark.integration
 

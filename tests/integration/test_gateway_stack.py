@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from pyfunc.schema import FEATURE_NAMES, example_listing
+from pyfunc.schema import FEATURE_NAMES
 from tests.support.gateway import (
     ALICE_KEY,
     BOB_KEY,
@@ -23,10 +22,10 @@ from tests.support.gateway import (
     read_log,
     running_gateway,
 )
+from tests.support.traffic import ALICE, listings, metric, post, requests_total, settled_lines
 
 pytestmark = pytest.mark.integration
 
-ALICE = {"X-API-Key": ALICE_KEY}
 MAX_WORKER_RSS_MB = 150
 
 
@@ -36,10 +35,6 @@ def gateway(model_server, tmp_path_factory) -> Iterator[RunningGateway]:
     with running_gateway(state, model_server.url, info_path=model_server.info_path,
                          workers=2) as running:
         yield running
-
-
-def listings(n: int) -> list[dict]:
-    return [{**example_listing(), "net_usable_area": 60.0 + 20 * i} for i in range(n)]
 
 
 def bodies(rows: list[dict]) -> dict[str, dict]:
@@ -53,25 +48,6 @@ def bodies(rows: list[dict]) -> dict[str, dict]:
         "with_params": {"dataframe_records": [*rows[:-1], {**rows[-1], "sector": "marte"}],
                         "params": {"on_unknown_category": "flag"}},
     }
-
-
-def post(url: str, body: object, headers: dict | None = None) -> requests.Response:
-    return requests.post(f"{url}/invocations", data=json.dumps(body), timeout=30,
-                         headers={"Content-Type": "application/json", **(headers or {})})
-
-
-def requests_total(gateway: RunningGateway, endpoint: str = "/invocations") -> float:
-    return sum(s.value for family in text_string_to_metric_families(gateway.metrics_text())
-               if family.name == "gateway_requests" for s in family.samples
-               if s.name == "gateway_requests_total" and s.labels["endpoint"] == endpoint)
-
-
-def metric(gateway: RunningGateway, name: str) -> float | None:
-    for family in text_string_to_metric_families(gateway.metrics_text()):
-        for s in family.samples:
-            if s.name == name:
-                return s.value
-    return None
 
 
 @pytest.mark.parametrize("fmt", ["dataframe_records", "dataframe_split", "inputs",
@@ -169,19 +145,6 @@ def test_docs_and_model_info(gateway, model_server):
     served = json.loads(model_server.info_path.read_text())
     assert model.json()["version"] == served["version"]
     assert model.json()["metrics"] == served["metrics"]
-
-
-def settled_lines(gateway: RunningGateway, quiet: float = 0.3) -> list[dict]:
-    """The /invocations lines of the request log once no new line came for `quiet` seconds
-    (each worker's writer lingers 10 ms before writing)."""
-    previous: list[dict] = []
-    while True:
-        time.sleep(quiet)
-        lines = [line for line in read_log(gateway.request_log)
-                 if line["path"] == "/invocations"]
-        if len(lines) == len(previous):
-            return lines
-        previous = lines
 
 
 def test_burst_is_logged_and_counted_exactly(gateway):

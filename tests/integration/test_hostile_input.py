@@ -24,8 +24,8 @@ from gateway.errors import ERROR_CODES
 from gateway.openapi import build_spec
 from pyfunc.schema import FEATURE_NAMES, example_listing
 from pyfunc.settings import Settings
-from tests.integration.test_gateway_stack import ALICE, listings, post
 from tests.support.gateway import RunningGateway, metric_samples, metric_sum, running_gateway
+from tests.support.traffic import ALICE, listings, post
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from pyfunc.schema import FEATURE_NAMES, example_listing
-from tests.integration.test_gateway_stack import ALICE, listings, settled_lines
 from tests.support.gateway import (
     BOB_KEY,
     LoadClients,
@@ -33,6 +32,7 @@ from tests.support.gateway import (
     running_gateway,
 )
 from tests.support.stack import ModelServer
+from tests.support.traffic import ALICE, listings, settled_lines
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

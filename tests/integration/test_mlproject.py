@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from pyfunc.settings import PROJECT_DIR
-from tests.integration.test_pipeline import (
+from tests.support.stack import store_env
+from tests.support.tracking import (
     MODEL,
     SOURCE,
     STEPS,
@@ -27,7 +28,6 @@ from tests.integration.test_pipeline import (
     registry_state,
     step_runs,
 )
-from tests.support.stack import store_env
 
 pytestmark = pytest.mark.integration
 

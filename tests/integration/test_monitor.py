@@ -8,7 +8,7 @@ import pytest
 
 from steps.generate import generate_listings
 from tests.support.stack import run_step, store_env
-from tests.unit.test_monitor import write_log
+from tests.support.traffic import write_log
 
 pytestmark = pytest.mark.integration
 

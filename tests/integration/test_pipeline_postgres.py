@@ -12,14 +12,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tests.integration.test_pipeline import (
+from tests.support.postgres import running_postgres
+from tests.support.stack import run_step, store_env
+from tests.support.tracking import (
     MODEL,
     all_runs,
     client_for,
     registry_state,
 )
-from tests.support.postgres import running_postgres
-from tests.support.stack import run_step, store_env
 
 pytestmark = pytest.mark.integration
 

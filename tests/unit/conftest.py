@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support.mlflow_store import Store
+
 if TYPE_CHECKING:
     import pandas as pd
-    from mlflow import MlflowClient
-    from mlflow.models.model import ModelInfo
     from sklearn.pipeline import Pipeline
 
     from steps.params import Params
@@ -66,55 +66,6 @@ def small_pipeline(few_listings: pd.DataFrame) -> Pipeline:
                     candidates=(Candidate("RandomForestRegressor", {}),))
     pipeline = build_pipeline(preset, seed=0).set_params(model__n_estimators=5)
     return pipeline.fit(few_listings[list(FEATURE_NAMES)], few_listings[TARGET.name])
-
-
-@dataclasses.dataclass(frozen=True)
-class Store:
-    """A sqlite tracking store and registry under a temporary folder."""
-
-    root: Path
-    experiment_id: str
-
-    def register(self, pipeline: Pipeline, train: pd.DataFrame, name: str) -> ModelInfo:
-        """Log `pipeline` (profiled on `train`) in a new run; registers a version of `name`."""
-        import mlflow
-
-        from pyfunc.model import log_model
-        from pyfunc.profile import build_profile
-
-        with mlflow.start_run(experiment_id=self.experiment_id):
-            return log_model(pipeline, build_profile(train), train.head(3), name)
-
-    def client(self) -> MlflowClient:
-        from mlflow import MlflowClient
-
-        return MlflowClient()
-
-    def alias(self, name: str, alias: str) -> str | None:
-        """The version an alias points at, as a string, or None when the alias is not set."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return str(self.client().get_model_version_by_alias(name, alias).version)
-        except MlflowException:
-            return None
-
-    def stages(self, name: str) -> dict[str, str]:
-        """Stage of every version of `name`, by version."""
-        return {str(v.version): v.current_stage
-                for v in self.client().search_model_versions(f"name = '{name}'")}
-
-    @staticmethod
-    def delete_model_files(info: ModelInfo) -> None:
-        """Delete every file of a logged model. MLflow 3 keeps them under the experiment's
-        `models/<model id>/artifacts`, not under the run's own artifact folder."""
-        from urllib.parse import urlparse
-
-        import mlflow
-
-        location = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path)
-        assert (location / "MLmodel").is_file()
-        shutil.rmtree(location)
 
 
 _MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID",

@@ -17,7 +17,7 @@ from steps.tracking import StepError
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-    from tests.unit.conftest import Store
+    from tests.support.mlflow_store import Store
 
 SCORED = Settings.from_env({"MODEL_NAME": "scored"})
 
@@ -126,7 +126,7 @@ def test_champion_is_scored_on_the_same_rows(champion_store: Store, small_pipeli
                                              few_listings: pd.DataFrame) -> None:
     test = few_listings.tail(50)
 
-    version, mae = champion_mae(champion_store.client(), SCORED, "2", test)
+    version, mae = champion_mae(SCORED, "2", test)
 
     assert str(version) == "1"
     predicted = small_pipeline.predict(test[list(FEATURE_NAMES)])
@@ -136,7 +136,7 @@ def test_champion_is_scored_on_the_same_rows(champion_store: Store, small_pipeli
 def test_the_champion_is_not_its_own_champion(champion_store: Store,
                                                few_listings: pd.DataFrame) -> None:
     # run_evaluate passes the version as a string; MLflow answers the alias with an int.
-    found = champion_mae(champion_store.client(), SCORED, "1", few_listings.tail(50))
+    found = champion_mae(SCORED, "1", few_listings.tail(50))
 
     assert found == (None, None)
 
@@ -145,4 +145,4 @@ def test_no_champion_alias_means_no_champion(champion_store: Store,
                                              few_listings: pd.DataFrame) -> None:
     settings = Settings.from_env({"MODEL_NAME": "scored", "MODEL_ALIAS": "nobody"})
 
-    assert champion_mae(champion_store.client(), settings, "2", few_listings) == (None, None)
+    assert champion_mae(settings, "2", few_listings) == (None, None)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
     from sklearn.pipeline import Pipeline
 
-    from tests.unit.conftest import Store
+    from tests.support.mlflow_store import Store
 
 # The default preset's shape: engineered features, log target, and the monotonic constraint
 # on usable area that the direction test relies on. Leaves of a single row make the forest

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
     from sklearn.pipeline import Pipeline
 
-    from tests.unit.conftest import Store
+    from tests.support.mlflow_store import Store
 
 REPORT = {"on_invalid_row": "report"}
 ROWS = 12

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import pandas as pd
 import pytest
 
 from pyfunc.profile import build_profile
-from pyfunc.schema import FEATURE_NAMES
 from steps.generate import generate_listings
 from steps.monitor import drift_report, recent_columns
 from steps.tracking import StepError
-
-
-def write_log(path: Path, frames: list[pd.DataFrame], status: int = 200) -> None:
-    """Request-log lines as the gateway writes them: features as columns."""
-    with path.open("a") as log:
-        for frame in frames:
-            features = {name: frame[name].tolist() for name in FEATURE_NAMES}
-            log.write(json.dumps({"status": status, "path": "/invocations",
-                                  "features": features}) + "\n")
+from tests.support.traffic import write_log
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pytest
 
+from pyfunc.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, model_uri, move_champion
 from pyfunc.settings import Settings
-from steps.promote import (
-    PREVIOUS_ALIAS,
-    PRODUCTION_STAGE,
-    check_loadable,
-    gate,
-    move_champion,
-    promote,
-)
+from steps.promote import check_loadable, gate, promote
 from steps.rollback import rollback
 from steps.tracking import StepError
 
@@ -24,7 +18,7 @@ if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
     from sklearn.pipeline import Pipeline
 
-    from tests.unit.conftest import Store
+    from tests.support.mlflow_store import Store
 
 CHAMPION = "champion"
 
@@ -67,14 +61,14 @@ def test_move_champion_sets_both_aliases_and_mirrors_the_stage(
         mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
     client, name = mlflow_store.client(), settings.model_name
 
-    first = move_champion(client, settings, "1")
+    first = move_champion(settings.model_name, CHAMPION, "1")
 
     assert first is None
     assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
         "1", None)
     assert mlflow_store.stages(name) == {"1": PRODUCTION_STAGE, "2": "None"}
 
-    second = move_champion(client, settings, "2")
+    second = move_champion(settings.model_name, CHAMPION, "2")
 
     assert str(second) == "1"
     assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
@@ -87,10 +81,10 @@ def test_move_champion_sets_both_aliases_and_mirrors_the_stage(
 
 def test_promote_refuses_an_unevaluated_version_and_leaves_the_aliases(
         mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
-    client, name = mlflow_store.client(), settings.model_name
-    move_champion(client, settings, "1")
+    name = settings.model_name
+    move_champion(settings.model_name, CHAMPION, "1")
 
-    result = promote(client, settings, "2", force=False)
+    result = promote(settings, "2", force=False)
 
     assert (result.version, result.promoted, result.reason, result.previous) == (
         "2", False, "not evaluated: run the evaluate step first (or force)", None)
@@ -102,11 +96,11 @@ def test_promote_refuses_an_unevaluated_version_and_leaves_the_aliases(
 def test_promote_refuses_a_worse_version(mlflow_store: Store, versions: list[ModelInfo],
                                          settings: Settings) -> None:
     client, name = mlflow_store.client(), settings.model_name
-    move_champion(client, settings, "1")
+    move_champion(settings.model_name, CHAMPION, "1")
     for key, value in {"verdict": "worse", "test_mae": "2100", "champion_test_mae": "2000"}.items():
         client.set_model_version_tag(name, "2", key, value)
 
-    result = promote(client, settings, "2", force=False)
+    result = promote(settings, "2", force=False)
 
     assert (result.promoted, result.reason) == (
         False, "verdict 'worse': test MAE 2100 vs champion 2000 on the same rows")
@@ -116,10 +110,10 @@ def test_promote_refuses_a_worse_version(mlflow_store: Store, versions: list[Mod
 def test_promote_moves_the_champion_for_a_passing_verdict(
         mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
     client, name = mlflow_store.client(), settings.model_name
-    move_champion(client, settings, "1")
+    move_champion(settings.model_name, CHAMPION, "1")
     client.set_model_version_tag(name, "2", "verdict", "within_tolerance")
 
-    result = promote(client, settings, "2", force=False)
+    result = promote(settings, "2", force=False)
 
     assert (result.version, result.promoted, result.reason, str(result.previous)) == (
         "2", True, "verdict 'within_tolerance'", "1")
@@ -129,24 +123,24 @@ def test_promote_moves_the_champion_for_a_passing_verdict(
 
 def test_promote_names_a_version_that_does_not_exist(
         mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
-    with pytest.raises(StepError, match=re.escape(
+    with pytest.raises(match=re.escape(
             f"model {settings.model_name!r} has no version '9'")):
-        promote(mlflow_store.client(), settings, "9", force=True)
+        promote(settings, "9", force=True)
 
 
 def test_a_version_without_its_files_is_never_promoted(
         mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
-    client, name = mlflow_store.client(), settings.model_name
-    move_champion(client, settings, "1")
-    check_loadable(f"models:/{name}/1")
+    name = settings.model_name
+    move_champion(settings.model_name, CHAMPION, "1")
+    check_loadable(model_uri(name, 1))
     mlflow_store.delete_model_files(versions[1])
-    uri = f"models:/{name}/2"
+    uri = model_uri(name, 2)
 
     with pytest.raises(StepError, match=rf"^{re.escape(uri)} cannot be loaded or cannot price "
                                         r"its input example \(.+\); the champion is unchanged$"):
         check_loadable(uri)
     with pytest.raises(StepError, match="the champion is unchanged"):
-        promote(client, settings, "2", force=True)
+        promote(settings, "2", force=True)
 
     assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
         "1", None)
@@ -155,11 +149,11 @@ def test_a_version_without_its_files_is_never_promoted(
 
 def test_rollback_swaps_champion_and_previous_champion(
         mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
-    client, name = mlflow_store.client(), settings.model_name
-    move_champion(client, settings, "1")
-    move_champion(client, settings, "2")
+    name = settings.model_name
+    move_champion(settings.model_name, CHAMPION, "1")
+    move_champion(settings.model_name, CHAMPION, "2")
 
-    result = rollback(client, settings)
+    result = rollback(settings)
 
     assert (str(result.version), result.promoted, result.reason, str(result.previous)) == (
         "1", True, "rollback", "2")
@@ -170,20 +164,20 @@ def test_rollback_swaps_champion_and_previous_champion(
 
 def test_rollback_needs_a_previous_champion(
         mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
-    move_champion(mlflow_store.client(), settings, "1")
+    move_champion(settings.model_name, CHAMPION, "1")
 
     with pytest.raises(StepError, match=re.escape(
             f"model {settings.model_name!r} has no 'previous-champion' to roll back to")):
-        rollback(mlflow_store.client(), settings)
+        rollback(settings)
 
 
 def test_promoting_the_champion_again_keeps_the_previous_champion(
         mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
-    client, name = mlflow_store.client(), settings.model_name
-    promote(client, settings, "1", force=True)
-    promote(client, settings, "2", force=True)
+    name = settings.model_name
+    promote(settings, "1", force=True)
+    promote(settings, "2", force=True)
 
-    again = promote(client, settings, "2", force=True)
+    again = promote(settings, "2", force=True)
 
     assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
         "2", "1")

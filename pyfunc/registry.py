@@ -1,0 +1,96 @@
+"""The model registry in one place: `models:/` URIs, versions, aliases, stages and version tags;
+for the steps and the model server, never the gateway (it reads what `pyfunc.serve` writes)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import warnings
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from pyfunc.errors import UserError
+
+PREVIOUS_ALIAS = "previous-champion"
+PRODUCTION_STAGE = "Production"
+METRIC_TAGS = ("test_mae", "test_rmse", "test_mape", "test_r2")
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def model_uri(name: str, version: str | int | None = None, alias: str | None = None) -> str:
+    """`models:/<name>/<version>`, or `models:/<name>@<alias>` when an alias is given."""
+    return f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
+
+
+def lookup(uri: str) -> ModelVersion:
+    """The version a `models:/` URI names now (by number, alias or stage), or UserError."""
+    name, alias, ref = _URI.match(uri).group("name", "alias", "ref")
+    client = MlflowClient()
+    try:
+        found = (client.get_model_version_by_alias(name, alias) if alias
+                 else client.get_model_version(name, ref) if ref.isdigit()
+                 else next(iter(client.get_latest_versions(name, stages=[ref])), None))
+    except MlflowException as error:
+        if error.error_code not in _NOT_FOUND:
+            raise
+        found = None
+    if found is None:
+        what = (f"alias {alias!r}" if alias else f"version {ref!r}" if ref.isdigit()
+                else f"version in stage {ref!r}")
+        raise UserError(f"cannot resolve {uri}: model {name!r} has no {what}")
+    return found
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version `alias` points at, or None when the alias (or the model) does not exist."""
+    try:
+        return str(lookup(model_uri(name, alias=alias)).version)
+    except UserError:
+        return None
+
+
+def latest_version(name: str) -> str:
+    """The newest version of `name`; UserError when it has none."""
+    versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise UserError(f"model {name!r} has no registered version; run the train step first")
+    return str(max(int(v.version) for v in versions))
+
+
+def resolve(uri: str) -> dict:
+    """What `uri` points at now: name, version, alias or stage, the URI pinned to that version,
+    run and test metrics. A URI outside the registry (runs:/, a path) is served as it is."""
+    match = _URI.match(uri)
+    if not match:
+        return {"name": None, "version": "unregistered", "alias": None, "uri": uri,
+                "run_id": None, "metrics": {}}
+    found = lookup(uri)
+    return {"name": found.name, "version": str(found.version),
+            "alias": match["alias"] or match["ref"], "uri": model_uri(found.name, found.version),
+            "run_id": found.run_id,
+            "metrics": {k: float(found.tags[k]) for k in METRIC_TAGS if k in found.tags}}
+
+
+def set_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def move_champion(name: str, alias: str, version: str) -> str | None:
+    """`alias` -> version, `previous-champion` -> the version it left, stage Production mirrored
+    (for teams that promote by stage), tag `promoted_at`; returns the version it left, if any."""
+    client, previous = MlflowClient(), alias_version(name, alias)
+    if previous and previous != version:
+        client.set_registered_model_alias(name, PREVIOUS_ALIAS, previous)
+    client.set_registered_model_alias(name, alias, version)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still used
+        client.transition_model_version_stage(name, version, PRODUCTION_STAGE,
+                                              archive_existing_versions=True)
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    set_tags(name, version, {"promoted_at": now})
+    return previous if previous != version else None

@@ -1,0 +1,153 @@
+"""The imports of steps/, pyfunc/ and gateway/: no cycle among our modules, and every
+third-party package they import is declared in pyproject.toml.
+
+Read from the source with `ast` (nothing is imported); an import under `if TYPE_CHECKING:` is
+not an import at run time and is left out, an import inside a function is counted.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from graphlib import CycleError, TopologicalSorter
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("steps", "pyfunc", "gateway")
+DEV_EXTRA = "dev"  # test tools: the packages may not import them
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every dotted name `path` imports at run time with its parents: `from a.b import c`
+    gives `a`, `a.b` and `a.b.c` (which may be a module or a name in `a.b`)."""
+    names: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING",
+                                                                  "typing.TYPE_CHECKING"):
+            nodes = node.orelse
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+            return
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            return
+        else:
+            nodes = list(ast.iter_child_nodes(node))
+        for child in nodes:
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    return {".".join(name.split(".")[:i + 1]) for name in names for i in range(name.count(".") + 1)}
+
+
+def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """Each module of `packages` -> the modules of `packages` it imports."""
+    files = {module_name(p, root): p for package in packages
+             for p in sorted((root / package).rglob("*.py"))}
+    return {module: imported_names(path) & set(files) - {module}
+            for module, path in files.items()}
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    try:
+        TopologicalSorter(graph).prepare()
+    except CycleError as error:
+        return error.args[1]
+    return None
+
+
+def third_party_imports(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """Top-level names of the packages imported from outside the standard library and our own
+    packages, each with the modules importing it."""
+    found: dict[str, set[str]] = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            for name in imported_names(path):
+                top = name.partition(".")[0]
+                if top not in (*sys.stdlib_module_names, *packages, "__future__"):
+                    found.setdefault(top, set()).add(module_name(path, root))
+    return found
+
+
+def normalized(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def declared_distributions(pyproject: Path) -> set[str]:
+    """Distributions named in [project] dependencies and in every extra but the dev one."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    extras = [deps for extra, deps in project.get("optional-dependencies", {}).items()
+              if extra != DEV_EXTRA]
+    requirements = [r for deps in (project["dependencies"], *extras) for r in deps]
+    return {normalized(re.match(r"[A-Za-z0-9._-]+", r).group()) for r in requirements}
+
+
+def test_our_modules_import_each_other_without_a_cycle() -> None:
+    graph = import_graph(ROOT, PACKAGES)
+
+    assert {"steps.batch_score", "pyfunc.registry", "gateway.app"} <= set(graph)
+    assert "steps.spark_score" in graph["steps.batch_score"]  # a lazy import is counted
+    assert import_cycle(graph) is None
+
+
+def test_a_cycle_is_found_through_a_lazy_import_but_not_through_type_checking(
+        tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.b import B\n")
+    (package / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                  "    from pkg import a\nB = 1\n")
+    (package / "c.py").write_text("from pkg import d\n")
+    (package / "d.py").write_text("def run():\n    import pkg.c\n")
+
+    graph = import_graph(tmp_path, ("pkg",))
+
+    assert graph == {"pkg": set(), "pkg.a": {"pkg", "pkg.b"}, "pkg.b": set(),
+                     "pkg.c": {"pkg", "pkg.d"}, "pkg.d": {"pkg", "pkg.c"}}
+    assert sorted(set(import_cycle(graph))) == ["pkg.c", "pkg.d"]
+
+
+def test_every_third_party_import_is_a_declared_dependency() -> None:
+    declared = declared_distributions(ROOT / "pyproject.toml")
+    distributions = packages_distributions()  # import name -> installed distribution(s)
+    imports = third_party_imports(ROOT, PACKAGES)
+
+    assert {"sklearn", "yaml", "joblib", "threadpoolctl"} <= set(imports)
+    undeclared = {name: sorted(modules) for name, modules in imports.items()
+                  if not declared & {normalized(d) for d in distributions.get(name, [name])}}
+    assert undeclared == {}, f"imported but not declared in pyproject.toml: {undeclared}"
+
+
+@pytest.mark.parametrize(("requirement", "expected"), [
+    ("scikit-learn>=1.5,<2", "scikit-learn"),
+    ("psycopg[binary]>=3.1,<4", "psycopg"),
+    ("category_encoders>=2.6,<3", "category-encoders"),
+    ("PyYAML", "pyyaml"),
+])
+def test_declared_names_are_normalized(tmp_path: Path, requirement: str, expected: str) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(f'[project]\ndependencies = ["{requirement}"]\n'
+                         '[project.optional-dependencies]\ndev = ["pytest"]\n')
+
+    assert declared_distributions(pyproject) == {expected}
+
+
+def test_test_modules_share_helpers_only_through_tests_support() -> None:
+    borrowing = re.compile(r"^\s*(?:from|import) tests\.(?:unit|integration)\b", re.MULTILINE)
+    borrowers = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "tests").rglob("*.py"))
+                 if borrowing.search(path.read_text())]
+
+    assert borrowers == []
