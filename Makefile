@@ -13,6 +13,7 @@ SAMPLE_DATA := $(CURDIR)/data
 SOURCE = $(if $(DATA),$(DATA),$(SAMPLE_DATA))
 MODEL_PORT ?= 5001
 GATEWAY_PORT ?= 8000
+MLFLOW_UI_PORT ?= 5000
 API_KEY_FILE := $(STATE)/api-key
 STARTUP_SECONDS ?= 90
 
@@ -114,7 +115,7 @@ rollback: install ## make the previous champion the champion again (then: make s
 
 .PHONY: mlflow-ui
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 (runs, registry, aliases)
-	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
 
 .PHONY: lint
 lint: install ## ruff and hadolint

@@ -175,8 +175,9 @@ def main(input_spec: str, output: str, engine: str, model_uri: str, table: str,
               {"on_unknown_category": on_unknown_category, "on_invalid_row": "report"}, table)
     job.output.parent.mkdir(parents=True, exist_ok=True)
     with step_run("batch_score"):
-        mlflow.log_params({"model_uri": uri, "engine": engine, "input": input_spec,
+        mlflow.log_params({"engine": engine, "input": input_spec,
                            "on_unknown_category": on_unknown_category})
+        mlflow.set_tags({"model_uri": uri, "model_version": version})
         started = time.perf_counter()
         if engine == "spark":
             from steps.spark_score import score_with_spark

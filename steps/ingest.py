@@ -79,7 +79,8 @@ def run_ingest(source_spec: str, train_name: str, test_name: str, params: Params
     """Ingest in a step run; returns the run id whose artifacts hold the clean splits."""
     with step_run("ingest") as run:
         source = open_source(source_spec, train=train_name, test=test_name)
-        mlflow.log_params({"source": source.describe(), "train": train_name, "test": test_name})
+        mlflow.log_params({"train": train_name, "test": test_name})
+        mlflow.set_tag("source", source.describe())
         result = ingest(source, params)
         log_frame(result.train, CLEAN_TRAIN)
         log_frame(result.test, CLEAN_TEST)

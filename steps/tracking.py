@@ -40,7 +40,8 @@ def configure(settings: Settings) -> None:
 
 @contextlib.contextmanager
 def step_run(step: str) -> Iterator[mlflow.ActiveRun]:
-    """A run for `step`: nested under the active run if there is one (the `main` chain)."""
+    """A run for `step`, nested under the active run (`main`); under `mlflow run` it is the
+    project's run, whose params are fixed as given: log resolved values as tags."""
     with mlflow.start_run(run_name=step, nested=mlflow.active_run() is not None) as run:
         mlflow.set_tag("step", step)
         yield run

@@ -160,7 +160,7 @@ def run_train(ingest_run_id: str, preset_name: str, source: str, params: Params,
         preset = params.preset(preset_name)
         train = load_frame(ingest_run_id, CLEAN_TRAIN)
         mlflow.set_tags({"ingest_run_id": ingest_run_id, "preset": preset.name})
-        mlflow.log_params({"preset": preset.name, "seed": params.seed, "cv_folds": params.cv_folds,
+        mlflow.log_params({"seed": params.seed, "cv_folds": params.cv_folds,
                            "train_rows": len(train)})
         result = fit(train, preset, params)
         mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})

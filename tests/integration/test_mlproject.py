@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from pyfunc.settings import PROJECT_DIR
+from steps.generate import generate_listings
+from tests.support.project import ProjectCopy, make_project_copy
 from tests.support.stack import store_env
 from tests.support.tracking import (
     MODEL,
@@ -28,6 +33,7 @@ from tests.support.tracking import (
     registry_state,
     step_runs,
 )
+from tests.support.traffic import write_log
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +42,13 @@ ENTRY_POINTS = MLPROJECT["entry_points"]
 MODULE = re.compile(r"^python -m (?P<module>[\w.]+)(?:\s|$)")
 FLAG_AND_VALUE = re.compile(r"(?P<flag>--[\w-]+)(?:\s+(?P<value>\S+))?")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
+# Entry points with their defaults, in an order where each finds what it needs (a model, a
+# champion to roll back from); entry points not named here run last. Only required
+# parameters (no default) are given.
+DEFAULTS_ORDER = ("generate", "ingest", "main", "train", "evaluate", "promote", "rollback",
+                  "batch_score", "monitor")
+REQUIRED = {"batch_score": {"input": "data/test.csv"}}
+MONITORED_ROWS = 500
 
 
 def mlflow_run(workdir: Path, env: dict[str, str], entry_point: str,
@@ -182,3 +195,54 @@ def test_entry_point_matches_the_click_options_of_its_step(entry_point: str) -> 
             option = options[flag]
             with click.Context(command) as context:  # the step accepts MLproject's default
                 option.type.convert(str(declared["default"]), option, context)
+
+
+def _defaults_cases() -> list:
+    names = sorted(ENTRY_POINTS, key=lambda n: (*DEFAULTS_ORDER, n).index(n))
+    cases = [pytest.param(name, {}, id=name) for name in names]
+    spark = pytest.param("batch_score", {"engine": "spark", "output": "spark.parquet"},
+                         id="batch_score-spark", marks=pytest.mark.slow)
+    return [*cases, spark]
+
+
+@pytest.fixture(scope="module")
+def defaults_copy(tmp_path_factory: pytest.TempPathFactory) -> ProjectCopy:
+    """A project copy whose request log holds recent traffic (for `monitor`)."""
+    copy = make_project_copy(tmp_path_factory.mktemp("defaults") / "project")
+    log = copy.root / ".run" / "logs" / "requests.jsonl"
+    log.parent.mkdir(parents=True)
+    write_log(log, [generate_listings(MONITORED_ROWS, seed=3, dirty=False)])
+    return copy
+
+
+def _outcome(copy: ProjectCopy, entry_point: str, given: dict[str, str]) -> None:
+    """What an entry point run with its defaults leaves behind, beyond its MLflow run."""
+    if entry_point == "generate":
+        rows = ENTRY_POINTS["generate"]["parameters"]["train_rows"]["default"]
+        assert len(pd.read_csv(copy.root / "data" / "train.csv")) == rows
+    elif entry_point == "batch_score":
+        scored = pd.read_parquet(copy.root / given.get("output", "predictions.parquet"))
+        assert len(scored) == len(pd.read_csv(copy.root / "data" / "test.csv"))
+    elif entry_point == "monitor":
+        report = json.loads((copy.root / "drift_report.json").read_text())
+        assert report["rows"] == MONITORED_ROWS
+
+
+@pytest.mark.parametrize(("entry_point", "extra"), _defaults_cases())
+def test_entry_point_runs_with_its_defaults(defaults_copy: ProjectCopy, entry_point: str,
+                                            extra: dict[str, str]) -> None:
+    declared = ENTRY_POINTS[entry_point].get("parameters", {})
+    given = {**REQUIRED.get(entry_point, {}), **extra}
+    required = [n for n, spec in declared.items()
+                if not (isinstance(spec, dict) and "default" in spec)]
+    assert sorted(set(required) - set(given)) == [], f"give {entry_point} a value in REQUIRED"
+    command = ["mlflow", "run", ".", "-e", entry_point, "--env-manager", "local"]
+    for name, value in given.items():
+        command += ["-P", f"{name}={value}"]
+    result = defaults_copy.run(shlex.join(command))
+    assert result.returncode == 0, output_of(result)
+    client = MlflowClient(defaults_copy.tracking_uri, defaults_copy.tracking_uri)
+    (run, *_) = [r for r in all_runs(client)
+                 if r.data.tags.get("mlflow.project.entryPoint") == entry_point]
+    assert run.info.status == "FINISHED"
+    _outcome(defaults_copy, entry_point, given)

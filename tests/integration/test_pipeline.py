@@ -96,7 +96,7 @@ def test_ingest_logs_clean_splits_and_a_report_that_adds_up(main_run: MainRun,
     assert sorted(a.path for a in client.list_artifacts(run_id, "clean")) == [
         "clean/test.parquet", "clean/train.parquet"]
     rows = synthetic_rows(SMALL_SOURCE)
-    assert ingest.data.params["source"] == (
+    assert ingest.data.tags["source"] == (
         f"synthetic data (variant=realistic, seed=42, train_rows={rows['train']}, "
         f"test_rows={rows['test']})")
     report = load_json_artifact(client, run_id, "ingest_report.json", tmp_path)
@@ -369,7 +369,7 @@ def test_folder_with_the_clients_two_csvs_is_trained_and_promoted(
     assert "version 1: verdict no_champion" in result.stdout
     assert registry_state(client)["aliases"] == {"champion": 1}
     ingest = next(r for r in all_runs(client) if r.data.tags.get("step") == "ingest")
-    assert ingest.data.params["source"] == (
+    assert ingest.data.tags["source"] == (
         f"CSV folder {generated_csvs} (train=train.csv, test=test.csv)")
     assert ingest.data.metrics["train_rows_read"] == 1500
     assert ingest.data.metrics["test_rows_read"] == 500

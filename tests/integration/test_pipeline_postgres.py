@@ -79,7 +79,7 @@ def test_main_on_postgresql_promotes_and_never_records_the_password(
     runs = all_runs(client)
     (ingest,) = [r for r in runs if r.data.tags.get("step") == "ingest"]
     port = make_url(database.url).port
-    assert ingest.data.params["source"] == (
+    assert ingest.data.tags["source"] == (
         f"SQL database postgresql+psycopg://{ROLE}:***@127.0.0.1:{port}/postgres "
         "(train=train, test=test)")
     assert ingest.data.metrics["train_rows_read"] == 1500
