@@ -32,7 +32,7 @@ PIPELINE_ARTIFACT = "pipeline"
 PROFILE_ARTIFACT = "profile"
 INVALID_ROW_POLICIES = ("reject", "report")
 RUNTIME_PACKAGES = ("mlflow", "scikit-learn", "category_encoders", "pandas", "numpy", "pyarrow",
-                    "joblib")
+                    "joblib", "treelite")
 
 
 class InvalidInputError(MlflowException):
