@@ -7,8 +7,8 @@ load:
 - `check` validates the common, clean request with numpy in one pass per column and hands
   anything else to `pyfunc.validation.validate`, which stays the only source of error messages;
 - `FastPipeline` computes the engineered feature inline, target-encodes with a dict built from
-  the fitted encoder itself, and evaluates the regressor compiled by treelite
-  (`pyfunc.compiled`).
+  the fitted encoder itself, and evaluates the regressor compiled by treelite for small
+  batches, or the regressor itself on one thread for large ones (`pyfunc.compiled`).
 
 `compile_pipeline` refuses (returns None) any pipeline whose shape or regressor it does not
 know, and any whose fast predictions differ from `pipeline.predict` on probe rows: the model
@@ -18,6 +18,7 @@ listings for every model family the pipeline can fit.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from pyfunc.compiled import Predictor, compile_regressor
+from pyfunc.compiled import COMPILED_MAX_ROWS, Predictor, compile_regressor
 from pyfunc.features import (
     BUSINESS_DISTRICT,
     ENGINEERED_FEATURES,
@@ -265,7 +266,7 @@ def _encodings(encode) -> tuple[dict[str, dict[str, float]], dict[str, float]] |
 def compile_pipeline(pipeline, known_categories: Mapping[str, Sequence[str]],
                      training_ranges: Mapping[str, tuple[float, float]]) -> FastPipeline | None:
     """`build`, accepted only if it prices probe listings as the pipeline does (one warning
-    line when not). The probe goes through in chunks of 1, 59 and 240 rows."""
+    line when not). The probe goes through in small chunks (treelite) and one large chunk."""
     try:
         fast = build(pipeline)
         if fast is None:
@@ -276,8 +277,10 @@ def compile_pipeline(pipeline, known_categories: Mapping[str, Sequence[str]],
         with threadpool_limits(1):  # OpenMP teams per tree: slow on busy cores
             expected = pipeline.predict(probe)
         columns = _columns(probe)
+        cuts = [0, 1, *range(1 + COMPILED_MAX_ROWS, len(probe) // 2, COMPILED_MAX_ROWS),
+                len(probe)]
         got = np.concatenate([fast.predict_columns({k: v[start:stop] for k, v in columns.items()})
-                              for start, stop in ((0, 1), (1, 60), (60, len(probe)))])
+                              for start, stop in itertools.pairwise(cuts)])
     except Exception as exc:  # an unexpected shape of a fitted object: the pipeline still works
         logger.warning("no fast path for this pipeline (%r); predicting with the pipeline", exc)
         return None

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 RELATIVE = 1e-9
 SCORED_ROWS = 2_000
-# Batch sizes on one thread (1, 40, 500 rows) and on every core (2,000 rows).
+# Batch sizes through treelite (1, 40 rows) and through the fitted regressor (500, 2,000).
 CHUNKS = (1, 40, 500, SCORED_ROWS)
 
 
@@ -131,6 +131,24 @@ def test_fast_path_prices_like_the_pipeline(pipeline: Pipeline, profile: dict,
                               for start in range(0, min(len(scored), 4 * size), size)])
         assert got.shape == expected[:len(got)].shape
         assert relative_difference(got, expected[:len(got)]) <= RELATIVE, f"batches of {size}"
+
+
+def test_small_batches_are_priced_by_treelite_alone(profile: dict, fits, scored: pd.DataFrame,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = fits(VOTING)
+    fast = fastpath.compile_pipeline(pipeline, profile["categories"], _ranges(profile))
+    expected = pipeline.predict(scored.iloc[:40])
+
+    def refuse(matrix):
+        raise AssertionError("scikit-learn's predict was called")
+
+    for member in pipeline.named_steps["model"].regressor_.estimators_:
+        monkeypatch.setattr(member, "predict", refuse)
+
+    assert fast is not None
+    assert relative_difference(fast.predict(scored.iloc[:40]), expected) <= RELATIVE
+    with pytest.raises(AssertionError, match="scikit-learn's predict was called"):
+        fast.predict(scored.iloc[:500])
 
 
 def test_a_regressor_treelite_cannot_take_falls_back_with_one_warning(
