@@ -17,6 +17,7 @@ from tests.benchmarks.bench_client import Batch, Connection, prepare_post, price
 logger = logging.getLogger(__name__)
 
 IN_PROCESS, MODEL_SERVER, GATEWAY = "in-process", "model server", "gateway"
+FAST_PATH, PIPELINE = "fast path (pyfunc predict)", "fitted pipeline predict"
 
 
 class InProcess:
@@ -136,6 +137,27 @@ def agreement(routes: Sequence[Route], batch: Batch) -> dict[str, float]:
     reference = answers[IN_PROCESS]
     return {name: float(np.max(np.abs(got - reference) / np.abs(reference)))
             for name, got in answers.items() if name != IN_PROCESS}
+
+
+def fast_path_vs_pipeline(model, batches: Sequence[Batch], count: int) -> dict[str, object]:
+    """Single-row latency of the loaded model's `predict` (validation and fast path) and of its
+    fitted scikit-learn pipeline alone, call after call on the same rows, and the largest
+    relative difference between their prices."""
+    pipeline = model.unwrap_python_model()._pipeline
+    paths = {FAST_PATH: lambda frame: model.predict(frame)["price"].to_numpy(),
+             PIPELINE: lambda frame: np.asarray(pipeline.predict(frame), dtype=np.float64)}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    worst = 0.0
+    for i in range(count + 3):  # the first 3 calls warm up
+        frame, got = batches[i % len(batches)].frame, {}
+        for name, predict in paths.items():
+            started = time.perf_counter()
+            got[name] = predict(frame)
+            if i >= 3:
+                times[name].append(time.perf_counter() - started)
+        worst = max(worst, float(np.max(np.abs(got[FAST_PATH] / got[PIPELINE] - 1))))
+    return {name: summarize(seconds, 1) for name, seconds in times.items()} | {
+        "max_relative_difference": worst}
 
 
 @dataclass
