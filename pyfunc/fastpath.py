@@ -1,25 +1,25 @@
 """The served model's hot path: the same numbers as the fitted pipeline, without its per-call cost.
 
-For one row, the fitted pipeline spends milliseconds in pandas and category_encoders, and
-HistGradientBoosting starts an OpenMP team once per tree (hundreds of trees): slow, and
-thread-hungry when the cores are busy. Here the same fitted objects are read once, at load:
+For one row, the fitted pipeline spends milliseconds in pandas and category_encoders, and a
+forest hundreds of Python calls (one per tree). Here the same fitted objects are read once, at
+load:
 
 - `check` validates the common, clean request with numpy in one pass per column and hands
   anything else to `pyfunc.validation.validate`, which stays the only source of error messages;
 - `FastPipeline` computes the engineered feature inline, target-encodes with a dict built from
-  the fitted encoder itself, and evaluates the trees either all at once with numpy (small
-  batches) or with scikit-learn's own tree predictor, on one thread unless OMP_NUM_THREADS
-  asks for more (large batches).
+  the fitted encoder itself, and evaluates the regressor compiled by treelite for small
+  batches, or the regressor itself on one thread for large ones (`pyfunc.compiled`).
 
-`compile_pipeline` refuses (returns None) any pipeline whose shape it does not know, and any
-whose fast predictions differ from `pipeline.predict` on probe rows: the model then falls back
-to the pipeline. tests/unit/test_fast_path.py checks the equality on generated listings.
+`compile_pipeline` refuses (returns None) any pipeline whose shape or regressor it does not
+know, and any whose fast predictions differ from `pipeline.predict` on probe rows: the model
+then falls back to the pipeline. tests/unit/test_fast_path.py checks the equality on generated
+listings for every model family the pipeline can fit.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from pyfunc.compiled import COMPILED_MAX_ROWS, Predictor, compile_regressor
 from pyfunc.contract import UNKNOWN_CATEGORY_POLICIES, fractional, outside_bounds
 from pyfunc.features import (
     BUSINESS_DISTRICT,
@@ -46,12 +47,6 @@ from pyfunc.validation import ValidatedInput, joined_flags, outside_training_ran
 
 logger = logging.getLogger(__name__)
 
-# Below this many rows x trees, all trees are walked at once with numpy (one pass per depth
-# level); above it, scikit-learn's compiled predictor is cheaper.
-VECTORIZED_MAX_CELLS = 25_000
-# Below this many rows, the compiled predictor always runs on one thread: starting an OpenMP
-# team per tree costs more than it saves (above it, see `_large_batch_threads`).
-PARALLEL_MIN_ROWS = 2_000
 PROBE_ROWS = 300
 RELATIVE_TOLERANCE = 1e-9
 _UNKNOWN = "\x00unknown category\x00"
@@ -137,120 +132,13 @@ def _clean_categories(column: pd.Series,
 
 
 @dataclass(frozen=True)
-class Trees:
-    """Every tree of a fitted HistGradientBoostingRegressor (squared error, no categorical
-    splits), flattened into arrays so that all trees advance one depth level per numpy pass."""
-
-    feature: np.ndarray       # per node; leaves point at feature 0
-    threshold: np.ndarray     # go left when value <= threshold
-    children: np.ndarray      # 2 * node -> left, 2 * node + 1 -> right; a leaf is its own child
-    missing_right: np.ndarray  # where a NaN goes
-    value: np.ndarray         # leaf values
-    roots: np.ndarray
-    depth: int
-    baseline: float
-    predictors: tuple         # scikit-learn's own, for large batches
-    n_threads: int
-
-    @classmethod
-    def from_estimator(cls, estimator) -> Trees | None:
-        """The estimator's trees, or None when it is not a model these arrays can express.
-
-        Reads scikit-learn's fitted `_predictors` and `_baseline_prediction` (private, stable
-        since 0.21); `compile_pipeline` refuses the result unless it prices as the pipeline."""
-        from sklearn.ensemble import HistGradientBoostingRegressor
-
-        if type(estimator) is not HistGradientBoostingRegressor \
-                or estimator.loss != "squared_error" \
-                or getattr(estimator, "n_trees_per_iteration_", 0) != 1 \
-                or getattr(estimator, "is_categorical_", None) is not None \
-                or hasattr(estimator, "feature_names_in_"):
-            return None
-        predictors = tuple(p for (p,) in estimator._predictors)
-        tables = [p.nodes for p in predictors]
-        if any(t["is_categorical"].any() for t in tables):
-            return None
-        sizes = np.array([len(t) for t in tables])
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        nodes = np.concatenate(tables)
-        shift = np.repeat(offsets, sizes)
-        own = np.arange(len(nodes))
-        leaf = nodes["is_leaf"].astype(bool)
-        left = np.where(leaf, own, nodes["left"].astype(np.intp) + shift)
-        right = np.where(leaf, own, nodes["right"].astype(np.intp) + shift)
-        return cls(
-            feature=np.where(leaf, 0, nodes["feature_idx"]).astype(np.intp),
-            threshold=nodes["num_threshold"].astype(np.float64),
-            children=np.column_stack([left, right]).ravel(),
-            missing_right=~nodes["missing_go_to_left"].astype(bool),
-            value=nodes["value"].astype(np.float64),
-            roots=offsets.astype(np.intp),
-            depth=int(nodes["depth"].max()),
-            baseline=float(np.asarray(estimator._baseline_prediction).ravel()[0]),
-            predictors=predictors,
-            n_threads=_large_batch_threads(),
-        )
-
-    def raw_predict(self, matrix: np.ndarray) -> np.ndarray:
-        """baseline + the leaf value of every tree, summed tree after tree as scikit-learn does."""
-        if matrix.shape[0] * len(self.roots) <= VECTORIZED_MAX_CELLS:
-            return self._walk_all(matrix)
-        return self._compiled(matrix)
-
-    def _walk_all(self, matrix: np.ndarray) -> np.ndarray:
-        rows, width = matrix.shape
-        flat = matrix.ravel()
-        row_start = (np.arange(rows, dtype=np.intp) * width)[:, None]
-        node = np.broadcast_to(self.roots, (rows, len(self.roots))).copy()
-        has_nan = bool(np.isnan(flat).any())
-        for _ in range(self.depth):
-            values = flat[row_start + self.feature[node]]
-            right = ~(values <= self.threshold[node])
-            if has_nan:
-                right = np.where(np.isnan(values), self.missing_right[node], right)
-            node = self.children[2 * node + right]
-        leaves = np.empty((rows, len(self.roots) + 1))
-        leaves[:, 0] = self.baseline
-        leaves[:, 1:] = self.value[node]
-        return np.cumsum(leaves, axis=1)[:, -1]  # a running sum: same order, same rounding
-
-    def _compiled(self, matrix: np.ndarray) -> np.ndarray:
-        threads = 1 if matrix.shape[0] < PARALLEL_MIN_ROWS else self.n_threads
-        no_categories = np.zeros((0, 8), dtype=np.uint32)
-        feature_map = np.zeros(matrix.shape[1], dtype=np.uint32)
-        raw = np.zeros(matrix.shape[0])
-        raw += self.baseline
-        for predictor in self.predictors:
-            raw += predictor.predict(matrix, no_categories, feature_map, threads)
-        return raw
-
-
-def _large_batch_threads() -> int:
-    """OpenMP threads for large batches: OMP_NUM_THREADS (capped at the usable cores), else 1.
-
-    Measured on 2 busy cores, a 10,000-row batch took 0.24 s on one thread and 4.2 s on two
-    (each of the hundreds of trees waits for a thread that another process has descheduled);
-    concurrent requests use the cores anyway.
-    """
-    requested = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if not requested.isdigit():
-        return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, int(requested)))
-
-
-@dataclass(frozen=True)
 class FastPipeline:
     """The fitted pipeline's arithmetic on numpy columns; `predict` equals `pipeline.predict`."""
 
     layout: tuple[str, ...]                 # the regressor's input columns, in order
     encodings: Mapping[str, Mapping[str, float]]
     unknown_encoding: Mapping[str, float]
-    regressor: object
-    trees: Trees | None
+    regressor: Predictor              # the fitted regressor, compiled
     inverse_exp: bool
     target_transformer: object | None
 
@@ -270,10 +158,7 @@ class FastPipeline:
                 matrix[:, j] = km_to_business_district(columns["latitude"], columns["longitude"])
             else:
                 matrix[:, j] = columns[name]
-        if self.trees is not None:
-            predicted = self.trees.raw_predict(matrix)
-        else:
-            predicted = np.asarray(self.regressor.predict(matrix), dtype=np.float64).ravel()
+        predicted = self.regressor(matrix)
         if self.inverse_exp:
             return np.exp(predicted)
         if self.target_transformer is not None:
@@ -319,10 +204,11 @@ def build(pipeline) -> FastPipeline | None:
             inverse_exp = True
         else:
             target_transformer = model.transformer_
-    if hasattr(regressor, "feature_names_in_"):
+    compiled = None if hasattr(regressor, "feature_names_in_") else compile_regressor(regressor)
+    if compiled is None:
         return None
-    return FastPipeline(layout, encodings[0], encodings[1], regressor,
-                        Trees.from_estimator(regressor), inverse_exp, target_transformer)
+    return FastPipeline(layout, encodings[0], encodings[1], compiled, inverse_exp,
+                        target_transformer)
 
 
 def _encodings(encode) -> tuple[dict[str, dict[str, float]], dict[str, float]] | None:
@@ -359,20 +245,22 @@ def _encodings(encode) -> tuple[dict[str, dict[str, float]], dict[str, float]] |
 
 def compile_pipeline(pipeline, known_categories: Mapping[str, Sequence[str]],
                      training_ranges: Mapping[str, tuple[float, float]]) -> FastPipeline | None:
-    """`build`, accepted only if it prices probe listings as the pipeline does.
-
-    The probe goes through in chunks of 1, 59 and 240 rows: both ways of walking the trees."""
+    """`build`, accepted only if it prices probe listings as the pipeline does (one warning
+    line when not). The probe goes through in small chunks (treelite) and one large chunk."""
     try:
         fast = build(pipeline)
         if fast is None:
-            logger.info("no fast path for this pipeline's shape; predicting with the pipeline")
+            logger.warning("no fast path for this pipeline's shape or regressor; "
+                           "predicting with the pipeline")
             return None
         probe = probe_listings(known_categories, training_ranges)
-        with threadpool_limits(1):  # see `_large_batch_threads`
+        with threadpool_limits(1):  # OpenMP teams per tree: slow on busy cores
             expected = pipeline.predict(probe)
         columns = _columns(probe)
+        cuts = [0, 1, *range(1 + COMPILED_MAX_ROWS, len(probe) // 2, COMPILED_MAX_ROWS),
+                len(probe)]
         got = np.concatenate([fast.predict_columns({k: v[start:stop] for k, v in columns.items()})
-                              for start, stop in ((0, 1), (1, 60), (60, len(probe)))])
+                              for start, stop in itertools.pairwise(cuts)])
     except Exception as exc:  # an unexpected shape of a fitted object: the pipeline still works
         logger.warning("no fast path for this pipeline (%r); predicting with the pipeline", exc)
         return None

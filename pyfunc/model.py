@@ -32,7 +32,7 @@ MODEL_ARTIFACT_PATH = "model"
 PIPELINE_ARTIFACT = "pipeline"
 PROFILE_ARTIFACT = "profile"
 RUNTIME_PACKAGES = ("mlflow", "scikit-learn", "category_encoders", "pandas", "numpy", "pyarrow",
-                    "joblib", "threadpoolctl")
+                    "joblib", "threadpoolctl", "treelite")
 
 
 class InvalidInputError(MlflowException):

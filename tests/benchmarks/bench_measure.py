@@ -17,6 +17,7 @@ from tests.benchmarks.bench_client import Batch, Connection, prepare_post, price
 logger = logging.getLogger(__name__)
 
 IN_PROCESS, MODEL_SERVER, GATEWAY = "in-process", "model server", "gateway"
+FAST_PATH, PIPELINE = "fast path (pyfunc predict)", "fitted pipeline predict"
 
 
 class InProcess:
@@ -136,6 +137,31 @@ def agreement(routes: Sequence[Route], batch: Batch) -> dict[str, float]:
     reference = answers[IN_PROCESS]
     return {name: float(np.max(np.abs(got - reference) / np.abs(reference)))
             for name, got in answers.items() if name != IN_PROCESS}
+
+
+def fast_path_vs_pipeline(model, batches: Sequence[Batch], count: int,
+                          rounds: int = 10) -> dict[str, object]:
+    """Single-row latency of the loaded model's `predict` (validation and fast path) and of its
+    fitted scikit-learn pipeline alone, on the same rows, path after path in `rounds` rounds
+    (not call after call: the pipeline's OpenMP threads keep spinning after each call), and the
+    largest relative difference between their prices."""
+    pipeline = model.unwrap_python_model()._pipeline
+    paths = {FAST_PATH: lambda frame: model.predict(frame)["price"].to_numpy(),
+             PIPELINE: lambda frame: np.asarray(pipeline.predict(frame), dtype=np.float64)}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    prices: dict[str, list[np.ndarray]] = {name: [] for name in paths}
+    frames = [batches[i % len(batches)].frame for i in range(count)]
+    for predict in paths.values():
+        predict(frames[0])  # warm-up
+    for chunk in np.array_split(np.arange(count), rounds):
+        for name, predict in paths.items():
+            for i in chunk:
+                started = time.perf_counter()
+                prices[name].append(predict(frames[i]))
+                times[name].append(time.perf_counter() - started)
+    fast, slow = (np.concatenate(prices[name]) for name in (FAST_PATH, PIPELINE))
+    return {name: summarize(seconds, 1) for name, seconds in times.items()} | {
+        "max_relative_difference": float(np.max(np.abs(fast / slow - 1)))}
 
 
 @dataclass

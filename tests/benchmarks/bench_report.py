@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tests.benchmarks.bench_measure import GATEWAY, IN_PROCESS, MODEL_SERVER
+from tests.benchmarks.bench_measure import FAST_PATH, GATEWAY, IN_PROCESS, MODEL_SERVER, PIPELINE
 
 PATHS = (IN_PROCESS, MODEL_SERVER, GATEWAY)
 GATEWAY_MEDIAN_BUDGET_MS = 2.0
+IN_PROCESS_MEDIAN_BUDGET_MS = 2.0
 BATCH_RATIO_TARGET = 0.5
 BIG_BATCH = 10_000
 CONCURRENT_TARGET = 150.0
@@ -25,6 +26,8 @@ def ratios(results: Mapping[str, Any]) -> dict[str, float]:
         "latency_p50 gateway / in-process": one[GATEWAY] / one[IN_PROCESS],
         "gateway added ms at p50": one[GATEWAY] - one[MODEL_SERVER],
         "gateway added ms at p99": seq[GATEWAY][1]["p99_ms"] - seq[MODEL_SERVER][1]["p99_ms"],
+        "latency_p50 fitted pipeline / fast path (in-process)":
+            results["fast_path"][PIPELINE]["p50_ms"] / results["fast_path"][FAST_PATH]["p50_ms"],
     }
     for size in seq[IN_PROCESS]:
         rows = {path: seq[path][size]["rows_per_s"] for path in PATHS}
@@ -43,7 +46,10 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     added = ratio["gateway added ms at p50"]
     big = f"rows/s {BIG_BATCH} gateway / in-process"
     concurrent = results["concurrency"][GATEWAY]
+    fast = results["fast_path"][FAST_PATH]["p50_ms"]
     checks = [
+        {"name": f"in-process single row <= {IN_PROCESS_MEDIAN_BUDGET_MS:g} ms at the median",
+         "value": round(fast, 3), "unit": "ms", "pass": fast <= IN_PROCESS_MEDIAN_BUDGET_MS},
         {"name": f"gateway adds < {GATEWAY_MEDIAN_BUDGET_MS:g} ms at the median (one row)",
          "value": round(added, 3), "unit": "ms", "pass": added < GATEWAY_MEDIAN_BUDGET_MS},
         {"name": f"gateway {BIG_BATCH:,}-row batch >= {BATCH_RATIO_TARGET:g} x in-process rows/s",
@@ -55,7 +61,7 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
          "pass": concurrent["requests_per_s"] >= CONCURRENT_TARGET and not concurrent["errors"]},
     ]
     if BIG_BATCH not in seq[IN_PROCESS]:
-        checks[1]["name"] += " (not measured)"
+        checks[2]["name"] += " (not measured)"
     return checks
 
 
@@ -80,6 +86,7 @@ def render(results: Mapping[str, Any]) -> str:
     ]
     lines += _pipeline(results["pipeline"])
     lines += _latency(results["sequential"])
+    lines += fast_path_lines(results["fast_path"])
     lines += _throughput(results["sequential"])
     lines += _cpu(results["sequential"])
     lines += _concurrency(results["concurrency"])
@@ -117,6 +124,17 @@ def _latency(seq: Mapping[str, Any]) -> list[str]:
         s = seq[path][1]
         lines.append(f"  {path:<32} {s['p50_ms']:>9.3f} {s['p99_ms']:>9.3f} {s['mean_ms']:>9.3f} "
                      f"{s['n']:>6}")
+    return [*lines, ""]
+
+
+def fast_path_lines(fast: Mapping[str, Any]) -> list[str]:
+    """The served model's single-row predict against its fitted pipeline's, in-process."""
+    lines = [f"Fast path vs fitted pipeline, one row  {'p50 ms':>9} {'p99 ms':>9} {'n':>6}"]
+    lines += [f"  {path:<37}{fast[path]['p50_ms']:>9.3f} {fast[path]['p99_ms']:>9.3f} "
+              f"{fast[path]['n']:>6}" for path in (FAST_PATH, PIPELINE)]
+    ratio = fast[PIPELINE]["p50_ms"] / fast[FAST_PATH]["p50_ms"]
+    lines.append(f"  pipeline / fast path {ratio:.1f}x at p50; prices differ by at most "
+                 f"{fast['max_relative_difference']:.1e} (relative)")
     return [*lines, ""]
 
 

@@ -37,8 +37,10 @@ logger = logging.getLogger(__name__)
 CLIENT_SOURCE = "synthetic"  # the client's size: 16,212 training and 6,949 test rows
 QUICK_SOURCE = "synthetic:train_rows=2000,test_rows=600"
 BATCH_SIZES = (1, 100, 10_000)
-FULL = {"counts": {1: 1000, 100: 100, 10_000: 10}, "rounds": 5, "warmup": 2.0, "duration": 20.0}
-QUICK = {"counts": {1: 200, 100: 20, 10_000: 3}, "rounds": 2, "warmup": 1.0, "duration": 5.0}
+FULL = {"counts": {1: 1000, 100: 100, 10_000: 10}, "rounds": 5, "warmup": 2.0, "duration": 20.0,
+        "fast_path_rows": 300}
+QUICK = {"counts": {1: 200, 100: 20, 10_000: 3}, "rounds": 2, "warmup": 1.0, "duration": 5.0,
+         "fast_path_rows": 100}
 POOL = {1: 500, 100: 20, 10_000: 2}  # distinct batches of each size
 
 
@@ -142,6 +144,9 @@ def measure_all(env: dict[str, str], model_port: int, gateway_port: int, plan: d
     ]
     results: dict[str, Any] = {"model": describe_model(model)}
     results["agreement"] = measure.agreement(routes, batches[100][0])
+    logger.info("fast path vs fitted pipeline, in-process, one row")
+    results["fast_path"] = measure.fast_path_vs_pipeline(model, batches[1],
+                                                         plan["fast_path_rows"])
     results["rss_mb"] = {"idle": stack.rss_report(groups)}
     cpu = stack.CpuMeter(groups)
     logger.info("sequential requests: %s", plan["counts"])

@@ -22,23 +22,48 @@ if TYPE_CHECKING:
 
 RELATIVE = 1e-9
 SCORED_ROWS = 2_000
-# Batch sizes that take each way through the trees: all trees at once with numpy (1, 40 rows)
-# and scikit-learn's compiled predictor (500, 2,000).
+# Batch sizes through treelite (1, 40 rows) and through the fitted regressor (500, 2,000).
 CHUNKS = (1, 40, 500, SCORED_ROWS)
 
-DEFAULT = Preset("default", engineered_features=True, log_target=True,
-                 candidates=(Candidate("HistGradientBoostingRegressor", {}),),
-                 monotonic={"net_usable_area": 1})
-NOTEBOOK = Preset("notebook", engineered_features=False, log_target=False,
-                  candidates=(Candidate("GradientBoostingRegressor", {}),))
-FOREST = Preset("forest", engineered_features=True, log_target=True,
-                candidates=(Candidate("RandomForestRegressor", {}),))
-SETTINGS = {
-    "default": {"model__regressor__max_iter": 300, "model__regressor__max_leaf_nodes": 31,
-                "model__regressor__early_stopping": False},
-    "notebook": {"model__n_estimators": 50, "model__max_depth": 5},
-    "forest": {"model__regressor__n_estimators": 20},
-}
+
+def preset(name: str, estimator: str, log_target: bool = True, **monotonic: int) -> Preset:
+    return Preset(name, engineered_features=name != "notebook", log_target=log_target,
+                  candidates=(Candidate(estimator, {}),), monotonic=monotonic)
+
+
+DEFAULT = preset("default", "HistGradientBoostingRegressor", net_usable_area=1)
+NOTEBOOK = preset("notebook", "GradientBoostingRegressor", log_target=False)
+FOREST = preset("forest", "RandomForestRegressor")
+EXTRA = preset("extra", "ExtraTreesRegressor")
+VOTING = preset("voting", "RandomForestRegressor")
+STACKING = preset("stacking", "RandomForestRegressor", log_target=False)
+RIDGE = preset("ridge", "RandomForestRegressor")
+
+
+def settings(name: str) -> dict:
+    """Small versions of each family the pipeline can fit, full-depth trees included."""
+    from sklearn.ensemble import (
+        HistGradientBoostingRegressor,
+        RandomForestRegressor,
+        StackingRegressor,
+        VotingRegressor,
+    )
+    from sklearn.linear_model import Ridge, RidgeCV
+
+    def members():
+        return [("forest", RandomForestRegressor(20, random_state=0)),
+                ("boosting", HistGradientBoostingRegressor(max_iter=50, random_state=0))]
+
+    return {
+        "default": {"model__regressor__max_iter": 300, "model__regressor__max_leaf_nodes": 31,
+                    "model__regressor__early_stopping": False},
+        "notebook": {"model__n_estimators": 50, "model__max_depth": 5},
+        "forest": {"model__regressor__n_estimators": 20},
+        "extra": {"model__regressor__n_estimators": 20, "model__regressor__min_samples_leaf": 1},
+        "voting": {"model__regressor": VotingRegressor(members(), weights=[2, 1])},
+        "stacking": {"model": StackingRegressor(members(), RidgeCV(), cv=2, passthrough=True)},
+        "ridge": {"model__regressor": VotingRegressor([("ridge", Ridge()), *members()])},
+    }[name]
 
 
 def features(frame: pd.DataFrame) -> pd.DataFrame:
@@ -49,7 +74,7 @@ def fitted(preset: Preset, train: pd.DataFrame) -> Pipeline:
     """On one thread: OpenMP teams on a busy machine make fitting many times slower."""
     from threadpoolctl import threadpool_limits
 
-    pipeline = build_pipeline(preset, seed=0).set_params(**SETTINGS[preset.name])
+    pipeline = build_pipeline(preset, seed=0).set_params(**settings(preset.name))
     with threadpool_limits(1):
         return pipeline.fit(features(train), train[TARGET.name])
 
@@ -82,7 +107,8 @@ def fits(listings: pd.DataFrame) -> Callable[[Preset], Pipeline]:
     return fit
 
 
-@pytest.fixture(params=[DEFAULT, NOTEBOOK, FOREST], ids=lambda p: p.name)
+@pytest.fixture(params=[DEFAULT, NOTEBOOK, FOREST, EXTRA, VOTING, STACKING],
+                ids=lambda p: p.name)
 def pipeline(request: pytest.FixtureRequest, fits: Callable[[Preset], Pipeline]) -> Pipeline:
     return fits(request.param)
 
@@ -107,28 +133,32 @@ def test_fast_path_prices_like_the_pipeline(pipeline: Pipeline, profile: dict,
         assert relative_difference(got, expected[:len(got)]) <= RELATIVE, f"batches of {size}"
 
 
-def test_the_default_model_takes_both_ways_through_its_trees(profile: dict, fits) -> None:
-    fast = fastpath.compile_pipeline(fits(DEFAULT), profile["categories"], _ranges(profile))
+def test_small_batches_are_priced_by_treelite_alone(profile: dict, fits, scored: pd.DataFrame,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = fits(VOTING)
+    fast = fastpath.compile_pipeline(pipeline, profile["categories"], _ranges(profile))
+    expected = pipeline.predict(scored.iloc[:40])
 
-    assert fast is not None and fast.trees is not None and fast.inverse_exp
-    assert len(fast.trees.roots) == 300
-    assert 1 * 300 <= fastpath.VECTORIZED_MAX_CELLS < 500 * 300
+    def refuse(matrix):
+        raise AssertionError("scikit-learn's predict was called")
+
+    for member in pipeline.named_steps["model"].regressor_.estimators_:
+        monkeypatch.setattr(member, "predict", refuse)
+
+    assert fast is not None
+    assert relative_difference(fast.predict(scored.iloc[:40]), expected) <= RELATIVE
+    with pytest.raises(AssertionError, match="scikit-learn's predict was called"):
+        fast.predict(scored.iloc[:500])
 
 
-def test_trees_send_missing_values_where_scikit_learn_does(fits) -> None:
-    regressor = fits(DEFAULT).named_steps["model"].regressor_
-    trees = fastpath.Trees.from_estimator(regressor)
-    rng = np.random.default_rng(3)
-    matrix = rng.uniform(-1, 1, (600, regressor.n_features_in_)) * [1, 1, 300, 500, 3, 2, 0.1,
-                                                                    0.1, 10]
-    matrix += [9.5, 9.5, 150, 300, 3, 2, -33.45, -70.6, 10]
-    matrix[rng.uniform(size=matrix.shape) < 0.2] = np.nan
+def test_a_regressor_treelite_cannot_take_falls_back_with_one_warning(
+        profile: dict, fits, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger=fastpath.__name__):
+        fast = fastpath.compile_pipeline(fits(RIDGE), profile["categories"], _ranges(profile))
 
-    expected = regressor.predict(matrix)  # squared error: the raw prediction itself
-
-    assert trees is not None
-    assert relative_difference(trees.raw_predict(matrix[:3]), expected[:3]) <= RELATIVE
-    assert relative_difference(trees.raw_predict(matrix), expected) <= RELATIVE
+    assert fast is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "no fast path for this pipeline's shape or regressor; predicting with the pipeline"]
 
 
 def test_an_unknown_pipeline_shape_has_no_fast_path(profile: dict, fits,
