@@ -78,6 +78,11 @@ class Settings:
     gateway_host: str
     gateway_threads: int
     gateway_allow_no_auth: bool
+    gateway_out_of_rotation_seconds: float
+    model_servers: int
+    model_start_timeout_seconds: float
+    rollout_poll_seconds: float
+    controller_metrics_port: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +119,11 @@ class Settings:
             gateway_host=_str(env, "GATEWAY_HOST", "127.0.0.1"),
             gateway_threads=_int(env, "GATEWAY_THREADS", 8),
             gateway_allow_no_auth=_bool(env, "GATEWAY_ALLOW_NO_AUTH", False),
+            gateway_out_of_rotation_seconds=_float(env, "GATEWAY_OUT_OF_ROTATION_SECONDS", 5.0),
+            model_servers=_int(env, "MODEL_SERVERS", os.cpu_count() or 1),
+            model_start_timeout_seconds=_float(env, "MODEL_START_TIMEOUT_SECONDS", 180.0),
+            rollout_poll_seconds=_float(env, "ROLLOUT_POLL_SECONDS", 5.0),
+            controller_metrics_port=_int(env, "CONTROLLER_METRICS_PORT", 9101),
         )
 
     def redacted(self) -> dict[str, object]:
