@@ -24,11 +24,11 @@ from flask import Blueprint, Flask
 
 from gateway import errors
 from gateway.errors import GatewayError, json_response
+from pyfunc.settings import MODEL_INFO_CHECK_SECONDS
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
-CHECK_INTERVAL_SECONDS = 1.0
 PUBLIC_FIELDS = ("name", "version", "alias", "uri", "run_id", "metrics", "served_since")
 
 
@@ -76,7 +76,7 @@ class ModelInfo:
     def refresh(self, force: bool = False) -> None:
         """Re-read the file if its mtime or size changed; stat at most once a second."""
         now = time.monotonic()
-        if not force and now - self._checked_at < CHECK_INTERVAL_SECONDS:
+        if not force and now - self._checked_at < MODEL_INFO_CHECK_SECONDS:
             return
         if not self._lock.acquire(blocking=False):
             return  # another thread is refreshing; the cached value is good enough

@@ -12,6 +12,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
+# How often a gateway worker looks at MODEL_INFO_PATH; the rollout controller waits longer than
+# this before it stops the servers of a replaced pool.
+MODEL_INFO_CHECK_SECONDS = 1.0
 
 
 class SettingsError(ValueError):

@@ -113,26 +113,31 @@ def latest_version(client: MlflowClient, name: str) -> str:
     return str(max(int(v.version) for v in versions))
 
 
-def champion_mae(client: MlflowClient, settings: Settings, version: str,
-                 test: pd.DataFrame) -> tuple[str | None, float | None]:
-    """The current champion's MAE on the same test rows (None when there is no other champion)."""
-    try:
-        champion = client.get_model_version_by_alias(settings.model_name, settings.model_alias)
-    except MlflowException:
+def champion_mae(client: MlflowClient, settings: Settings, version: str, test: pd.DataFrame,
+                 against: str | None = None) -> tuple[str | None, float | None]:
+    """The MAE on the same test rows of version `against` (default: the current champion);
+    (None, None) when there is no other version to compare with."""
+    if against is None:
+        try:
+            against = str(client.get_model_version_by_alias(
+                settings.model_name, settings.model_alias).version)
+        except MlflowException:
+            return None, None
+    if against == str(version):
         return None, None
-    if str(champion.version) == str(version):
-        return None, None
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{champion.version}")
-        return str(champion.version), evaluate(model, test).metrics["test_mae"]
+        model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{against}")
+        return against, evaluate(model, test).metrics["test_mae"]
     except Exception as error:  # a broken champion must not block its replacement
         logger.warning("champion version %s cannot be scored (%s); treating it as absent",
-                       champion.version, error)
+                       against, error)
         return None, None
 
 
-def run_evaluate(version: str, ingest_run_id: str, params: Params, settings: Settings) -> str:
-    """Evaluate in a step run, tag the model version; returns the verdict."""
+def run_evaluate(version: str, ingest_run_id: str, params: Params, settings: Settings,
+                 against: str | None = None) -> str:
+    """Evaluate in a step run, tag the model version; returns the verdict, compared with
+    version `against` (default: the current champion)."""
     client = MlflowClient()
     version = version or latest_version(client, settings.model_name)
     with step_run("evaluate"):
@@ -144,7 +149,7 @@ def run_evaluate(version: str, ingest_run_id: str, params: Params, settings: Set
         test = load_frame(ingest_run_id, CLEAN_TEST)
         model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
         result = evaluate(model, test)
-        champion_version, champion = champion_mae(client, settings, version, test)
+        champion_version, champion = champion_mae(client, settings, version, test, against)
         outcome = verdict(result.metrics["test_mae"], champion, params.promotion_tolerance)
         _log(result, model, test, params)
         mlflow.set_tags({"model_version": version, "ingest_run_id": ingest_run_id,

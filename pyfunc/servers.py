@@ -1,0 +1,147 @@
+"""Model server processes of the pool: start, probe, stop.
+
+Each server is one single-worker `mlflow models serve` pinned to a version, started in a
+session of its own: it outlives the controller that started it (a restarted controller adopts
+it by pid) and is stopped as a process group (mlflow runs uvicorn as a child).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+import urllib3
+
+from pyfunc.serve import serve_command, server_env
+from pyfunc.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = urllib3.Timeout(connect=1.0, read=10.0)
+STOP_GRACE_SECONDS = 10.0
+_http = urllib3.PoolManager(retries=False, timeout=PROBE_TIMEOUT)
+
+
+class ServerError(RuntimeError):
+    """A model server did not start, or priced its canary wrong."""
+
+
+@dataclass(frozen=True)
+class Server:
+    """One model server: the URL the gateway uses and its process id."""
+
+    url: str
+    pid: int
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def start(settings: Settings, uri: str, host: str, public_host: str) -> Server:
+    """Start one single-worker server on `uri` on a free port; returns without waiting."""
+    port = free_port(host)
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    command = serve_command(settings, uri, host, port, workers=1)
+    with open(logs / f"model-server-{port}.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=server_env(dict(os.environ)),
+                                   start_new_session=True)
+    logger.info("started a model server on %s, port %d (pid %d)", uri, port, process.pid)
+    return Server(f"http://{public_host}:{port}", process.pid)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a dead child of ours is reaped on the way)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:  # not our child: adopted from an earlier controller
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ping(url: str) -> bool:
+    try:
+        return _http.request("GET", f"{url}/ping", timeout=urllib3.Timeout(1.0, 2.0)).status == 200
+    except urllib3.exceptions.HTTPError:
+        return False
+
+
+def wait_ready(servers: Sequence[Server], timeout: float) -> None:
+    """Until every server answers /ping; ServerError when one exits or `timeout` runs out."""
+    deadline = time.monotonic() + timeout
+    waiting = list(servers)
+    while waiting:
+        for server in [s for s in waiting if not alive(s.pid)]:
+            raise ServerError(f"the model server {server.url} (pid {server.pid}) exited at "
+                              f"start; see its log under STATE_DIR/logs")
+        waiting = [s for s in waiting if not ping(s.url)]
+        if waiting and time.monotonic() > deadline:
+            raise ServerError(f"{len(waiting)} model server(s) did not answer /ping within "
+                              f"{timeout:g} s: {', '.join(s.url for s in waiting)}")
+        if waiting:
+            time.sleep(0.5)
+
+
+def check_canary(server: Server, body: bytes, expected: list[dict]) -> None:
+    """POST the canary; ServerError unless the server prices it like the model in process."""
+    try:
+        response = _http.request("POST", f"{server.url}/invocations", body=body,
+                                 headers={"Content-Type": "application/json"})
+        got = orjson.loads(response.data)["predictions"]
+    except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError, TypeError) as error:
+        raise ServerError(f"{server.url} could not price the canary: {error!r}") from None
+    if response.status != 200 or not same_predictions(got, expected):
+        raise ServerError(f"{server.url} priced the canary {got!r} (status {response.status}); "
+                          f"the model in process gives {expected!r}")
+
+
+def same_predictions(got: object, expected: list[dict]) -> bool:
+    """Records equal field by field, numbers to 1e-9 relative."""
+    if not isinstance(got, list) or len(got) != len(expected):
+        return False
+    for row, want in zip(got, expected, strict=True):
+        if not isinstance(row, dict) or set(row) != set(want):
+            return False
+        for key, value in want.items():
+            if isinstance(value, float) and isinstance(row[key], (int, float)):
+                if not math.isclose(row[key], value, rel_tol=1e-9):
+                    return False
+            elif row[key] != value:
+                return False
+    return True
+
+
+def stop(servers: Sequence[Server], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM each server's process group, SIGKILL what is still there after `grace`."""
+    for server in servers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(server.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(alive(s.pid) for s in servers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for server in servers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(server.pid, signal.SIGKILL)
+        alive(server.pid)  # reap
+    if servers:
+        logger.info("stopped model servers %s", ", ".join(s.url for s in servers))
