@@ -1,7 +1,7 @@
 """Rollout controller: keeps a pool of model servers on the version MODEL_URI resolves to.
 
     python -m pyfunc.rollout [--host 127.0.0.1] [--public-host NAME]    (make controller)
-    python -m pyfunc.rollout --stop                                      (make stop)
+    python -m pyfunc.rollout --stop     stop the servers the served-model file lists (make stop)
 
 Every ROLLOUT_POLL_SECONDS it resolves MODEL_URI (alias, stage or version) in the registry.
 When the version changes (promote, rollback, the alias or the stage moved in the MLflow UI):
@@ -245,11 +245,13 @@ def run(controller: Controller, stop: threading.Event) -> None:
 def main(host: str, public_host: str, stop_servers: bool) -> None:
     """Keep a pool of model servers on MODEL_URI, rolling out every change it sees."""
     settings = Settings.from_env()
-    configure(settings)
     if stop_servers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         data = _read(settings.model_info_path)
         servers.stop([Server(url, int(pid)) for url, pid in (data.get("pids") or {}).items()])
+        settings.model_info_path.unlink(missing_ok=True)  # nothing is served any more
         return
+    configure(settings)
     registry = CollectorRegistry()
     controller = Controller(settings, load_params(), MlflowClient(), host, public_host or host,
                             registry)
