@@ -5,9 +5,11 @@ rollout controller writes `servers`; without it, GATEWAY_UPSTREAM_URL alone) and
 together, so an answer is always labelled with the version of the server that gave it.
 Each server keeps its own keep-alive `Upstream`. A prediction goes to the server with the
 fewest requests outstanding (ties in turn); a server that refuses a connection or answers 5xx
-gets no request for GATEWAY_OUT_OF_ROTATION_SECONDS. A prediction the first server never
-received (the connection was refused) is sent once more to another server; one that was
-received is never sent twice, and a read timeout is never retried.
+gets no request for GATEWAY_OUT_OF_ROTATION_SECONDS. A prediction that got no answer at all
+from the first server (the connection was refused, or dropped before any answer, as when a
+server dies) is sent once more to another server: predictions are idempotent, so a client
+never sees a server of the pool die. A prediction that was answered (even 5xx) or is being
+slow (read timeout) is never sent twice.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 from gateway import errors
 from gateway.errors import GatewayError
 from gateway.upstream import Upstream, UpstreamAnswer
+
+NO_ANSWER = (errors.UPSTREAM_UNAVAILABLE, errors.UPSTREAM_ERROR)  # what Upstream.predict raises
 
 
 @dataclass(eq=False)
@@ -77,7 +81,7 @@ class Pool:
 
     def predict(self, body: bytes, content_type: str,
                 request_id: str) -> tuple[UpstreamAnswer, str]:
-        """POST /invocations to one server (another one if the first never received it);
+        """POST /invocations to one server (another one if the first gave no answer);
         returns the answer and the version of the server that gave it."""
         generation = self._current
         tried: set[Member] = set()
@@ -87,7 +91,7 @@ class Pool:
             try:
                 answer = member.client.predict(body, content_type, request_id)
             except GatewayError as error:
-                if error.code != errors.UPSTREAM_UNAVAILABLE:
+                if error.code not in NO_ANSWER:
                     raise
                 self._bench(member)
                 if len(tried) >= min(2, len(generation.members)):

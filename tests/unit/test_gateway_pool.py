@@ -21,9 +21,10 @@ from tests.support.processes import free_port
 ANSWER = b'{"predictions": [{"price": 1.0}]}'
 
 
-def server(name: str, status: int = 200, delay: float = 0.0,
-           seen: list[str] | None = None) -> type[http.server.BaseHTTPRequestHandler]:
-    """A handler answering `status` after `delay` s; records `name` in `seen` per POST."""
+def server(name: str, status: int = 200, delay: float = 0.0, seen: list[str] | None = None,
+           drop: bool = False) -> type[http.server.BaseHTTPRequestHandler]:
+    """A handler answering `status` after `delay` s (or, with `drop`, closing the connection
+    without an answer); records `name` in `seen` per POST."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -33,6 +34,9 @@ def server(name: str, status: int = 200, delay: float = 0.0,
             if seen is not None:
                 seen.append(name)
             time.sleep(delay)
+            if drop:
+                self.close_connection = True
+                return
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(ANSWER)))
@@ -103,6 +107,16 @@ def test_a_refused_connection_is_retried_on_another_server_and_benched():
     assert results == [(200, "1")] * 4
     assert seen == ["alive"] * 4
     assert states[0] == (2, 2) and states[-1] == (1, 2)  # the dead one out of rotation
+
+
+def test_a_connection_dropped_without_an_answer_is_retried_on_another_server():
+    seen: list[str] = []
+    with servers(server("dying", drop=True, seen=seen), server("good", seen=seen)) as urls:
+        pool = make_pool(urls)
+        results = [predict(pool, f"r{n}") for n in range(4)]
+    assert results == [(200, "1")] * 4
+    assert seen.count("good") == 4
+    assert 1 <= seen.count("dying") <= 2  # then out of rotation
 
 
 def test_a_5xx_answer_is_returned_not_retried_and_benches_the_server():
