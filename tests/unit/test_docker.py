@@ -462,7 +462,8 @@ def test_controller_runs_the_pool_where_the_gateway_and_prometheus_reach_it(serv
 def test_health_urls_probe_each_services_own_port(services, defaults):
     mlflow_port = int(services["mlflow"]["command"][services["mlflow"]["command"].index(
         "--port") + 1])
-    expected = {"mlflow": (mlflow_port, "/health"), "controller": (defaults.controller_metrics_port, "/metrics"),
+    expected = {"mlflow": (mlflow_port, "/health"),
+                "controller": (defaults.controller_metrics_port, "/metrics"),
                 "gateway": (defaults.gateway_port, "/health")}
     for name, (port, path) in expected.items():
         url = environment(services[name])["HEALTHCHECK_URL"]
