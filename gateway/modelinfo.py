@@ -74,17 +74,16 @@ class ModelInfo:
         return self._reference
 
     def refresh(self, force: bool = False) -> None:
-        """Re-read the file if its mtime or size changed; stat at most once a second."""
-        now = time.monotonic()
-        if not force and now - self._checked_at < MODEL_INFO_CHECK_SECONDS:
+        """Re-read the file if it changed; stat at most once a second. A thread arriving while
+        another one re-reads waits for it: no request goes to a pool that was just replaced."""
+        if not force and time.monotonic() - self._checked_at < MODEL_INFO_CHECK_SECONDS:
             return
-        if not self._lock.acquire(blocking=False):
-            return  # another thread is refreshing; the cached value is good enough
-        try:
-            self._checked_at = now
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._checked_at < MODEL_INFO_CHECK_SECONDS:
+                return  # re-read by the thread this one waited for
             self._reload_if_changed()
-        finally:
-            self._lock.release()
+            self._checked_at = now  # after the reload: a thread arriving meanwhile waits
 
     def _reload_if_changed(self) -> None:
         try:
