@@ -175,7 +175,7 @@ class Controller:
         none left running on failure."""
         example = model.input_example
         canary = convert_input_example_to_serving_input(example).encode()
-        expected = model.predict(example).to_dict(orient="records")
+        expected = model.predict(example)
         started: list[Server] = []
         try:
             started += [servers.start(self.settings, uri, self.host, self.public_host)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import signal
 import socket
@@ -19,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
+import pandas as pd
 import urllib3
 
 from pyfunc.serve import serve_command, server_env
@@ -102,33 +102,19 @@ def wait_ready(servers: Sequence[Server], timeout: float) -> None:
             time.sleep(0.5)
 
 
-def check_canary(server: Server, body: bytes, expected: list[dict]) -> None:
+def check_canary(server: Server, body: bytes, expected: pd.DataFrame) -> None:
     """POST the canary; ServerError unless the server prices it like the model in process."""
+    response = None
     try:
         response = _http.request("POST", f"{server.url}/invocations", body=body,
                                  headers={"Content-Type": "application/json"})
-        got = orjson.loads(response.data)["predictions"]
-    except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError, TypeError) as error:
-        raise ServerError(f"{server.url} could not price the canary: {error!r}") from None
-    if response.status != 200 or not same_predictions(got, expected):
-        raise ServerError(f"{server.url} priced the canary {got!r} (status {response.status}); "
-                          f"the model in process gives {expected!r}")
-
-
-def same_predictions(got: object, expected: list[dict]) -> bool:
-    """Records equal field by field, numbers to 1e-9 relative."""
-    if not isinstance(got, list) or len(got) != len(expected):
-        return False
-    for row, want in zip(got, expected, strict=True):
-        if not isinstance(row, dict) or set(row) != set(want):
-            return False
-        for key, value in want.items():
-            if isinstance(value, float) and isinstance(row[key], (int, float)):
-                if not math.isclose(row[key], value, rel_tol=1e-9):
-                    return False
-            elif row[key] != value:
-                return False
-    return True
+        got = pd.DataFrame(orjson.loads(response.data)["predictions"])
+        pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), check_dtype=False,
+                                      rtol=1e-9)
+    except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError, TypeError,
+            AssertionError) as error:
+        raise ServerError(f"{server.url} did not price the canary like the model in process "
+                          f"(status {getattr(response, 'status', None)}): {error}") from None
 
 
 def stop(servers: Sequence[Server], grace: float = STOP_GRACE_SECONDS) -> None:
