@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import pandas as pd
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = urllib3.Timeout(connect=1.0, read=10.0)
 STOP_GRACE_SECONDS = 10.0
+KILL_WAIT_SECONDS = 2.0
 _http = urllib3.PoolManager(retries=False, timeout=PROBE_TIMEOUT)
 
 
@@ -64,19 +66,18 @@ def start(settings: Settings, uri: str, host: str, public_host: str) -> Server:
 
 
 def alive(pid: int) -> bool:
-    """Whether process `pid` runs (a dead child of ours is reaped on the way)."""
+    """Whether process `pid` runs (a dead child of ours is reaped on the way; a zombie that
+    is not ours, whose parent does not reap it, counts as dead)."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
     except ChildProcessError:  # not our child: adopted from an earlier controller
         pass
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return state != "Z"
 
 
 def ping(url: str) -> bool:
@@ -112,22 +113,19 @@ def check_canary(server: Server, body: bytes, expected: pd.DataFrame) -> None:
         pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), check_dtype=False,
                                       rtol=1e-9)
     except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError, TypeError,
-            AssertionError) as error:
+            ValueError, AssertionError) as error:
         raise ServerError(f"{server.url} did not price the canary like the model in process "
                           f"(status {getattr(response, 'status', None)}): {error}") from None
 
 
 def stop(servers: Sequence[Server], grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM each server's process group, SIGKILL what is still there after `grace`."""
-    for server in servers:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(server.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(alive(s.pid) for s in servers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for server in servers:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(server.pid, signal.SIGKILL)
-        alive(server.pid)  # reap
+    for sent, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, KILL_WAIT_SECONDS)):
+        for server in servers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(server.pid, sent)
+        deadline = time.monotonic() + wait
+        while any([alive(s.pid) for s in servers]) and time.monotonic() < deadline:
+            time.sleep(0.1)
     if servers:
         logger.info("stopped model servers %s", ", ".join(s.url for s in servers))
