@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pyfunc.schema import example_listing
+from pyfunc.servers import alive
 from tests.support.gateway import ALICE_KEY, Sent, Shot, read_log
 from tests.support.processes import free_port, http_ok, stop_process_group, wait_until
 from tests.support.stack import run_step
@@ -102,7 +103,7 @@ class Controller:
             pids = info.get("pids") or {}
             return (info.get("version") == version
                     and len(pids) == int(self.env["MODEL_SERVERS"])
-                    and all(_alive(pid) for pid in pids.values()))
+                    and all(alive(int(pid)) for pid in pids.values()))
 
         wait_until(done, timeout, f"version {version} served", interval=0.5)
         return self.served()
@@ -124,14 +125,6 @@ class Controller:
         if self.process.poll() is not None:
             raise RuntimeError(f"the controller exited: {self.log()[-3000:]}")
         return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @contextlib.contextmanager
