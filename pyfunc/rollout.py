@@ -91,8 +91,11 @@ class Controller:
         pids = data.get("pids") or {}
         listed = [Server(url, int(pids[url])) for url in data.get("servers") or ()
                   if url in pids]
-        live = tuple(s for s in listed if servers.alive(s.pid) and servers.ping(s.url))
-        servers.stop([s for s in listed if s not in live])
+        live = tuple(s for s in listed if servers.alive(s.pid)
+                     and servers.is_model_server(s.pid) and servers.ping(s.url))
+        if len(live) < len(listed):
+            logger.warning("not adopted (gone, or not answering /ping): %s",
+                           ", ".join(s.url for s in listed if s not in live))
         if live:
             info = {k: v for k, v in data.items() if k not in ("servers", "pids")}
             self.serving = Serving(info, live)
@@ -248,7 +251,8 @@ def main(host: str, public_host: str, stop_servers: bool) -> None:
     if stop_servers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         data = _read(settings.model_info_path)
-        servers.stop([Server(url, int(pid)) for url, pid in (data.get("pids") or {}).items()])
+        servers.stop([Server(url, int(pid)) for url, pid in (data.get("pids") or {}).items()
+                      if servers.is_model_server(int(pid))])
         settings.model_info_path.unlink(missing_ok=True)  # nothing is served any more
         return
     configure(settings)

@@ -80,6 +80,15 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def is_model_server(pid: int) -> bool:
+    """Whether `pid` runs `mlflow models serve` (a pid from a file may have been reused)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(arg.endswith(b"mlflow") for arg in command) and b"serve" in command
+
+
 def ping(url: str) -> bool:
     try:
         return _http.request("GET", f"{url}/ping", timeout=urllib3.Timeout(1.0, 2.0)).status == 200

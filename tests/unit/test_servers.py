@@ -68,3 +68,17 @@ def test_stop_ends_the_whole_group_even_a_process_ignoring_sigterm():
     group = subprocess.run(["ps", "-o", "stat=", "-g", str(process.pid)], capture_output=True,
                            text=True).stdout.split()
     assert [state for state in group if not state.startswith("Z")] == []  # zombies are dead
+
+
+def test_only_a_process_running_mlflow_models_serve_counts_as_a_model_server():
+    lookalike = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                                  "/venv/bin/mlflow", "models", "serve"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert servers.is_model_server(lookalike.pid)
+        assert not servers.is_model_server(other.pid)
+    finally:
+        for process in (lookalike, other):
+            process.kill()
+            process.wait()
+    assert not servers.is_model_server(lookalike.pid)
