@@ -60,6 +60,7 @@ def measure_pools(workdir: Path, env: dict[str, str], batches: Sequence, sizes: 
             single = measure.concurrent(route, batches, 1, plan["warmup"],
                                         plan["duration"] / 2, cpu)
             result["single_client_p50_ms"] = single.get("p50_ms")
+            result["rss_mb"] = stack.rss_report(groups)
             results["sizes"][size] = result
             if size == max(sizes):
                 results["rollout"] = rollout_gap(ctl, gateway, env, clients)
@@ -116,11 +117,12 @@ def render(pool: dict[str, Any]) -> list[str]:
     """The pool's part of the report."""
     lines = ["", "Model server pool through the gateway (rollout controller, 1-worker servers)",
              f"  {'servers':<10}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-             f"{'1-client p50 ms':>17}"]
+             f"{'1-client p50 ms':>17}{'servers RSS MB':>16}"]
     for size, c in pool["sizes"].items():
+        rss = sum(r["rss_mb"] for r in c["rss_mb"] if r["group"].startswith("server"))
         lines.append(f"  {size!s:<10}{c['requests_per_s']:>8.1f}{c.get('p50_ms', 0):>9.2f}"
                      f"{c.get('p99_ms', 0):>9.2f}{c['errors']:>8}"
-                     f"{c.get('single_client_p50_ms') or 0:>17.2f}")
+                     f"{c.get('single_client_p50_ms') or 0:>17.2f}{rss:>16.0f}")
     lines.append(f"  req/s ratio, largest / 1 server: {pool['ratio_req_per_s']:.2f}; "
                  f"1-client p50 ratio: {pool['ratio_single_client_p50']:.2f}")
     r = pool.get("rollout")
