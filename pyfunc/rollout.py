@@ -30,6 +30,8 @@ import logging
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -146,7 +148,7 @@ class Controller:
         if old is not None:
             drain = MODEL_INFO_CHECK_SECONDS + DRAIN_MARGIN_SECONDS + \
                 self.settings.gateway_read_timeout_seconds
-            threading.Event().wait(drain)
+            time.sleep(drain)  # every gateway worker switched; what was sent is answered
             servers.stop(old.servers)
 
     def _check(self, target: dict[str, Any], old: Serving | None) -> mlflow.pyfunc.PyFuncModel:
@@ -219,7 +221,7 @@ class Controller:
         self.serving = serving
 
 
-def _read(path) -> dict[str, Any]:
+def _read(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
