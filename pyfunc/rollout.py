@@ -53,6 +53,7 @@ from steps.tracking import StepError, configure
 logger = logging.getLogger(__name__)
 
 RESULTS = ("served", "refused", "failed")
+STARTING_FILE = "model-servers-starting.json"  # under STATE_DIR: servers not yet published
 DRAIN_MARGIN_SECONDS = 1.0
 
 
@@ -88,11 +89,16 @@ class Controller:
         self._skip: str | None = None  # refused or failed: not tried again while targeted
 
     def adopt(self) -> None:
-        """Take over the servers the served-model file lists that live and answer /ping."""
+        """Take over the servers the served-model file lists that live and answer /ping; stop
+        those an earlier controller was starting when it died."""
         data = _read(self.settings.model_info_path)
         pids = data.get("pids") or {}
         listed = [Server(url, int(pids[url])) for url in data.get("servers") or ()
                   if url in pids]
+        orphans = _read(self._starting_path).get("pids") or {}
+        servers.stop([Server(url, int(pid)) for url, pid in orphans.items()
+                      if int(pid) not in pids.values() and servers.is_model_server(int(pid))])
+        self._starting_path.unlink(missing_ok=True)
         live = tuple(s for s in listed if servers.alive(s.pid)
                      and servers.is_model_server(s.pid) and servers.ping(s.url))
         if len(live) < len(listed):
@@ -183,14 +189,18 @@ class Controller:
         expected = model.predict(example)
         started: list[Server] = []
         try:
-            started += [servers.start(self.settings, uri, self.host, self.public_host)
-                        for _ in range(count)]
+            for _ in range(count):
+                started.append(servers.start(self.settings, uri, self.host, self.public_host))
+                self._starting_path.write_text(json.dumps(
+                    {"pids": {s.url: s.pid for s in started}}))
             servers.wait_ready(started, self.settings.model_start_timeout_seconds)
             for server in started:
                 servers.check_canary(server, canary, expected)
         except BaseException:
             servers.stop(started)
             raise
+        finally:
+            self._starting_path.unlink(missing_ok=True)
         return tuple(started)
 
     def _heal(self) -> None:
@@ -211,6 +221,10 @@ class Controller:
             except (ServerError, StepError) as error:
                 logger.error("could not replace model servers: %s", error)
             self._publish(dataclasses.replace(serving, servers=live))
+
+    @property
+    def _starting_path(self) -> Path:
+        return self.settings.state_dir / STARTING_FILE
 
     def _publish(self, serving: Serving) -> None:
         """Write the served-model file: the gateway's workers follow it."""
