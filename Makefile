@@ -14,6 +14,7 @@ SOURCE = $(if $(DATA),$(DATA),$(SAMPLE_DATA))
 MODEL_PORT ?= 5001
 GATEWAY_PORT ?= 8000
 MLFLOW_UI_PORT ?= 5000
+CONTROLLER_METRICS_PORT ?= 9101
 API_KEY_FILE := $(STATE)/api-key
 STARTUP_SECONDS ?= 90
 
@@ -21,7 +22,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_EXPERIMENT_NAME ?= property-friends
 export STATE_DIR ?= $(STATE)
-export MODEL_PORT GATEWAY_PORT
+export MODEL_PORT GATEWAY_PORT CONTROLLER_METRICS_PORT
 
 .PHONY: help
 help: ## list the targets
@@ -58,9 +59,10 @@ pipeline: install $(if $(DATA),,data) ## ingest, train, evaluate, promote (DATA=
 	$(BIN)/mlflow run . -e main --env-manager local -P source=$(SOURCE)
 
 .PHONY: run
-run: pipeline serve gateway ## everything from nothing: venv, data, pipeline, model server, gateway
+run: pipeline controller gateway ## everything from nothing: venv, data, pipeline, model server pool, gateway
 	@echo
-	@echo "  model server  http://127.0.0.1:$(MODEL_PORT)   (logs: $(LOGS)/model-server.log)"
+	@echo "  model servers $$($(BIN)/python -c "import json; print(' '.join(json.load(open('$(STATE)/served-model.json'))['servers']))")"
+	@echo "  controller    http://127.0.0.1:$(CONTROLLER_METRICS_PORT)/metrics   (logs: $(LOGS)/controller.log)"
 	@echo "  gateway       http://127.0.0.1:$(GATEWAY_PORT)   docs: http://127.0.0.1:$(GATEWAY_PORT)/docs"
 	@echo "  API key       $(API_KEY_FILE)"
 	@echo "  MLflow UI     make mlflow-ui  (http://127.0.0.1:5000)"
@@ -73,11 +75,21 @@ $(API_KEY_FILE):
 	mkdir -p $(STATE) && umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32), end='')" > $@
 
 .PHONY: serve
-serve: install ## start the model server on MODEL_URI (default: the champion) in the background
+serve: install ## start one model server on MODEL_URI, without the controller (follows no promotion)
 	@$(MAKE) --no-print-directory stop-one NAME=model-server
 	mkdir -p $(LOGS)
 	setsid nohup $(BIN)/python -m pyfunc.serve > $(LOGS)/model-server.log 2>&1 & echo $$! > $(STATE)/model-server.pid
 	@$(MAKE) --no-print-directory wait-for URL=http://127.0.0.1:$(MODEL_PORT)/ping NAME=model-server
+
+.PHONY: controller
+controller: install ## start the rollout controller and its pool of model servers (MODEL_SERVERS) in the background
+	@$(MAKE) --no-print-directory stop-one NAME=controller
+	mkdir -p $(LOGS)
+	setsid nohup $(BIN)/python -m pyfunc.rollout > $(LOGS)/controller.log 2>&1 & echo $$! > $(STATE)/controller.pid
+	@for i in $$(seq 1 $$(( $(STARTUP_SECONDS) * 3 ))); do \
+	  if grep -qs '"servers"' $(STATE)/served-model.json; then echo "model server pool is up"; exit 0; fi; \
+	  if ! kill -0 $$(cat $(STATE)/controller.pid) 2>/dev/null; then break; fi; sleep 1; done; \
+	echo "no model server pool; last lines of $(LOGS)/controller.log:"; tail -20 $(LOGS)/controller.log; exit 1
 
 .PHONY: gateway
 gateway: install $(API_KEY_FILE) ## start the gateway (gunicorn) in the background
@@ -95,9 +107,11 @@ wait-for:
 	echo "$(NAME) did not start; last lines of $(LOGS)/$(NAME).log:"; tail -20 $(LOGS)/$(NAME).log; exit 1
 
 .PHONY: stop
-stop: ## stop the model server and the gateway started by make run
+stop: ## stop the gateway, the controller and its model servers started by make run
 	@$(MAKE) --no-print-directory stop-one NAME=gateway
+	@$(MAKE) --no-print-directory stop-one NAME=controller
 	@$(MAKE) --no-print-directory stop-one NAME=model-server
+	@if [ -f $(STATE)/served-model.json ]; then $(BIN)/python -m pyfunc.rollout --stop; fi
 
 .PHONY: stop-one
 stop-one:
@@ -110,7 +124,7 @@ stop-one:
 	  rm -f $$pidfile; fi
 
 .PHONY: rollback
-rollback: install ## make the previous champion the champion again (then: make serve)
+rollback: install ## make the previous champion the champion again (the controller rolls it out)
 	$(BIN)/mlflow run . -e rollback --env-manager local
 
 .PHONY: mlflow-ui

@@ -20,6 +20,7 @@ from gateway.drift import DriftMonitor
 from gateway.metrics import GatewayMetrics
 from gateway.modelinfo import ModelInfo
 from gateway.openapi import build_spec
+from gateway.pool import Pool
 from gateway.requestlog import RequestLog, RequestRecord
 from gateway.upstream import Upstream
 from pyfunc.settings import Settings
@@ -36,7 +37,7 @@ class Gateway:
     settings: Settings
     metrics: GatewayMetrics
     model_info: ModelInfo
-    upstream: Upstream
+    pool: Pool
     request_log: RequestLog
     drift: DriftMonitor
 
@@ -58,9 +59,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.init_app(app, settings,
                   on_failure=lambda reason: gateway.metrics.auth_failures.labels(reason).inc())
     errors.init_app(app)
-    proxy.init_app(app, gateway.upstream, gateway.metrics, gateway.drift,
+    proxy.init_app(app, gateway.pool, gateway.metrics, gateway.drift,
                    settings.gateway_log_payloads)
-    health.init_app(app, gateway.upstream, gateway.model_info)
+    health.init_app(app, gateway.pool, gateway.model_info)
     modelinfo.init_app(app, gateway.model_info)
     metrics.init_app(app, gateway.metrics)
     docs.init_app(app, build_spec(settings))
@@ -71,22 +72,35 @@ def create_app(settings: Settings | None = None) -> Flask:
 def _build(settings: Settings) -> Gateway:
     gauges = GatewayMetrics()
     drift = DriftMonitor(gauges.feature_drift)
+    pool = _pool(settings, gauges)
+
+    def use_pool(servers: list[str] | None, version: str) -> None:
+        pool.use(servers or [settings.gateway_upstream_url], version)
+
     return Gateway(
         settings=settings,
         metrics=gauges,
         model_info=ModelInfo(settings.model_info_path, on_change=gauges.model_version_changed,
-                             on_reference=drift.use_reference),
-        upstream=Upstream(
-            settings.gateway_upstream_url,
-            settings.gateway_connect_timeout_seconds,
-            settings.gateway_read_timeout_seconds,
-            pool_size=max(1, settings.gateway_threads),
-            on_reachable=lambda up: gauges.upstream_up.set(1 if up else 0),
-        ),
+                             on_reference=drift.use_reference, on_pool=use_pool),
+        pool=pool,
         request_log=RequestLog(settings.gateway_request_log,
                                on_lost=gauges.request_log_errors.inc),
         drift=drift,
     )
+
+
+def _pool(settings: Settings, gauges: GatewayMetrics) -> Pool:
+    """The model server pool, on GATEWAY_UPSTREAM_URL until the served-model file names one."""
+
+    def client(url: str) -> Upstream:
+        return Upstream(url, settings.gateway_connect_timeout_seconds,
+                        settings.gateway_read_timeout_seconds,
+                        pool_size=max(1, settings.gateway_threads),
+                        on_reachable=lambda up: gauges.upstream_up.set(1 if up else 0))
+
+    pool = Pool(client, settings.gateway_out_of_rotation_seconds, on_state=gauges.pool_state)
+    pool.use([settings.gateway_upstream_url], modelinfo.UNKNOWN)
+    return pool
 
 
 def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
@@ -95,13 +109,14 @@ def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
     @app.before_request
     def begin() -> None:
         g.record = _new_record()
+        gateway.model_info.refresh()  # a new pool takes effect before this request is sent
 
     @app.after_request
     def finish(response: Response) -> Response:
         record = g.get("record") or _new_record()
         seconds = time.perf_counter() - record.started
         endpoint = request.url_rule.rule if request.url_rule else OTHER_ENDPOINT
-        record.model_version = gateway.model_info.version
+        record.model_version = record.model_version or gateway.model_info.version
         response.headers["X-Request-ID"] = record.request_id
         response.headers["X-Model-Version"] = record.model_version
         gateway.metrics.observe_request(endpoint, response.status_code, seconds)

@@ -67,8 +67,8 @@ def on_starting(server) -> None:
     gateway_logger.addHandler(handler)
     gateway_logger.setLevel(logging.INFO)
     gateway_logger.propagate = False
-    server.log.info("gateway metrics in %s; upstream %s", METRICS_DIR,
-                    _settings.gateway_upstream_url)
+    server.log.info("gateway metrics in %s; model servers: those %s lists, else %s",
+                    METRICS_DIR, _settings.model_info_path, _settings.gateway_upstream_url)
 
 
 def worker_exit(server, worker) -> None:

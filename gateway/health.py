@@ -1,4 +1,4 @@
-"""GET /health (the gateway is alive) and GET /ready (the model server answers /ping)."""
+"""GET /health (the gateway is alive) and GET /ready (a model server of the pool answers /ping)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from flask import Blueprint, Flask, Response
 from gateway import errors
 from gateway.errors import GatewayError, json_response
 from gateway.modelinfo import ModelInfo
-from gateway.upstream import Upstream
+from gateway.pool import Pool
 
 
-def init_app(app: Flask, client: Upstream, info: ModelInfo) -> None:
+def init_app(app: Flask, pool: Pool, info: ModelInfo) -> None:
     """Serve the two public probes; /ready also updates gateway_upstream_up."""
     blueprint = Blueprint("health", __name__)
 
@@ -20,7 +20,7 @@ def init_app(app: Flask, client: Upstream, info: ModelInfo) -> None:
 
     @blueprint.get("/ready", endpoint="ready")
     def ready() -> Response:
-        if not client.ping():
+        if not pool.ping():
             raise GatewayError(errors.UPSTREAM_UNAVAILABLE, "the model server does not answer")
         return json_response({"status": "ready", "model_version": info.version})
 

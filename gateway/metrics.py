@@ -64,6 +64,9 @@ class GatewayMetrics:
         self.upstream_up = Gauge(
             "gateway_upstream_up", "1 when the model server answered the last call, else 0.",
             registry=r, multiprocess_mode="livemostrecent")
+        self.pool_servers = Gauge(
+            "gateway_pool_servers", "Model servers in the pool: all, and those in rotation.",
+            ["state"], registry=r, multiprocess_mode="livemostrecent")
         self.model_info = Gauge(
             "gateway_model_info", "1 for the model version being served.", ["version"],
             registry=r, multiprocess_mode="mostrecent")
@@ -103,6 +106,11 @@ class GatewayMetrics:
         """Add a batch of predicted prices to the price histogram."""
         for price in prices:
             self.predicted_price.observe(price)
+
+    def pool_state(self, healthy: int, total: int) -> None:
+        """Set gateway_pool_servers{state="healthy"|"total"}."""
+        self.pool_servers.labels("healthy").set(healthy)
+        self.pool_servers.labels("total").set(total)
 
     def model_version_changed(self, old: str, new: str) -> None:
         """Point gateway_model_info at the new version."""

@@ -1,9 +1,12 @@
-"""Which model is served: the JSON file the launcher writes before `mlflow models serve` starts.
+"""Which model is served, and by which servers: the JSON file the rollout controller (or the
+single-server launcher) writes atomically.
 
-The file is re-read when its modification time changes, checked at most once a second, so the
-`X-Model-Version` header costs nothing on the request path. `GET /model` returns its public
-fields; the training reference (binned distribution of every feature, for the drift monitor)
-is kept apart and never sent.
+The file is re-read when it changes, checked at most once a second, so the `X-Model-Version`
+header costs nothing on the request path. Its `servers` (the model server pool) and `version`
+are handed over together to `on_pool`; a file without `servers` names no pool (None: the
+gateway's own GATEWAY_UPSTREAM_URL); a missing file keeps the last pool. `GET /model` returns
+its public fields; the training reference (binned distribution of every feature, for the drift
+monitor) is kept apart and never sent.
 """
 
 from __future__ import annotations
@@ -21,31 +24,34 @@ from flask import Blueprint, Flask
 
 from gateway import errors
 from gateway.errors import GatewayError, json_response
+from pyfunc.settings import MODEL_INFO_CHECK_SECONDS
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
-CHECK_INTERVAL_SECONDS = 1.0
 PUBLIC_FIELDS = ("name", "version", "alias", "uri", "run_id", "metrics", "served_since")
 
 
 class ModelInfo:
     """Cached view of the served-model file; `on_change(old, new)` hears version changes
     (`old` is "" on the first read), `on_reference(reference)` hears that the served model
-    (uri and version) or its training reference changed (reference None: the file has none)."""
+    (uri and version) or its training reference changed (reference None: the file has none),
+    `on_pool(servers, version)` hears the pool and its version, first of all."""
 
     def __init__(
         self,
         path: Path,
         on_change: Callable[[str, str], None] | None = None,
         on_reference: Callable[[dict[str, Any] | None], None] | None = None,
+        on_pool: Callable[[list[str] | None, str], None] | None = None,
     ):
         self.path = path
         self._on_change = on_change
         self._on_reference = on_reference
+        self._on_pool = on_pool
         self._lock = threading.Lock()
         self._checked_at = float("-inf")
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._info: dict[str, Any] | None = None
         self._reference: dict[str, Any] | None = None
         self._version = ""  # not read yet: the first refresh always reports a change
@@ -68,17 +74,16 @@ class ModelInfo:
         return self._reference
 
     def refresh(self, force: bool = False) -> None:
-        """Re-read the file if its mtime or size changed; stat at most once a second."""
-        now = time.monotonic()
-        if not force and now - self._checked_at < CHECK_INTERVAL_SECONDS:
+        """Re-read the file if it changed; stat at most once a second. A thread arriving while
+        another one re-reads waits for it: no request goes to a pool that was just replaced."""
+        if not force and time.monotonic() - self._checked_at < MODEL_INFO_CHECK_SECONDS:
             return
-        if not self._lock.acquire(blocking=False):
-            return  # another thread is refreshing; the cached value is good enough
-        try:
-            self._checked_at = now
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._checked_at < MODEL_INFO_CHECK_SECONDS:
+                return  # re-read by the thread this one waited for
             self._reload_if_changed()
-        finally:
-            self._lock.release()
+            self._checked_at = now  # after the reload: a thread arriving meanwhile waits
 
     def _reload_if_changed(self) -> None:
         try:
@@ -86,16 +91,18 @@ class ModelInfo:
         except OSError:
             self._set(None, None)
             return
-        stamp = (stat.st_mtime_ns, stat.st_size)
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if stamp != self._stamp:
             self._set(stamp, _read(self.path))
 
-    def _set(self, stamp: tuple[int, int] | None, data: dict[str, Any] | None) -> None:
+    def _set(self, stamp: tuple[int, int, int] | None, data: dict[str, Any] | None) -> None:
         old, old_model, old_reference = self._version, self._model(), self._reference
         self._stamp = stamp
         self._info = {key: data.get(key) for key in PUBLIC_FIELDS} if data else None
         self._reference = data.get("reference") if data else None
         self._version = str(data.get("version") or UNKNOWN) if data else UNKNOWN
+        if self._on_pool and data:
+            self._on_pool(_servers(data), self._version)
         if self._on_change and self._version != old:
             self._on_change(old, self._version)
         if self._on_reference and (self._model() != old_model
@@ -104,6 +111,16 @@ class ModelInfo:
 
     def _model(self) -> tuple[object, str]:
         return (self._info or {}).get("uri"), self._version
+
+
+def _servers(data: dict[str, Any]) -> list[str] | None:
+    """The file's pool: a non-empty list of URLs, else None."""
+    servers = data.get("servers")
+    if isinstance(servers, list) and servers and all(isinstance(s, str) for s in servers):
+        return servers
+    if servers is not None:
+        logger.warning("ignoring the served-model file's servers: not a list of URLs")
+    return None
 
 
 def _read(path: Path) -> dict[str, Any] | None:

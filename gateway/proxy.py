@@ -23,7 +23,7 @@ from gateway import body, errors, upstream
 from gateway.drift import DriftMonitor
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
-from gateway.upstream import Upstream
+from gateway.pool import Pool
 from gateway.validation import Columns, validate_payload
 from pyfunc.schema import FLAG_COLUMN, PREDICTION_COLUMN
 
@@ -65,12 +65,12 @@ def prediction_fields(
 
 def init_app(
     app: Flask,
-    client: Upstream,
+    pool: Pool,
     metrics: GatewayMetrics,
     drift: DriftMonitor,
     log_payloads: bool,
 ) -> None:
-    """Serve POST /invocations through `client`."""
+    """Serve POST /invocations through the model server `pool`."""
     blueprint = Blueprint("proxy", __name__)
 
     @blueprint.post("/invocations", endpoint="invocations")
@@ -85,7 +85,8 @@ def init_app(
             _count_invalid_fields(metrics, error)
             raise
         record.rows = batch.rows
-        answer = client.predict(orjson.dumps(payload), content_type, record.request_id)
+        answer, record.model_version = pool.predict(orjson.dumps(payload), content_type,
+                                                    record.request_id)
         record.upstream_latency_ms = round(answer.seconds * 1000, 3)
         metrics.upstream_duration.observe(answer.seconds)
         if answer.status != 200:

@@ -1,9 +1,10 @@
-"""Serve the model named by MODEL_URI with `mlflow models serve`, pinned to one version.
+"""Serve the model named by MODEL_URI with one `mlflow models serve`, pinned to one version.
 
 An alias or stage (`models:/property-friends@champion`, `.../Production`) is resolved once, here,
 to a version number; the server is started on exactly that version, and what it serves is
-written to MODEL_INFO_PATH for the gateway (`GET /model`, `X-Model-Version`). Promoting another
-version takes effect at the next start.
+written to MODEL_INFO_PATH for the gateway (`GET /model`, `X-Model-Version`). This single server
+does not follow promotions: the rollout controller (`pyfunc.rollout`) runs a pool that does,
+with the same resolution, file and command.
 """
 
 from __future__ import annotations
@@ -35,21 +36,30 @@ def training_reference(model_uri: str) -> dict | None:
 
 
 def write_info(info: dict, path: Path) -> None:
-    """Write atomically, so a reader never sees half a file."""
+    """Write atomically, so a reader never sees half a file; `served_since` is now unless
+    `info` has one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    served = {**info, "served_since": now}
+    served = {"served_since": now, **info}
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(served, indent=2))
     partial.replace(path)
 
 
-def serve_command(settings: Settings, uri: str, host: str) -> list[str]:
+def serve_command(settings: Settings, uri: str, host: str, port: int, workers: int) -> list[str]:
     return [
         sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-        "-h", host, "-p", str(settings.model_port), "--workers", str(settings.model_workers),
+        "-h", host, "-p", str(port), "--workers", str(workers),
         "--timeout", str(settings.model_timeout_seconds),
     ]
+
+
+def server_env(environ: dict[str, str]) -> dict[str, str]:
+    """The environment `mlflow models serve` needs: one OpenMP thread (one-row predictions pay
+    for thread start-up on every tree; batches barely gain), this venv's `uvicorn` on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {"OMP_NUM_THREADS": "1", **environ,
+            "PATH": f"{bin_dir}{os.pathsep}{environ.get('PATH', '')}"}
 
 
 @click.command()
@@ -68,12 +78,9 @@ def main(host: str) -> None:
     write_info(info, settings.model_info_path)
     logger.info("serving %s (from %s) on %s:%d", info["uri"], settings.model_uri, host,
                 settings.model_port)
-    # One-row predictions pay for OpenMP thread start-up on every tree; batches barely gain.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    bin_dir = str(Path(sys.executable).parent)  # the server runs `uvicorn` from PATH
-    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
-    command = serve_command(settings, info["uri"], host)
-    os.execvp(command[0], command)
+    command = serve_command(settings, info["uri"], host, settings.model_port,
+                            settings.model_workers)
+    os.execvpe(command[0], command, server_env(dict(os.environ)))
 
 
 if __name__ == "__main__":

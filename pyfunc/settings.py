@@ -6,6 +6,7 @@ then `./.env`; an empty value means the default. Model tunables live in `params.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -17,6 +18,9 @@ from pyfunc.errors import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 _GIVEN_VALUES_ONLY: ContextVar[bool] = ContextVar("given_values_only", default=False)
+# How often a gateway worker looks at MODEL_INFO_PATH; the rollout controller waits longer than
+# this before it stops the servers of a replaced pool.
+MODEL_INFO_CHECK_SECONDS = 1.0
 
 
 class SettingsError(UserError):
@@ -50,6 +54,21 @@ class ModelServerSettings(BaseModel):
     model_info_path: Path = Field(
         default_factory=lambda data: data["state_dir"] / "served-model.json",
         description="what is served, for the gateway (default: STATE_DIR/served-model.json)")
+    model_servers: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0,
+                               description="single-worker model servers in the pool (default: "
+                                           "one per core)")
+
+
+class ControllerSettings(BaseModel):
+    """rollout controller: python -m pyfunc.rollout"""
+
+    model_start_timeout_seconds: float = Field(180.0, gt=0, description="how long a new model "
+                                               "server may take to answer /ping and price its "
+                                               "canary")
+    rollout_poll_seconds: float = Field(5.0, gt=0, description="how often the controller "
+                                        "resolves MODEL_URI in the registry")
+    controller_metrics_port: int = Field(9101, gt=0, lt=65536, description="the controller's "
+                                         "Prometheus /metrics (model_rollouts_total{result})")
 
 
 class GatewaySettings(BaseModel):
@@ -61,7 +80,11 @@ class GatewaySettings(BaseModel):
     gateway_threads: int = Field(8, gt=0, description="threads per gunicorn process")
     gateway_upstream_url: str = Field(
         default_factory=lambda data: f"http://127.0.0.1:{data['model_port']}",
-        description="model server URL (default: http://127.0.0.1:MODEL_PORT)")
+        description="the model server when the served-model file lists no pool (default: "
+                    "http://127.0.0.1:MODEL_PORT)")
+    gateway_out_of_rotation_seconds: float = Field(5.0, gt=0, description="how long a pool "
+                                                   "server that refused a connection or "
+                                                   "answered 5xx gets no requests")
     gateway_api_keys: str = Field("", repr=False, description="comma-separated id:key or "
                                   "id:sha256:<hex sha256 of the key>; prefer hashes")
     gateway_allow_no_auth: bool = Field(False, description="only for local experiments: no "
@@ -78,7 +101,8 @@ class GatewaySettings(BaseModel):
 
 # A new service (e.g. the rollout controller) declares its group like the ones above and adds
 # it to the bases of Settings, left of the groups its derived defaults read.
-class Settings(GatewaySettings, ModelServerSettings, PipelineSettings, BaseSettings):
+class Settings(GatewaySettings, ControllerSettings, ModelServerSettings, PipelineSettings,
+               BaseSettings):
     """Every setting of every service; `Settings.from_env()` reads them."""
 
     model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore",

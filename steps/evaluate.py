@@ -105,23 +105,26 @@ def importance(model, test: pd.DataFrame, params: Params) -> pd.Series:
     return pd.Series(result.importances_mean, index=list(FEATURE_NAMES)).sort_values()
 
 
-def champion_mae(settings: Settings, version: str,
-                 test: pd.DataFrame) -> tuple[str | None, float | None]:
-    """The current champion's MAE on the same test rows (None when there is no other champion)."""
-    champion = registry.alias_version(settings.model_name, settings.model_alias)
-    if champion in (None, str(version)):
+def champion_mae(settings: Settings, version: str, test: pd.DataFrame,
+                 against: str | None = None) -> tuple[str | None, float | None]:
+    """The MAE on the same test rows of version `against` (default: the current champion);
+    (None, None) when there is no other version to compare with."""
+    against = against or registry.alias_version(settings.model_name, settings.model_alias)
+    if against in (None, str(version)):
         return None, None
     try:
-        model = mlflow.pyfunc.load_model(registry.model_uri(settings.model_name, champion))
-        return champion, evaluate(model, test).metrics["test_mae"]
+        model = mlflow.pyfunc.load_model(registry.model_uri(settings.model_name, against))
+        return against, evaluate(model, test).metrics["test_mae"]
     except Exception as error:  # a broken champion must not block its replacement
         logger.warning("champion version %s cannot be scored (%s); treating it as absent",
-                       champion, error)
+                       against, error)
         return None, None
 
 
-def run_evaluate(version: str, ingest_run_id: str, params: Params, settings: Settings) -> str:
-    """Evaluate in a step run, tag the model version; returns the verdict."""
+def run_evaluate(version: str, ingest_run_id: str, params: Params, settings: Settings,
+                 against: str | None = None) -> str:
+    """Evaluate in a step run, tag the model version; returns the verdict, compared with
+    version `against` (default: the current champion)."""
     version = version or registry.latest_version(settings.model_name)
     with step_run("evaluate"):
         uri = registry.model_uri(settings.model_name, version)
@@ -132,7 +135,7 @@ def run_evaluate(version: str, ingest_run_id: str, params: Params, settings: Set
         test = load_frame(ingest_run_id, CLEAN_TEST)
         model = mlflow.pyfunc.load_model(uri)
         result = evaluate(model, test)
-        champion_version, champion = champion_mae(settings, version, test)
+        champion_version, champion = champion_mae(settings, version, test, against)
         outcome = verdict(result.metrics["test_mae"], champion, params.promotion_tolerance)
         _log(result, model, test, params)
         mlflow.set_tags({"model_version": version, "ingest_run_id": ingest_run_id,

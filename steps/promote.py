@@ -43,11 +43,12 @@ def gate(tags: dict[str, str], force: bool) -> tuple[bool, str]:
     return True, f"verdict {outcome!r}"
 
 
-def check_loadable(uri: str) -> None:
-    """Load the model and price its input example, or raise StepError."""
+def check_loadable(uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """Load the model and price its input example (the model is returned), or raise StepError."""
     try:
         model = mlflow.pyfunc.load_model(uri)
         model.predict(model.input_example)
+        return model
     except Exception as error:
         raise StepError(f"{uri} cannot be loaded or cannot price its input example "
                         f"({type(error).__name__}: {error}); the champion is unchanged") from None
@@ -80,7 +81,7 @@ def describe(result: Promotion, settings: Settings) -> str:
         return f"version {result.version} NOT promoted ({result.reason}); champion unchanged"
     was = f", was version {result.previous}" if result.previous else ""
     return (f"{settings.model_name}@{settings.model_alias} -> version {result.version} "
-            f"({result.reason}{was}); restart the model server to serve it")
+            f"({result.reason}{was}); the rollout controller serves it after its checks")
 
 
 @click.command()

@@ -6,9 +6,12 @@ Trains a model with `mlflow run . -e main --env-manager local` into a throw-away
 the pipeline's wall time on data of the client's size), starts the real model server and a
 real gateway on free loopback ports, then measures: single-row latency (p50, p99), rows/s for
 batches of 1, 100 and 10,000 rows on the three paths, and requests/s of concurrent clients
-through the model server and through the gateway. Prints a table with ratios and the targets,
-saves everything as JSON, reports the RSS of every process it started, and always stops them.
-`--quick` is a smoke run of about a minute (small data, the notebook preset, short windows).
+through the model server and through the gateway; then the model server pool of the rollout
+controller (`bench_pool`): 16 clients through the gateway with 1 and with MODEL_SERVERS
+servers, and the longest gap between answers during a rollout. Prints a table with ratios and
+the targets, saves everything as JSON, reports the RSS of every process it started, and always
+stops them. `--only-pool` measures the pool alone. `--quick` is a smoke run of about a minute
+(small data, the notebook preset, short windows).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import click
 
 from pyfunc.settings import Settings
 from tests.benchmarks import bench_measure as measure
+from tests.benchmarks import bench_pool
 from tests.benchmarks import bench_report as report
 from tests.benchmarks import bench_stack as stack
 from tests.benchmarks.bench_client import make_batches
@@ -63,9 +67,12 @@ POOL = {1: 500, 100: 20, 10_000: 2}  # distinct batches of each size
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the tracking store and state in this folder (kept afterwards); when "
                    "it already has a champion the pipeline is not run again.")
+@click.option("--model-servers", type=click.IntRange(2, 16), default=None,
+              help="The larger pool measured (default: MODEL_SERVERS, one per core).")
+@click.option("--only-pool", is_flag=True, help="Measure the model server pool only.")
 def main(quick: bool, output: Path, clients: int, duration: float | None,
          model_workers: int | None, gateway_workers: int, gateway_threads: int | None,
-         store: Path | None) -> None:
+         store: Path | None, model_servers: int | None, only_pool: bool) -> None:
     """Benchmark the serving paths; print the table and save the JSON."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     plan = {**(QUICK if quick else FULL)}
@@ -76,27 +83,36 @@ def main(quick: bool, output: Path, clients: int, duration: float | None,
         "MODEL_WORKERS": model_workers or defaults.model_workers,
         "GATEWAY_WORKERS": gateway_workers,
         "GATEWAY_THREADS": gateway_threads or defaults.gateway_threads,
+        "MODEL_SERVERS": max(2, model_servers or defaults.model_servers),
     }
     workdir = store.resolve() if store else Path(tempfile.mkdtemp(prefix="bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        results = benchmark(workdir, quick, plan, clients, settings, reuse=store is not None)
+        results = benchmark(workdir, quick, plan, clients, settings, reuse=store is not None,
+                            only_pool=only_pool)
     finally:
         if store is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    click.echo(report.render(results))
+    if not only_pool:
+        click.echo(report.render(results))
+    click.echo("\n".join(bench_pool.render(results["pool"])))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2, default=str))
     click.echo(f"\nresults saved to {output}")
 
 
 def benchmark(workdir: Path, quick: bool, plan: dict[str, Any], clients: int,
-              settings: dict[str, int], reuse: bool) -> dict[str, Any]:
+              settings: dict[str, int], reuse: bool, only_pool: bool) -> dict[str, Any]:
     """Everything, with every started process stopped on the way out."""
     env = stack.bench_env(workdir, **{k: str(v) for k, v in settings.items()})
     load_before = os.getloadavg()[0]
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     pipeline = train(workdir, env, quick, reuse)
+    batches = listings_batches(load_model(env))[1][:200]
+    pool = bench_pool.measure_pools(workdir, env, batches, (1, settings["MODEL_SERVERS"]),
+                                    clients, plan, settings["GATEWAY_WORKERS"])
+    if only_pool:
+        return {"pool": pool, "pipeline": pipeline, "meta": {"started": started}}
     with contextlib.ExitStack() as running:
         logger.info("starting the model server (MODEL_WORKERS=%s)", settings["MODEL_WORKERS"])
         server = running.enter_context(stack.model_server(workdir, env))
@@ -107,6 +123,7 @@ def benchmark(workdir: Path, quick: bool, plan: dict[str, Any], clients: int,
         groups = {"model server": server.process.pid, "gateway": gateway.pid}
         results = measure_all(env, server.port, gateway.port, plan, clients, groups)
     results["pipeline"] = pipeline
+    results["pool"] = pool
     results["meta"] = {
         "started": started, "quick": quick, "cpus": os.cpu_count(),
         "load_before": load_before, "load_after": os.getloadavg()[0],

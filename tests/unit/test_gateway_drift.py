@@ -60,7 +60,7 @@ def make_app(tmp_path, reference: dict | None, **env: str):
     info = {"reference": reference} if reference is not None else {}
     write_model_info(tmp_path / "served-model.json", version="3", **info)
     app = create_app(gateway_settings(tmp_path, **env))
-    gateway_of(app).upstream.predict = _stub_predict
+    gateway_of(app).pool.predict = lambda *a: (_stub_predict(*a), "3")
     return app
 
 

@@ -47,7 +47,8 @@ def upstream_calls(app, monkeypatch):
                                   for i in range(rows)]}
         return UpstreamAnswer(200, orjson.dumps(answer), "application/json", 0.002)
 
-    monkeypatch.setattr(gateway_of(app).upstream, "predict", predict)
+    pool = gateway_of(app).pool
+    monkeypatch.setattr(pool, "predict", lambda *a: (predict(*a), pool.version))
     return calls
 
 
@@ -282,7 +283,7 @@ def test_payloads_are_not_logged_when_disabled(tmp_path, monkeypatch):
     app = create_app(gateway_settings(tmp_path, GATEWAY_LOG_PAYLOADS="false"))
     answer = UpstreamAnswer(200, b'{"predictions": [{"price": 5000.0}]}', "application/json",
                             0.001)
-    monkeypatch.setattr(gateway_of(app).upstream, "predict", lambda *args: answer)
+    monkeypatch.setattr(gateway_of(app).pool, "predict", lambda *args: (answer, "3"))
     assert post(app.test_client(), {"dataframe_records": [ROW]}).status_code == 200
     gateway_of(app).close()
     line = read_log(tmp_path / "requests.jsonl")[-1]
@@ -314,8 +315,8 @@ def test_model_validation_error_is_passed_on_clean(app, client, monkeypatch):
                     "200000 m2 (row 0, got 5)", "extra": "dropped"}],
         "stack_trace": "Traceback (most recent call last): ...",
     }
-    monkeypatch.setattr(gateway_of(app).upstream, "predict", lambda *a: UpstreamAnswer(
-        400, orjson.dumps(model_error), "application/json", 0.001))
+    monkeypatch.setattr(gateway_of(app).pool, "predict", lambda *a: (UpstreamAnswer(
+        400, orjson.dumps(model_error), "application/json", 0.001), "3"))
     response = post(client, {"dataframe_records": [{**ROW, "net_area": 5}]})
     assert response.status_code == 400
     assert response.json == {
@@ -329,7 +330,7 @@ def test_unexpected_exception_is_502_json(app, client, monkeypatch, caplog):
     def explode(*args):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(gateway_of(app).upstream, "predict", explode)
+    monkeypatch.setattr(gateway_of(app).pool, "predict", explode)
     response = post(client, {"dataframe_records": [ROW]})
     assert response.status_code == 502
     assert response.json["error_code"] == "GATEWAY_ERROR"

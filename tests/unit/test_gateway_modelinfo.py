@@ -54,3 +54,29 @@ def test_file_is_reread_when_it_changes_but_stat_at_most_once_a_second(tmp_path,
     clock[0] += 1.1
     assert info.version == "unknown"
     assert changes == [("", "3"), ("3", "4"), ("4", "unknown")]
+
+
+def test_the_pool_and_its_version_are_handed_over_together(tmp_path):
+    path = tmp_path / "served-model.json"
+    pools: list[tuple[list[str] | None, str]] = []
+    info = ModelInfo(path, on_pool=lambda servers, version: pools.append((servers, version)))
+    info.refresh(force=True)
+    assert pools == []  # no file: the gateway keeps what it has
+    write_model_info(path, version="3", servers=["http://127.0.0.1:5101", "http://127.0.0.1:5102"])
+    info.refresh(force=True)
+    write_model_info(path, version="4")  # no pool: GATEWAY_UPSTREAM_URL
+    info.refresh(force=True)
+    write_model_info(path, version="5", servers="http://127.0.0.1:5101")  # not a list
+    info.refresh(force=True)
+    path.unlink()
+    info.refresh(force=True)
+    assert pools == [(["http://127.0.0.1:5101", "http://127.0.0.1:5102"], "3"), (None, "4"),
+                     (None, "5")]
+
+
+def test_a_new_pool_reaches_requests_of_the_app(tmp_path, app):
+    write_model_info(tmp_path / "served-model.json", version="8",
+                     servers=["http://127.0.0.1:5201"])
+    gateway_of(app).model_info.refresh(force=True)
+    pool = gateway_of(app).pool
+    assert (pool.urls, pool.version) == (["http://127.0.0.1:5201"], "8")

@@ -1,0 +1,287 @@
+"""Rollout controller: keeps a pool of model servers on the version MODEL_URI resolves to.
+
+    python -m pyfunc.rollout [--host 127.0.0.1] [--public-host NAME]    (make controller)
+    python -m pyfunc.rollout --stop     stop the servers the served-model file lists (make stop)
+
+Every ROLLOUT_POLL_SECONDS it resolves MODEL_URI (alias, stage or version) in the registry.
+When the version changes (promote, rollback, the alias or the stage moved in the MLflow UI):
+1. the checks of `promote`: the version loads and prices its own input example, and its
+   evaluation verdict passes params.yaml's gate (a version never evaluated is evaluated first,
+   against the version being served). A version that fails is refused: logged with the
+   reason, counted, not served, not tried again until MODEL_URI points elsewhere;
+2. MODEL_SERVERS single-worker servers start on it beside the old ones; each must answer
+   /ping and price the canary (the input example) like the model loaded here;
+3. the served-model file is rewritten atomically with the new servers and version: every
+   gateway worker switches at its next look at the file (at most a second later);
+4. after that second plus the gateway's read timeout, the old servers have answered what they
+   were sent, and are stopped.
+A dead server is replaced the same way. Servers run in sessions of their own: the controller
+dying never stops serving, and a restarted controller adopts the servers the file lists when
+their processes live and answer /ping. Metrics on CONTROLLER_METRICS_PORT:
+`model_rollouts_total{result="served"|"refused"|"failed"}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import convert_input_example_to_serving_input
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+from pyfunc import servers
+from pyfunc.serve import ServeError, resolve, training_reference, write_info
+from pyfunc.servers import Server, ServerError
+from pyfunc.settings import MODEL_INFO_CHECK_SECONDS, Settings
+from steps.evaluate import run_evaluate
+from steps.params import Params, load_params
+from steps.promote import check_loadable, gate
+from steps.tracking import StepError, configure
+
+logger = logging.getLogger(__name__)
+
+RESULTS = ("served", "refused", "failed")
+STARTING_FILE = "model-servers-starting.json"  # under STATE_DIR: servers not yet published
+DRAIN_MARGIN_SECONDS = 1.0
+
+
+class Refused(Exception):
+    """The version fails the checks of promote."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """What the pool serves: the served-model file's fields and the servers."""
+
+    info: dict[str, Any]
+    servers: tuple[Server, ...]
+
+    @property
+    def version(self) -> str:
+        return str(self.info.get("version"))
+
+
+class Controller:
+    """Brings the pool to what MODEL_URI resolves to, one `poll()` at a time."""
+
+    def __init__(self, settings: Settings, params: Params, client: MlflowClient,
+                 host: str, public_host: str, registry: CollectorRegistry | None = None):
+        self.settings, self.params, self.client = settings, params, client
+        self.host, self.public_host = host, public_host
+        self.rollouts = Counter("model_rollouts", "Model versions rolled out, by result.",
+                                ["result"], registry=registry)
+        for result in RESULTS:
+            self.rollouts.labels(result)
+        self.serving: Serving | None = None
+        self._model: mlflow.pyfunc.PyFuncModel | None = None  # the serving version, loaded
+        self._skip: str | None = None  # refused or failed: not tried again while targeted
+
+    def adopt(self) -> None:
+        """Take over the servers the served-model file lists that live and answer /ping; stop
+        those an earlier controller was starting when it died."""
+        data = _read(self.settings.model_info_path)
+        pids = data.get("pids") or {}
+        listed = [Server(url, int(pids[url])) for url in data.get("servers") or ()
+                  if url in pids]
+        orphans = _read(self._starting_path).get("pids") or {}
+        servers.stop([Server(url, int(pid)) for url, pid in orphans.items()
+                      if int(pid) not in pids.values() and servers.is_model_server(int(pid))])
+        self._starting_path.unlink(missing_ok=True)
+        live = tuple(s for s in listed if servers.alive(s.pid)
+                     and servers.is_model_server(s.pid) and servers.ping(s.url))
+        if len(live) < len(listed):
+            logger.warning("not adopted (gone, or not answering /ping): %s",
+                           ", ".join(s.url for s in listed if s not in live))
+        if live:
+            info = {k: v for k, v in data.items() if k not in ("servers", "pids")}
+            self.serving = Serving(info, live)
+            logger.info("adopted %d model server(s) of version %s: %s", len(live),
+                        self.serving.version, ", ".join(f"{s.url} (pid {s.pid})" for s in live))
+
+    def poll(self) -> None:
+        """Resolve MODEL_URI; roll out a new version; replace dead servers."""
+        try:
+            target = resolve(self.client, self.settings.model_uri)
+        except ServeError as error:
+            logger.warning("%s; serving what runs", error)
+            target = None
+        if target is not None:
+            if self.serving is not None and target["version"] == self.serving.version:
+                self._skip = None
+            elif target["version"] != self._skip:
+                self._roll_out(target)
+        if self.serving is not None:
+            self._heal()
+
+    def _roll_out(self, target: dict[str, Any]) -> None:
+        old = self.serving
+        logger.info("%s resolves to version %s (serving %s): checking it",
+                    self.settings.model_uri, target["version"], old.version if old else "none")
+        try:
+            model = self._check(target, old)
+        except Refused as refusal:
+            self._skip = target["version"]
+            self.rollouts.labels("refused").inc()
+            logger.warning("version %s refused: %s; version %s keeps serving", target["version"],
+                           refusal, old.version if old else "none")
+            return
+        try:
+            started = self._start_checked(model, target["uri"], self.settings.model_servers)
+        except ServerError as error:
+            self._skip = target["version"]
+            self.rollouts.labels("failed").inc()
+            logger.error("version %s not served: %s", target["version"], error)
+            return
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        info = {**target, "reference": training_reference(target["uri"]), "served_since": now}
+        self._model = model
+        self._publish(Serving(info, started))
+        self.rollouts.labels("served").inc()
+        logger.info("version %s takes traffic on %s", target["version"],
+                    ", ".join(s.url for s in started))
+        if old is not None:
+            drain = MODEL_INFO_CHECK_SECONDS + DRAIN_MARGIN_SECONDS + \
+                self.settings.gateway_read_timeout_seconds
+            time.sleep(drain)  # every gateway worker switched; what was sent is answered
+            servers.stop(old.servers)
+
+    def _check(self, target: dict[str, Any], old: Serving | None) -> mlflow.pyfunc.PyFuncModel:
+        """The checks of promote; the loaded model, or Refused with the reason."""
+        try:
+            model = check_loadable(target["uri"])
+            if old is None:  # nothing serves: no version to be compared with
+                return model
+            tags = self._tags(target)
+            if "verdict" not in tags:
+                logger.info("version %s has no evaluation: evaluating it against version %s",
+                            target["version"], old.version)
+                run_evaluate(target["version"], "", self.params, self.settings,
+                             against=old.version)
+                tags = self._tags(target)
+        except (StepError, MlflowException) as error:
+            raise Refused(str(error)) from None
+        allowed, reason = gate(tags, force=False)
+        if not allowed:
+            raise Refused(reason)
+        return model
+
+    def _tags(self, target: dict[str, Any]) -> dict[str, str]:
+        return self.client.get_model_version(target["name"], target["version"]).tags
+
+    def _start_checked(self, model: mlflow.pyfunc.PyFuncModel, uri: str,
+                       count: int) -> tuple[Server, ...]:
+        """`count` servers on `uri`, each answering /ping and pricing the canary like `model`;
+        none left running on failure."""
+        example = model.input_example
+        canary = convert_input_example_to_serving_input(example).encode()
+        expected = model.predict(example)
+        started: list[Server] = []
+        try:
+            for _ in range(count):
+                started.append(servers.start(self.settings, uri, self.host, self.public_host))
+                self._starting_path.write_text(json.dumps(
+                    {"pids": {s.url: s.pid for s in started}}))
+            servers.wait_ready(started, self.settings.model_start_timeout_seconds)
+            for server in started:
+                servers.check_canary(server, canary, expected)
+        except BaseException:
+            servers.stop(started)
+            raise
+        finally:
+            self._starting_path.unlink(missing_ok=True)
+        return tuple(started)
+
+    def _heal(self) -> None:
+        """Replace dead servers (and top the pool up to MODEL_SERVERS)."""
+        serving = self.serving
+        live = tuple(s for s in serving.servers if servers.alive(s.pid))
+        missing = self.settings.model_servers - len(live)
+        if len(live) == len(serving.servers) and missing <= 0:
+            return
+        if len(live) < len(serving.servers):
+            logger.warning("model server(s) died: %s", ", ".join(
+                s.url for s in serving.servers if s not in live))
+            self._publish(dataclasses.replace(serving, servers=live))
+        if missing > 0:
+            try:
+                self._model = self._model or check_loadable(serving.info["uri"])
+                live += self._start_checked(self._model, serving.info["uri"], missing)
+            except (ServerError, StepError) as error:
+                logger.error("could not replace model servers: %s", error)
+            self._publish(dataclasses.replace(serving, servers=live))
+
+    @property
+    def _starting_path(self) -> Path:
+        return self.settings.state_dir / STARTING_FILE
+
+    def _publish(self, serving: Serving) -> None:
+        """Write the served-model file: the gateway's workers follow it."""
+        urls = [s.url for s in serving.servers]
+        write_info({**serving.info, "servers": urls,
+                    "pids": {s.url: s.pid for s in serving.servers}},
+                   self.settings.model_info_path)
+        self.serving = serving
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def run(controller: Controller, stop: threading.Event) -> None:
+    """Adopt, then poll every ROLLOUT_POLL_SECONDS until `stop` is set."""
+    controller.adopt()
+    while not stop.is_set():
+        try:
+            controller.poll()
+        except Exception:  # the registry or a disk may fail; serving must go on
+            logger.exception("rollout controller: unexpected error; trying again at next poll")
+        stop.wait(controller.settings.rollout_poll_seconds)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the model servers and /metrics listen on.")
+@click.option("--public-host", default="",
+              help="Host name the gateway reaches the servers by (default: --host).")
+@click.option("--stop", "stop_servers", is_flag=True,
+              help="Stop the servers the served-model file lists, then exit.")
+def main(host: str, public_host: str, stop_servers: bool) -> None:
+    """Keep a pool of model servers on MODEL_URI, rolling out every change it sees."""
+    settings = Settings.from_env()
+    if stop_servers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        data = _read(settings.model_info_path)
+        servers.stop([Server(url, int(pid)) for url, pid in (data.get("pids") or {}).items()
+                      if servers.is_model_server(int(pid))])
+        settings.model_info_path.unlink(missing_ok=True)  # nothing is served any more
+        return
+    configure(settings)
+    registry = CollectorRegistry()
+    controller = Controller(settings, load_params(), MlflowClient(), host, public_host or host,
+                            registry)
+    start_http_server(settings.controller_metrics_port, addr=host, registry=registry)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    logger.info("rollout controller: %s, %d server(s), polling every %g s, metrics on %s:%d",
+                settings.model_uri, settings.model_servers, settings.rollout_poll_seconds, host,
+                settings.controller_metrics_port)
+    run(controller, threading.Event())
+
+
+if __name__ == "__main__":
+    main()

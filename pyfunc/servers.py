@@ -1,0 +1,140 @@
+"""Model server processes of the pool: start, probe, stop.
+
+Each server is one single-worker `mlflow models serve` pinned to a version, started in a
+session of its own: it outlives the controller that started it (a restarted controller adopts
+it by pid) and is stopped as a process group (mlflow runs uvicorn as a child).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import urllib3
+
+from pyfunc.serve import serve_command, server_env
+from pyfunc.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = urllib3.Timeout(connect=1.0, read=10.0)
+STOP_GRACE_SECONDS = 10.0
+KILL_WAIT_SECONDS = 2.0
+_http = urllib3.PoolManager(retries=False, timeout=PROBE_TIMEOUT)
+
+
+class ServerError(RuntimeError):
+    """A model server did not start, or priced its canary wrong."""
+
+
+@dataclass(frozen=True)
+class Server:
+    """One model server: the URL the gateway uses and its process id."""
+
+    url: str
+    pid: int
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def start(settings: Settings, uri: str, host: str, public_host: str) -> Server:
+    """Start one single-worker server on `uri` on a free port; returns without waiting."""
+    port = free_port(host)
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    command = serve_command(settings, uri, host, port, workers=1)
+    with open(logs / f"model-server-{port}.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=server_env(dict(os.environ)),
+                                   start_new_session=True)
+    logger.info("started a model server on %s, port %d (pid %d)", uri, port, process.pid)
+    return Server(f"http://{public_host}:{port}", process.pid)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a dead child of ours is reaped on the way; a zombie that
+    is not ours, whose parent does not reap it, counts as dead)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:  # not our child: adopted from an earlier controller
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def is_model_server(pid: int) -> bool:
+    """Whether `pid` runs `mlflow models serve` (a pid from a file may have been reused)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(arg.endswith(b"mlflow") for arg in command) and b"serve" in command
+
+
+def ping(url: str) -> bool:
+    try:
+        return _http.request("GET", f"{url}/ping", timeout=urllib3.Timeout(1.0, 2.0)).status == 200
+    except urllib3.exceptions.HTTPError:
+        return False
+
+
+def wait_ready(servers: Sequence[Server], timeout: float) -> None:
+    """Until every server answers /ping; ServerError when one exits or `timeout` runs out."""
+    deadline = time.monotonic() + timeout
+    waiting = list(servers)
+    while waiting:
+        for server in [s for s in waiting if not alive(s.pid)]:
+            raise ServerError(f"the model server {server.url} (pid {server.pid}) exited at "
+                              f"start; see its log under STATE_DIR/logs")
+        waiting = [s for s in waiting if not ping(s.url)]
+        if waiting and time.monotonic() > deadline:
+            raise ServerError(f"{len(waiting)} model server(s) did not answer /ping within "
+                              f"{timeout:g} s: {', '.join(s.url for s in waiting)}")
+        if waiting:
+            time.sleep(0.5)
+
+
+def check_canary(server: Server, body: bytes, expected: pd.DataFrame) -> None:
+    """POST the canary; ServerError unless the server prices it like the model in process."""
+    response = None
+    try:
+        response = _http.request("POST", f"{server.url}/invocations", body=body,
+                                 headers={"Content-Type": "application/json"})
+        got = pd.DataFrame(orjson.loads(response.data)["predictions"])
+        pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), check_dtype=False,
+                                      rtol=1e-9)
+    except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError, TypeError,
+            ValueError, AssertionError) as error:
+        raise ServerError(f"{server.url} did not price the canary like the model in process "
+                          f"(status {getattr(response, 'status', None)}): {error}") from None
+
+
+def stop(servers: Sequence[Server], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM each server's process group, SIGKILL what is still there after `grace`."""
+    for sent, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, KILL_WAIT_SECONDS)):
+        for server in servers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(server.pid, sent)
+        deadline = time.monotonic() + wait
+        while any([alive(s.pid) for s in servers]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    if servers:
+        logger.info("stopped model servers %s", ", ".join(s.url for s in servers))
