@@ -56,11 +56,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.gateway_max_body_bytes
     app.extensions[EXTENSION] = gateway
     _install_request_hooks(app, gateway)
-    auth.init_app(app, settings,
-                  on_failure=lambda reason: gateway.metrics.auth_failures.labels(reason).inc())
+    auth.init_app(
+        app, settings, on_failure=lambda reason: gateway.metrics.auth_failures.labels(reason).inc()
+    )
     errors.init_app(app)
-    proxy.init_app(app, gateway.pool, gateway.metrics, gateway.drift,
-                   settings.gateway_log_payloads)
+    proxy.init_app(app, gateway.pool, gateway.metrics, gateway.drift, settings.gateway_log_payloads)
     health.init_app(app, gateway.pool, gateway.model_info)
     modelinfo.init_app(app, gateway.model_info)
     metrics.init_app(app, gateway.metrics)
@@ -80,11 +80,14 @@ def _build(settings: Settings) -> Gateway:
     return Gateway(
         settings=settings,
         metrics=gauges,
-        model_info=ModelInfo(settings.model_info_path, on_change=gauges.model_version_changed,
-                             on_reference=drift.use_reference, on_pool=use_pool),
+        model_info=ModelInfo(
+            settings.model_info_path,
+            on_change=gauges.model_version_changed,
+            on_reference=drift.use_reference,
+            on_pool=use_pool,
+        ),
         pool=pool,
-        request_log=RequestLog(settings.gateway_request_log,
-                               on_lost=gauges.request_log_errors.inc),
+        request_log=RequestLog(settings.gateway_request_log, on_lost=gauges.request_log_errors.inc),
         drift=drift,
     )
 
@@ -93,10 +96,13 @@ def _pool(settings: Settings, gauges: GatewayMetrics) -> Pool:
     """The model server pool, on GATEWAY_UPSTREAM_URL until the served-model file names one."""
 
     def client(url: str) -> Upstream:
-        return Upstream(url, settings.gateway_connect_timeout_seconds,
-                        settings.gateway_read_timeout_seconds,
-                        pool_size=max(1, settings.gateway_threads),
-                        on_reachable=lambda up: gauges.upstream_up.set(1 if up else 0))
+        return Upstream(
+            url,
+            settings.gateway_connect_timeout_seconds,
+            settings.gateway_read_timeout_seconds,
+            pool_size=max(1, settings.gateway_threads),
+            on_reachable=lambda up: gauges.upstream_up.set(1 if up else 0),
+        )
 
     pool = Pool(client, settings.gateway_out_of_rotation_seconds, on_state=gauges.pool_state)
     pool.use([settings.gateway_upstream_url], modelinfo.UNKNOWN)

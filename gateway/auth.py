@@ -78,8 +78,9 @@ def _parse_entry(entry: str, position: int) -> tuple[str, bytes]:
     if not sep:
         raise SettingsError(f"{where} has no ':' ({_FORMAT})")
     if not _KEY_ID.fullmatch(key_id):
-        raise SettingsError(f"{where}: the key id must be 1 to 64 letters, digits, '.', '_' "
-                            f"or '-' ({_FORMAT})")
+        raise SettingsError(
+            f"{where}: the key id must be 1 to 64 letters, digits, '.', '_' or '-' ({_FORMAT})"
+        )
     where = f"{where} (id {key_id!r})"
     if secret.startswith("sha256:"):
         digest = secret.removeprefix("sha256:")

@@ -38,17 +38,22 @@ def require_json() -> str:
     raw = request.headers.get("Content-Type", "")
     mime, _, parameters = raw.partition(";")
     if not raw.strip():
-        raise GatewayError(errors.UNSUPPORTED_MEDIA_TYPE,
-                           "missing Content-Type: send the body as application/json")
+        raise GatewayError(
+            errors.UNSUPPORTED_MEDIA_TYPE, "missing Content-Type: send the body as application/json"
+        )
     if mime.strip().lower() != JSON_MIME:
-        raise GatewayError(errors.UNSUPPORTED_MEDIA_TYPE,
-                           f"Content-Type must be application/json, got {raw[:80]!r}")
+        raise GatewayError(
+            errors.UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type must be application/json, got {raw[:80]!r}",
+        )
     for parameter in parameters.split(";"):
         name, _, value = parameter.partition("=")
         charset = value.strip().strip('"').lower()
         if name.strip().lower() == "charset" and charset not in _UTF8:
-            raise GatewayError(errors.UNSUPPORTED_MEDIA_TYPE,
-                               f"only UTF-8 JSON is accepted, got charset {charset[:40]!r}")
+            raise GatewayError(
+                errors.UNSUPPORTED_MEDIA_TYPE,
+                f"only UTF-8 JSON is accepted, got charset {charset[:40]!r}",
+            )
     return JSON_MIME
 
 
@@ -60,15 +65,20 @@ def read_body() -> bytes:
         data = request.get_data(cache=False)
     except RequestEntityTooLarge:
         raise _too_large(f"Content-Length is {request.content_length} bytes", limit) from None
-    if (request.content_length is None and len(data) >= limit
-            and request.environ["wsgi.input"].read(1)):
+    if (
+        request.content_length is None
+        and len(data) >= limit
+        and request.environ["wsgi.input"].read(1)
+    ):
         raise _too_large("the body is larger", limit)
     return data
 
 
 def _too_large(what: str, limit: int) -> GatewayError:
-    return GatewayError(errors.PAYLOAD_TOO_LARGE,
-                        f"{what}; the gateway accepts at most {limit} bytes: split the batch")
+    return GatewayError(
+        errors.PAYLOAD_TOO_LARGE,
+        f"{what}; the gateway accepts at most {limit} bytes: split the batch",
+    )
 
 
 def discard_unread() -> None:
@@ -106,10 +116,11 @@ def parse_json(body: bytes) -> object:
 
 def _describe(exc: orjson.JSONDecodeError, body: bytes) -> str:
     if not body.strip():
-        return "empty body: send a JSON object such as {\"dataframe_records\": [...]}"
+        return 'empty body: send a JSON object such as {"dataframe_records": [...]}'
     where = f"line {exc.lineno} column {exc.colno}"
-    window = body[max(0, exc.pos - 1): exc.pos + 9]
+    window = body[max(0, exc.pos - 1) : exc.pos + 9]
     if b"NaN" in window or b"Infinity" in window:
-        return (f"invalid JSON at {where}: NaN and Infinity are not JSON numbers; "
-                "send finite numbers")
+        return (
+            f"invalid JSON at {where}: NaN and Infinity are not JSON numbers; send finite numbers"
+        )
     return f"invalid JSON at {where}: {exc.msg}"

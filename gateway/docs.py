@@ -35,8 +35,9 @@ def _layout(value: object, depth: int) -> str:
     """JSON with one row per line: objects near the top and lists of rows are expanded."""
     pad, end = "  " * (depth + 1), "  " * depth
     if isinstance(value, dict) and depth < 2:
-        items = [f"{pad}{orjson.dumps(k).decode()}: {_layout(v, depth + 1)}"
-                 for k, v in value.items()]
+        items = [
+            f"{pad}{orjson.dumps(k).decode()}: {_layout(v, depth + 1)}" for k, v in value.items()
+        ]
         return "{\n" + ",\n".join(items) + f"\n{end}}}"
     if isinstance(value, list) and value and isinstance(value[0], (dict, list)):
         return "[\n" + ",\n".join(pad + orjson.dumps(v).decode() for v in value) + f"\n{end}]"
@@ -48,9 +49,15 @@ def _endpoints(spec: dict[str, Any]) -> str:
     for path, operations in spec["paths"].items():
         for method, op in operations.items():
             needs_key = op.get("security", spec["security"]) != []
-            rows.append([f"<code>{method.upper()}</code>", f"<code>{escape(path)}</code>",
-                         escape(op["summary"]), "API key" if needs_key else "public",
-                         escape(", ".join(op["responses"]))])
+            rows.append(
+                [
+                    f"<code>{method.upper()}</code>",
+                    f"<code>{escape(path)}</code>",
+                    escape(op["summary"]),
+                    "API key" if needs_key else "public",
+                    escape(", ".join(op["responses"])),
+                ]
+            )
     return _table(["Method", "Path", "What", "Auth", "Statuses"], rows)
 
 
@@ -58,10 +65,16 @@ def _features(spec: dict[str, Any]) -> str:
     listing = spec["components"]["schemas"]["Listing"]
     rows = []
     for name, field in listing["properties"].items():
-        rows.append([f"<code>{escape(name)}</code>", escape(field["type"]),
-                     escape(f"{field['minimum']:g}") if "minimum" in field else "",
-                     escape(f"{field['maximum']:g}") if "maximum" in field else "",
-                     escape(field["description"]), f"<code>{escape(str(field['example']))}</code>"])
+        rows.append(
+            [
+                f"<code>{escape(name)}</code>",
+                escape(field["type"]),
+                escape(f"{field['minimum']:g}") if "minimum" in field else "",
+                escape(f"{field['maximum']:g}") if "maximum" in field else "",
+                escape(field["description"]),
+                f"<code>{escape(str(field['example']))}</code>",
+            ]
+        )
     return _table(["Feature", "Type", "Min", "Max", "Description", "Example"], rows)
 
 
@@ -70,8 +83,13 @@ def _errors(spec: dict[str, Any]) -> str:
     for response in spec["components"]["responses"].values():
         examples = response["content"]["application/json"]["examples"]
         for code, example in examples.items():
-            rows.append([str(response["x-status"]), f"<code>{escape(code)}</code>",
-                         escape(example["summary"])])
+            rows.append(
+                [
+                    str(response["x-status"]),
+                    f"<code>{escape(code)}</code>",
+                    escape(example["summary"]),
+                ]
+            )
     return _table(["Status", "error_code", "Meaning"], rows)
 
 
@@ -87,9 +105,11 @@ def _curl(spec: dict[str, Any], base_url: str) -> str:
     body = spec["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]
     example = body["examples"]["dataframe_records"]["value"]
     data = orjson.dumps({"dataframe_records": example["dataframe_records"][:1]}).decode()
-    return escape(f"curl -s {base_url.rstrip('/')}/invocations \\\n"
-                  f"  -H \"X-API-Key: $API_KEY\" -H 'Content-Type: application/json' \\\n"
-                  f"  -d '{data}'")
+    return escape(
+        f"curl -s {base_url.rstrip('/')}/invocations \\\n"
+        f"  -H \"X-API-Key: $API_KEY\" -H 'Content-Type: application/json' \\\n"
+        f"  -d '{data}'"
+    )
 
 
 def render_docs(spec: dict[str, Any], base_url: str) -> str:
@@ -108,10 +128,10 @@ def render_docs(spec: dict[str, Any], base_url: str) -> str:
         f"<h2>Endpoints</h2>{_endpoints(spec)}"
         f"<h2>Features</h2><p>One listing per row; bounds are inclusive.</p>{_features(spec)}"
         f"<h2>Request formats</h2>{_formats(spec)}"
-        f"<h2>Errors</h2><p>Always JSON: <code>{{\"error_code\", \"message\", \"errors\"?, "
-        f"\"request_id\"}}</code>; <code>errors</code> lists field, row (0-based) and message."
+        f'<h2>Errors</h2><p>Always JSON: <code>{{"error_code", "message", "errors"?, '
+        f'"request_id"}}</code>; <code>errors</code> lists field, row (0-based) and message.'
         f"</p>{_errors(spec)}"
-        "<p>Machine-readable: <a href=\"openapi.json\">openapi.json</a> (OpenAPI 3.1).</p>"
+        '<p>Machine-readable: <a href="openapi.json">openapi.json</a> (OpenAPI 3.1).</p>'
         "</body></html>"
     )
 

@@ -159,8 +159,9 @@ def usable_reference(reference: object) -> Reference:
     usable = {name: spec for name, spec in reference.items() if _well_formed(name, spec)}
     ignored = sorted(map(str, set(reference) - set(usable)))
     if ignored:
-        logger.warning("no drift for %s: not a feature, or a malformed reference",
-                       ", ".join(ignored))
+        logger.warning(
+            "no drift for %s: not a feature, or a malformed reference", ", ".join(ignored)
+        )
     return usable
 
 
@@ -169,9 +170,12 @@ def _well_formed(name: str, spec: object) -> bool:
         return False
     shares, edges = spec.get("shares"), spec.get("edges")
     if name in CATEGORICAL_NAMES:
-        return isinstance(shares, dict) and all(isinstance(s, _NUMBERS)
-                                                for s in shares.values())
-    return (name in NUMERIC_NAMES and isinstance(edges, list) and isinstance(shares, list)
-            and len(shares) == len(edges) + 1
-            and all(isinstance(v, _NUMBERS) for v in (*edges, *shares))
-            and edges == sorted(edges))
+        return isinstance(shares, dict) and all(isinstance(s, _NUMBERS) for s in shares.values())
+    return (
+        name in NUMERIC_NAMES
+        and isinstance(edges, list)
+        and isinstance(shares, list)
+        and len(shares) == len(edges) + 1
+        and all(isinstance(v, _NUMBERS) for v in (*edges, *shares))
+        and edges == sorted(edges)
+    )

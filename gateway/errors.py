@@ -89,8 +89,12 @@ def error_response(error: GatewayError) -> Response:
     return json_response(body, error.status, error.headers)
 
 
-_HTTP_CODES = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED, 413: PAYLOAD_TOO_LARGE,
-               415: UNSUPPORTED_MEDIA_TYPE}
+_HTTP_CODES = {
+    404: NOT_FOUND,
+    405: METHOD_NOT_ALLOWED,
+    413: PAYLOAD_TOO_LARGE,
+    415: UNSUPPORTED_MEDIA_TYPE,
+}
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -104,8 +108,9 @@ def _http_error(exc: HTTPException) -> Response:
         message = exc.description or exc.name
     code = _HTTP_CODES.get(status, BAD_REQUEST if status < 500 else GATEWAY_ERROR)
     headers = {"Allow": ", ".join(allowed)} if allowed else None
-    return error_response(GatewayError(code, message, status=status if status < 500 else 502,
-                                       headers=headers))
+    return error_response(
+        GatewayError(code, message, status=status if status < 500 else 502, headers=headers)
+    )
 
 
 def _unexpected(exc: Exception) -> Response:

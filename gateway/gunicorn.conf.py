@@ -61,14 +61,19 @@ def on_starting(server) -> None:
     for stale in METRICS_DIR.glob("*.db"):
         stale.unlink()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    )
     gateway_logger = logging.getLogger("gateway")
     gateway_logger.addHandler(handler)
     gateway_logger.setLevel(logging.INFO)
     gateway_logger.propagate = False
-    server.log.info("gateway metrics in %s; model servers: those %s lists, else %s",
-                    METRICS_DIR, _settings.model_info_path, _settings.gateway_upstream_url)
+    server.log.info(
+        "gateway metrics in %s; model servers: those %s lists, else %s",
+        METRICS_DIR,
+        _settings.model_info_path,
+        _settings.gateway_upstream_url,
+    )
 
 
 def worker_exit(server, worker) -> None:

@@ -28,10 +28,44 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from pyfunc.drift import DRIFT_THRESHOLD
 from pyfunc.schema import FEATURE_NAMES
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   2.5, 5.0, 10.0, 30.0)
-PRICE_BUCKETS_UF = (1_000, 2_000, 3_000, 4_000, 5_000, 7_500, 10_000, 12_500, 15_000, 20_000,
-                    25_000, 30_000, 40_000, 50_000, 75_000, 100_000, 150_000, 200_000, 300_000)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+PRICE_BUCKETS_UF = (
+    1_000,
+    2_000,
+    3_000,
+    4_000,
+    5_000,
+    7_500,
+    10_000,
+    12_500,
+    15_000,
+    20_000,
+    25_000,
+    30_000,
+    40_000,
+    50_000,
+    75_000,
+    100_000,
+    150_000,
+    200_000,
+    300_000,
+)
 OTHER = "other"
 AUTH_FAILURE_REASONS = ("missing", "invalid")  # what gateway.auth reports
 _FIELDS = frozenset(FEATURE_NAMES)
@@ -43,42 +77,75 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("gateway_requests", "Requests answered, by route and status.",
-                                ["endpoint", "status"], registry=r)
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests answered, by route and status.",
+            ["endpoint", "status"],
+            registry=r,
+        )
         self.request_duration = Histogram(
-            "gateway_request_duration_seconds", "Time to answer a request, in the gateway.",
-            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+            "gateway_request_duration_seconds",
+            "Time to answer a request, in the gateway.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.upstream_duration = Histogram(
-            "gateway_upstream_duration_seconds", "Time the model server took for /invocations.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "gateway_upstream_duration_seconds",
+            "Time the model server took for /invocations.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.predicted_price = Histogram(
-            "gateway_predicted_price_uf", "Predicted prices, in UF.",
-            buckets=PRICE_BUCKETS_UF, registry=r)
-        self.rows_predicted = Counter("gateway_rows_predicted", "Rows priced successfully.",
-                                      registry=r)
+            "gateway_predicted_price_uf",
+            "Predicted prices, in UF.",
+            buckets=PRICE_BUCKETS_UF,
+            registry=r,
+        )
+        self.rows_predicted = Counter(
+            "gateway_rows_predicted", "Rows priced successfully.", registry=r
+        )
         self.validation_errors = Counter(
-            "gateway_validation_errors", "Requests refused for invalid features, by field.",
-            ["field"], registry=r)
-        self.auth_failures = Counter("gateway_auth_failures", "Refused requests, by reason.",
-                                     ["reason"], registry=r)
+            "gateway_validation_errors",
+            "Requests refused for invalid features, by field.",
+            ["field"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "gateway_auth_failures", "Refused requests, by reason.", ["reason"], registry=r
+        )
         self.upstream_up = Gauge(
-            "gateway_upstream_up", "1 when the model server answered the last call, else 0.",
-            registry=r, multiprocess_mode="livemostrecent")
+            "gateway_upstream_up",
+            "1 when the model server answered the last call, else 0.",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.pool_servers = Gauge(
-            "gateway_pool_servers", "Model servers in the pool: all, and those in rotation.",
-            ["state"], registry=r, multiprocess_mode="livemostrecent")
+            "gateway_pool_servers",
+            "Model servers in the pool: all, and those in rotation.",
+            ["state"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.model_info = Gauge(
-            "gateway_model_info", "1 for the model version being served.", ["version"],
-            registry=r, multiprocess_mode="mostrecent")
+            "gateway_model_info",
+            "1 for the model version being served.",
+            ["version"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self.feature_drift = Gauge(
             "gateway_feature_drift",
             f"PSI of the recent rows against the training data, by feature: 0 = like the "
             f"training data, above {DRIFT_THRESHOLD:g} a significant shift; -1 = not measured "
             f"yet for the served model. Maximum over the workers.",
-            ["feature"], registry=r, multiprocess_mode="livemax")
+            ["feature"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.request_log_errors = Counter(
-            "gateway_request_log_errors", "Request-log lines that could not be written.",
-            registry=r)
+            "gateway_request_log_errors", "Request-log lines that could not be written.", registry=r
+        )
         self._start_at_zero()
         self._exposed = _exposition_registry(self.registry)
 

@@ -105,8 +105,7 @@ class ModelInfo:
             self._on_pool(_servers(data), self._version)
         if self._on_change and self._version != old:
             self._on_change(old, self._version)
-        if self._on_reference and (self._model() != old_model
-                                   or self._reference != old_reference):
+        if self._on_reference and (self._model() != old_model or self._reference != old_reference):
             self._on_reference(self._reference)
 
     def _model(self) -> tuple[object, str]:
@@ -143,8 +142,10 @@ def init_app(app: Flask, info: ModelInfo) -> None:
     def model():
         current = info.current()
         if current is None:
-            raise GatewayError(errors.MODEL_INFO_UNAVAILABLE,
-                               "no information about the served model yet (is it started?)")
+            raise GatewayError(
+                errors.MODEL_INFO_UNAVAILABLE,
+                "no information about the served model yet (is it started?)",
+            )
         return json_response(current)
 
     app.register_blueprint(blueprint)

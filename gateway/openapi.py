@@ -24,9 +24,16 @@ TITLE = "Property-Friends valuation API"
 REF = "#/components/schemas/"
 # status -> name of its response component; ERROR_CODES says which codes use it
 ERROR_RESPONSES: dict[int, str] = {
-    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
-    405: "MethodNotAllowed", 413: "PayloadTooLarge", 415: "UnsupportedMediaType",
-    502: "BadGateway", 503: "ServiceUnavailable", 504: "GatewayTimeout",
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "GatewayTimeout",
 }
 INVOCATION_ERRORS = (400, 401, 403, 405, 413, 415, 502, 503, 504)
 DESCRIPTION = (
@@ -34,7 +41,7 @@ DESCRIPTION = (
     "The gateway checks the API key, the body's size, content type and shape, forwards the "
     "request to the MLflow model server and answers its predictions. Every answer carries "
     "`X-Request-ID` (yours if you sent a sane one) and `X-Model-Version`. Every failure is "
-    "JSON: `{\"error_code\", \"message\", \"errors\"?, \"request_id\"}`."
+    'JSON: `{"error_code", "message", "errors"?, "request_id"}`.'
 )
 
 
@@ -49,45 +56,92 @@ def feature_schema() -> dict[str, Any]:
     """JSON Schema of one listing, straight from pyfunc.schema."""
     properties: dict[str, Any] = {}
     for cat in CATEGORICAL_FEATURES:
-        properties[cat.name] = {"type": "string", "description": cat.description,
-                                "example": cat.example}
+        properties[cat.name] = {
+            "type": "string",
+            "description": cat.description,
+            "example": cat.example,
+        }
     for num in NUMERIC_FEATURES:
         unit = f" Unit: {num.unit}." if num.unit else ""
         kind = "integer" if num.integral else "number"  # JSON Schema: 3.0 is an integer too
-        properties[num.name] = {"type": kind, "minimum": num.minimum, "maximum": num.maximum,
-                                "description": num.description + unit, "example": num.example}
-    return {"type": "object", "properties": properties, "required": list(FEATURE_NAMES),
-            "additionalProperties": False}
+        properties[num.name] = {
+            "type": kind,
+            "minimum": num.minimum,
+            "maximum": num.maximum,
+            "description": num.description + unit,
+            "example": num.example,
+        }
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(FEATURE_NAMES),
+        "additionalProperties": False,
+    }
 
 
 def _format_schemas() -> dict[str, Any]:
     listing = {"$ref": REF + "Listing"}
     column = {"type": "array", "minItems": 1, "items": {}}
-    params = {"type": "object", "description": "Model parameters, passed to the model as is, "
-                                               "e.g. {\"on_unknown_category\": \"flag\"}."}
+    params = {
+        "type": "object",
+        "description": "Model parameters, passed to the model as is, "
+        'e.g. {"on_unknown_category": "flag"}.',
+    }
     return {
-        "DataframeSplit": _envelope(DF_SPLIT, {
-            "type": "object", "required": ["columns", "data"], "properties": {
-                "columns": {"type": "array", "items": {"type": "string",
-                                                       "enum": list(FEATURE_NAMES)}},
-                "data": {"type": "array", "minItems": 1, "items": {"type": "array"}},
-                "index": {"type": "array"}}}, params, "pandas `split` orientation."),
-        "DataframeRecords": _envelope(DF_RECORDS, {"type": "array", "minItems": 1,
-                                                   "items": listing}, params,
-                                      "One object per row."),
-        "Inputs": _envelope(INPUTS, {
-            "type": "object", "required": list(FEATURE_NAMES), "additionalProperties": False,
-            "properties": {name: {**column, "items": {"$ref": f"{REF}Listing/properties/{name}"}}
-                           for name in FEATURE_NAMES}}, params,
-            "Columns: one list of values per feature, all of the same length."),
-        "Instances": _envelope(INSTANCES, {"type": "array", "minItems": 1, "items": listing},
-                               params, "TF-serving rows; same as dataframe_records."),
+        "DataframeSplit": _envelope(
+            DF_SPLIT,
+            {
+                "type": "object",
+                "required": ["columns", "data"],
+                "properties": {
+                    "columns": {
+                        "type": "array",
+                        "items": {"type": "string", "enum": list(FEATURE_NAMES)},
+                    },
+                    "data": {"type": "array", "minItems": 1, "items": {"type": "array"}},
+                    "index": {"type": "array"},
+                },
+            },
+            params,
+            "pandas `split` orientation.",
+        ),
+        "DataframeRecords": _envelope(
+            DF_RECORDS,
+            {"type": "array", "minItems": 1, "items": listing},
+            params,
+            "One object per row.",
+        ),
+        "Inputs": _envelope(
+            INPUTS,
+            {
+                "type": "object",
+                "required": list(FEATURE_NAMES),
+                "additionalProperties": False,
+                "properties": {
+                    name: {**column, "items": {"$ref": f"{REF}Listing/properties/{name}"}}
+                    for name in FEATURE_NAMES
+                },
+            },
+            params,
+            "Columns: one list of values per feature, all of the same length.",
+        ),
+        "Instances": _envelope(
+            INSTANCES,
+            {"type": "array", "minItems": 1, "items": listing},
+            params,
+            "TF-serving rows; same as dataframe_records.",
+        ),
     }
 
 
 def _envelope(key: str, body: dict[str, Any], params: dict, description: str) -> dict[str, Any]:
-    return {"type": "object", "description": description, "required": [key],
-            "additionalProperties": False, "properties": {key: body, PARAMS: params}}
+    return {
+        "type": "object",
+        "description": description,
+        "required": [key],
+        "additionalProperties": False,
+        "properties": {key: body, PARAMS: params},
+    }
 
 
 def request_examples() -> dict[str, Any]:
@@ -97,39 +151,77 @@ def request_examples() -> dict[str, Any]:
     rows = [listing, second]
     table = [[r[n] for n in FEATURE_NAMES] for r in rows]
     return {
-        DF_SPLIT: {"summary": "dataframe_split", "value": {DF_SPLIT: {
-            "columns": list(FEATURE_NAMES), "data": table}}},
+        DF_SPLIT: {
+            "summary": "dataframe_split",
+            "value": {DF_SPLIT: {"columns": list(FEATURE_NAMES), "data": table}},
+        },
         DF_RECORDS: {"summary": "dataframe_records", "value": {DF_RECORDS: rows}},
-        INPUTS: {"summary": "inputs (columns)", "value": {INPUTS: {
-            n: [r[n] for r in rows] for n in FEATURE_NAMES}}},
+        INPUTS: {
+            "summary": "inputs (columns)",
+            "value": {INPUTS: {n: [r[n] for r in rows] for n in FEATURE_NAMES}},
+        },
     }
 
 
 def _other_schemas() -> dict[str, Any]:
-    prediction = {"type": "object", "properties": {
-        PREDICTION_COLUMN: {"type": "number", "description": f"{TARGET.description} "
-                                                             f"Unit: {TARGET.unit}."},
-        FLAG_COLUMN: {"type": "string", "description": "Comma-separated features inside "
-                      "physical bounds but outside the training data's range; empty if none."}}}
+    prediction = {
+        "type": "object",
+        "properties": {
+            PREDICTION_COLUMN: {
+                "type": "number",
+                "description": f"{TARGET.description} Unit: {TARGET.unit}.",
+            },
+            FLAG_COLUMN: {
+                "type": "string",
+                "description": "Comma-separated features inside "
+                "physical bounds but outside the training data's range; empty if none.",
+            },
+        },
+    }
     return {
         "Listing": feature_schema(),
-        "Predictions": {"type": "object", "required": ["predictions"], "properties": {
-            "predictions": {"type": "array", "items": prediction}},
-            "example": {"predictions": [{PREDICTION_COLUMN: TARGET.example, FLAG_COLUMN: ""}]}},
-        "Error": {"type": "object", "required": ["error_code", "message"], "properties": {
-            "error_code": {"type": "string", "enum": list(ERROR_CODES)},
-            "message": {"type": "string"},
-            "errors": {"type": "array", "items": {"type": "object", "properties": {
-                "field": {"type": "string"}, "row": {"type": ["integer", "null"]},
-                "message": {"type": "string"}}}},
-            "request_id": {"type": "string"}}},
-        "ModelInfo": {"type": "object", "properties": {
-            "name": {"type": "string"}, "version": {"type": "string"},
-            "alias": {"type": "string"}, "uri": {"type": "string"},
-            "run_id": {"type": "string"}, "served_since": {"type": "string"},
-            "metrics": {"type": "object", "additionalProperties": {"type": "number"}}}},
-        "Status": {"type": "object", "properties": {"status": {"type": "string"},
-                                                    "model_version": {"type": "string"}}},
+        "Predictions": {
+            "type": "object",
+            "required": ["predictions"],
+            "properties": {"predictions": {"type": "array", "items": prediction}},
+            "example": {"predictions": [{PREDICTION_COLUMN: TARGET.example, FLAG_COLUMN: ""}]},
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error_code", "message"],
+            "properties": {
+                "error_code": {"type": "string", "enum": list(ERROR_CODES)},
+                "message": {"type": "string"},
+                "errors": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "field": {"type": "string"},
+                            "row": {"type": ["integer", "null"]},
+                            "message": {"type": "string"},
+                        },
+                    },
+                },
+                "request_id": {"type": "string"},
+            },
+        },
+        "ModelInfo": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "alias": {"type": "string"},
+                "uri": {"type": "string"},
+                "run_id": {"type": "string"},
+                "served_since": {"type": "string"},
+                "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+            },
+        },
+        "Status": {
+            "type": "object",
+            "properties": {"status": {"type": "string"}, "model_version": {"type": "string"}},
+        },
     }
 
 
@@ -140,11 +232,16 @@ def _error_responses() -> dict[str, Any]:
         responses[name] = {
             "x-status": status,
             "description": " ".join(codes.values()) or name,
-            "content": {"application/json": {
-                "schema": {"$ref": REF + "Error"},
-                "examples": {code: {"summary": text, "value": {"error_code": code,
-                                                               "message": text}}
-                             for code, text in codes.items()}}}}
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": REF + "Error"},
+                    "examples": {
+                        code: {"summary": text, "value": {"error_code": code, "message": text}}
+                        for code, text in codes.items()
+                    },
+                }
+            },
+        }
     return responses
 
 
@@ -153,54 +250,126 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 def _json_ok(schema: str, description: str) -> dict[str, Any]:
-    return {"200": {"description": description,
-                    "content": {"application/json": {"schema": {"$ref": REF + schema}}}}}
+    return {
+        "200": {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": REF + schema}}},
+        }
+    }
 
 
 def _paths(metrics_public: bool) -> dict[str, Any]:
     public: list = []
-    ids = {"name": "X-Request-ID", "in": "header", "required": False,
-           "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
-           "description": "Your id for this request; generated when absent or not sane."}
-    answer_headers = {"X-Request-ID": {"schema": {"type": "string"}},
-                      "X-Model-Version": {"schema": {"type": "string"}}}
-    invocations = {"post": {
-        "summary": "Price listings", "operationId": "invocations", "parameters": [ids],
-        "description": "MLflow scoring protocol: send exactly one of dataframe_split, "
-                       "dataframe_records, inputs (or instances). One prediction per row.",
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": {"oneOf": [{"$ref": REF + n} for n in
-                                 ("DataframeSplit", "DataframeRecords", "Inputs", "Instances")]},
-            "examples": request_examples()}}},
-        "responses": {"200": {"description": "One prediction per row, in UF.",
-                              "headers": answer_headers,
-                              "content": {"application/json": {
-                                  "schema": {"$ref": REF + "Predictions"}}}},
-                      **_errors(*INVOCATION_ERRORS)}}}
+    ids = {
+        "name": "X-Request-ID",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+        "description": "Your id for this request; generated when absent or not sane.",
+    }
+    answer_headers = {
+        "X-Request-ID": {"schema": {"type": "string"}},
+        "X-Model-Version": {"schema": {"type": "string"}},
+    }
+    invocations = {
+        "post": {
+            "summary": "Price listings",
+            "operationId": "invocations",
+            "parameters": [ids],
+            "description": "MLflow scoring protocol: send exactly one of dataframe_split, "
+            "dataframe_records, inputs (or instances). One prediction per row.",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": REF + n}
+                                for n in (
+                                    "DataframeSplit",
+                                    "DataframeRecords",
+                                    "Inputs",
+                                    "Instances",
+                                )
+                            ]
+                        },
+                        "examples": request_examples(),
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "One prediction per row, in UF.",
+                    "headers": answer_headers,
+                    "content": {"application/json": {"schema": {"$ref": REF + "Predictions"}}},
+                },
+                **_errors(*INVOCATION_ERRORS),
+            },
+        }
+    }
     return {
         "/invocations": invocations,
-        "/model": {"get": {"summary": "The served model: name, version, alias, run, metrics",
-                           "operationId": "model",
-                           "responses": {**_json_ok("ModelInfo", "The served model."),
-                                         **_errors(401, 403, 503)}}},
-        "/health": {"get": {"summary": "The gateway is alive", "operationId": "health",
-                            "security": public, "responses": _json_ok("Status", "Alive.")}},
-        "/ready": {"get": {"summary": "The model server answers", "operationId": "ready",
-                           "security": public,
-                           "responses": {**_json_ok("Status", "Ready."), **_errors(503)}}},
-        "/metrics": {"get": {
-            "summary": "Prometheus metrics (text exposition format)", "operationId": "metrics",
-            **({"security": public} if metrics_public else {}),
-            "responses": {"200": {"description": "Metrics.",
-                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
-                          **({} if metrics_public else _errors(401, 403))}}},
-        "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
-                                  "security": public,
-                                  "responses": {"200": {"description": "OpenAPI 3.1."}}}},
-        "/docs": {"get": {"summary": "Human-readable documentation (offline HTML)",
-                          "operationId": "docs", "security": public,
-                          "responses": {"200": {"description": "HTML page.", "content": {
-                              "text/html": {"schema": {"type": "string"}}}}}}},
+        "/model": {
+            "get": {
+                "summary": "The served model: name, version, alias, run, metrics",
+                "operationId": "model",
+                "responses": {
+                    **_json_ok("ModelInfo", "The served model."),
+                    **_errors(401, 403, 503),
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "The gateway is alive",
+                "operationId": "health",
+                "security": public,
+                "responses": _json_ok("Status", "Alive."),
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "The model server answers",
+                "operationId": "ready",
+                "security": public,
+                "responses": {**_json_ok("Status", "Ready."), **_errors(503)},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text exposition format)",
+                "operationId": "metrics",
+                **({"security": public} if metrics_public else {}),
+                "responses": {
+                    "200": {
+                        "description": "Metrics.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **({} if metrics_public else _errors(401, 403)),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "security": public,
+                "responses": {"200": {"description": "OpenAPI 3.1."}},
+            }
+        },
+        "/docs": {
+            "get": {
+                "summary": "Human-readable documentation (offline HTML)",
+                "operationId": "docs",
+                "security": public,
+                "responses": {
+                    "200": {
+                        "description": "HTML page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
     }
 
 
@@ -214,10 +383,17 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         "paths": _paths(settings.gateway_metrics_public),
         "components": {
             "securitySchemes": {
-                "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                                 "description": "Your API key."},
-                "BearerAuth": {"type": "http", "scheme": "bearer",
-                               "description": "The same key as `Authorization: Bearer <key>`."},
+                "ApiKeyHeader": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Key",
+                    "description": "Your API key.",
+                },
+                "BearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The same key as `Authorization: Bearer <key>`.",
+                },
             },
             "schemas": {**_other_schemas(), **_format_schemas()},
             "responses": _error_responses(),

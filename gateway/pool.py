@@ -79,8 +79,9 @@ class Pool:
         self._current = Generation(members, version)
         self._report()
 
-    def predict(self, body: bytes, content_type: str,
-                request_id: str) -> tuple[UpstreamAnswer, str]:
+    def predict(
+        self, body: bytes, content_type: str, request_id: str
+    ) -> tuple[UpstreamAnswer, str]:
         """POST /invocations to one server (another one if the first gave no answer);
         returns the answer and the version of the server that gave it."""
         generation = self._current
@@ -114,8 +115,11 @@ class Pool:
         if not members:
             raise GatewayError(errors.UPSTREAM_UNAVAILABLE, "no model server is in the pool yet")
         now = time.monotonic()
-        candidates = [m for m in members if m not in tried and m.in_rotation(now)] or \
-            [m for m in members if m not in tried] or list(members)
+        candidates = (
+            [m for m in members if m not in tried and m.in_rotation(now)]
+            or [m for m in members if m not in tried]
+            or list(members)
+        )
         with self._lock:
             start = next(self._turn)
             rotated = [candidates[(start + i) % len(candidates)] for i in range(len(candidates))]

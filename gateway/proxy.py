@@ -59,8 +59,11 @@ def prediction_fields(
     drift.observe(features)
     if not log_payloads:
         return {}
-    return {"features": features, "predictions": prices,
-            FLAG_COLUMN: [r.get(FLAG_COLUMN, "") for r in rows]}
+    return {
+        "features": features,
+        "predictions": prices,
+        FLAG_COLUMN: [r.get(FLAG_COLUMN, "") for r in rows],
+    }
 
 
 def init_app(
@@ -85,8 +88,9 @@ def init_app(
             _count_invalid_fields(metrics, error)
             raise
         record.rows = batch.rows
-        answer, record.model_version = pool.predict(orjson.dumps(payload), content_type,
-                                                    record.request_id)
+        answer, record.model_version = pool.predict(
+            orjson.dumps(payload), content_type, record.request_id
+        )
         record.upstream_latency_ms = round(answer.seconds * 1000, 3)
         metrics.upstream_duration.observe(answer.seconds)
         if answer.status != 200:
@@ -94,8 +98,9 @@ def init_app(
             _count_invalid_fields(metrics, error)
             raise error
         metrics.rows_predicted.inc(batch.rows)
-        record.extra = partial(prediction_fields, batch.columns, answer.body, metrics, drift,
-                               log_payloads)
+        record.extra = partial(
+            prediction_fields, batch.columns, answer.body, metrics, drift, log_payloads
+        )
         return Response(answer.body, status=200, content_type=answer.content_type)
 
     app.register_blueprint(blueprint)

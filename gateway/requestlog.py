@@ -107,8 +107,12 @@ class AppendHandler(logging.Handler):
         now = time.monotonic()
         if now - self._complained_at >= COMPLAINT_INTERVAL_SECONDS:
             self._complained_at = now
-            logger.error("request log %s cannot be written (%s); %d line(s) lost so far",
-                         self.path, sys.exc_info()[1], self._lost)
+            logger.error(
+                "request log %s cannot be written (%s); %d line(s) lost so far",
+                self.path,
+                sys.exc_info()[1],
+                self._lost,
+            )
 
 
 class _Enqueue(QueueHandler):

@@ -49,9 +49,16 @@ class RetryUnanswered(Retry):
         return super().increment(method, url, response, error, **kwargs)
 
 
-RETRY_ONCE_UNANSWERED = RetryUnanswered(total=1, connect=1, read=1, status=0, other=0,
-                                        redirect=False, allowed_methods=None,
-                                        raise_on_status=False)
+RETRY_ONCE_UNANSWERED = RetryUnanswered(
+    total=1,
+    connect=1,
+    read=1,
+    status=0,
+    other=0,
+    redirect=False,
+    allowed_methods=None,
+    raise_on_status=False,
+)
 
 
 @dataclass(frozen=True)
@@ -80,10 +87,15 @@ class Upstream:
         self._prefix = parts.path.rstrip("/")
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._ping_timeout = urllib3.Timeout(
-            connect=connect_timeout, read=min(read_timeout, PING_READ_TIMEOUT_SECONDS))
+            connect=connect_timeout, read=min(read_timeout, PING_READ_TIMEOUT_SECONDS)
+        )
         self._pool = urllib3.connection_from_url(
-            url, maxsize=pool_size, block=False, retries=RETRY_ONCE_UNANSWERED,
-            timeout=self._timeout)
+            url,
+            maxsize=pool_size,
+            block=False,
+            retries=RETRY_ONCE_UNANSWERED,
+            timeout=self._timeout,
+        )
         self._on_reachable = on_reachable
 
     def predict(self, body: bytes, content_type: str, request_id: str) -> UpstreamAnswer:
@@ -91,37 +103,52 @@ class Upstream:
         headers = {"Content-Type": content_type, "X-Request-ID": request_id}
         started = time.perf_counter()
         try:
-            response = self._pool.urlopen("POST", f"{self._prefix}/invocations", body=body,
-                                          headers=headers, redirect=False,
-                                          preload_content=False)
+            response = self._pool.urlopen(
+                "POST",
+                f"{self._prefix}/invocations",
+                body=body,
+                headers=headers,
+                redirect=False,
+                preload_content=False,
+            )
             content = _read_by(response, time.monotonic() + self._timeout.read_timeout)
         except (ReadTimeoutError, AnswerTooSlow):
-            raise GatewayError(errors.UPSTREAM_TIMEOUT,
-                               f"the model server did not answer within "
-                               f"{self._timeout.read_timeout:g} s") from None
+            raise GatewayError(
+                errors.UPSTREAM_TIMEOUT,
+                f"the model server did not answer within {self._timeout.read_timeout:g} s",
+            ) from None
         except MaxRetryError as exc:
             raise self._unanswered(exc.reason) from None
         except HTTPError as exc:
             raise self._unanswered(exc) from None
         self._on_reachable(True)
-        return UpstreamAnswer(response.status, content,
-                              response.headers.get("Content-Type", errors.JSON),
-                              time.perf_counter() - started)
+        return UpstreamAnswer(
+            response.status,
+            content,
+            response.headers.get("Content-Type", errors.JSON),
+            time.perf_counter() - started,
+        )
 
     def _unanswered(self, reason: Exception | None) -> GatewayError:
         if isinstance(reason, ConnectTimeoutError):  # NewConnectionError included
             self._on_reachable(False)
             logger.warning("model server %s unreachable: %s", self.url, reason)
-            return GatewayError(errors.UPSTREAM_UNAVAILABLE,
-                                "the model server is not reachable; try again shortly")
+            return GatewayError(
+                errors.UPSTREAM_UNAVAILABLE, "the model server is not reachable; try again shortly"
+            )
         logger.warning("model server %s failed: %r", self.url, reason)
         return GatewayError(errors.UPSTREAM_ERROR, "the model server dropped the connection")
 
     def ping(self) -> bool:
         """True when GET /ping answers 200; reports reachability either way."""
         try:
-            response = self._pool.urlopen("GET", f"{self._prefix}/ping", retries=False,
-                                          redirect=False, timeout=self._ping_timeout)
+            response = self._pool.urlopen(
+                "GET",
+                f"{self._prefix}/ping",
+                retries=False,
+                redirect=False,
+                timeout=self._ping_timeout,
+            )
         except HTTPError:
             self._on_reachable(False)
             return False
@@ -142,8 +169,9 @@ def failure(answer: UpstreamAnswer) -> GatewayError:
     if answer.status == 400 and content.get("error_code") == MLFLOW_INVALID_VALUE:
         return GatewayError(errors.INVALID_FEATURES, MODEL_REFUSED)
     logger.error("model server answered %d: %r", answer.status, answer.body[:200])
-    return GatewayError(errors.UPSTREAM_ERROR,
-                        f"the model server failed on this request (status {answer.status})")
+    return GatewayError(
+        errors.UPSTREAM_ERROR, f"the model server failed on this request (status {answer.status})"
+    )
 
 
 def _message(content: dict[str, Any]) -> str:
@@ -180,8 +208,12 @@ def model_errors(raw: object) -> list[dict[str, Any]]:
     """The model's structured `errors` list: field, row and message of each entry."""
     if not isinstance(raw, list):
         return []
-    return [problem(cut(str(entry.get("field") or "other")),
-                    entry["row"] if isinstance(entry.get("row"), int) else None,
-                    entry["message"][:MAX_MESSAGE_CHARS])
-            for entry in raw[:MAX_ERRORS]
-            if isinstance(entry, dict) and isinstance(entry.get("message"), str)]
+    return [
+        problem(
+            cut(str(entry.get("field") or "other")),
+            entry["row"] if isinstance(entry.get("row"), int) else None,
+            entry["message"][:MAX_MESSAGE_CHARS],
+        )
+        for entry in raw[:MAX_ERRORS]
+        if isinstance(entry, dict) and isinstance(entry.get("message"), str)
+    ]

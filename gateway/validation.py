@@ -23,11 +23,17 @@ from pyfunc.contract import ROWS_SHOWN_PER_PROBLEM, FieldError, first_names
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES
 
 DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES = (
-    "dataframe_split", "dataframe_records", "inputs", "instances")
+    "dataframe_split",
+    "dataframe_records",
+    "inputs",
+    "instances",
+)
 FORMATS = (DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES)
 PARAMS = "params"
-_KINDS = {**{name: ("a string", frozenset({str})) for name in CATEGORICAL_NAMES},
-          **{name: ("a number", frozenset({int, float})) for name in NUMERIC_NAMES}}
+_KINDS = {
+    **{name: ("a string", frozenset({str})) for name in CATEGORICAL_NAMES},
+    **{name: ("a number", frozenset({int, float})) for name in NUMERIC_NAMES},
+}
 
 Columns = dict[str, Sequence[Any]]
 
@@ -55,8 +61,9 @@ def problem(field: str, row: int | None, message: str) -> dict[str, Any]:
 
 def invalid(problems: list[FieldError]) -> GatewayError:
     """400 INVALID_FEATURES with the contract's summary line and `errors` list."""
-    return GatewayError(errors.INVALID_FEATURES, contract.summary(problems),
-                        [p.as_dict() for p in problems])
+    return GatewayError(
+        errors.INVALID_FEATURES, contract.summary(problems), [p.as_dict() for p in problems]
+    )
 
 
 def _refuse(problems: list[FieldError]) -> None:
@@ -76,12 +83,12 @@ def validate_payload(payload: object) -> Batch:
     error, or later for the request log.
     """
     if not isinstance(payload, dict):
-        raise _fail("body", None, f"the body must be a JSON object with one of: "
-                                  f"{', '.join(FORMATS)}")
+        raise _fail(
+            "body", None, f"the body must be a JSON object with one of: {', '.join(FORMATS)}"
+        )
     fmt = _format_key(payload)
     if not isinstance(payload.get(PARAMS, {}), dict):
-        raise _fail(PARAMS, None, "params must be an object, e.g. {\"on_unknown_category\": "
-                                  "\"flag\"}")
+        raise _fail(PARAMS, None, 'params must be an object, e.g. {"on_unknown_category": "flag"}')
     data = payload[fmt]
     if fmt == DF_SPLIT:
         rows = _check_split(data)
@@ -99,14 +106,17 @@ def _format_key(payload: dict) -> str:
     unknown, hidden = first_names([k for k in payload if k not in FORMATS and k != PARAMS])
     if unknown:
         more = f" and {hidden} more" if hidden else ""
-        raise _fail(unknown[0], None, f"unknown top-level key(s) {', '.join(map(repr, unknown))}"
-                                      f"{more}; send exactly one of: {allowed} (and optionally "
-                                      "params)")
+        raise _fail(
+            unknown[0],
+            None,
+            f"unknown top-level key(s) {', '.join(map(repr, unknown))}"
+            f"{more}; send exactly one of: {allowed} (and optionally "
+            "params)",
+        )
     present = [k for k in FORMATS if k in payload]
     if len(present) != 1:
         got = f"got {' and '.join(present)}" if present else "got none"
-        raise _fail(" | ".join(present) or "body", None,
-                    f"send exactly one of: {allowed}; {got}")
+        raise _fail(" | ".join(present) or "body", None, f"send exactly one of: {allowed}; {got}")
     return present[0]
 
 
@@ -122,20 +132,35 @@ def _check_types(column: Callable[[str], Iterable[Any]]) -> None:
 
 
 def _check_split(data: object) -> int:
-    if not isinstance(data, dict) or not isinstance(data.get("columns"), list) \
-            or not isinstance(data.get("data"), list):
-        raise _fail(DF_SPLIT, None, "dataframe_split must be an object with \"columns\" (a list "
-                                    "of names) and \"data\" (a list of rows)")
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("columns"), list)
+        or not isinstance(data.get("data"), list)
+    ):
+        raise _fail(
+            DF_SPLIT,
+            None,
+            'dataframe_split must be an object with "columns" (a list '
+            'of names) and "data" (a list of rows)',
+        )
     extra, hidden = first_names(sorted(set(data) - {"columns", "data", "index"}))
     if extra:
         more = f" and {hidden} more" if hidden else ""
-        raise _fail(DF_SPLIT, None, f"dataframe_split takes columns, data and index, got "
-                                    f"{', '.join(map(repr, extra))}{more}")
+        raise _fail(
+            DF_SPLIT,
+            None,
+            f"dataframe_split takes columns, data and index, got "
+            f"{', '.join(map(repr, extra))}{more}",
+        )
     names, rows = data["columns"], data["data"]
-    if "index" in data and not (isinstance(data["index"], list)
-                                and len(data["index"]) == len(rows)):
-        raise _fail("index", None, "dataframe_split.index, when sent, must be a list with one "
-                                   "label per row of data")
+    if "index" in data and not (
+        isinstance(data["index"], list) and len(data["index"]) == len(rows)
+    ):
+        raise _fail(
+            "index",
+            None,
+            "dataframe_split.index, when sent, must be a list with one label per row of data",
+        )
     if set(map(type, names)) - {str} or len(set(names)) != len(names):
         raise _fail(DF_SPLIT, None, "dataframe_split.columns must be distinct strings")
     _refuse(contract.column_problems(names))
@@ -160,16 +185,19 @@ def _check_rows(rows: list, kind: type, width: int, fmt: str) -> None:
         raise _fail(fmt, row, f"{fmt} row {row} must be {what}, got {got}")
     if kind is list and set(map(len, rows)) - {width}:
         row = next(i for i, r in enumerate(rows) if len(r) != width)
-        raise _fail(fmt, row, f"{fmt} row {row} has {len(rows[row])} values for "
-                              f"{width} columns")
+        raise _fail(fmt, row, f"{fmt} row {row} has {len(rows[row])} values for {width} columns")
 
 
 def _check_columnar(data: dict) -> int:
     _refuse(contract.column_problems(list(data)))
     for name in FEATURE_NAMES:
         if not isinstance(data[name], list):
-            raise _fail(name, None, f"inputs.{name} must be a list of values, one per row, got "
-                                    f"{type(data[name]).__name__}")
+            raise _fail(
+                name,
+                None,
+                f"inputs.{name} must be a list of values, one per row, got "
+                f"{type(data[name]).__name__}",
+            )
     lengths = {name: len(data[name]) for name in FEATURE_NAMES}
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{n} has {k}" for n, k in lengths.items())
@@ -180,8 +208,9 @@ def _check_columnar(data: dict) -> int:
 
 def _check_records(data: object, fmt: str) -> int:
     if not isinstance(data, list):
-        raise _fail(fmt, None, f"{fmt} must be a list of objects (one per row), got "
-                               f"{type(data).__name__}")
+        raise _fail(
+            fmt, None, f"{fmt} must be a list of objects (one per row), got {type(data).__name__}"
+        )
     _check_rows(data, dict, len(FEATURE_NAMES), fmt)
     if set(map(len, data)) - {len(FEATURE_NAMES)}:
         raise _record_keys_error(data)
@@ -206,9 +235,16 @@ def _record_keys_error(records: list[dict]) -> GatewayError:
     return invalid(problems[:ROWS_SHOWN_PER_PROBLEM])
 
 
-def _bad_values(name: str, values: Sequence[Any], kind: str,
-                types: frozenset[type]) -> list[FieldError]:
+def _bad_values(
+    name: str, values: Sequence[Any], kind: str, types: frozenset[type]
+) -> list[FieldError]:
     bad = [row for row, value in enumerate(values) if type(value) not in types]
-    return contract.errors_for_rows(name, bad, lambda row: (
-        contract.null(name, row) if values[row] is None
-        else contract.wrong_type(name, kind, row, values[row])))
+    return contract.errors_for_rows(
+        name,
+        bad,
+        lambda row: (
+            contract.null(name, row)
+            if values[row] is None
+            else contract.wrong_type(name, kind, row, values[row])
+        ),
+    )

@@ -54,8 +54,12 @@ def _trees(estimator) -> Predictor | None:
         RandomForestRegressor,
     )
 
-    families = (ExtraTreesRegressor, GradientBoostingRegressor, HistGradientBoostingRegressor,
-                RandomForestRegressor)
+    families = (
+        ExtraTreesRegressor,
+        GradientBoostingRegressor,
+        HistGradientBoostingRegressor,
+        RandomForestRegressor,
+    )
     if type(estimator) not in families:
         return None
     model = treelite.sklearn.import_model(estimator)
@@ -80,11 +84,18 @@ def _voting(voting) -> Predictor | None:
     members = _members(voting)
     if members is None:
         return None
-    weights = None if voting.weights is None else [
-        w for (_, estimator), w in zip(voting.estimators, voting.weights, strict=True)
-        if estimator != "drop"]
-    return lambda matrix: np.average(np.column_stack([p(matrix) for p in members]), axis=1,
-                                     weights=weights)
+    weights = (
+        None
+        if voting.weights is None
+        else [
+            w
+            for (_, estimator), w in zip(voting.estimators, voting.weights, strict=True)
+            if estimator != "drop"
+        ]
+    )
+    return lambda matrix: np.average(
+        np.column_stack([p(matrix) for p in members]), axis=1, weights=weights
+    )
 
 
 def _stacking(stacking) -> Predictor | None:

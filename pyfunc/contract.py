@@ -81,9 +81,10 @@ def fractional(feature: NumericFeature, values):
 
 # Bounded size.
 
+
 def cut(text: str) -> str:
     """`text`, cut to CHARS_SHOWN characters."""
-    return text if len(text) <= CHARS_SHOWN else text[:CHARS_SHOWN - 3] + "..."
+    return text if len(text) <= CHARS_SHOWN else text[: CHARS_SHOWN - 3] + "..."
 
 
 def shown(value: object) -> str:
@@ -96,8 +97,9 @@ def first_names(names: Sequence[object]) -> tuple[list[str], int]:
     return [cut(str(n)) for n in names[:NAMES_SHOWN]], max(0, len(names) - NAMES_SHOWN)
 
 
-def errors_for_rows(field: str, rows: Sequence[int],
-                    describe: Callable[[int], str]) -> list[FieldError]:
+def errors_for_rows(
+    field: str, rows: Sequence[int], describe: Callable[[int], str]
+) -> list[FieldError]:
     """One error per bad row, capped; the last one says how many more rows share the problem."""
     errors = [FieldError(field, int(r), describe(int(r))) for r in rows[:ROWS_SHOWN_PER_PROBLEM]]
     if len(rows) > len(errors):
@@ -107,6 +109,7 @@ def errors_for_rows(field: str, rows: Sequence[int],
 
 
 # The messages. A template given `row=None` leaves the row out (a per-row reason).
+
 
 def _got(row: int | None, got: object) -> str:
     return f"(got {got})" if row is None else f"(row {row}, got {got})"
@@ -120,13 +123,17 @@ def column_problems(names: Sequence[object], row: int | None = None) -> list[Fie
     """The features missing from `names` (the columns, or the keys of row `row`) and the names
     that are not features."""
     found = set(names)
-    problems = [FieldError(n, row, required_column(n) if row is None
-                           else f"{n} is missing (row {row})")
-                for n in FEATURE_NAMES if n not in found]
+    problems = [
+        FieldError(n, row, required_column(n) if row is None else f"{n} is missing (row {row})")
+        for n in FEATURE_NAMES
+        if n not in found
+    ]
     unknown, hidden = first_names([n for n in names if n not in FEATURE_NAMES])
     at = "" if row is None else f"row {row}; "
-    problems += [FieldError(n, row, f"{n!r} is not a feature ({at}expected: "
-                                    f"{', '.join(FEATURE_NAMES)})") for n in unknown]
+    problems += [
+        FieldError(n, row, f"{n!r} is not a feature ({at}expected: {', '.join(FEATURE_NAMES)})")
+        for n in unknown
+    ]
     if hidden:
         problems.append(FieldError("columns", row, f"{at}{hidden} more columns are not features"))
     return problems

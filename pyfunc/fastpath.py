@@ -69,8 +69,12 @@ class CheckedInput:
 
     def frame(self) -> pd.DataFrame:
         """The features as `validate` returns them, for the fitted pipeline."""
-        return pd.DataFrame({n: (self.columns[n] if n in NUMERIC_BY_NAME
-                                 else self.columns[n].tolist()) for n in FEATURE_NAMES})
+        return pd.DataFrame(
+            {
+                n: (self.columns[n] if n in NUMERIC_BY_NAME else self.columns[n].tolist())
+                for n in FEATURE_NAMES
+            }
+        )
 
 
 def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -78,9 +82,13 @@ def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return columns | {n: frame[n].to_numpy(dtype=object) for n in CATEGORICAL_NAMES}
 
 
-def check(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
-          training_ranges: Mapping[str, tuple[float, float]], on_unknown_category: str = "reject",
-          known_sets: Mapping[str, frozenset[str]] | None = None) -> CheckedInput | None:
+def check(
+    frame: pd.DataFrame,
+    known_categories: Mapping[str, Sequence[str]],
+    training_ranges: Mapping[str, tuple[float, float]],
+    on_unknown_category: str = "reject",
+    known_sets: Mapping[str, frozenset[str]] | None = None,
+) -> CheckedInput | None:
     """The listings if they are clean, exactly as `validate` would accept and flag them;
     None when anything is off, so that `validate` says what (it is the only one that does)."""
     if on_unknown_category not in UNKNOWN_CATEGORY_POLICIES or frame.empty:
@@ -115,13 +123,17 @@ def _clean_numbers(column: pd.Series, name: str) -> np.ndarray | None:
         return None
     values = column.to_numpy(dtype="float64", na_value=np.nan)
     feature = NUMERIC_BY_NAME[name]
-    ok = np.isfinite(values).all() and not outside_bounds(feature, values).any() \
+    ok = (
+        np.isfinite(values).all()
+        and not outside_bounds(feature, values).any()
         and not (feature.integral and fractional(feature, values).any())
+    )
     return values if ok else None
 
 
-def _clean_categories(column: pd.Series,
-                      known: frozenset[str]) -> tuple[np.ndarray, np.ndarray] | None:
+def _clean_categories(
+    column: pd.Series, known: frozenset[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Normalized strings and a mask of unknown ones; None if a value is not a string."""
     raw = column.to_numpy(dtype=object)
     normalized = [_normalize(v) if isinstance(v, str) else None for v in raw]
@@ -135,10 +147,10 @@ def _clean_categories(column: pd.Series,
 class FastPipeline:
     """The fitted pipeline's arithmetic on numpy columns; `predict` equals `pipeline.predict`."""
 
-    layout: tuple[str, ...]                 # the regressor's input columns, in order
+    layout: tuple[str, ...]  # the regressor's input columns, in order
     encodings: Mapping[str, Mapping[str, float]]
     unknown_encoding: Mapping[str, float]
-    regressor: Predictor              # the fitted regressor, compiled
+    regressor: Predictor  # the fitted regressor, compiled
     inverse_exp: bool
     target_transformer: object | None
 
@@ -162,8 +174,9 @@ class FastPipeline:
         if self.inverse_exp:
             return np.exp(predicted)
         if self.target_transformer is not None:
-            return np.asarray(self.target_transformer.inverse_transform(
-                predicted.reshape(-1, 1))).ravel()
+            return np.asarray(
+                self.target_transformer.inverse_transform(predicted.reshape(-1, 1))
+            ).ravel()
         return predicted
 
 
@@ -185,8 +198,11 @@ def build(pipeline) -> FastPipeline | None:
         return None
     features, encode, model = steps.get("features"), steps["encode"], steps["model"]
     if features is not None and not (
-            isinstance(features, FunctionTransformer) and features.func is add_engineered_features
-            and features.kw_args is None and ENGINEERED_FEATURES == ("km_to_business_district",)):
+        isinstance(features, FunctionTransformer)
+        and features.func is add_engineered_features
+        and features.kw_args is None
+        and ENGINEERED_FEATURES == ("km_to_business_district",)
+    ):
         return None
     if not isinstance(encode, ColumnTransformer):
         return None
@@ -207,8 +223,9 @@ def build(pipeline) -> FastPipeline | None:
     compiled = None if hasattr(regressor, "feature_names_in_") else compile_regressor(regressor)
     if compiled is None:
         return None
-    return FastPipeline(layout, encodings[0], encodings[1], compiled, inverse_exp,
-                        target_transformer)
+    return FastPipeline(
+        layout, encodings[0], encodings[1], compiled, inverse_exp, target_transformer
+    )
 
 
 def _encodings(encode) -> tuple[dict[str, dict[str, float]], dict[str, float]] | None:
@@ -220,7 +237,8 @@ def _encodings(encode) -> tuple[dict[str, dict[str, float]], dict[str, float]] |
 
     def passthrough(transformer) -> bool:  # the remainder: "passthrough" or an identity
         return (isinstance(transformer, str) and transformer in ("drop", "passthrough")) or (
-            type(transformer) is FunctionTransformer and transformer.func is None)
+            type(transformer) is FunctionTransformer and transformer.func is None
+        )
 
     fitted = [(t, cols) for _, t, cols in encode.transformers_ if not passthrough(t)]
     if len(fitted) != 1 or type(fitted[0][0]) is not TargetEncoder:
@@ -229,8 +247,10 @@ def _encodings(encode) -> tuple[dict[str, dict[str, float]], dict[str, float]] |
     cols = list(cols)
     if encoder.cols != cols or encoder.ordinal_encoder is None:
         return None
-    known = {m["col"]: [c for c in m["mapping"].index if isinstance(c, str)]
-             for m in encoder.ordinal_encoder.category_mapping}
+    known = {
+        m["col"]: [c for c in m["mapping"].index if isinstance(c, str)]
+        for m in encoder.ordinal_encoder.category_mapping
+    }
     if set(known) != set(cols):
         return None
     longest = max(len(v) for v in known.values()) + 1
@@ -239,28 +259,35 @@ def _encodings(encode) -> tuple[dict[str, dict[str, float]], dict[str, float]] |
     if list(encoded.columns) != cols:
         return None
     values = {c: encoded[c].to_numpy(dtype=np.float64).tolist() for c in cols}
-    tables = {c: dict(zip(known[c], values[c][:len(known[c])], strict=True)) for c in cols}
+    tables = {c: dict(zip(known[c], values[c][: len(known[c])], strict=True)) for c in cols}
     return tables, {c: values[c][-1] for c in cols}
 
 
-def compile_pipeline(pipeline, known_categories: Mapping[str, Sequence[str]],
-                     training_ranges: Mapping[str, tuple[float, float]]) -> FastPipeline | None:
+def compile_pipeline(
+    pipeline,
+    known_categories: Mapping[str, Sequence[str]],
+    training_ranges: Mapping[str, tuple[float, float]],
+) -> FastPipeline | None:
     """`build`, accepted only if it prices probe listings as the pipeline does (one warning
     line when not). The probe goes through in small chunks (treelite) and one large chunk."""
     try:
         fast = build(pipeline)
         if fast is None:
-            logger.warning("no fast path for this pipeline's shape or regressor; "
-                           "predicting with the pipeline")
+            logger.warning(
+                "no fast path for this pipeline's shape or regressor; predicting with the pipeline"
+            )
             return None
         probe = probe_listings(known_categories, training_ranges)
         with threadpool_limits(1):  # OpenMP teams per tree: slow on busy cores
             expected = pipeline.predict(probe)
         columns = _columns(probe)
-        cuts = [0, 1, *range(1 + COMPILED_MAX_ROWS, len(probe) // 2, COMPILED_MAX_ROWS),
-                len(probe)]
-        got = np.concatenate([fast.predict_columns({k: v[start:stop] for k, v in columns.items()})
-                              for start, stop in itertools.pairwise(cuts)])
+        cuts = [0, 1, *range(1 + COMPILED_MAX_ROWS, len(probe) // 2, COMPILED_MAX_ROWS), len(probe)]
+        got = np.concatenate(
+            [
+                fast.predict_columns({k: v[start:stop] for k, v in columns.items()})
+                for start, stop in itertools.pairwise(cuts)
+            ]
+        )
     except Exception as exc:  # an unexpected shape of a fitted object: the pipeline still works
         logger.warning("no fast path for this pipeline (%r); predicting with the pipeline", exc)
         return None
@@ -271,9 +298,12 @@ def compile_pipeline(pipeline, known_categories: Mapping[str, Sequence[str]],
     return fast
 
 
-def probe_listings(known_categories: Mapping[str, Sequence[str]],
-                   training_ranges: Mapping[str, tuple[float, float]],
-                   rows: int = PROBE_ROWS, seed: int = 0) -> pd.DataFrame:
+def probe_listings(
+    known_categories: Mapping[str, Sequence[str]],
+    training_ranges: Mapping[str, tuple[float, float]],
+    rows: int = PROBE_ROWS,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Listings spread over the known categories and the training ranges (unknown ones too)."""
     rng = np.random.default_rng(seed)
     frame = {}

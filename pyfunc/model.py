@@ -31,8 +31,17 @@ from pyfunc.validation import validate, validate_each_row
 MODEL_ARTIFACT_PATH = "model"
 PIPELINE_ARTIFACT = "pipeline"
 PROFILE_ARTIFACT = "profile"
-RUNTIME_PACKAGES = ("mlflow", "scikit-learn", "category_encoders", "pandas", "numpy", "pyarrow",
-                    "joblib", "threadpoolctl", "treelite")
+RUNTIME_PACKAGES = (
+    "mlflow",
+    "scikit-learn",
+    "category_encoders",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "joblib",
+    "threadpoolctl",
+    "treelite",
+)
 
 
 class InvalidInputError(MlflowException):
@@ -44,8 +53,11 @@ class InvalidInputError(MlflowException):
     """
 
     def __init__(self, error: ValidationError):
-        super().__init__(str(error), error_code=INVALID_PARAMETER_VALUE,
-                         errors=[e.as_dict() for e in error.errors])
+        super().__init__(
+            str(error),
+            error_code=INVALID_PARAMETER_VALUE,
+            errors=[e.as_dict() for e in error.errors],
+        )
 
     @property
     def message(self) -> str:
@@ -82,8 +94,9 @@ class PropertyValuationModel(mlflow.pyfunc.PythonModel):
             raise InvalidInputError(ValidationError([FieldError("on_invalid_row", None, message)]))
         checked, reasons = self._validate(frame, policy, each_row=on_invalid_row == "report")
         if on_invalid_row == "reject":
-            return pd.DataFrame({PREDICTION_COLUMN: self._prices(checked),
-                                 FLAG_COLUMN: checked.flags})
+            return pd.DataFrame(
+                {PREDICTION_COLUMN: self._prices(checked), FLAG_COLUMN: checked.flags}
+            )
         priced = np.setdiff1d(np.arange(len(frame)), list(reasons))
         prices = np.full(len(frame), np.nan)
         flags = [""] * len(frame)
@@ -91,16 +104,22 @@ class PropertyValuationModel(mlflow.pyfunc.PythonModel):
             prices[priced] = self._prices(checked)
             for row, flag in zip(priced.tolist(), checked.flags, strict=True):
                 flags[row] = flag
-        return pd.DataFrame({PREDICTION_COLUMN: prices, FLAG_COLUMN: flags,
-                             INVALID_COLUMN: [reasons.get(r, "") for r in range(len(frame))]})
+        return pd.DataFrame(
+            {
+                PREDICTION_COLUMN: prices,
+                FLAG_COLUMN: flags,
+                INVALID_COLUMN: [reasons.get(r, "") for r in range(len(frame))],
+            }
+        )
 
     def _prices(self, checked: fastpath.CheckedInput) -> np.ndarray:
         if self._fast is not None:
             return self._fast.predict_columns(checked.columns)
         return self._pipeline.predict(checked.frame())
 
-    def _validate(self, frame: pd.DataFrame, policy: str,
-                  each_row: bool) -> tuple[fastpath.CheckedInput, dict[int, str]]:
+    def _validate(
+        self, frame: pd.DataFrame, policy: str, each_row: bool
+    ) -> tuple[fastpath.CheckedInput, dict[int, str]]:
         """A clean request passes the fast path's checks; anything else gets the validator's
         verdict: with `each_row`, the valid rows and the reason of each invalid one."""
         checked = fastpath.check(frame, self._categories, self._ranges, policy, self._known)
@@ -124,8 +143,12 @@ def signature() -> ModelSignature:
         + [ColSpec("double", name, required=False) for name in NUMERIC_NAMES]
     )
     outputs = Schema([ColSpec("double", PREDICTION_COLUMN), ColSpec("string", FLAG_COLUMN)])
-    params = ParamSchema([ParamSpec("on_unknown_category", "string", "reject"),
-                          ParamSpec("on_invalid_row", "string", "reject")])
+    params = ParamSchema(
+        [
+            ParamSpec("on_unknown_category", "string", "reject"),
+            ParamSpec("on_invalid_row", "string", "reject"),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 

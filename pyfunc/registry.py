@@ -30,16 +30,25 @@ def lookup(uri: str) -> ModelVersion:
     name, alias, ref = _URI.match(uri).group("name", "alias", "ref")
     client = MlflowClient()
     try:
-        found = (client.get_model_version_by_alias(name, alias) if alias
-                 else client.get_model_version(name, ref) if ref.isdigit()
-                 else next(iter(client.get_latest_versions(name, stages=[ref])), None))
+        found = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, ref)
+            if ref.isdigit()
+            else next(iter(client.get_latest_versions(name, stages=[ref])), None)
+        )
     except MlflowException as error:
         if error.error_code not in _NOT_FOUND:
             raise
         found = None
     if found is None:
-        what = (f"alias {alias!r}" if alias else f"version {ref!r}" if ref.isdigit()
-                else f"version in stage {ref!r}")
+        what = (
+            f"alias {alias!r}"
+            if alias
+            else f"version {ref!r}"
+            if ref.isdigit()
+            else f"version in stage {ref!r}"
+        )
         raise UserError(f"cannot resolve {uri}: model {name!r} has no {what}")
     return found
 
@@ -65,13 +74,23 @@ def resolve(uri: str) -> dict:
     run and test metrics. A URI outside the registry (runs:/, a path) is served as it is."""
     match = _URI.match(uri)
     if not match:
-        return {"name": None, "version": "unregistered", "alias": None, "uri": uri,
-                "run_id": None, "metrics": {}}
+        return {
+            "name": None,
+            "version": "unregistered",
+            "alias": None,
+            "uri": uri,
+            "run_id": None,
+            "metrics": {},
+        }
     found = lookup(uri)
-    return {"name": found.name, "version": str(found.version),
-            "alias": match["alias"] or match["ref"], "uri": model_uri(found.name, found.version),
-            "run_id": found.run_id,
-            "metrics": {k: float(found.tags[k]) for k in METRIC_TAGS if k in found.tags}}
+    return {
+        "name": found.name,
+        "version": str(found.version),
+        "alias": match["alias"] or match["ref"],
+        "uri": model_uri(found.name, found.version),
+        "run_id": found.run_id,
+        "metrics": {k: float(found.tags[k]) for k in METRIC_TAGS if k in found.tags},
+    }
 
 
 def set_tags(name: str, version: str, tags: dict[str, str]) -> None:
@@ -89,8 +108,9 @@ def move_champion(name: str, alias: str, version: str) -> str | None:
     client.set_registered_model_alias(name, alias, version)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still used
-        client.transition_model_version_stage(name, version, PRODUCTION_STAGE,
-                                              archive_existing_versions=True)
+        client.transition_model_version_stage(
+            name, version, PRODUCTION_STAGE, archive_existing_versions=True
+        )
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     set_tags(name, version, {"promoted_at": now})
     return previous if previous != version else None

@@ -36,13 +36,14 @@ from typing import Any
 
 import click
 import mlflow
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import convert_input_example_to_serving_input
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from pyfunc import servers
-from pyfunc.serve import ServeError, resolve, training_reference, write_info
+from pyfunc.errors import UserError
+from pyfunc.registry import lookup, model_uri, resolve
+from pyfunc.serve import training_reference, write_info
 from pyfunc.servers import Server, ServerError
 from pyfunc.settings import MODEL_INFO_CHECK_SECONDS, Settings
 from steps.evaluate import run_evaluate
@@ -76,12 +77,19 @@ class Serving:
 class Controller:
     """Brings the pool to what MODEL_URI resolves to, one `poll()` at a time."""
 
-    def __init__(self, settings: Settings, params: Params, client: MlflowClient,
-                 host: str, public_host: str, registry: CollectorRegistry | None = None):
-        self.settings, self.params, self.client = settings, params, client
+    def __init__(
+        self,
+        settings: Settings,
+        params: Params,
+        host: str,
+        public_host: str,
+        registry: CollectorRegistry | None = None,
+    ):
+        self.settings, self.params = settings, params
         self.host, self.public_host = host, public_host
-        self.rollouts = Counter("model_rollouts", "Model versions rolled out, by result.",
-                                ["result"], registry=registry)
+        self.rollouts = Counter(
+            "model_rollouts", "Model versions rolled out, by result.", ["result"], registry=registry
+        )
         for result in RESULTS:
             self.rollouts.labels(result)
         self.serving: Serving | None = None
@@ -93,28 +101,41 @@ class Controller:
         those an earlier controller was starting when it died."""
         data = _read(self.settings.model_info_path)
         pids = data.get("pids") or {}
-        listed = [Server(url, int(pids[url])) for url in data.get("servers") or ()
-                  if url in pids]
+        listed = [Server(url, int(pids[url])) for url in data.get("servers") or () if url in pids]
         orphans = _read(self._starting_path).get("pids") or {}
-        servers.stop([Server(url, int(pid)) for url, pid in orphans.items()
-                      if int(pid) not in pids.values() and servers.is_model_server(int(pid))])
+        servers.stop(
+            [
+                Server(url, int(pid))
+                for url, pid in orphans.items()
+                if int(pid) not in pids.values() and servers.is_model_server(int(pid))
+            ]
+        )
         self._starting_path.unlink(missing_ok=True)
-        live = tuple(s for s in listed if servers.alive(s.pid)
-                     and servers.is_model_server(s.pid) and servers.ping(s.url))
+        live = tuple(
+            s
+            for s in listed
+            if servers.alive(s.pid) and servers.is_model_server(s.pid) and servers.ping(s.url)
+        )
         if len(live) < len(listed):
-            logger.warning("not adopted (gone, or not answering /ping): %s",
-                           ", ".join(s.url for s in listed if s not in live))
+            logger.warning(
+                "not adopted (gone, or not answering /ping): %s",
+                ", ".join(s.url for s in listed if s not in live),
+            )
         if live:
             info = {k: v for k, v in data.items() if k not in ("servers", "pids")}
             self.serving = Serving(info, live)
-            logger.info("adopted %d model server(s) of version %s: %s", len(live),
-                        self.serving.version, ", ".join(f"{s.url} (pid {s.pid})" for s in live))
+            logger.info(
+                "adopted %d model server(s) of version %s: %s",
+                len(live),
+                self.serving.version,
+                ", ".join(f"{s.url} (pid {s.pid})" for s in live),
+            )
 
     def poll(self) -> None:
         """Resolve MODEL_URI; roll out a new version; replace dead servers."""
         try:
-            target = resolve(self.client, self.settings.model_uri)
-        except ServeError as error:
+            target = resolve(self.settings.model_uri)
+        except UserError as error:
             logger.warning("%s; serving what runs", error)
             target = None
         if target is not None:
@@ -127,15 +148,23 @@ class Controller:
 
     def _roll_out(self, target: dict[str, Any]) -> None:
         old = self.serving
-        logger.info("%s resolves to version %s (serving %s): checking it",
-                    self.settings.model_uri, target["version"], old.version if old else "none")
+        logger.info(
+            "%s resolves to version %s (serving %s): checking it",
+            self.settings.model_uri,
+            target["version"],
+            old.version if old else "none",
+        )
         try:
             model = self._check(target, old)
         except Refused as refusal:
             self._skip = target["version"]
             self.rollouts.labels("refused").inc()
-            logger.warning("version %s refused: %s; version %s keeps serving", target["version"],
-                           refusal, old.version if old else "none")
+            logger.warning(
+                "version %s refused: %s; version %s keeps serving",
+                target["version"],
+                refusal,
+                old.version if old else "none",
+            )
             return
         try:
             started = self._start_checked(model, target["uri"], self.settings.model_servers)
@@ -149,11 +178,15 @@ class Controller:
         self._model = model
         self._publish(Serving(info, started))
         self.rollouts.labels("served").inc()
-        logger.info("version %s takes traffic on %s", target["version"],
-                    ", ".join(s.url for s in started))
+        logger.info(
+            "version %s takes traffic on %s", target["version"], ", ".join(s.url for s in started)
+        )
         if old is not None:
-            drain = MODEL_INFO_CHECK_SECONDS + DRAIN_MARGIN_SECONDS + \
-                self.settings.gateway_read_timeout_seconds
+            drain = (
+                MODEL_INFO_CHECK_SECONDS
+                + DRAIN_MARGIN_SECONDS
+                + self.settings.gateway_read_timeout_seconds
+            )
             time.sleep(drain)  # every gateway worker switched; what was sent is answered
             servers.stop(old.servers)
 
@@ -165,12 +198,14 @@ class Controller:
                 return model
             tags = self._tags(target)
             if "verdict" not in tags:
-                logger.info("version %s has no evaluation: evaluating it against version %s",
-                            target["version"], old.version)
-                run_evaluate(target["version"], "", self.params, self.settings,
-                             against=old.version)
+                logger.info(
+                    "version %s has no evaluation: evaluating it against version %s",
+                    target["version"],
+                    old.version,
+                )
+                run_evaluate(target["version"], "", self.params, self.settings, against=old.version)
                 tags = self._tags(target)
-        except (StepError, MlflowException) as error:
+        except (UserError, MlflowException) as error:
             raise Refused(str(error)) from None
         allowed, reason = gate(tags, force=False)
         if not allowed:
@@ -178,10 +213,11 @@ class Controller:
         return model
 
     def _tags(self, target: dict[str, Any]) -> dict[str, str]:
-        return self.client.get_model_version(target["name"], target["version"]).tags
+        return lookup(model_uri(target["name"], target["version"])).tags
 
-    def _start_checked(self, model: mlflow.pyfunc.PyFuncModel, uri: str,
-                       count: int) -> tuple[Server, ...]:
+    def _start_checked(
+        self, model: mlflow.pyfunc.PyFuncModel, uri: str, count: int
+    ) -> tuple[Server, ...]:
         """`count` servers on `uri`, each answering /ping and pricing the canary like `model`;
         none left running on failure."""
         example = model.input_example
@@ -191,8 +227,9 @@ class Controller:
         try:
             for _ in range(count):
                 started.append(servers.start(self.settings, uri, self.host, self.public_host))
-                self._starting_path.write_text(json.dumps(
-                    {"pids": {s.url: s.pid for s in started}}))
+                self._starting_path.write_text(
+                    json.dumps({"pids": {s.url: s.pid for s in started}})
+                )
             servers.wait_ready(started, self.settings.model_start_timeout_seconds)
             for server in started:
                 servers.check_canary(server, canary, expected)
@@ -211,8 +248,10 @@ class Controller:
         if len(live) == len(serving.servers) and missing <= 0:
             return
         if len(live) < len(serving.servers):
-            logger.warning("model server(s) died: %s", ", ".join(
-                s.url for s in serving.servers if s not in live))
+            logger.warning(
+                "model server(s) died: %s",
+                ", ".join(s.url for s in serving.servers if s not in live),
+            )
             self._publish(dataclasses.replace(serving, servers=live))
         if missing > 0:
             try:
@@ -229,9 +268,10 @@ class Controller:
     def _publish(self, serving: Serving) -> None:
         """Write the served-model file: the gateway's workers follow it."""
         urls = [s.url for s in serving.servers]
-        write_info({**serving.info, "servers": urls,
-                    "pids": {s.url: s.pid for s in serving.servers}},
-                   self.settings.model_info_path)
+        write_info(
+            {**serving.info, "servers": urls, "pids": {s.url: s.pid for s in serving.servers}},
+            self.settings.model_info_path,
+        )
         self.serving = serving
 
 
@@ -255,31 +295,51 @@ def run(controller: Controller, stop: threading.Event) -> None:
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address the model servers and /metrics listen on.")
-@click.option("--public-host", default="",
-              help="Host name the gateway reaches the servers by (default: --host).")
-@click.option("--stop", "stop_servers", is_flag=True,
-              help="Stop the servers the served-model file lists, then exit.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the model servers and /metrics listen on.",
+)
+@click.option(
+    "--public-host",
+    default="",
+    help="Host name the gateway reaches the servers by (default: --host).",
+)
+@click.option(
+    "--stop",
+    "stop_servers",
+    is_flag=True,
+    help="Stop the servers the served-model file lists, then exit.",
+)
 def main(host: str, public_host: str, stop_servers: bool) -> None:
     """Keep a pool of model servers on MODEL_URI, rolling out every change it sees."""
     settings = Settings.from_env()
     if stop_servers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         data = _read(settings.model_info_path)
-        servers.stop([Server(url, int(pid)) for url, pid in (data.get("pids") or {}).items()
-                      if servers.is_model_server(int(pid))])
+        servers.stop(
+            [
+                Server(url, int(pid))
+                for url, pid in (data.get("pids") or {}).items()
+                if servers.is_model_server(int(pid))
+            ]
+        )
         settings.model_info_path.unlink(missing_ok=True)  # nothing is served any more
         return
     configure(settings)
     registry = CollectorRegistry()
-    controller = Controller(settings, load_params(), MlflowClient(), host, public_host or host,
-                            registry)
+    controller = Controller(settings, load_params(), host, public_host or host, registry)
     start_http_server(settings.controller_metrics_port, addr=host, registry=registry)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    logger.info("rollout controller: %s, %d server(s), polling every %g s, metrics on %s:%d",
-                settings.model_uri, settings.model_servers, settings.rollout_poll_seconds, host,
-                settings.controller_metrics_port)
+    logger.info(
+        "rollout controller: %s, %d server(s), polling every %g s, metrics on %s:%d",
+        settings.model_uri,
+        settings.model_servers,
+        settings.rollout_poll_seconds,
+        host,
+        settings.controller_metrics_port,
+    )
     run(controller, threading.Event())
 
 

@@ -35,16 +35,24 @@ class CategoricalFeature:
 
 
 CATEGORICAL_FEATURES: tuple[CategoricalFeature, ...] = (
-    CategoricalFeature("type", "Property type: 'casa' (house) or 'departamento' (apartment).",
-                       "departamento"),
-    CategoricalFeature("sector", "Comuna of Santiago, e.g. 'las condes', 'vitacura', 'nunoa'.",
-                       "las condes"),
+    CategoricalFeature(
+        "type", "Property type: 'casa' (house) or 'departamento' (apartment).", "departamento"
+    ),
+    CategoricalFeature(
+        "sector", "Comuna of Santiago, e.g. 'las condes', 'vitacura', 'nunoa'.", "las condes"
+    ),
 )
 
 NUMERIC_FEATURES: tuple[NumericFeature, ...] = (
     NumericFeature("net_usable_area", "Usable (built) area.", 10, 5_000, 140.0, "m2"),
-    NumericFeature("net_area", "Total area: the lot for houses, with terraces for apartments.",
-                   10, 200_000, 170.0, "m2"),
+    NumericFeature(
+        "net_area",
+        "Total area: the lot for houses, with terraces for apartments.",
+        10,
+        200_000,
+        170.0,
+        "m2",
+    ),
     NumericFeature("n_rooms", "Number of rooms (bedrooms).", 0, 20, 3.0, integral=True),
     NumericFeature("n_bathroom", "Number of bathrooms.", 1, 20, 2.0, integral=True),
     NumericFeature("latitude", "Latitude, WGS84 degrees.", -34.3, -32.9, -33.4172),
@@ -53,9 +61,7 @@ NUMERIC_FEATURES: tuple[NumericFeature, ...] = (
 
 TARGET = NumericFeature("price", "Listing price.", 1_000, 1_000_000, 14_500.0, "UF")
 
-FEATURE_NAMES: tuple[str, ...] = tuple(
-    f.name for f in (*CATEGORICAL_FEATURES, *NUMERIC_FEATURES)
-)
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in (*CATEGORICAL_FEATURES, *NUMERIC_FEATURES))
 CATEGORICAL_NAMES: tuple[str, ...] = tuple(f.name for f in CATEGORICAL_FEATURES)
 NUMERIC_NAMES: tuple[str, ...] = tuple(f.name for f in NUMERIC_FEATURES)
 NUMERIC_BY_NAME: dict[str, NumericFeature] = {f.name: f for f in NUMERIC_FEATURES}

@@ -48,9 +48,23 @@ def write_info(info: dict, path: Path) -> None:
 
 def serve_command(settings: Settings, uri: str, host: str, port: int, workers: int) -> list[str]:
     return [
-        sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-        "-h", host, "-p", str(port), "--workers", str(workers),
-        "--timeout", str(settings.model_timeout_seconds),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        uri,
+        "--env-manager",
+        "local",
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "--workers",
+        str(workers),
+        "--timeout",
+        str(settings.model_timeout_seconds),
     ]
 
 
@@ -58,8 +72,11 @@ def server_env(environ: dict[str, str]) -> dict[str, str]:
     """The environment `mlflow models serve` needs: one OpenMP thread (one-row predictions pay
     for thread start-up on every tree; batches barely gain), this venv's `uvicorn` on PATH."""
     bin_dir = str(Path(sys.executable).parent)
-    return {"OMP_NUM_THREADS": "1", **environ,
-            "PATH": f"{bin_dir}{os.pathsep}{environ.get('PATH', '')}"}
+    return {
+        "OMP_NUM_THREADS": "1",
+        **environ,
+        "PATH": f"{bin_dir}{os.pathsep}{environ.get('PATH', '')}",
+    }
 
 
 @click.command()
@@ -76,10 +93,12 @@ def main(host: str) -> None:
         raise click.ClickException(str(error)) from None
     info["reference"] = training_reference(info["uri"])
     write_info(info, settings.model_info_path)
-    logger.info("serving %s (from %s) on %s:%d", info["uri"], settings.model_uri, host,
-                settings.model_port)
-    command = serve_command(settings, info["uri"], host, settings.model_port,
-                            settings.model_workers)
+    logger.info(
+        "serving %s (from %s) on %s:%d", info["uri"], settings.model_uri, host, settings.model_port
+    )
+    command = serve_command(
+        settings, info["uri"], host, settings.model_port, settings.model_workers
+    )
     os.execvpe(command[0], command, server_env(dict(os.environ)))
 
 

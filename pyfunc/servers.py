@@ -58,9 +58,14 @@ def start(settings: Settings, uri: str, host: str, public_host: str) -> Server:
     logs.mkdir(parents=True, exist_ok=True)
     command = serve_command(settings, uri, host, port, workers=1)
     with open(logs / f"model-server-{port}.log", "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=server_env(dict(os.environ)),
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=server_env(dict(os.environ)),
+            start_new_session=True,
+        )
     logger.info("started a model server on %s, port %d (pid %d)", uri, port, process.pid)
     return Server(f"http://{public_host}:{port}", process.pid)
 
@@ -102,12 +107,16 @@ def wait_ready(servers: Sequence[Server], timeout: float) -> None:
     waiting = list(servers)
     while waiting:
         for server in [s for s in waiting if not alive(s.pid)]:
-            raise ServerError(f"the model server {server.url} (pid {server.pid}) exited at "
-                              f"start; see its log under STATE_DIR/logs")
+            raise ServerError(
+                f"the model server {server.url} (pid {server.pid}) exited at "
+                f"start; see its log under STATE_DIR/logs"
+            )
         waiting = [s for s in waiting if not ping(s.url)]
         if waiting and time.monotonic() > deadline:
-            raise ServerError(f"{len(waiting)} model server(s) did not answer /ping within "
-                              f"{timeout:g} s: {', '.join(s.url for s in waiting)}")
+            raise ServerError(
+                f"{len(waiting)} model server(s) did not answer /ping within "
+                f"{timeout:g} s: {', '.join(s.url for s in waiting)}"
+            )
         if waiting:
             time.sleep(0.5)
 
@@ -116,15 +125,28 @@ def check_canary(server: Server, body: bytes, expected: pd.DataFrame) -> None:
     """POST the canary; ServerError unless the server prices it like the model in process."""
     response = None
     try:
-        response = _http.request("POST", f"{server.url}/invocations", body=body,
-                                 headers={"Content-Type": "application/json"})
+        response = _http.request(
+            "POST",
+            f"{server.url}/invocations",
+            body=body,
+            headers={"Content-Type": "application/json"},
+        )
         got = pd.DataFrame(orjson.loads(response.data)["predictions"])
-        pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), check_dtype=False,
-                                      rtol=1e-9)
-    except (urllib3.exceptions.HTTPError, orjson.JSONDecodeError, KeyError, TypeError,
-            ValueError, AssertionError) as error:
-        raise ServerError(f"{server.url} did not price the canary like the model in process "
-                          f"(status {getattr(response, 'status', None)}): {error}") from None
+        pd.testing.assert_frame_equal(
+            got, expected.reset_index(drop=True), check_dtype=False, rtol=1e-9
+        )
+    except (
+        urllib3.exceptions.HTTPError,
+        orjson.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AssertionError,
+    ) as error:
+        raise ServerError(
+            f"{server.url} did not price the canary like the model in process "
+            f"(status {getattr(response, 'status', None)}): {error}"
+        ) from None
 
 
 def stop(servers: Sequence[Server], grace: float = STOP_GRACE_SECONDS) -> None:

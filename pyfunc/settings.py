@@ -30,15 +30,17 @@ class SettingsError(UserError):
 class PipelineSettings(BaseModel):
     """pipeline: the steps (steps/), with MLflow tracking and the model registry"""
 
-    mlflow_tracking_uri: str = Field(default_factory=lambda: f"sqlite:///{PROJECT_DIR}/mlflow.db",
-                                     description="tracking and registry store (default: "
-                                                 "mlflow.db in the project)")
+    mlflow_tracking_uri: str = Field(
+        default_factory=lambda: f"sqlite:///{PROJECT_DIR}/mlflow.db",
+        description="tracking and registry store (default: mlflow.db in the project)",
+    )
     mlflow_experiment_name: str = Field("property-friends", description="MLflow experiment")
     model_name: str = Field("property-friends", description="registered model name")
     model_alias: str = Field("champion", description="alias that promote moves")
-    state_dir: Path = Field(default_factory=lambda: PROJECT_DIR / ".run",
-                            description="pid files, logs, served-model.json (default: .run in "
-                                        "the project)")
+    state_dir: Path = Field(
+        default_factory=lambda: PROJECT_DIR / ".run",
+        description="pid files, logs, served-model.json (default: .run in the project)",
+    )
 
 
 class ModelServerSettings(BaseModel):
@@ -47,28 +49,39 @@ class ModelServerSettings(BaseModel):
     model_uri: str = Field(
         default_factory=lambda data: f"models:/{data['model_name']}@{data['model_alias']}",
         description="what is served: an alias, a stage or a version, e.g. "
-                    "models:/property-friends/3 (default: models:/MODEL_NAME@MODEL_ALIAS)")
+        "models:/property-friends/3 (default: models:/MODEL_NAME@MODEL_ALIAS)",
+    )
     model_port: int = Field(5001, gt=0, lt=65536, description="port of the model server")
     model_workers: int = Field(1, gt=0, description="uvicorn workers of the model server")
     model_timeout_seconds: int = Field(30, gt=0, description="answer timeout (504)")
     model_info_path: Path = Field(
         default_factory=lambda data: data["state_dir"] / "served-model.json",
-        description="what is served, for the gateway (default: STATE_DIR/served-model.json)")
-    model_servers: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0,
-                               description="single-worker model servers in the pool (default: "
-                                           "one per core)")
+        description="what is served, for the gateway (default: STATE_DIR/served-model.json)",
+    )
+    model_servers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        gt=0,
+        description="single-worker model servers in the pool (default: one per core)",
+    )
 
 
 class ControllerSettings(BaseModel):
     """rollout controller: python -m pyfunc.rollout"""
 
-    model_start_timeout_seconds: float = Field(180.0, gt=0, description="how long a new model "
-                                               "server may take to answer /ping and price its "
-                                               "canary")
-    rollout_poll_seconds: float = Field(5.0, gt=0, description="how often the controller "
-                                        "resolves MODEL_URI in the registry")
-    controller_metrics_port: int = Field(9101, gt=0, lt=65536, description="the controller's "
-                                         "Prometheus /metrics (model_rollouts_total{result})")
+    model_start_timeout_seconds: float = Field(
+        180.0,
+        gt=0,
+        description="how long a new model server may take to answer /ping and price its canary",
+    )
+    rollout_poll_seconds: float = Field(
+        5.0, gt=0, description="how often the controller resolves MODEL_URI in the registry"
+    )
+    controller_metrics_port: int = Field(
+        9101,
+        gt=0,
+        lt=65536,
+        description="the controller's Prometheus /metrics (model_rollouts_total{result})",
+    )
 
 
 class GatewaySettings(BaseModel):
@@ -81,17 +94,27 @@ class GatewaySettings(BaseModel):
     gateway_upstream_url: str = Field(
         default_factory=lambda data: f"http://127.0.0.1:{data['model_port']}",
         description="the model server when the served-model file lists no pool (default: "
-                    "http://127.0.0.1:MODEL_PORT)")
-    gateway_out_of_rotation_seconds: float = Field(5.0, gt=0, description="how long a pool "
-                                                   "server that refused a connection or "
-                                                   "answered 5xx gets no requests")
-    gateway_api_keys: str = Field("", repr=False, description="comma-separated id:key or "
-                                  "id:sha256:<hex sha256 of the key>; prefer hashes")
-    gateway_allow_no_auth: bool = Field(False, description="only for local experiments: no "
-                                        "API key, every request is accepted")
+        "http://127.0.0.1:MODEL_PORT)",
+    )
+    gateway_out_of_rotation_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="how long a pool "
+        "server that refused a connection or "
+        "answered 5xx gets no requests",
+    )
+    gateway_api_keys: str = Field(
+        "",
+        repr=False,
+        description="comma-separated id:key or id:sha256:<hex sha256 of the key>; prefer hashes",
+    )
+    gateway_allow_no_auth: bool = Field(
+        False, description="only for local experiments: no API key, every request is accepted"
+    )
     gateway_request_log: Path = Field(
         default_factory=lambda data: data["state_dir"] / "logs" / "requests.jsonl",
-        description="JSON-lines request log (default: STATE_DIR/logs/requests.jsonl)")
+        description="JSON-lines request log (default: STATE_DIR/logs/requests.jsonl)",
+    )
     gateway_log_payloads: bool = Field(True, description="log features and predictions")
     gateway_max_body_bytes: int = Field(8 << 20, gt=0, description="largest request body (413)")
     gateway_connect_timeout_seconds: float = Field(1.0, gt=0, description="connect timeout")
@@ -101,12 +124,14 @@ class GatewaySettings(BaseModel):
 
 # A new service (e.g. the rollout controller) declares its group like the ones above and adds
 # it to the bases of Settings, left of the groups its derived defaults read.
-class Settings(GatewaySettings, ControllerSettings, ModelServerSettings, PipelineSettings,
-               BaseSettings):
+class Settings(
+    GatewaySettings, ControllerSettings, ModelServerSettings, PipelineSettings, BaseSettings
+):
     """Every setting of every service; `Settings.from_env()` reads them."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore",
-                                      frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", env_ignore_empty=True, extra="ignore", frozen=True
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -114,12 +139,14 @@ class Settings(GatewaySettings, ControllerSettings, ModelServerSettings, Pipelin
         return value.strip() if isinstance(value, str) else value
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
-                                   init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         if _GIVEN_VALUES_ONLY.get():
             return (init_settings,)
         return (init_settings, env_settings, dotenv_settings)
@@ -138,8 +165,10 @@ class Settings(GatewaySettings, ControllerSettings, ModelServerSettings, Pipelin
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict safe to log: API keys are never shown."""
-        return {**self.model_dump(),
-                "gateway_api_keys": "<set>" if self.gateway_api_keys else "<unset>"}
+        return {
+            **self.model_dump(),
+            "gateway_api_keys": "<set>" if self.gateway_api_keys else "<unset>",
+        }
 
 
 _TYPES = {"int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "true or false"}
@@ -152,13 +181,16 @@ def _describe(error: ValidationError) -> str:
         f"{_TYPES.get(item['type']) or item['msg'].removeprefix('Input should be ')}, "
         f"got {item['input']!r}"
         for item in error.errors()
-        if item["type"] != "default_factory_not_called")  # derived from a value reported
+        if item["type"] != "default_factory_not_called"
+    )  # derived from a value reported
 
 
 def env_example() -> str:
     """The text of `.env.example`: every variable with its help and default."""
-    lines = ["# Every setting and its default (empty: computed). Copy to .env (never committed);",
-             "# the environment wins over it. Written by: python -m pyfunc.settings > .env.example"]
+    lines = [
+        "# Every setting and its default (empty: computed). Copy to .env (never committed);",
+        "# the environment wins over it. Written by: python -m pyfunc.settings > .env.example",
+    ]
     for group in reversed(Settings.__bases__[:-1]):  # the groups, BaseSettings left out
         lines += ["", f"# --- {group.__doc__} ---"]
         for name, field in group.model_fields.items():

@@ -28,9 +28,12 @@ class ValidatedInput:
     flags: list[str]
 
 
-def validate(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
-             training_ranges: Mapping[str, tuple[float, float]],
-             on_unknown_category: str = "reject") -> ValidatedInput:
+def validate(
+    frame: pd.DataFrame,
+    known_categories: Mapping[str, Sequence[str]],
+    training_ranges: Mapping[str, tuple[float, float]],
+    on_unknown_category: str = "reject",
+) -> ValidatedInput:
     """Check columns, types, finiteness, physical bounds and categories; raise or return.
 
     Categories are normalized (case, accents, spaces). Unknown categories are rejected with
@@ -43,9 +46,12 @@ def validate(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
     return _accepted(findings, training_ranges)
 
 
-def validate_each_row(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
-                      training_ranges: Mapping[str, tuple[float, float]],
-                      on_unknown_category: str = "reject") -> tuple[ValidatedInput, dict[int, str]]:
+def validate_each_row(
+    frame: pd.DataFrame,
+    known_categories: Mapping[str, Sequence[str]],
+    training_ranges: Mapping[str, tuple[float, float]],
+    on_unknown_category: str = "reject",
+) -> tuple[ValidatedInput, dict[int, str]]:
     """Like `validate`, but a bad row does not sink the others: the valid rows (in order), and
     for each invalid row's position the reason it cannot be priced. Raises only when no row
     can be priced: a missing column, or a bad policy."""
@@ -68,8 +74,7 @@ class _Findings:
     by_row: dict[int, list[str]] = field(default_factory=dict)
     batch_errors: list[FieldError] = field(default_factory=list)
 
-    def add(self, name: str, mask: np.ndarray,
-            describe: Callable[[int, int | None], str]) -> None:
+    def add(self, name: str, mask: np.ndarray, describe: Callable[[int, int | None], str]) -> None:
         """Report the rows of `mask`; `describe(row, shown_row)` words one (shown_row None:
         the message leaves the row out)."""
         rows = np.flatnonzero(mask)
@@ -82,12 +87,25 @@ class _Findings:
         self.batch_errors += errors
 
 
-def _inspect(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
-             on_unknown_category: str, each_row: bool) -> _Findings:
+def _inspect(
+    frame: pd.DataFrame,
+    known_categories: Mapping[str, Sequence[str]],
+    on_unknown_category: str,
+    each_row: bool,
+) -> _Findings:
     findings = _Findings(pd.DataFrame(index=pd.RangeIndex(len(frame))), each_row)
     if on_unknown_category not in UNKNOWN_CATEGORY_POLICIES:
-        findings.refuse_batch([FieldError("on_unknown_category", None, contract.not_one_of(
-            "on_unknown_category", UNKNOWN_CATEGORY_POLICIES, on_unknown_category))])
+        findings.refuse_batch(
+            [
+                FieldError(
+                    "on_unknown_category",
+                    None,
+                    contract.not_one_of(
+                        "on_unknown_category", UNKNOWN_CATEGORY_POLICIES, on_unknown_category
+                    ),
+                )
+            ]
+        )
         return findings
     if frame.empty:
         findings.refuse_batch([FieldError("rows", None, contract.NO_ROWS)])
@@ -96,13 +114,17 @@ def _inspect(frame: pd.DataFrame, known_categories: Mapping[str, Sequence[str]],
     for feature in (f for f in NUMERIC_FEATURES if f.name in frame.columns):
         findings.clean[feature.name] = _numeric_column(frame[feature.name], feature, findings)
     for name in (n for n in CATEGORICAL_NAMES if n in frame.columns):
-        findings.clean[name] = _categorical_column(frame[name], name, known_categories[name],
-                                                   on_unknown_category, findings)
+        findings.clean[name] = _categorical_column(
+            frame[name], name, known_categories[name], on_unknown_category, findings
+        )
     return findings
 
 
-def _accepted(findings: _Findings, training_ranges: Mapping[str, tuple[float, float]],
-              exclude: Sequence[int] = ()) -> ValidatedInput:
+def _accepted(
+    findings: _Findings,
+    training_ranges: Mapping[str, tuple[float, float]],
+    exclude: Sequence[int] = (),
+) -> ValidatedInput:
     clean, flagged = findings.clean, findings.flagged
     if exclude:
         keep = np.setdiff1d(np.arange(len(clean)), exclude)
@@ -112,8 +134,9 @@ def _accepted(findings: _Findings, training_ranges: Mapping[str, tuple[float, fl
     return ValidatedInput(clean[list(FEATURE_NAMES)], joined_flags(len(clean), flagged))
 
 
-def outside_training_range(columns, training_ranges: Mapping[str, tuple[float, float]]
-                           ) -> list[tuple[str, np.ndarray]]:
+def outside_training_range(
+    columns, training_ranges: Mapping[str, tuple[float, float]]
+) -> list[tuple[str, np.ndarray]]:
     """Per feature with a training range, the mask of values outside it."""
     masks = []
     for name, (low, high) in training_ranges.items():
@@ -142,8 +165,13 @@ def _as_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         return column.to_numpy(dtype="float64", na_value=np.nan), np.zeros(len(column), bool)
     objects = column.to_numpy(dtype=object)
     not_number = np.array([not (v is None or _is_real_number(v)) for v in objects], dtype=bool)
-    values = np.array([np.nan if bad or v is None else _float(v)
-                       for v, bad in zip(objects, not_number, strict=True)], dtype="float64")
+    values = np.array(
+        [
+            np.nan if bad or v is None else _float(v)
+            for v, bad in zip(objects, not_number, strict=True)
+        ],
+        dtype="float64",
+    )
     return values, not_number
 
 
@@ -166,31 +194,37 @@ def _numeric_column(column: pd.Series, feature, findings: _Findings) -> np.ndarr
         outside = finite & contract.outside_bounds(feature, values)
         fractional = finite & ~outside & contract.fractional(feature, values)
     findings.add(name, not_number, lambda r, at: contract.wrong_type(name, "a number", at, raw[r]))
-    findings.add(name, ~not_number & ~finite,
-                 lambda r, at: contract.not_finite(name, at, values[r]))
+    findings.add(
+        name, ~not_number & ~finite, lambda r, at: contract.not_finite(name, at, values[r])
+    )
     findings.add(name, outside, lambda r, at: contract.out_of_bounds(feature, at, values[r]))
     findings.add(name, fractional, lambda r, at: contract.not_whole(feature, at, values[r]))
     return values
 
 
-def _categorical_column(column: pd.Series, name: str, known: Sequence[str], on_unknown: str,
-                        findings: _Findings) -> list[str | None]:
+def _categorical_column(
+    column: pd.Series, name: str, known: Sequence[str], on_unknown: str, findings: _Findings
+) -> list[str | None]:
     raw = column.to_numpy(dtype=object)
     not_text = np.array([not _is_text(v) for v in raw], dtype=bool)
-    normalized = [None if bad else normalize_category(v) for v, bad in zip(raw, not_text,
-                                                                           strict=True)]
+    normalized = [
+        None if bad else normalize_category(v) for v, bad in zip(raw, not_text, strict=True)
+    ]
     known_set = set(known)
     unknown = np.array([v is not None and v not in known_set for v in normalized], dtype=bool)
-    null = np.array([v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
-                     for v in raw], dtype=bool)
+    null = np.array(
+        [v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) for v in raw], dtype=bool
+    )
     findings.add(name, null, lambda r, at: contract.null(name, at))
-    findings.add(name, not_text & ~null,
-                 lambda r, at: contract.wrong_type(name, "a string", at, raw[r]))
+    findings.add(
+        name, not_text & ~null, lambda r, at: contract.wrong_type(name, "a string", at, raw[r])
+    )
     if on_unknown == "flag":
         findings.flagged.append((name, unknown))
     else:
-        findings.add(name, unknown,
-                     lambda r, at: contract.unknown_category(name, raw[r], at, known_set))
+        findings.add(
+            name, unknown, lambda r, at: contract.unknown_category(name, raw[r], at, known_set)
+        )
     return normalized
 
 

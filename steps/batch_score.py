@@ -40,8 +40,10 @@ def check_paths(input_spec: str, output: str, engine: str, table: str) -> None:
     """Fail before any work on a missing input, an unknown format or a table without a URL."""
     if "://" in input_spec:
         if engine != "pandas":
-            raise StepError("a SQLAlchemy URL input is read by the pandas engine only: "
-                            "export the table to Parquet for Spark")
+            raise StepError(
+                "a SQLAlchemy URL input is read by the pandas engine only: "
+                "export the table to Parquet for Spark"
+            )
         if not table:
             raise StepError("--table (a table name or a SELECT query) is required with a URL")
     else:
@@ -60,8 +62,10 @@ def pinned(model_uri: str) -> tuple[str, str]:
     signature = mlflow.models.get_model_info(info["uri"]).signature
     params = signature.params.params if signature and signature.params else []
     if "on_invalid_row" not in {param.name for param in params}:
-        raise StepError(f"{info['uri']} predates per-row reports of invalid listings: train a "
-                        "new version (mlflow run . -e main) to batch score with it")
+        raise StepError(
+            f"{info['uri']} predates per-row reports of invalid listings: train a "
+            "new version (mlflow run . -e main) to batch score with it"
+        )
     return info["uri"], info["version"]
 
 
@@ -84,7 +88,7 @@ def read_chunks(job: Job, chunk_rows: int) -> Iterator[pd.DataFrame]:
     if "://" in job.input:
         frame = open_source(job.input, train=job.table, test="").read("train")
         for start in range(0, len(frame), chunk_rows):
-            yield frame.iloc[start:start + chunk_rows].reset_index(drop=True)
+            yield frame.iloc[start : start + chunk_rows].reset_index(drop=True)
     elif job.input.lower().endswith(".parquet"):
         for batch in pq.ParquetFile(job.input).iter_batches(batch_size=chunk_rows):
             yield batch.to_pandas()
@@ -100,7 +104,8 @@ def score_chunk(model, chunk: pd.DataFrame, job: Job) -> pd.DataFrame:
     listings = typed(chunk).reset_index(drop=True)
     scored = model.predict(listings[list(FEATURE_NAMES)], params=job.params)
     return pd.concat([listings, scored.reset_index(drop=True)], axis=1).assign(
-        **{VERSION_COLUMN: job.version})
+        **{VERSION_COLUMN: job.version}
+    )
 
 
 class ChunkWriter:
@@ -113,8 +118,9 @@ class ChunkWriter:
 
     def write(self, chunk: pd.DataFrame) -> None:
         if self.path.suffix.lower() == ".csv":
-            chunk.to_csv(self.path, mode="a" if self._rows else "w", header=not self._rows,
-                         index=False)
+            chunk.to_csv(
+                self.path, mode="a" if self._rows else "w", header=not self._rows, index=False
+            )
         else:
             table = pa.Table.from_pandas(chunk, preserve_index=False)
             if self._parquet is None:
@@ -140,8 +146,12 @@ def score_with_pandas(job: Job, chunk_rows: int) -> tuple[int, int]:
             rows += len(scored)
             invalid += int((scored[INVALID_COLUMN] != "").sum())
             seconds = time.perf_counter() - started
-            logger.info("scored %s rows (%s invalid), %s rows/s", f"{rows:,}", f"{invalid:,}",
-                        f"{rows / seconds:,.0f}")
+            logger.info(
+                "scored %s rows (%s invalid), %s rows/s",
+                f"{rows:,}",
+                f"{invalid:,}",
+                f"{rows / seconds:,.0f}",
+            )
     finally:
         writer.close()
     if rows == 0:
@@ -150,33 +160,65 @@ def score_with_pandas(job: Job, chunk_rows: int) -> tuple[int, int]:
 
 
 @click.command()
-@click.option("--input", "input_spec", required=True,
-              help="A .csv or .parquet file, or a SQLAlchemy URL (pandas engine, with --table).")
+@click.option(
+    "--input",
+    "input_spec",
+    required=True,
+    help="A .csv or .parquet file, or a SQLAlchemy URL (pandas engine, with --table).",
+)
 @click.option("--output", required=True, help="A .parquet or .csv path to write.")
 @click.option("--engine", type=click.Choice(ENGINES), default="pandas", show_default=True)
 @click.option("--model-uri", default="", help="Model to score with (default: MODEL_URI).")
 @click.option("--table", default="", help="Table name or SELECT query, with a URL input.")
-@click.option("--on-unknown-category", type=click.Choice(["reject", "flag"]), default="reject",
-              show_default=True, help="An unknown sector or type: an invalid row, or priced "
-                                      "and flagged.")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
-              help="Rows per chunk (pandas engine).")
-@click.option("--spark-master", default="local[*]", show_default=True,
-              help="Spark master URL (spark engine), e.g. spark://host:7077.")
+@click.option(
+    "--on-unknown-category",
+    type=click.Choice(["reject", "flag"]),
+    default="reject",
+    show_default=True,
+    help="An unknown sector or type: an invalid row, or priced and flagged.",
+)
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Rows per chunk (pandas engine).",
+)
+@click.option(
+    "--spark-master",
+    default="local[*]",
+    show_default=True,
+    help="Spark master URL (spark engine), e.g. spark://host:7077.",
+)
 @cli_errors
-def main(input_spec: str, output: str, engine: str, model_uri: str, table: str,
-         on_unknown_category: str, chunk_rows: int, spark_master: str) -> None:
+def main(
+    input_spec: str,
+    output: str,
+    engine: str,
+    model_uri: str,
+    table: str,
+    on_unknown_category: str,
+    chunk_rows: int,
+    spark_master: str,
+) -> None:
     """Price every listing of a file or table; invalid rows get their reason, not a price."""
     settings = Settings.from_env()
     configure(settings)
     check_paths(input_spec, output, engine, table)
     uri, version = pinned(model_uri or settings.model_uri)
-    job = Job(input_spec, Path(output), uri, version,
-              {"on_unknown_category": on_unknown_category, "on_invalid_row": "report"}, table)
+    job = Job(
+        input_spec,
+        Path(output),
+        uri,
+        version,
+        {"on_unknown_category": on_unknown_category, "on_invalid_row": "report"},
+        table,
+    )
     job.output.parent.mkdir(parents=True, exist_ok=True)
     with step_run("batch_score"):
-        mlflow.log_params({"engine": engine, "input": input_spec,
-                           "on_unknown_category": on_unknown_category})
+        mlflow.log_params(
+            {"engine": engine, "input": input_spec, "on_unknown_category": on_unknown_category}
+        )
         mlflow.set_tags({"model_uri": uri, "model_version": version})
         started = time.perf_counter()
         if engine == "spark":
@@ -186,10 +228,13 @@ def main(input_spec: str, output: str, engine: str, model_uri: str, table: str,
         else:
             rows, invalid = score_with_pandas(job, chunk_rows)
         seconds = time.perf_counter() - started
-        mlflow.log_metrics({"rows": rows, "invalid_rows": invalid,
-                            "rows_per_second": rows / seconds})
-    click.echo(f"priced {rows - invalid:,} of {rows:,} listings ({invalid:,} invalid, reasons in "
-               f"{INVALID_COLUMN}) with {uri} on {engine} in {seconds:.1f} s -> {output}")
+        mlflow.log_metrics(
+            {"rows": rows, "invalid_rows": invalid, "rows_per_second": rows / seconds}
+        )
+    click.echo(
+        f"priced {rows - invalid:,} of {rows:,} listings ({invalid:,} invalid, reasons in "
+        f"{INVALID_COLUMN}) with {uri} on {engine} in {seconds:.1f} s -> {output}"
+    )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,11 @@ def check_schema(raw: pd.DataFrame, where: str) -> pd.DataFrame:
         raise DataError(f"{where}: no rows")
     missing = [c for c in COLUMNS if c not in raw.columns]
     if missing:
-        _refuse(where, [FieldError(c, None, contract.required_column(c)) for c in missing],
-                f"; found: {', '.join(map(str, raw.columns))}")
+        _refuse(
+            where,
+            [FieldError(c, None, contract.required_column(c)) for c in missing],
+            f"; found: {', '.join(map(str, raw.columns))}",
+        )
     frame = raw[list(COLUMNS)].copy()
     for name in NUMERIC_COLUMNS:
         frame[name] = _numeric(frame[name], name, where)
@@ -67,8 +70,12 @@ def _refuse(where: str, errors: list[FieldError], tail: str = "") -> None:
 def _refuse_rows(where: str, name: str, kind: str, column: pd.Series, bad: pd.Series) -> None:
     rows, values = np.flatnonzero(bad.to_numpy(dtype=bool)), column.to_numpy(dtype=object)
     if len(rows):
-        _refuse(where, contract.errors_for_rows(
-            name, rows, lambda r: contract.wrong_type(name, kind, r, values[r])))
+        _refuse(
+            where,
+            contract.errors_for_rows(
+                name, rows, lambda r: contract.wrong_type(name, kind, r, values[r])
+            ),
+        )
 
 
 def _numeric(column: pd.Series, name: str, where: str) -> pd.Series:
@@ -91,10 +98,15 @@ def _duplicate(frame: pd.DataFrame) -> pd.Series:
 
 # The contract's value rules, each dropping rows under f"{column}_{rule}".
 VALUE_RULES: tuple[tuple[str, Callable[[pd.DataFrame], pd.Series]], ...] = (
-    *((f"{f.name}_{OUT_OF_BOUNDS}", lambda frame, f=f: outside_bounds(f, frame[f.name]))
-      for f in (TARGET, *NUMERIC_FEATURES)),
-    *((f"{f.name}_{NOT_WHOLE}", lambda frame, f=f: fractional(f, frame[f.name]))
-      for f in NUMERIC_FEATURES if f.integral),
+    *(
+        (f"{f.name}_{OUT_OF_BOUNDS}", lambda frame, f=f: outside_bounds(f, frame[f.name]))
+        for f in (TARGET, *NUMERIC_FEATURES)
+    ),
+    *(
+        (f"{f.name}_{NOT_WHOLE}", lambda frame, f=f: fractional(f, frame[f.name]))
+        for f in NUMERIC_FEATURES
+        if f.integral
+    ),
 )
 
 
@@ -111,12 +123,14 @@ def _respell_categories(frame: pd.DataFrame, report: CleaningReport) -> pd.DataF
 def _unswap_coordinates(frame: pd.DataFrame, report: CleaningReport) -> pd.DataFrame:
     """Latitude and longitude given the wrong way round are swapped back."""
     lat, lon = NUMERIC_BY_NAME["latitude"], NUMERIC_BY_NAME["longitude"]
-    swapped = (frame["latitude"].between(lon.minimum, lon.maximum)
-               & frame["longitude"].between(lat.minimum, lat.maximum))
+    swapped = frame["latitude"].between(lon.minimum, lon.maximum) & frame["longitude"].between(
+        lat.minimum, lat.maximum
+    )
     if swapped.any():
         report.repaired["coordinates_swapped"] = int(swapped.sum())
-        frame.loc[swapped, ["latitude", "longitude"]] = (
-            frame.loc[swapped, ["longitude", "latitude"]].to_numpy())
+        frame.loc[swapped, ["latitude", "longitude"]] = frame.loc[
+            swapped, ["longitude", "latitude"]
+        ].to_numpy()
     return frame
 
 
@@ -138,8 +152,9 @@ def clean(
         frame = _drop(frame, reason, rule, report)
     frame = _drop(frame, "duplicate", _duplicate, report)
     for name, known in (known_categories or {}).items():
-        frame = _drop(frame, f"{name}_unseen_in_train", lambda f, n=name, k=known: ~f[n].isin(k),
-                      report)
+        frame = _drop(
+            frame, f"{name}_unseen_in_train", lambda f, n=name, k=known: ~f[n].isin(k), report
+        )
     usable_over_total = int((frame["net_usable_area"] > frame["net_area"]).sum())
     if usable_over_total:
         report.flagged["usable_area_exceeds_total_area"] = usable_over_total

@@ -68,8 +68,9 @@ def predict_prices(model, frame: pd.DataFrame) -> np.ndarray:
 
 def evaluate(model, test: pd.DataFrame) -> Evaluation:
     predictions = predict_prices(model, test)
-    errors = pd.DataFrame({"sector": test["sector"],
-                           "abs_error": np.abs(test[TARGET.name].to_numpy() - predictions)})
+    errors = pd.DataFrame(
+        {"sector": test["sector"], "abs_error": np.abs(test[TARGET.name].to_numpy() - predictions)}
+    )
     by_sector = errors.groupby("sector")["abs_error"].agg(mae="mean", rows="size").reset_index()
     return Evaluation(regression_metrics(test[TARGET.name], predictions), by_sector, predictions)
 
@@ -100,13 +101,19 @@ def importance(model, test: pd.DataFrame, params: Params) -> pd.Series:
     """Mean increase of MAE when each input feature is shuffled (on a sample of the test set)."""
     sample = test.sample(min(len(test), params.importance_rows), random_state=params.seed)
     result = permutation_importance(
-        _PriceModel(model), sample[list(FEATURE_NAMES)], sample[TARGET.name],
-        scoring="neg_mean_absolute_error", n_repeats=3, random_state=params.seed)
+        _PriceModel(model),
+        sample[list(FEATURE_NAMES)],
+        sample[TARGET.name],
+        scoring="neg_mean_absolute_error",
+        n_repeats=3,
+        random_state=params.seed,
+    )
     return pd.Series(result.importances_mean, index=list(FEATURE_NAMES)).sort_values()
 
 
-def champion_mae(settings: Settings, version: str, test: pd.DataFrame,
-                 against: str | None = None) -> tuple[str | None, float | None]:
+def champion_mae(
+    settings: Settings, version: str, test: pd.DataFrame, against: str | None = None
+) -> tuple[str | None, float | None]:
     """The MAE on the same test rows of version `against` (default: the current champion);
     (None, None) when there is no other version to compare with."""
     against = against or registry.alias_version(settings.model_name, settings.model_alias)
@@ -116,20 +123,23 @@ def champion_mae(settings: Settings, version: str, test: pd.DataFrame,
         model = mlflow.pyfunc.load_model(registry.model_uri(settings.model_name, against))
         return against, evaluate(model, test).metrics["test_mae"]
     except Exception as error:  # a broken champion must not block its replacement
-        logger.warning("champion version %s cannot be scored (%s); treating it as absent",
-                       against, error)
+        logger.warning(
+            "champion version %s cannot be scored (%s); treating it as absent", against, error
+        )
         return None, None
 
 
-def run_evaluate(version: str, ingest_run_id: str, params: Params, settings: Settings,
-                 against: str | None = None) -> str:
+def run_evaluate(
+    version: str, ingest_run_id: str, params: Params, settings: Settings, against: str | None = None
+) -> str:
     """Evaluate in a step run, tag the model version; returns the verdict, compared with
     version `against` (default: the current champion)."""
     version = version or registry.latest_version(settings.model_name)
     with step_run("evaluate"):
         uri = registry.model_uri(settings.model_name, version)
         ingest_run_id = ingest_run_id or mlflow.get_run(registry.lookup(uri).run_id).data.tags.get(
-            "ingest_run_id", "")
+            "ingest_run_id", ""
+        )
         if not ingest_run_id:
             raise StepError(f"version {version} does not name its ingest run; pass --ingest-run-id")
         test = load_frame(ingest_run_id, CLEAN_TEST)
@@ -138,15 +148,24 @@ def run_evaluate(version: str, ingest_run_id: str, params: Params, settings: Set
         champion_version, champion = champion_mae(settings, version, test, against)
         outcome = verdict(result.metrics["test_mae"], champion, params.promotion_tolerance)
         _log(result, model, test, params)
-        mlflow.set_tags({"model_version": version, "ingest_run_id": ingest_run_id,
-                         "verdict": outcome})
-        tags = {**{k: f"{v:.6g}" for k, v in result.metrics.items()}, "verdict": outcome,
-                "evaluated_by_run": mlflow.active_run().info.run_id}
+        mlflow.set_tags(
+            {"model_version": version, "ingest_run_id": ingest_run_id, "verdict": outcome}
+        )
+        tags = {
+            **{k: f"{v:.6g}" for k, v in result.metrics.items()},
+            "verdict": outcome,
+            "evaluated_by_run": mlflow.active_run().info.run_id,
+        }
         if champion is not None:
             tags |= {"champion_version": champion_version, "champion_test_mae": f"{champion:.6g}"}
         registry.set_tags(settings.model_name, version, tags)
-        logger.info("version %s: test MAE %.0f UF, champion %s, verdict %s", version,
-                    result.metrics["test_mae"], champion, outcome)
+        logger.info(
+            "version %s: test MAE %.0f UF, champion %s, verdict %s",
+            version,
+            result.metrics["test_mae"],
+            champion,
+            outcome,
+        )
         return outcome
 
 
@@ -155,18 +174,25 @@ def _log(result: Evaluation, model, test: pd.DataFrame, params: Params) -> None:
     sectors = result.by_sector.set_index("sector")["mae"]
     mlflow.log_metrics({f"test_mae_{s.replace(' ', '_')}": m for s, m in sectors.items()})
     mlflow.log_table(result.by_sector, "mae_by_sector.json")
-    mlflow.log_figure(plots.predicted_vs_actual(test[TARGET.name], result.predictions),
-                      "plots/predicted_vs_actual.png")
-    mlflow.log_figure(plots.residuals_by_sector(test, result.predictions),
-                      "plots/residuals_by_sector.png")
-    mlflow.log_figure(plots.feature_importance(importance(model, test, params)),
-                      "plots/feature_importance.png")
+    mlflow.log_figure(
+        plots.predicted_vs_actual(test[TARGET.name], result.predictions),
+        "plots/predicted_vs_actual.png",
+    )
+    mlflow.log_figure(
+        plots.residuals_by_sector(test, result.predictions), "plots/residuals_by_sector.png"
+    )
+    mlflow.log_figure(
+        plots.feature_importance(importance(model, test, params)), "plots/feature_importance.png"
+    )
 
 
 @click.command()
 @click.option("--model-version", default="", help="Version to evaluate (default: the newest).")
-@click.option("--ingest-run-id", default="",
-              help="Ingest run whose test split to use (default: the training one).")
+@click.option(
+    "--ingest-run-id",
+    default="",
+    help="Ingest run whose test split to use (default: the training one).",
+)
 @cli_errors
 def main(model_version: str, ingest_run_id: str) -> None:
     """Score a model version on the test split and tag it with the metrics and a verdict."""

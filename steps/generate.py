@@ -30,21 +30,35 @@ logger = logging.getLogger(__name__)
 # rows: listings in train.csv; lat/lon: centre of the listings and their spread (degrees);
 # usable: median usable area (m²); uf_m2: median UF per m² of usable area; lot: median
 # net_area of houses (m²); spread: sd of log(UF/m²) within the group.
-WORLD = pd.DataFrame([
-    ("las condes", "casa", 1972, -33.410, -70.560, 0.014, 0.022, 220, 84, 600, 0.28),
-    ("las condes", "departamento", 3662, -33.410, -70.560, 0.014, 0.022, 118, 88, 0, 0.26),
-    ("vitacura", "casa", 1306, -33.385, -70.580, 0.010, 0.016, 230, 96, 800, 0.30),
-    ("vitacura", "departamento", 1596, -33.385, -70.580, 0.010, 0.016, 140, 92, 0, 0.35),
-    ("lo barnechea", "casa", 1733, -33.352, -70.515, 0.012, 0.024, 308, 81, 956, 0.34),
-    ("lo barnechea", "departamento", 1155, -33.352, -70.515, 0.012, 0.024, 140, 91, 0, 0.37),
-    ("nunoa", "casa", 577, -33.457, -70.600, 0.010, 0.012, 163, 71, 300, 0.25),
-    ("nunoa", "departamento", 1347, -33.457, -70.600, 0.010, 0.012, 72, 73, 0, 0.22),
-    ("providencia", "casa", 370, -33.430, -70.612, 0.008, 0.011, 181, 85, 320, 0.27),
-    ("providencia", "departamento", 1479, -33.430, -70.612, 0.008, 0.011, 83, 86, 0, 0.23),
-    ("la reina", "casa", 660, -33.445, -70.545, 0.010, 0.014, 176, 75, 550, 0.31),
-    ("la reina", "departamento", 355, -33.445, -70.545, 0.010, 0.014, 99, 78, 0, 0.46),
-], columns=["sector", "type", "rows", "lat", "lon", "lat_sd", "lon_sd", "usable", "uf_m2",
-            "lot", "spread"])
+WORLD = pd.DataFrame(
+    [
+        ("las condes", "casa", 1972, -33.410, -70.560, 0.014, 0.022, 220, 84, 600, 0.28),
+        ("las condes", "departamento", 3662, -33.410, -70.560, 0.014, 0.022, 118, 88, 0, 0.26),
+        ("vitacura", "casa", 1306, -33.385, -70.580, 0.010, 0.016, 230, 96, 800, 0.30),
+        ("vitacura", "departamento", 1596, -33.385, -70.580, 0.010, 0.016, 140, 92, 0, 0.35),
+        ("lo barnechea", "casa", 1733, -33.352, -70.515, 0.012, 0.024, 308, 81, 956, 0.34),
+        ("lo barnechea", "departamento", 1155, -33.352, -70.515, 0.012, 0.024, 140, 91, 0, 0.37),
+        ("nunoa", "casa", 577, -33.457, -70.600, 0.010, 0.012, 163, 71, 300, 0.25),
+        ("nunoa", "departamento", 1347, -33.457, -70.600, 0.010, 0.012, 72, 73, 0, 0.22),
+        ("providencia", "casa", 370, -33.430, -70.612, 0.008, 0.011, 181, 85, 320, 0.27),
+        ("providencia", "departamento", 1479, -33.430, -70.612, 0.008, 0.011, 83, 86, 0, 0.23),
+        ("la reina", "casa", 660, -33.445, -70.545, 0.010, 0.014, 176, 75, 550, 0.31),
+        ("la reina", "departamento", 355, -33.445, -70.545, 0.010, 0.014, 99, 78, 0, 0.46),
+    ],
+    columns=[
+        "sector",
+        "type",
+        "rows",
+        "lat",
+        "lon",
+        "lat_sd",
+        "lon_sd",
+        "usable",
+        "uf_m2",
+        "lot",
+        "spread",
+    ],
+)
 LATITUDE_RANGE = (-33.52, -33.31)  # every clean listing lies in this box
 LONGITUDE_RANGE = (-70.64, -70.43)
 # The micro-location surface belongs to the world, not to a sample: the same for every seed.
@@ -80,9 +94,17 @@ LOT_EXPONENT = 0.12  # houses: price elasticity to the lot
 OTHER_VARIANCE = 0.005  # of log(UF/m²) from area, lot and layout, taken off a unit's own part
 REFERENCE_ROWS = 16_212  # rows of the client's train.csv, the scale of DIRT_COUNTS
 DIRT_COUNTS: dict[str, int] = {
-    "price_zero": 1, "price_under_1000": 19, "zero_areas": 32, "zero_net_area": 4,
-    "usable_over_total": 170, "absurd_areas": 10, "many_rooms": 10, "zero_bathrooms": 131,
-    "swapped_coordinates": 15, "far_coordinates": 10, "duplicates": 22,
+    "price_zero": 1,
+    "price_under_1000": 19,
+    "zero_areas": 32,
+    "zero_net_area": 4,
+    "usable_over_total": 170,
+    "absurd_areas": 10,
+    "many_rooms": 10,
+    "zero_bathrooms": 131,
+    "swapped_coordinates": 15,
+    "far_coordinates": 10,
+    "duplicates": 22,
 }
 FAR_PLACES = ((0.0, 0.0), (-36.827, -73.050), (-23.650, -70.400), (-41.469, -72.942))
 
@@ -116,17 +138,28 @@ def _sites(n_rows: int, variant: Variant, rng: np.random.Generator) -> pd.DataFr
     n_sites = site[-1] + 1
     group = rng.choice(len(WORLD), size=n_sites, p=WORLD["rows"] / WORLD["rows"].sum())
     where, building = WORLD.iloc[group], building[:n_sites]
-    lat, lon = (np.clip(where[name] + rng.standard_normal(n_sites) * where[f"{name}_sd"],
-                        *bounds).to_numpy() for name, bounds in
-                (("lat", LATITUDE_RANGE), ("lon", LONGITUDE_RANGE)))
+    lat, lon = (
+        np.clip(
+            where[name] + rng.standard_normal(n_sites) * where[f"{name}_sd"], *bounds
+        ).to_numpy()
+        for name, bounds in (("lat", LATITUDE_RANGE), ("lon", LONGITUDE_RANGE))
+    )
     mean, sd = (values[group] for values in _surface_scale(variant.length_scale))
-    return pd.DataFrame({
-        "site": np.arange(n_sites), "group": group,
-        "latitude": np.where(building, lat.round(4), lat.round(6)),
-        "longitude": np.where(building, lon.round(4), lon.round(6)),
-        "location": (_surface(lat, lon, variant.length_scale) - mean) / sd,
-        "building": rng.standard_normal(n_sites), "size": rng.standard_normal(n_sites),
-    }).iloc[site].reset_index(drop=True)
+    return (
+        pd.DataFrame(
+            {
+                "site": np.arange(n_sites),
+                "group": group,
+                "latitude": np.where(building, lat.round(4), lat.round(6)),
+                "longitude": np.where(building, lon.round(4), lon.round(6)),
+                "location": (_surface(lat, lon, variant.length_scale) - mean) / sd,
+                "building": rng.standard_normal(n_sites),
+                "size": rng.standard_normal(n_sites),
+            }
+        )
+        .iloc[site]
+        .reset_index(drop=True)
+    )
 
 
 def _unit_groups(sites: pd.DataFrame, variant: Variant, rng: np.random.Generator) -> np.ndarray:
@@ -137,8 +170,9 @@ def _unit_groups(sites: pd.DataFrame, variant: Variant, rng: np.random.Generator
     return np.where(rng.random(len(sites)) < variant.same_type, sites["group"], drawn)
 
 
-def _total_area(usable: np.ndarray, group: pd.DataFrame, casa: np.ndarray,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _total_area(
+    usable: np.ndarray, group: pd.DataFrame, casa: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """net_area (the lot of a house, usable plus terraces for a flat) and the lot's log effect."""
     typical_lot = group["lot"].to_numpy() * (usable / group["usable"].to_numpy()) ** 0.5
     house_lot = typical_lot * rng.lognormal(0.0, 0.35, len(usable))
@@ -147,8 +181,9 @@ def _total_area(usable: np.ndarray, group: pd.DataFrame, casa: np.ndarray,
     return total, LOT_EXPONENT * np.log(total / np.where(casa, typical_lot, total))
 
 
-def _rooms(usable: np.ndarray, casa: np.ndarray,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rooms(
+    usable: np.ndarray, casa: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rooms and bathrooms growing with area, and their small log effect on price."""
     expected_rooms = np.where(casa, 1.5 + usable / 70, 0.6 + usable / 45)
     expected_baths = np.where(casa, 0.6 + usable / 75, 0.3 + usable / 60)
@@ -172,21 +207,48 @@ def _clean_listings(n_rows: int, variant: Variant, rng: np.random.Generator) -> 
     first = pd.Series(np.arange(n_rows)).groupby([sites["site"], groups]).transform("first")
     plan = np.where(rng.random(n_rows) < variant.same_plan, first, np.arange(n_rows))
     usable, total, rooms, baths, lot_effect, layout = (
-        np.asarray(values)[plan] for values in (usable, total, rooms, baths, lot_effect, layout))
+        np.asarray(values)[plan] for values in (usable, total, rooms, baths, lot_effect, layout)
+    )
     spread = variant.spread * group["spread"]
-    own_sd = np.sqrt(np.clip((1 - variant.location_share - variant.building_share) * spread**2
-                             - OTHER_VARIANCE, 0, None))
-    effects = spread * (np.sqrt(variant.location_share) * sites["location"]
-                        + np.sqrt(variant.building_share) * sites["building"])
-    log_uf_m2 = (np.log(group["uf_m2"]) + effects + own_sd * rng.standard_normal(n_rows)
-                 + AREA_EXPONENT * np.log(usable / group["usable"]) + lot_effect + layout)
-    frame = pd.DataFrame({
-        "type": group["type"], "sector": group["sector"], "net_usable_area": usable,
-        "net_area": total, "n_rooms": rooms, "n_bathroom": baths,
-        "latitude": sites["latitude"], "longitude": sites["longitude"],
-        TARGET.name: np.clip(np.exp(log_uf_m2) * usable, TARGET.minimum, TARGET.maximum)
-        .round().astype(np.int64),
-    }, columns=list(COLUMNS)).iloc[rng.permutation(n_rows)].reset_index(drop=True)
+    own_sd = np.sqrt(
+        np.clip(
+            (1 - variant.location_share - variant.building_share) * spread**2 - OTHER_VARIANCE,
+            0,
+            None,
+        )
+    )
+    effects = spread * (
+        np.sqrt(variant.location_share) * sites["location"]
+        + np.sqrt(variant.building_share) * sites["building"]
+    )
+    log_uf_m2 = (
+        np.log(group["uf_m2"])
+        + effects
+        + own_sd * rng.standard_normal(n_rows)
+        + AREA_EXPONENT * np.log(usable / group["usable"])
+        + lot_effect
+        + layout
+    )
+    frame = (
+        pd.DataFrame(
+            {
+                "type": group["type"],
+                "sector": group["sector"],
+                "net_usable_area": usable,
+                "net_area": total,
+                "n_rooms": rooms,
+                "n_bathroom": baths,
+                "latitude": sites["latitude"],
+                "longitude": sites["longitude"],
+                TARGET.name: np.clip(np.exp(log_uf_m2) * usable, TARGET.minimum, TARGET.maximum)
+                .round()
+                .astype(np.int64),
+            },
+            columns=list(COLUMNS),
+        )
+        .iloc[rng.permutation(n_rows)]
+        .reset_index(drop=True)
+    )
     frame[TARGET.name] += frame.groupby(list(COLUMNS)).cumcount()  # no unit listed twice
     return frame.astype({"type": "str", "sector": "str"})
 
@@ -194,8 +256,9 @@ def _clean_listings(n_rows: int, variant: Variant, rng: np.random.Generator) -> 
 def _many_rooms(rows: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
     """n_rooms or n_bathroom (one of them per row) becomes 21 to 55."""
     count, rooms = rng.integers(21, 56, len(rows)).astype(float), rng.random(len(rows)) < 0.5
-    return np.column_stack([np.where(rooms, count, rows["n_rooms"]),
-                            np.where(rooms, rows["n_bathroom"], count)])
+    return np.column_stack(
+        [np.where(rooms, count, rows["n_rooms"]), np.where(rooms, rows["n_bathroom"], count)]
+    )
 
 
 def _absurd_areas(rows: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
@@ -211,14 +274,18 @@ _DIRT: dict[str, tuple[list[str], Callable[[pd.DataFrame, np.random.Generator], 
     "price_under_1000": ([TARGET.name], lambda rows, rng: rng.integers(1, 1_000, len(rows))),
     "zero_areas": (AREAS, lambda rows, rng: 0.0),
     "zero_net_area": (["net_area"], lambda rows, rng: 0.0),
-    "usable_over_total": (["net_area"], lambda rows, rng: np.floor(
-        rows["net_usable_area"] * rng.uniform(0.4, 0.95, len(rows)))),
+    "usable_over_total": (
+        ["net_area"],
+        lambda rows, rng: np.floor(rows["net_usable_area"] * rng.uniform(0.4, 0.95, len(rows))),
+    ),
     "absurd_areas": (AREAS, _absurd_areas),
     "many_rooms": (["n_rooms", "n_bathroom"], _many_rooms),
     "zero_bathrooms": (["n_bathroom"], lambda rows, rng: 0.0),
     "swapped_coordinates": (PLACE, lambda rows, rng: rows[PLACE[::-1]].to_numpy()),
-    "far_coordinates": (PLACE, lambda rows, rng: np.array(FAR_PLACES)[
-        rng.integers(0, len(FAR_PLACES), len(rows))]),
+    "far_coordinates": (
+        PLACE,
+        lambda rows, rng: np.array(FAR_PLACES)[rng.integers(0, len(FAR_PLACES), len(rows))],
+    ),
 }
 
 
@@ -228,8 +295,10 @@ def dirt_counts(n_rows: int) -> dict[str, int]:
     Every kind appears at least once from 2,000 rows up.
     """
     floor = 1 if n_rows >= 2_000 else 0
-    return {kind: max(floor, round(count * n_rows / REFERENCE_ROWS))
-            for kind, count in DIRT_COUNTS.items()}
+    return {
+        kind: max(floor, round(count * n_rows / REFERENCE_ROWS))
+        for kind, count in DIRT_COUNTS.items()
+    }
 
 
 def add_dirt(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -241,9 +310,9 @@ def add_dirt(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     order = rng.permutation(len(dirty))
     start = 0
     for kind, count in dirt_counts(len(dirty)).items():
-        rows, start = order[start:start + count], start + count
+        rows, start = order[start : start + count], start + count
         if kind == "duplicates":  # copies of as many rows further on
-            originals, start = order[start:start + count], start + count
+            originals, start = order[start : start + count], start + count
             dirty.loc[rows] = dirty.loc[originals].set_axis(rows)
         elif count:
             columns, values = _DIRT[kind]
@@ -252,9 +321,13 @@ def add_dirt(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return dirty
 
 
-def generate_splits(seed: int = 42, train_rows: int = 16_212, test_rows: int = 6_949,
-                    dirty: bool = True, variant: str = "realistic",
-                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def generate_splits(
+    seed: int = 42,
+    train_rows: int = 16_212,
+    test_rows: int = 6_949,
+    dirty: bool = True,
+    variant: str = "realistic",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train and test frames split at random from one pool of listings of the named variant.
 
     The same seed gives the same frames; with ``dirty=False`` every row is inside the schema's
@@ -263,16 +336,19 @@ def generate_splits(seed: int = 42, train_rows: int = 16_212, test_rows: int = 6
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     pool_stream, *dirt_streams = np.random.SeedSequence(seed).spawn(3)
-    pool = _clean_listings(train_rows + test_rows, VARIANTS[variant],
-                           np.random.default_rng(pool_stream))
+    pool = _clean_listings(
+        train_rows + test_rows, VARIANTS[variant], np.random.default_rng(pool_stream)
+    )
     splits = (pool.iloc[:train_rows], pool.iloc[train_rows:])
-    return tuple(add_dirt(split, np.random.default_rng(stream)) if dirty
-                 else split.reset_index(drop=True)
-                 for split, stream in zip(splits, dirt_streams, strict=True))
+    return tuple(
+        add_dirt(split, np.random.default_rng(stream)) if dirty else split.reset_index(drop=True)
+        for split, stream in zip(splits, dirt_streams, strict=True)
+    )
 
 
-def generate_listings(n_rows: int, seed: int, dirty: bool = True,
-                      variant: str = "realistic") -> pd.DataFrame:
+def generate_listings(
+    n_rows: int, seed: int, dirty: bool = True, variant: str = "realistic"
+) -> pd.DataFrame:
     """``n_rows`` synthetic listings in the client's columns (the train split of a seed)."""
     if n_rows <= 0:
         raise ValueError(f"n_rows must be > 0 (got {n_rows})")
@@ -309,21 +385,50 @@ def _write_csvs(frames: dict[str, pd.DataFrame], folder: Path) -> None:
 
 
 @click.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
-              show_default=True, help="Folder for train.csv and test.csv.")
-@click.option("--url", callback=_check_url,
-              help="SQLAlchemy URL: write tables train and test there instead of CSV files.")
-@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True,
-              help="Same seed, same files.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data"),
+    show_default=True,
+    help="Folder for train.csv and test.csv.",
+)
+@click.option(
+    "--url",
+    callback=_check_url,
+    help="SQLAlchemy URL: write tables train and test there instead of CSV files.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=42,
+    show_default=True,
+    help="Same seed, same files.",
+)
 @click.option("--train-rows", type=click.IntRange(min=1), default=16_212, show_default=True)
 @click.option("--test-rows", type=click.IntRange(min=1), default=6_949, show_default=True)
-@click.option("--variant", type=click.Choice(list(VARIANTS)), default="realistic",
-              show_default=True, help="Synthetic world: realistic (the client's market) or one "
-              "that changes what a model must learn.")
-@click.option("--dirty/--clean", default=True, show_default=True,
-              help="Add the dirty rows seen in the client's files.")
-def main(out: Path, url: str | None, seed: int, train_rows: int, test_rows: int,
-         variant: str, dirty: bool) -> None:
+@click.option(
+    "--variant",
+    type=click.Choice(list(VARIANTS)),
+    default="realistic",
+    show_default=True,
+    help="Synthetic world: realistic (the client's market) or one "
+    "that changes what a model must learn.",
+)
+@click.option(
+    "--dirty/--clean",
+    default=True,
+    show_default=True,
+    help="Add the dirty rows seen in the client's files.",
+)
+def main(
+    out: Path,
+    url: str | None,
+    seed: int,
+    train_rows: int,
+    test_rows: int,
+    variant: str,
+    dirty: bool,
+) -> None:
     """Write synthetic train and test listings as CSV files or database tables."""
     train, test = generate_splits(seed, train_rows, test_rows, dirty, variant)
     frames = {"train": train, "test": test}

@@ -87,26 +87,42 @@ def run_ingest(source_spec: str, train_name: str, test_name: str, params: Params
         mlflow.log_dict({s: asdict(r) for s, r in result.reports.items()}, REPORT)
         mlflow.log_metrics(report_metrics(result.reports))
         for split, report in result.reports.items():
-            logger.info("%s: kept %d of %d rows; dropped %s; repaired %s; flagged %s", split,
-                        report.rows_kept, report.rows_read, report.dropped, report.repaired,
-                        report.flagged)
+            logger.info(
+                "%s: kept %d of %d rows; dropped %s; repaired %s; flagged %s",
+                split,
+                report.rows_kept,
+                report.rows_read,
+                report.dropped,
+                report.repaired,
+                report.flagged,
+            )
         return run.info.run_id
 
 
 SOURCE_OPTION = click.option(
-    "--source", default="synthetic", show_default=True,
-    help="Folder with the CSVs, SQLAlchemy URL, or 'synthetic[:seed=..,train_rows=..]'.")
+    "--source",
+    default="synthetic",
+    show_default=True,
+    help="Folder with the CSVs, SQLAlchemy URL, or 'synthetic[:seed=..,train_rows=..]'.",
+)
 
 
 def source_options(command):
     """--source, --train and --test: where the listings come from (shared by ingest and main)."""
     command = click.option(
-        "--test", "test_name", default="test", show_default=True,
+        "--test",
+        "test_name",
+        default="test",
+        show_default=True,
         help="Test split; empty to split the training data (params.yaml split.test_size).",
     )(command)
-    command = click.option("--train", "train_name", default="train", show_default=True,
-                           help="Training split: CSV file stem, table name or SELECT query.",
-                           )(command)
+    command = click.option(
+        "--train",
+        "train_name",
+        default="train",
+        show_default=True,
+        help="Training split: CSV file stem, table name or SELECT query.",
+    )(command)
     return SOURCE_OPTION(command)
 
 

@@ -21,8 +21,13 @@ from steps.train import run_train
 @click.command()
 @source_options
 @click.option("--preset", default="", help="Preset of params.yaml (default: its `preset`).")
-@click.option("--force-promote", type=bool, default=False, show_default=True,
-              help="true to promote even if the evaluation gate refuses.")
+@click.option(
+    "--force-promote",
+    type=bool,
+    default=False,
+    show_default=True,
+    help="true to promote even if the evaluation gate refuses.",
+)
 @cli_errors
 def main(source: str, train_name: str, test_name: str, preset: str, force_promote: bool) -> None:
     """Run every step; the new version becomes champion only if the gate lets it through."""

@@ -47,8 +47,13 @@ def recent_columns(request_log: Path, last_rows: int) -> dict[str, list]:
 
 def drift_report(reference: dict, columns: dict[str, list], model_uri: str) -> dict:
     scores = feature_drift(reference, columns)
-    return {"model_uri": model_uri, "rows": len(columns[FEATURE_NAMES[0]]),
-            "threshold": DRIFT_THRESHOLD, "psi": scores, "drifted": drifted(scores)}
+    return {
+        "model_uri": model_uri,
+        "rows": len(columns[FEATURE_NAMES[0]]),
+        "threshold": DRIFT_THRESHOLD,
+        "psi": scores,
+        "drifted": drifted(scores),
+    }
 
 
 def served_model_uri(settings: Settings) -> str:
@@ -60,18 +65,33 @@ def served_model_uri(settings: Settings) -> str:
 
 
 @click.command()
-@click.option("--request-log", default="",
-              help="JSON-lines request log (default: GATEWAY_REQUEST_LOG).")
-@click.option("--model-uri", default="", help="Model whose training data is the reference "
-              "(default: the served version, else MODEL_URI).")
-@click.option("--last-rows", type=click.IntRange(min=MIN_ROWS), default=5000, show_default=True,
-              help="How many of the most recent priced rows to compare.")
-@click.option("--output", type=click.Path(path_type=Path), default=Path("drift_report.json"),
-              show_default=True)
+@click.option(
+    "--request-log", default="", help="JSON-lines request log (default: GATEWAY_REQUEST_LOG)."
+)
+@click.option(
+    "--model-uri",
+    default="",
+    help="Model whose training data is the reference "
+    "(default: the served version, else MODEL_URI).",
+)
+@click.option(
+    "--last-rows",
+    type=click.IntRange(min=MIN_ROWS),
+    default=5000,
+    show_default=True,
+    help="How many of the most recent priced rows to compare.",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("drift_report.json"),
+    show_default=True,
+)
 @click.option("--fail-on-drift", is_flag=True, help="Exit with code 3 when a feature drifted.")
 @cli_errors
-def main(request_log: str, model_uri: str, last_rows: int, output: Path,
-         fail_on_drift: bool) -> None:
+def main(
+    request_log: str, model_uri: str, last_rows: int, output: Path, fail_on_drift: bool
+) -> None:
     """Compare recent traffic with the training data, feature by feature (PSI)."""
     settings = Settings.from_env()
     configure(settings)
@@ -79,14 +99,18 @@ def main(request_log: str, model_uri: str, last_rows: int, output: Path,
     columns = recent_columns(Path(request_log or settings.gateway_request_log), last_rows)
     report = drift_report(load_reference(model_uri), columns, model_uri)
     if not report["psi"]:
-        raise StepError(f"only {report['rows']} priced rows in the request log; "
-                        f"at least {MIN_ROWS} are needed to measure drift")
+        raise StepError(
+            f"only {report['rows']} priced rows in the request log; "
+            f"at least {MIN_ROWS} are needed to measure drift"
+        )
     with step_run("monitor"):
         mlflow.log_dict(report, "drift_report.json")
         mlflow.log_metrics({f"drift_{name}": score for name, score in report["psi"].items()})
     output.write_text(json.dumps(report, indent=2))
-    click.echo(f"{report['rows']} rows; drifted: {', '.join(report['drifted']) or 'none'} "
-               f"(PSI > {DRIFT_THRESHOLD}); report: {output}")
+    click.echo(
+        f"{report['rows']} rows; drifted: {', '.join(report['drifted']) or 'none'} "
+        f"(PSI > {DRIFT_THRESHOLD}); report: {output}"
+    )
     if fail_on_drift and report["drifted"]:
         raise SystemExit(3)
 

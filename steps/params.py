@@ -12,10 +12,17 @@ from pyfunc.schema import NUMERIC_NAMES
 from pyfunc.settings import PROJECT_DIR
 
 DEFAULT_PARAMS_PATH = PROJECT_DIR / "params.yaml"
-ESTIMATORS = ("GradientBoostingRegressor", "HistGradientBoostingRegressor",
-              "RandomForestRegressor", "ExtraTreesRegressor")
-MONOTONIC_ESTIMATORS = ("HistGradientBoostingRegressor", "RandomForestRegressor",
-                        "ExtraTreesRegressor")
+ESTIMATORS = (
+    "GradientBoostingRegressor",
+    "HistGradientBoostingRegressor",
+    "RandomForestRegressor",
+    "ExtraTreesRegressor",
+)
+MONOTONIC_ESTIMATORS = (
+    "HistGradientBoostingRegressor",
+    "RandomForestRegressor",
+    "ExtraTreesRegressor",
+)
 
 
 class ParamsError(UserError):
@@ -52,7 +59,8 @@ class Params:
         chosen = name or self.default_preset
         if chosen not in self.presets:
             raise ParamsError(
-                f"unknown preset {chosen!r}; params.yaml defines: {', '.join(self.presets)}")
+                f"unknown preset {chosen!r}; params.yaml defines: {', '.join(self.presets)}"
+            )
         return self.presets[chosen]
 
 
@@ -87,14 +95,16 @@ def _preset(name: str, raw: dict) -> Preset:
         for c in raw["candidates"]
     )
     monotonic = {str(k): int(v) for k, v in (raw.get("monotonic") or {}).items()}
-    return Preset(name, bool(raw["engineered_features"]), bool(raw["log_target"]), candidates,
-                  monotonic)
+    return Preset(
+        name, bool(raw["engineered_features"]), bool(raw["log_target"]), candidates, monotonic
+    )
 
 
 def _values(preset: str, param: str, values: object) -> list:
     if not isinstance(values, list) or not values:
-        raise ParamsError(f"preset {preset}: {param} must be a list of values to search, "
-                          f"e.g. [{values!r}]")
+        raise ParamsError(
+            f"preset {preset}: {param} must be a list of values to search, e.g. [{values!r}]"
+        )
     return values
 
 
@@ -112,18 +122,24 @@ def _check(params: Params, path: Path) -> None:
             if candidate.estimator not in ESTIMATORS:
                 raise ParamsError(
                     f"{path}: preset {preset.name}: unknown estimator {candidate.estimator!r}; "
-                    f"known: {', '.join(ESTIMATORS)}")
+                    f"known: {', '.join(ESTIMATORS)}"
+                )
             if preset.monotonic and candidate.estimator not in MONOTONIC_ESTIMATORS:
                 raise ParamsError(
                     f"{path}: preset {preset.name}: {candidate.estimator} cannot take monotonic "
-                    f"constraints; use one of {', '.join(MONOTONIC_ESTIMATORS)}")
+                    f"constraints; use one of {', '.join(MONOTONIC_ESTIMATORS)}"
+                )
 
 
 def _check_monotonic(preset: Preset, path: Path) -> None:
     for name, direction in preset.monotonic.items():
         if name not in NUMERIC_NAMES:
-            raise ParamsError(f"{path}: preset {preset.name}: monotonic: {name!r} is not a "
-                              f"numeric feature ({', '.join(NUMERIC_NAMES)})")
+            raise ParamsError(
+                f"{path}: preset {preset.name}: monotonic: {name!r} is not a "
+                f"numeric feature ({', '.join(NUMERIC_NAMES)})"
+            )
         if direction not in (-1, 1):
-            raise ParamsError(f"{path}: preset {preset.name}: monotonic: {name} must be 1 "
-                              f"(increasing) or -1 (decreasing), got {direction}")
+            raise ParamsError(
+                f"{path}: preset {preset.name}: monotonic: {name} must be 1 "
+                f"(increasing) or -1 (decreasing), got {direction}"
+            )

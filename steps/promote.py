@@ -38,8 +38,10 @@ def gate(tags: dict[str, str], force: bool) -> tuple[bool, str]:
     if outcome is None:
         return False, "not evaluated: run the evaluate step first (or force)"
     if outcome not in PASSING_VERDICTS:
-        return False, (f"verdict {outcome!r}: test MAE {tags.get('test_mae')} vs champion "
-                       f"{tags.get('champion_test_mae')} on the same rows")
+        return False, (
+            f"verdict {outcome!r}: test MAE {tags.get('test_mae')} vs champion "
+            f"{tags.get('champion_test_mae')} on the same rows"
+        )
     return True, f"verdict {outcome!r}"
 
 
@@ -50,8 +52,10 @@ def check_loadable(uri: str) -> mlflow.pyfunc.PyFuncModel:
         model.predict(model.input_example)
         return model
     except Exception as error:
-        raise StepError(f"{uri} cannot be loaded or cannot price its input example "
-                        f"({type(error).__name__}: {error}); the champion is unchanged") from None
+        raise StepError(
+            f"{uri} cannot be loaded or cannot price its input example "
+            f"({type(error).__name__}: {error}); the champion is unchanged"
+        ) from None
 
 
 def champion_to(version: str, reason: str, settings: Settings) -> Promotion:
@@ -71,8 +75,13 @@ def run_promote(version: str, force: bool, settings: Settings) -> Promotion:
     version = version or registry.latest_version(settings.model_name)
     with step_run("promote"):
         result = promote(settings, version, force)
-        mlflow.set_tags({"model_version": version, "promoted": str(result.promoted).lower(),
-                         "reason": result.reason})
+        mlflow.set_tags(
+            {
+                "model_version": version,
+                "promoted": str(result.promoted).lower(),
+                "reason": result.reason,
+            }
+        )
         return result
 
 
@@ -80,14 +89,21 @@ def describe(result: Promotion, settings: Settings) -> str:
     if not result.promoted:
         return f"version {result.version} NOT promoted ({result.reason}); champion unchanged"
     was = f", was version {result.previous}" if result.previous else ""
-    return (f"{settings.model_name}@{settings.model_alias} -> version {result.version} "
-            f"({result.reason}{was}); the rollout controller serves it after its checks")
+    return (
+        f"{settings.model_name}@{settings.model_alias} -> version {result.version} "
+        f"({result.reason}{was}); the rollout controller serves it after its checks"
+    )
 
 
 @click.command()
 @click.option("--model-version", default="", help="Version to promote (default: the newest).")
-@click.option("--force", type=bool, default=False, show_default=True,
-              help="true to promote even if the evaluation gate refuses.")
+@click.option(
+    "--force",
+    type=bool,
+    default=False,
+    show_default=True,
+    help="true to promote even if the evaluation gate refuses.",
+)
 @cli_errors
 def main(model_version: str, force: bool) -> None:
     """Move the champion alias to a version that passed evaluation."""

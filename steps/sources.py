@@ -136,8 +136,9 @@ class SqlSource(DataSource):
         if not inspector.has_table(table, schema=schema_or_default):
             existing = inspector.get_table_names(schema=schema_or_default)
             listed = ", ".join(sorted(existing)) or "none"
-            raise SourceError(f"{self._what(name)} not found in {self.safe_url} "
-                              f"(tables there: {listed})")
+            raise SourceError(
+                f"{self._what(name)} not found in {self.safe_url} (tables there: {listed})"
+            )
         selected = sa.table(table, schema=schema_or_default)
         return sa.select(sa.literal_column("*")).select_from(selected)
 
@@ -179,8 +180,13 @@ class SqlSource(DataSource):
 class SyntheticSource(DataSource):
     """Realistic generated listings (steps.generate), deterministic from the seed."""
 
-    def __init__(self, seed: int = 42, train_rows: int = 16_212, test_rows: int = 6_949,
-                 variant: str = "realistic") -> None:
+    def __init__(
+        self,
+        seed: int = 42,
+        train_rows: int = 16_212,
+        test_rows: int = 6_949,
+        variant: str = "realistic",
+    ) -> None:
         super().__init__()
         self.seed, self.train_rows, self.test_rows = seed, train_rows, test_rows
         self.variant = variant
@@ -194,8 +200,9 @@ class SyntheticSource(DataSource):
         if self._splits is None:
             from steps.generate import generate_splits
 
-            train, test = generate_splits(self.seed, self.train_rows, self.test_rows,
-                                          variant=self.variant)
+            train, test = generate_splits(
+                self.seed, self.train_rows, self.test_rows, variant=self.variant
+            )
             self._splits = {"train": train, "test": test}
         return self._splits[name].copy()
 
@@ -223,8 +230,9 @@ def _synthetic_options(text: str) -> dict[str, int | str]:
             allowed = ", ".join(SYNTHETIC_KEYS)
             raise SourceError(f"unknown synthetic option {key!r}; allowed: {allowed}")
         if key == "variant" and value not in VARIANTS:
-            raise SourceError(f"unknown synthetic variant {value!r}; allowed: "
-                              f"{', '.join(VARIANTS)}")
+            raise SourceError(
+                f"unknown synthetic variant {value!r}; allowed: {', '.join(VARIANTS)}"
+            )
         if key != "variant" and not value.lstrip("-").isdigit():
             raise SourceError(f"synthetic option {item!r} must be an integer")
         options[key] = value if key == "variant" else int(value)

@@ -35,10 +35,13 @@ def session(master: str) -> SparkSession:
     """A session whose Python workers run this interpreter, unless PYSPARK_PYTHON says
     otherwise (a cluster's executors have their own)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return (SparkSession.builder.master(master).appName("property-friends-batch-score")
-            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-            .config("spark.ui.enabled", "false")
-            .getOrCreate())
+    return (
+        SparkSession.builder.master(master)
+        .appName("property-friends-batch-score")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
 
 
 def load(spark: SparkSession, path: str) -> DataFrame:
@@ -55,9 +58,13 @@ def read(spark: SparkSession, path: str) -> DataFrame:
     if TARGET.name in frame.columns:
         frame = frame.withColumnRenamed(TARGET.name, ACTUAL_PRICE)
     return frame.withColumns(
-        {name: F.col(name).try_cast("double") for name in (*NUMERIC_NAMES, ACTUAL_PRICE)
-         if name in frame.columns}
-        | {name: F.col(name).cast("string") for name in CATEGORICAL_NAMES})
+        {
+            name: F.col(name).try_cast("double")
+            for name in (*NUMERIC_NAMES, ACTUAL_PRICE)
+            if name in frame.columns
+        }
+        | {name: F.col(name).cast("string") for name in CATEGORICAL_NAMES}
+    )
 
 
 def score_with_spark(job: Job, master: str) -> tuple[int, int]:
@@ -65,13 +72,17 @@ def score_with_spark(job: Job, master: str) -> tuple[int, int]:
     spark = session(master)
     try:
         listings = read(spark, job.input)
-        model = mlflow.pyfunc.spark_udf(spark, job.model_uri, result_type=RESULT_TYPE,
-                                        env_manager="local", params=job.params)
-        scored = (listings.withColumn(SCORED, model(F.struct(*FEATURE_NAMES)))
-                  .select(*listings.columns, f"{SCORED}.*")
-                  .withColumn(VERSION_COLUMN, F.lit(job.version)))
-        scored.write.save(str(job.output), format=job.output.suffix.lower()[1:],
-                          mode="overwrite", header=True)
+        model = mlflow.pyfunc.spark_udf(
+            spark, job.model_uri, result_type=RESULT_TYPE, env_manager="local", params=job.params
+        )
+        scored = (
+            listings.withColumn(SCORED, model(F.struct(*FEATURE_NAMES)))
+            .select(*listings.columns, f"{SCORED}.*")
+            .withColumn(VERSION_COLUMN, F.lit(job.version))
+        )
+        scored.write.save(
+            str(job.output), format=job.output.suffix.lower()[1:], mode="overwrite", header=True
+        )
         written = load(spark, str(job.output))
         rows = written.count()
         if rows == 0:

@@ -30,8 +30,9 @@ def configure(settings: Settings) -> None:
 
     Under `mlflow run` the run already exists (MLFLOW_RUN_ID): its experiment is kept.
     """
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     if not os.environ.get("MLFLOW_RUN_ID"):

@@ -74,8 +74,9 @@ def build_pipeline(preset: Preset, seed: int) -> Pipeline:
     if preset.monotonic:
         model.set_params(monotonic_cst=monotonic_constraints(preset))
     if preset.log_target:
-        model = TransformedTargetRegressor(regressor=model, func=np.log, inverse_func=np.exp,
-                                           check_inverse=False)
+        model = TransformedTargetRegressor(
+            regressor=model, func=np.log, inverse_func=np.exp, check_inverse=False
+        )
     steps = [("encode", encode), ("model", model)]
     if preset.engineered_features:
         steps.insert(0, ("features", FunctionTransformer(add_engineered_features)))
@@ -100,8 +101,11 @@ def search_space(preset: Preset, seed: int) -> list[dict[str, list]]:
     constraints = monotonic_constraints(preset)
     fixed = {f"{prefix}__monotonic_cst": [constraints]} if constraints else {}
     return [
-        {prefix: [ESTIMATOR_CLASSES[c.estimator](random_state=seed)], **fixed,
-         **{f"{prefix}__{name}": values for name, values in c.params.items()}}
+        {
+            prefix: [ESTIMATOR_CLASSES[c.estimator](random_state=seed)],
+            **fixed,
+            **{f"{prefix}__{name}": values for name, values in c.params.items()},
+        }
         for c in preset.candidates
     ]
 
@@ -122,8 +126,12 @@ def fit(train: pd.DataFrame, preset: Preset, params: Params) -> TrainResult:
     )
     search.fit(train[list(FEATURE_NAMES)], train[TARGET.name])
     results = _cv_table(search.cv_results_)
-    return TrainResult(search.best_estimator_, _readable(search.best_params_),
-                       _cv_metrics(results.iloc[0]), results)
+    return TrainResult(
+        search.best_estimator_,
+        _readable(search.best_params_),
+        _cv_metrics(results.iloc[0]),
+        results,
+    )
 
 
 def _cv_table(cv_results: dict) -> pd.DataFrame:
@@ -138,7 +146,8 @@ def _cv_table(cv_results: dict) -> pd.DataFrame:
 
 def _cv_metrics(best: pd.Series) -> dict[str, float]:
     return {f"cv_{m}": float(best[f"mean_test_{m}"]) for m in SCORING} | {
-        f"cv_{m}_std": float(best[f"std_test_{m}"]) for m in SCORING}
+        f"cv_{m}_std": float(best[f"std_test_{m}"]) for m in SCORING
+    }
 
 
 def _readable(best_params: dict) -> dict[str, object]:
@@ -147,12 +156,14 @@ def _readable(best_params: dict) -> dict[str, object]:
     for key, value in best_params.items():
         name = key.rsplit("__", 1)[-1] if "__" in key else "estimator"
         readable["estimator" if name in ("model", "regressor") else name] = (
-            type(value).__name__ if hasattr(value, "fit") else value)
+            type(value).__name__ if hasattr(value, "fit") else value
+        )
     return readable
 
 
-def run_train(ingest_run_id: str, preset_name: str, source: str, params: Params,
-              settings: Settings) -> tuple[str, str]:
+def run_train(
+    ingest_run_id: str, preset_name: str, source: str, params: Params, settings: Settings
+) -> tuple[str, str]:
     """Train in a step run; returns (run id, registered model version)."""
     with step_run("train") as run:
         if not ingest_run_id:
@@ -160,23 +171,26 @@ def run_train(ingest_run_id: str, preset_name: str, source: str, params: Params,
         preset = params.preset(preset_name)
         train = load_frame(ingest_run_id, CLEAN_TRAIN)
         mlflow.set_tags({"ingest_run_id": ingest_run_id, "preset": preset.name})
-        mlflow.log_params({"seed": params.seed, "cv_folds": params.cv_folds,
-                           "train_rows": len(train)})
+        mlflow.log_params(
+            {"seed": params.seed, "cv_folds": params.cv_folds, "train_rows": len(train)}
+        )
         result = fit(train, preset, params)
         mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
         mlflow.log_metrics(result.cv_metrics)
         mlflow.log_table(result.cv_results, "cv_results.json")
         logger.info("best %s: CV MAE %.0f UF", result.best_params, result.cv_metrics["cv_mae"])
-        info = log_model(result.pipeline, build_profile(train), train.head(3),
-                         settings.model_name)
+        info = log_model(result.pipeline, build_profile(train), train.head(3), settings.model_name)
         version = str(info.registered_model_version)
         mlflow.set_tag("model_version", version)
         return run.info.run_id, version
 
 
 @click.command()
-@click.option("--ingest-run-id", default="", help="Ingest run whose clean data to use; "
-              "empty to ingest --source first.")
+@click.option(
+    "--ingest-run-id",
+    default="",
+    help="Ingest run whose clean data to use; empty to ingest --source first.",
+)
 @click.option("--preset", default="", help="Preset of params.yaml (default: its `preset`).")
 @SOURCE_OPTION
 @cli_errors

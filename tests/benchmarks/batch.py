@@ -34,8 +34,17 @@ TRAINING_SOURCE = "synthetic:train_rows=8000,test_rows=2000"
 
 def score(env: dict[str, str], engine: str, listings: Path, output: Path) -> float:
     """Wall seconds of `python -m steps.batch_score` on `engine`; fails with its output."""
-    command = [sys.executable, "-m", "steps.batch_score", "--input", str(listings),
-               "--output", str(output), "--engine", engine]
+    command = [
+        sys.executable,
+        "-m",
+        "steps.batch_score",
+        "--input",
+        str(listings),
+        "--output",
+        str(output),
+        "--engine",
+        engine,
+    ]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -48,16 +57,22 @@ def score(env: dict[str, str], engine: str, listings: Path, output: Path) -> flo
 def agree(outputs: dict[str, Path]) -> dict[str, object]:
     pandas, spark = (pd.read_parquet(outputs[engine], columns=OUTPUTS) for engine in ENGINES)
     prices = np.abs(pandas["price"] - spark["price"]) / pandas["price"]
-    return {"same_rows": len(pandas) == len(spark),
-            "same_reasons": bool((pandas["invalid_reason"] == spark["invalid_reason"]).all()),
-            "same_invalid_rows": bool((pandas["price"].isna() == spark["price"].isna()).all()),
-            "max_relative_price_difference": float(np.nan_to_num(prices.max()))}
+    return {
+        "same_rows": len(pandas) == len(spark),
+        "same_reasons": bool((pandas["invalid_reason"] == spark["invalid_reason"]).all()),
+        "same_invalid_rows": bool((pandas["price"].isna() == spark["price"].isna()).all()),
+        "max_relative_price_difference": float(np.nan_to_num(prices.max())),
+    }
 
 
 @click.command()
 @click.option("--rows", type=click.IntRange(min=1), default=1_000_000, show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("bench-results/batch.json"), show_default=True)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("bench-results/batch.json"),
+    show_default=True,
+)
 def main(rows: int, output: Path) -> None:
     """Score `rows` generated listings with both engines and compare."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -70,16 +85,22 @@ def main(rows: int, output: Path) -> None:
         generate_listings(rows, seed=11, dirty=True).to_parquet(listings, index=False)
         outputs = {engine: workdir / f"{engine}.parquet" for engine in ENGINES}
         seconds = {engine: score(env, engine, listings, outputs[engine]) for engine in ENGINES}
-        results = {"rows": rows, "cores": os.cpu_count(), "seconds": seconds,
-                   "rows_per_second": {e: rows / s for e, s in seconds.items()},
-                   "spark_over_pandas": seconds["pandas"] / seconds["spark"],
-                   "agreement": agree(outputs)}
+        results = {
+            "rows": rows,
+            "cores": os.cpu_count(),
+            "seconds": seconds,
+            "rows_per_second": {e: rows / s for e, s in seconds.items()},
+            "spark_over_pandas": seconds["pandas"] / seconds["spark"],
+            "agreement": agree(outputs),
+        }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
-    click.echo(f"\nBatch scoring, {rows:,} generated listings, {os.cpu_count()} cores "
-               "(wall time of the whole step)")
+    click.echo(
+        f"\nBatch scoring, {rows:,} generated listings, {os.cpu_count()} cores "
+        "(wall time of the whole step)"
+    )
     for engine, rate in results["rows_per_second"].items():
         click.echo(f"  {engine:<8}{seconds[engine]:>8.1f} s {rate:>12,.0f} rows/s")
     click.echo(f"  spark / pandas rows/s: {results['spark_over_pandas']:.2f}")

@@ -27,11 +27,17 @@ class ConnectionClosed(ConnectionError):
     """The server closed the connection before answering (an idle keep-alive timeout)."""
 
 
-def prepare_post(host: str, port: int, path: str, body: bytes,
-                 headers: Mapping[str, str] | None = None) -> bytes:
+def prepare_post(
+    host: str, port: int, path: str, body: bytes, headers: Mapping[str, str] | None = None
+) -> bytes:
     """The bytes of a POST with a JSON body."""
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
-             f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -126,8 +132,12 @@ def make_batches(listings: pd.DataFrame, size: int, count: int, seed: int) -> li
         frame = rows[list(FEATURE_NAMES)].reset_index(drop=True)
         frame = frame.astype({n: "float64" for n in NUMERIC_NAMES})
         frame = frame.astype({n: object for n in CATEGORICAL_NAMES})  # as MLflow's parser gives
-        payload = {"dataframe_split": {"columns": list(FEATURE_NAMES),
-                                       "data": frame.to_numpy(dtype=object).tolist()}}
+        payload = {
+            "dataframe_split": {
+                "columns": list(FEATURE_NAMES),
+                "data": frame.to_numpy(dtype=object).tolist(),
+            }
+        }
         batches.append(Batch(frame, orjson.dumps(payload)))
     return batches
 

@@ -68,8 +68,9 @@ Route = InProcess | Http
 CpuReader = Callable[[], dict[str, float]]
 
 
-def summarize(seconds: Sequence[float], rows: int,
-              cpu: Mapping[str, float] | None = None) -> dict[str, object]:
+def summarize(
+    seconds: Sequence[float], rows: int, cpu: Mapping[str, float] | None = None
+) -> dict[str, object]:
     """Latency percentiles (ms), rows/s from the median and from the total time, and the CPU
     each process group spent per request (ms)."""
     values = np.asarray(seconds)
@@ -84,18 +85,23 @@ def summarize(seconds: Sequence[float], rows: int,
     }
 
 
-def sequential(routes: Sequence[Route], batches: Mapping[int, Sequence[Batch]],
-               counts: Mapping[int, int], rounds: int,
-               cpu: CpuReader = dict) -> dict[str, dict[int, dict]]:
+def sequential(
+    routes: Sequence[Route],
+    batches: Mapping[int, Sequence[Batch]],
+    counts: Mapping[int, int],
+    rounds: int,
+    cpu: CpuReader = dict,
+) -> dict[str, dict[int, dict]]:
     """Per path and batch size: `counts[size]` requests, one at a time, spread over `rounds`
     rounds; each round visits the paths in a rotated order. `cpu()` gives the CPU seconds of
     the started process groups; this process's own CPU is counted as "benchmark process"."""
-    prepared = {r.name: {size: [r.prepare(b) for b in batches[size]] for size in batches}
-                for r in routes}
-    samples: dict[str, dict[int, list[float]]] = {r.name: {s: [] for s in batches}
-                                                  for r in routes}
-    spent: dict[str, dict[int, dict[str, float]]] = {r.name: {s: {} for s in batches}
-                                                     for r in routes}
+    prepared = {
+        r.name: {size: [r.prepare(b) for b in batches[size]] for size in batches} for r in routes
+    }
+    samples: dict[str, dict[int, list[float]]] = {r.name: {s: [] for s in batches} for r in routes}
+    spent: dict[str, dict[int, dict[str, float]]] = {
+        r.name: {s: {} for s in batches} for r in routes
+    }
     for route in routes:  # warm-up: first requests open connections and fill caches
         for size in batches:
             for request in prepared[route.name][size][:3]:
@@ -114,9 +120,10 @@ def sequential(routes: Sequence[Route], batches: Mapping[int, Sequence[Batch]],
                     times.append(time.perf_counter() - started)
                 _add(spent[route.name][size], before, _cpu_now(cpu))
         logger.info("round %d/%d done", round_ + 1, rounds)
-    return {name: {size: summarize(times, size, spent[name][size])
-                   for size, times in by_size.items()}
-            for name, by_size in samples.items()}
+    return {
+        name: {size: summarize(times, size, spent[name][size]) for size, times in by_size.items()}
+        for name, by_size in samples.items()
+    }
 
 
 def _cpu_now(cpu: CpuReader) -> dict[str, float]:
@@ -135,19 +142,25 @@ def agreement(routes: Sequence[Route], batch: Batch) -> dict[str, float]:
         answer = route.send(route.prepare(batch))
         answers[route.name] = answer if isinstance(answer, np.ndarray) else prices(answer)
     reference = answers[IN_PROCESS]
-    return {name: float(np.max(np.abs(got - reference) / np.abs(reference)))
-            for name, got in answers.items() if name != IN_PROCESS}
+    return {
+        name: float(np.max(np.abs(got - reference) / np.abs(reference)))
+        for name, got in answers.items()
+        if name != IN_PROCESS
+    }
 
 
-def fast_path_vs_pipeline(model, batches: Sequence[Batch], count: int,
-                          rounds: int = 10) -> dict[str, object]:
+def fast_path_vs_pipeline(
+    model, batches: Sequence[Batch], count: int, rounds: int = 10
+) -> dict[str, object]:
     """Single-row latency of the loaded model's `predict` (validation and fast path) and of its
     fitted scikit-learn pipeline alone, on the same rows, path after path in `rounds` rounds
     (not call after call: the pipeline's OpenMP threads keep spinning after each call), and the
     largest relative difference between their prices."""
     pipeline = model.unwrap_python_model()._pipeline
-    paths = {FAST_PATH: lambda frame: model.predict(frame)["price"].to_numpy(),
-             PIPELINE: lambda frame: np.asarray(pipeline.predict(frame), dtype=np.float64)}
+    paths = {
+        FAST_PATH: lambda frame: model.predict(frame)["price"].to_numpy(),
+        PIPELINE: lambda frame: np.asarray(pipeline.predict(frame), dtype=np.float64),
+    }
     times: dict[str, list[float]] = {name: [] for name in paths}
     prices: dict[str, list[np.ndarray]] = {name: [] for name in paths}
     frames = [batches[i % len(batches)].frame for i in range(count)]
@@ -161,7 +174,8 @@ def fast_path_vs_pipeline(model, batches: Sequence[Batch], count: int,
                 times[name].append(time.perf_counter() - started)
     fast, slow = (np.concatenate(prices[name]) for name in (FAST_PATH, PIPELINE))
     return {name: summarize(seconds, 1) for name, seconds in times.items()} | {
-        "max_relative_difference": float(np.max(np.abs(fast / slow - 1)))}
+        "max_relative_difference": float(np.max(np.abs(fast / slow - 1)))
+    }
 
 
 @dataclass
@@ -194,8 +208,14 @@ class _Client:
         self.route.close()
 
 
-def concurrent(route: Http, batches: Sequence[Batch], clients: int, warmup: float,
-               duration: float, cpu: CpuReader) -> dict[str, object]:
+def concurrent(
+    route: Http,
+    batches: Sequence[Batch],
+    clients: int,
+    warmup: float,
+    duration: float,
+    cpu: CpuReader,
+) -> dict[str, object]:
     """`clients` threads, each on its own connection, sending as fast as answers come back.
 
     Requests that finish inside the measured window (after `warmup`) are counted; `cpu()`
@@ -204,8 +224,10 @@ def concurrent(route: Http, batches: Sequence[Batch], clients: int, warmup: floa
     workers = [_Client(route.copy(), [route.prepare(b) for b in batches]) for _ in range(clients)]
     start = threading.Barrier(clients + 1)
     clock = {"stop_at": float("inf")}  # set just before the clients are released
-    threads = [threading.Thread(target=w.run, args=(start, lambda: clock["stop_at"], k * 7),
-                                daemon=True) for k, w in enumerate(workers)]
+    threads = [
+        threading.Thread(target=w.run, args=(start, lambda: clock["stop_at"], k * 7), daemon=True)
+        for k, w in enumerate(workers)
+    ]
     for thread in threads:
         thread.start()
     began = time.perf_counter()
@@ -220,13 +242,18 @@ def concurrent(route: Http, batches: Sequence[Batch], clients: int, warmup: floa
     spent = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
     spent["client"] = client_after - client_before
     window = (began + warmup, began + warmup + duration)
-    inside = [seconds for w in workers for finished, seconds in w.latencies
-              if window[0] <= finished < window[1]]
+    inside = [
+        seconds
+        for w in workers
+        for finished, seconds in w.latencies
+        if window[0] <= finished < window[1]
+    ]
     return _load_result(workers, inside, duration, spent)
 
 
-def _load_result(workers: Sequence[_Client], inside: Sequence[float], duration: float,
-                 spent: Mapping[str, float]) -> dict[str, object]:
+def _load_result(
+    workers: Sequence[_Client], inside: Sequence[float], duration: float, spent: Mapping[str, float]
+) -> dict[str, object]:
     count = len(inside)
     result: dict[str, object] = {
         "clients": len(workers),
@@ -239,6 +266,8 @@ def _load_result(workers: Sequence[_Client], inside: Sequence[float], duration: 
         "cpu_cores_busy": {k: v / duration for k, v in spent.items()},
     }
     if inside:
-        result |= {"p50_ms": float(np.percentile(inside, 50) * 1e3),
-                   "p99_ms": float(np.percentile(inside, 99) * 1e3)}
+        result |= {
+            "p50_ms": float(np.percentile(inside, 50) * 1e3),
+            "p99_ms": float(np.percentile(inside, 99) * 1e3),
+        }
     return result

@@ -29,8 +29,9 @@ POLL_SECONDS = "1"
 
 
 @contextlib.contextmanager
-def pool_stack(workdir: Path, env: dict[str, str], servers: int,
-               gateway_workers: int) -> Iterator[tuple[Controller, RunningGateway]]:
+def pool_stack(
+    workdir: Path, env: dict[str, str], servers: int, gateway_workers: int
+) -> Iterator[tuple[Controller, RunningGateway]]:
     """The controller with `servers` servers on the champion, and a gateway on its file."""
     env = {**env, "MODEL_SERVERS": str(servers), "ROLLOUT_POLL_SECONDS": POLL_SECONDS}
     with running_controller(workdir, env) as controller:
@@ -38,27 +39,44 @@ def pool_stack(workdir: Path, env: dict[str, str], servers: int,
         logger.info("pool of %d server(s) serves version %s", servers, version)
         passed = {k: v for k, v in env.items() if k.startswith(("GATEWAY_", "OMP_"))}
         dead = f"http://127.0.0.1:{free_port()}"
-        with running_gateway(workdir / "gateway", dead, info_path=controller.info_path,
-                             workers=gateway_workers, extra_env=passed) as gateway:
+        with running_gateway(
+            workdir / "gateway",
+            dead,
+            info_path=controller.info_path,
+            workers=gateway_workers,
+            extra_env=passed,
+        ) as gateway:
             yield controller, gateway
 
 
-def measure_pools(workdir: Path, env: dict[str, str], batches: Sequence, sizes: Sequence[int],
-                  clients: int, plan: dict[str, Any], gateway_workers: int) -> dict[str, Any]:
+def measure_pools(
+    workdir: Path,
+    env: dict[str, str],
+    batches: Sequence,
+    sizes: Sequence[int],
+    clients: int,
+    plan: dict[str, Any],
+    gateway_workers: int,
+) -> dict[str, Any]:
     """Per pool size: concurrent and single-client figures; a rollout on the largest pool."""
     results: dict[str, Any] = {"sizes": {}}
     for size in sizes:
         with pool_stack(workdir / f"pool-{size}", env, size, gateway_workers) as (ctl, gateway):
-            route = measure.Http(measure.GATEWAY, "127.0.0.1", gateway.port,
-                                 {"X-API-Key": stack.API_KEY})
-            groups = {"gateway": gateway.pid,
-                      **{f"server {n}": pid for n, pid in enumerate(ctl.served()["pids"].values())}}
+            route = measure.Http(
+                measure.GATEWAY, "127.0.0.1", gateway.port, {"X-API-Key": stack.API_KEY}
+            )
+            groups = {
+                "gateway": gateway.pid,
+                **{f"server {n}": pid for n, pid in enumerate(ctl.served()["pids"].values())},
+            }
             cpu = stack.CpuMeter(groups)
             logger.info("pool of %d: %d clients for %.0f s", size, clients, plan["duration"])
-            result = measure.concurrent(route, batches, clients, plan["warmup"],
-                                        plan["duration"], cpu)
-            single = measure.concurrent(route, batches, 1, plan["warmup"],
-                                        plan["duration"] / 2, cpu)
+            result = measure.concurrent(
+                route, batches, clients, plan["warmup"], plan["duration"], cpu
+            )
+            single = measure.concurrent(
+                route, batches, 1, plan["warmup"], plan["duration"] / 2, cpu
+            )
             result["single_client_p50_ms"] = single.get("p50_ms")
             result["rss_mb"] = stack.rss_report(groups)
             results["sizes"][size] = result
@@ -66,13 +84,15 @@ def measure_pools(workdir: Path, env: dict[str, str], batches: Sequence, sizes: 
                 results["rollout"] = rollout_gap(ctl, gateway, env, clients)
     small, large = results["sizes"][min(sizes)], results["sizes"][max(sizes)]
     results["ratio_req_per_s"] = large["requests_per_s"] / small["requests_per_s"]
-    results["ratio_single_client_p50"] = (large["single_client_p50_ms"] /
-                                          small["single_client_p50_ms"])
+    results["ratio_single_client_p50"] = (
+        large["single_client_p50_ms"] / small["single_client_p50_ms"]
+    )
     return results
 
 
-def rollout_gap(controller: Controller, gateway: RunningGateway, env: dict[str, str],
-                clients: int) -> dict[str, Any]:
+def rollout_gap(
+    controller: Controller, gateway: RunningGateway, env: dict[str, str], clients: int
+) -> dict[str, Any]:
     """Move the champion alias to a copy of the served version under `clients` clients; the
     longest time between two successful answers, and the failures, from the move to the end
     of the drain."""
@@ -91,12 +111,16 @@ def rollout_gap(controller: Controller, gateway: RunningGateway, env: dict[str, 
         sent = load.stop()
     during = sorted(s.ended for s in sent if s.status == 200 and s.ended >= moved)
     gaps = [b - a for a, b in itertools.pairwise(during)]
-    return {"from_version": old, "to_version": new, "clients": clients,
-            "seconds_to_switch": round(switched - moved, 1),
-            "requests": len([s for s in sent if s.started >= moved]),
-            "failed": len([s for s in sent if s.status != 200]),
-            "longest_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
-            "answers_of_new_version": len([s for s in sent if s.model_version == new])}
+    return {
+        "from_version": old,
+        "to_version": new,
+        "clients": clients,
+        "seconds_to_switch": round(switched - moved, 1),
+        "requests": len([s for s in sent if s.started >= moved]),
+        "failed": len([s for s in sent if s.status != 200]),
+        "longest_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
+        "answers_of_new_version": len([s for s in sent if s.model_version == new]),
+    }
 
 
 def _champion(env: dict[str, str]) -> str:
@@ -108,27 +132,37 @@ def _copy_version(env: dict[str, str], version: str) -> str:
     """A new version of the same model files, with the same evaluation tags."""
     client = mlflow_client(env)
     original = client.get_model_version(stack.MODEL_NAME, version)
-    copy = client.create_model_version(stack.MODEL_NAME, original.source, original.run_id,
-                                       tags=original.tags)
+    copy = client.create_model_version(
+        stack.MODEL_NAME, original.source, original.run_id, tags=original.tags
+    )
     return str(copy.version)
 
 
 def render(pool: dict[str, Any]) -> list[str]:
     """The pool's part of the report."""
-    lines = ["", "Model server pool through the gateway (rollout controller, 1-worker servers)",
-             f"  {'servers':<10}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-             f"{'1-client p50 ms':>17}{'servers RSS MB':>16}"]
+    lines = [
+        "",
+        "Model server pool through the gateway (rollout controller, 1-worker servers)",
+        f"  {'servers':<10}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'1-client p50 ms':>17}{'servers RSS MB':>16}",
+    ]
     for size, c in pool["sizes"].items():
         rss = sum(r["rss_mb"] for r in c["rss_mb"] if r["group"].startswith("server"))
-        lines.append(f"  {size!s:<10}{c['requests_per_s']:>8.1f}{c.get('p50_ms', 0):>9.2f}"
-                     f"{c.get('p99_ms', 0):>9.2f}{c['errors']:>8}"
-                     f"{c.get('single_client_p50_ms') or 0:>17.2f}{rss:>16.0f}")
-    lines.append(f"  req/s ratio, largest / 1 server: {pool['ratio_req_per_s']:.2f}; "
-                 f"1-client p50 ratio: {pool['ratio_single_client_p50']:.2f}")
+        lines.append(
+            f"  {size!s:<10}{c['requests_per_s']:>8.1f}{c.get('p50_ms', 0):>9.2f}"
+            f"{c.get('p99_ms', 0):>9.2f}{c['errors']:>8}"
+            f"{c.get('single_client_p50_ms') or 0:>17.2f}{rss:>16.0f}"
+        )
+    lines.append(
+        f"  req/s ratio, largest / 1 server: {pool['ratio_req_per_s']:.2f}; "
+        f"1-client p50 ratio: {pool['ratio_single_client_p50']:.2f}"
+    )
     r = pool.get("rollout")
     if r:
-        lines.append(f"  rollout {r['from_version']} -> {r['to_version']} under {r['clients']} "
-                     f"clients: switched in {r['seconds_to_switch']} s, {r['requests']} requests, "
-                     f"{r['failed']} failed, longest gap between two answers "
-                     f"{r['longest_gap_ms']} ms")
+        lines.append(
+            f"  rollout {r['from_version']} -> {r['to_version']} under {r['clients']} "
+            f"clients: switched in {r['seconds_to_switch']} s, {r['requests']} requests, "
+            f"{r['failed']} failed, longest gap between two answers "
+            f"{r['longest_gap_ms']} ms"
+        )
     return lines

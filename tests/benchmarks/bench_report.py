@@ -26,8 +26,10 @@ def ratios(results: Mapping[str, Any]) -> dict[str, float]:
         "latency_p50 gateway / in-process": one[GATEWAY] / one[IN_PROCESS],
         "gateway added ms at p50": one[GATEWAY] - one[MODEL_SERVER],
         "gateway added ms at p99": seq[GATEWAY][1]["p99_ms"] - seq[MODEL_SERVER][1]["p99_ms"],
-        "latency_p50 fitted pipeline / fast path (in-process)":
-            results["fast_path"][PIPELINE]["p50_ms"] / results["fast_path"][FAST_PATH]["p50_ms"],
+        "latency_p50 fitted pipeline / fast path (in-process)": results["fast_path"][PIPELINE][
+            "p50_ms"
+        ]
+        / results["fast_path"][FAST_PATH]["p50_ms"],
     }
     for size in seq[IN_PROCESS]:
         rows = {path: seq[path][size]["rows_per_s"] for path in PATHS}
@@ -36,7 +38,8 @@ def ratios(results: Mapping[str, Any]) -> dict[str, float]:
         out[f"rows/s {size} gateway / model server"] = rows[GATEWAY] / rows[MODEL_SERVER]
     if conc.get(MODEL_SERVER, {}).get("requests_per_s"):
         out["req/s concurrent gateway / model server"] = (
-            conc[GATEWAY]["requests_per_s"] / conc[MODEL_SERVER]["requests_per_s"])
+            conc[GATEWAY]["requests_per_s"] / conc[MODEL_SERVER]["requests_per_s"]
+        )
     return out
 
 
@@ -48,17 +51,32 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     concurrent = results["concurrency"][GATEWAY]
     fast = results["fast_path"][FAST_PATH]["p50_ms"]
     checks = [
-        {"name": f"in-process single row <= {IN_PROCESS_MEDIAN_BUDGET_MS:g} ms at the median",
-         "value": round(fast, 3), "unit": "ms", "pass": fast <= IN_PROCESS_MEDIAN_BUDGET_MS},
-        {"name": f"gateway adds < {GATEWAY_MEDIAN_BUDGET_MS:g} ms at the median (one row)",
-         "value": round(added, 3), "unit": "ms", "pass": added < GATEWAY_MEDIAN_BUDGET_MS},
-        {"name": f"gateway {BIG_BATCH:,}-row batch >= {BATCH_RATIO_TARGET:g} x in-process rows/s",
-         "value": round(ratio[big], 3) if big in ratio else None, "unit": "x",
-         "pass": big in ratio and ratio[big] >= BATCH_RATIO_TARGET},
-        {"name": f"{concurrent['clients']} clients through the gateway >= "
-                 f"{CONCURRENT_TARGET:g} req/s (one row)",
-         "value": round(concurrent["requests_per_s"], 1), "unit": "req/s",
-         "pass": concurrent["requests_per_s"] >= CONCURRENT_TARGET and not concurrent["errors"]},
+        {
+            "name": f"in-process single row <= {IN_PROCESS_MEDIAN_BUDGET_MS:g} ms at the median",
+            "value": round(fast, 3),
+            "unit": "ms",
+            "pass": fast <= IN_PROCESS_MEDIAN_BUDGET_MS,
+        },
+        {
+            "name": f"gateway adds < {GATEWAY_MEDIAN_BUDGET_MS:g} ms at the median (one row)",
+            "value": round(added, 3),
+            "unit": "ms",
+            "pass": added < GATEWAY_MEDIAN_BUDGET_MS,
+        },
+        {
+            "name": f"gateway {BIG_BATCH:,}-row batch >= {BATCH_RATIO_TARGET:g} x "
+            "in-process rows/s",
+            "value": round(ratio[big], 3) if big in ratio else None,
+            "unit": "x",
+            "pass": big in ratio and ratio[big] >= BATCH_RATIO_TARGET,
+        },
+        {
+            "name": f"{concurrent['clients']} clients through the gateway >= "
+            f"{CONCURRENT_TARGET:g} req/s (one row)",
+            "value": round(concurrent["requests_per_s"], 1),
+            "unit": "req/s",
+            "pass": concurrent["requests_per_s"] >= CONCURRENT_TARGET and not concurrent["errors"],
+        },
     ]
     if BIG_BATCH not in seq[IN_PROCESS]:
         checks[2]["name"] += " (not measured)"
@@ -68,9 +86,11 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 def footprint(rss: list[dict[str, Any]]) -> dict[str, Any]:
     """The design's footprint contract for the gateway: every worker well under 150 MB."""
     workers = [r["rss_mb"] for r in rss if r["role"] == "gunicorn worker"]
-    return {"gateway_worker_max_rss_mb": max(workers) if workers else None,
-            "limit_mb": GATEWAY_WORKER_RSS_MB,
-            "pass": bool(workers) and max(workers) < GATEWAY_WORKER_RSS_MB}
+    return {
+        "gateway_worker_max_rss_mb": max(workers) if workers else None,
+        "limit_mb": GATEWAY_WORKER_RSS_MB,
+        "pass": bool(workers) and max(workers) < GATEWAY_WORKER_RSS_MB,
+    }
 
 
 def render(results: Mapping[str, Any]) -> str:
@@ -94,10 +114,19 @@ def render(results: Mapping[str, Any]) -> str:
     lines += [f"  {name:<48} {value:>9.2f}" for name, value in results["ratios"].items()]
     lines += ["", "Agreement with in-process prices (max relative difference)"]
     lines += [f"  {name:<48} {value:>9.1e}" for name, value in results["agreement"].items()]
-    lines += ["", "Targets" + ("  (--quick serves a smaller, faster model: judge the targets on a "
-                                "full run)" if meta["quick"] else "")]
-    lines += [f"  {'PASS' if t['pass'] else 'FAIL'}  {t['name']:<62} {_num(t['value'])} {t['unit']}"
-              for t in results["targets"]]
+    lines += [
+        "",
+        "Targets"
+        + (
+            "  (--quick serves a smaller, faster model: judge the targets on a full run)"
+            if meta["quick"]
+            else ""
+        ),
+    ]
+    lines += [
+        f"  {'PASS' if t['pass'] else 'FAIL'}  {t['name']:<62} {_num(t['value'])} {t['unit']}"
+        for t in results["targets"]
+    ]
     lines += _processes(results["rss_mb"], results["footprint"])
     return "\n".join(lines)
 
@@ -112,29 +141,39 @@ def _pipeline(pipeline: Mapping[str, Any]) -> list[str]:
     if pipeline.get("skipped"):
         return ["Pipeline: skipped (the kept --store already has a champion)", ""]
     command = ["mlflow", *pipeline["command"][1:]]
-    return [f"Pipeline: {' '.join(command)}",
-            f"  wall time {pipeline['wall_seconds']:.1f} s, largest process "
-            f"{pipeline['peak_rss_mb']:.0f} MB RSS  (source {pipeline['source']})", ""]
+    return [
+        f"Pipeline: {' '.join(command)}",
+        f"  wall time {pipeline['wall_seconds']:.1f} s, largest process "
+        f"{pipeline['peak_rss_mb']:.0f} MB RSS  (source {pipeline['source']})",
+        "",
+    ]
 
 
 def _latency(seq: Mapping[str, Any]) -> list[str]:
-    lines = [f"Single-row latency, one client     {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9} "
-             f"{'n':>6}"]
+    lines = [
+        f"Single-row latency, one client     {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'n':>6}"
+    ]
     for path in PATHS:
         s = seq[path][1]
-        lines.append(f"  {path:<32} {s['p50_ms']:>9.3f} {s['p99_ms']:>9.3f} {s['mean_ms']:>9.3f} "
-                     f"{s['n']:>6}")
+        lines.append(
+            f"  {path:<32} {s['p50_ms']:>9.3f} {s['p99_ms']:>9.3f} {s['mean_ms']:>9.3f} {s['n']:>6}"
+        )
     return [*lines, ""]
 
 
 def fast_path_lines(fast: Mapping[str, Any]) -> list[str]:
     """The served model's single-row predict against its fitted pipeline's, in-process."""
     lines = [f"Fast path vs fitted pipeline, one row  {'p50 ms':>9} {'p99 ms':>9} {'n':>6}"]
-    lines += [f"  {path:<37}{fast[path]['p50_ms']:>9.3f} {fast[path]['p99_ms']:>9.3f} "
-              f"{fast[path]['n']:>6}" for path in (FAST_PATH, PIPELINE)]
+    lines += [
+        f"  {path:<37}{fast[path]['p50_ms']:>9.3f} {fast[path]['p99_ms']:>9.3f} "
+        f"{fast[path]['n']:>6}"
+        for path in (FAST_PATH, PIPELINE)
+    ]
     ratio = fast[PIPELINE]["p50_ms"] / fast[FAST_PATH]["p50_ms"]
-    lines.append(f"  pipeline / fast path {ratio:.1f}x at p50; prices differ by at most "
-                 f"{fast['max_relative_difference']:.1e} (relative)")
+    lines.append(
+        f"  pipeline / fast path {ratio:.1f}x at p50; prices differ by at most "
+        f"{fast['max_relative_difference']:.1e} (relative)"
+    )
     return [*lines, ""]
 
 
@@ -168,13 +207,16 @@ def _concurrency(conc: Mapping[str, Any]) -> list[str]:
     if not conc:
         return []
     clients = next(iter(conc.values()))["clients"]
-    lines = [f"Concurrency: {clients} keep-alive clients, one row per request",
-             f"  {'':<16}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}   CPU ms per request"]
+    lines = [
+        f"Concurrency: {clients} keep-alive clients, one row per request",
+        f"  {'':<16}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}   CPU ms per request",
+    ]
     for path, c in conc.items():
-        cpu = ", ".join(f"{k} {v:.2f}" for k, v in c["cpu_ms_per_request"].items()
-                        if v is not None)
-        lines.append(f"  {path:<16}{c['requests_per_s']:>8.1f}{c.get('p50_ms', 0):>9.2f}"
-                     f"{c.get('p99_ms', 0):>9.2f}{c['errors']:>8}   {cpu}")
+        cpu = ", ".join(f"{k} {v:.2f}" for k, v in c["cpu_ms_per_request"].items() if v is not None)
+        lines.append(
+            f"  {path:<16}{c['requests_per_s']:>8.1f}{c.get('p50_ms', 0):>9.2f}"
+            f"{c.get('p99_ms', 0):>9.2f}{c['errors']:>8}   {cpu}"
+        )
         if c["first_error"]:
             lines.append(f"    first error: {c['first_error']}")
     return lines
@@ -185,10 +227,14 @@ def _processes(rss: Mapping[str, list[dict[str, Any]]], fp: Mapping[str, Any]) -
     lines = ["", "Processes started (RSS MB: idle -> after the load)"]
     for r in rss["idle"]:
         later = after.get(r["pid"])
-        lines.append(f"  {r['group']:<13} {r['role']:<32} pid {r['pid']:<8} {r['rss_mb']:>7.1f} -> "
-                     f"{f'{later:.1f}' if later is not None else 'gone'}")
+        lines.append(
+            f"  {r['group']:<13} {r['role']:<32} pid {r['pid']:<8} {r['rss_mb']:>7.1f} -> "
+            f"{f'{later:.1f}' if later is not None else 'gone'}"
+        )
     worker = fp["gateway_worker_max_rss_mb"]
     largest = "-" if worker is None else f"{worker:.1f}"
-    lines.append(f"  gateway workers < {fp['limit_mb']:g} MB each: "
-                 f"{'PASS' if fp['pass'] else 'FAIL'} (largest {largest} MB)")
+    lines.append(
+        f"  gateway workers < {fp['limit_mb']:g} MB each: "
+        f"{'PASS' if fp['pass'] else 'FAIL'} (largest {largest} MB)"
+    )
     return lines

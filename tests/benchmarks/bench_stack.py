@@ -26,16 +26,31 @@ MODEL_URI = f"models:/{MODEL_NAME}@champion"
 API_KEY = ALICE_KEY
 PIPELINE_TIMEOUT_SECONDS = 1800
 # Variables of the caller's shell (`make` exports some) that must not reach the started stack.
-_NOT_INHERITED = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_REGISTRY_URI", "MODEL_PORT",
-                  "GATEWAY_PORT", "GATEWAY_API_KEYS", "GATEWAY_UPSTREAM_URL",
-                  "GATEWAY_REQUEST_LOG", "PROMETHEUS_MULTIPROC_DIR")
+_NOT_INHERITED = (
+    "MLFLOW_RUN_ID",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_REGISTRY_URI",
+    "MODEL_PORT",
+    "GATEWAY_PORT",
+    "GATEWAY_API_KEYS",
+    "GATEWAY_UPSTREAM_URL",
+    "GATEWAY_REQUEST_LOG",
+    "PROMETHEUS_MULTIPROC_DIR",
+)
 
 
 def bench_env(workdir: Path, **overrides: str) -> dict[str, str]:
     """Environment of everything the benchmark starts: all state under `workdir`."""
-    env = store_env(workdir, MODEL_NAME=MODEL_NAME, MODEL_ALIAS="champion", MODEL_URI=MODEL_URI,
-                    MODEL_INFO_PATH=str(workdir / "state" / "served-model.json"),
-                    MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", **overrides)
+    env = store_env(
+        workdir,
+        MODEL_NAME=MODEL_NAME,
+        MODEL_ALIAS="champion",
+        MODEL_URI=MODEL_URI,
+        MODEL_INFO_PATH=str(workdir / "state" / "served-model.json"),
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DO_NOT_TRACK="true",
+        **overrides,
+    )
     env["MLFLOW_EXPERIMENT_NAME"] = "bench"
     for name in _NOT_INHERITED:
         if name not in overrides:
@@ -53,15 +68,30 @@ class PipelineRun:
 
 def run_pipeline(env: dict[str, str], source: str, preset: str, log_path: Path) -> PipelineRun:
     """`mlflow run . -e main --env-manager local` in the project, timed; fails with its log."""
-    command = [str(VENV_BIN / "mlflow"), "run", ".", "-e", "main", "--env-manager", "local",
-               "-P", f"source={source}"]
+    command = [
+        str(VENV_BIN / "mlflow"),
+        "run",
+        ".",
+        "-e",
+        "main",
+        "--env-manager",
+        "local",
+        "-P",
+        f"source={source}",
+    ]
     if preset:
         command += ["-P", f"preset={preset}"]
     logger.info("pipeline: %s", " ".join(command))
     with open(log_path, "wb") as log:
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             code = process.wait(timeout=PIPELINE_TIMEOUT_SECONDS)
         finally:
@@ -100,14 +130,20 @@ def model_server(workdir: Path, env: dict[str, str], timeout: float = 180) -> It
 
 
 @contextlib.contextmanager
-def gateway(workdir: Path, upstream_url: str, workers: int,
-            env: dict[str, str]) -> Iterator[RunningGateway]:
+def gateway(
+    workdir: Path, upstream_url: str, workers: int, env: dict[str, str]
+) -> Iterator[RunningGateway]:
     """gunicorn with the gateway's configuration on a free port until the block ends."""
     state = workdir / "gateway"
     state.mkdir(parents=True, exist_ok=True)
     passed = {k: v for k, v in env.items() if k.startswith(("GATEWAY_", "OMP_", "MALLOC_"))}
-    with running_gateway(state, upstream_url, info_path=workdir / "state" / "served-model.json",
-                         workers=workers, extra_env=passed) as running:
+    with running_gateway(
+        state,
+        upstream_url,
+        info_path=workdir / "state" / "served-model.json",
+        workers=workers,
+        extra_env=passed,
+    ) as running:
         yield running
 
 
@@ -121,8 +157,9 @@ class Process:
 
 def process_group(leader: int) -> list[Process]:
     """Every live process of the process group led by `leader` (the servers start sessions)."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,pgid=,rss=,args="], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["ps", "-eo", "pid=,ppid=,pgid=,rss=,args="], capture_output=True, text=True, check=True
+    ).stdout
     found = []
     for line in out.splitlines():
         pid, ppid, pgid, rss, args = line.split(None, 4)
@@ -151,9 +188,15 @@ def rss_report(groups: dict[str, int]) -> list[dict[str, object]]:
     for name, leader in groups.items():
         members = process_group(leader)
         for process in members:
-            rows.append({"group": name, "role": describe(process, leader, members),
-                         "pid": process.pid,
-                         "rss_mb": round(process.rss_mb, 1), "command": process.command[:200]})
+            rows.append(
+                {
+                    "group": name,
+                    "role": describe(process, leader, members),
+                    "pid": process.pid,
+                    "rss_mb": round(process.rss_mb, 1),
+                    "command": process.command[:200],
+                }
+            )
     return rows
 
 
@@ -163,8 +206,9 @@ class CpuMeter:
     The processes are listed once, when the meter is made (the servers are up by then)."""
 
     def __init__(self, groups: dict[str, int]):
-        self._pids = {name: [p.pid for p in process_group(leader)]
-                      for name, leader in groups.items()}
+        self._pids = {
+            name: [p.pid for p in process_group(leader)] for name, leader in groups.items()
+        }
         self._tick = os.sysconf("SC_CLK_TCK")
 
     def __call__(self) -> dict[str, float]:

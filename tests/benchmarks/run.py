@@ -41,38 +41,95 @@ logger = logging.getLogger(__name__)
 CLIENT_SOURCE = "synthetic"  # the client's size: 16,212 training and 6,949 test rows
 QUICK_SOURCE = "synthetic:train_rows=2000,test_rows=600"
 BATCH_SIZES = (1, 100, 10_000)
-FULL = {"counts": {1: 1000, 100: 100, 10_000: 10}, "rounds": 5, "warmup": 2.0, "duration": 20.0,
-        "fast_path_rows": 300}
-QUICK = {"counts": {1: 200, 100: 20, 10_000: 3}, "rounds": 2, "warmup": 1.0, "duration": 5.0,
-         "fast_path_rows": 100}
+FULL = {
+    "counts": {1: 1000, 100: 100, 10_000: 10},
+    "rounds": 5,
+    "warmup": 2.0,
+    "duration": 20.0,
+    "fast_path_rows": 300,
+}
+QUICK = {
+    "counts": {1: 200, 100: 20, 10_000: 3},
+    "rounds": 2,
+    "warmup": 1.0,
+    "duration": 5.0,
+    "fast_path_rows": 100,
+}
 POOL = {1: 500, 100: 20, 10_000: 2}  # distinct batches of each size
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="Smoke run of about a minute (small data, "
-              "notebook preset, short windows); the pipeline time is then not the client's.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("bench-results/bench.json"), show_default=True,
-              help="Where to save the results as JSON.")
-@click.option("--clients", type=click.IntRange(1, 256), default=16, show_default=True,
-              help="Concurrent clients of the concurrency test.")
-@click.option("--duration", type=click.FloatRange(1, 600), default=None,
-              help="Seconds measured per concurrency test (default 20; 5 with --quick).")
-@click.option("--model-workers", type=click.IntRange(1, 16), default=None,
-              help="MODEL_WORKERS of the model server (default: the environment's, else 1).")
-@click.option("--gateway-workers", type=click.IntRange(1, 16), default=2, show_default=True,
-              help="GATEWAY_WORKERS (gunicorn processes).")
-@click.option("--gateway-threads", type=click.IntRange(1, 256), default=None,
-              help="GATEWAY_THREADS per worker (default: the environment's, else 8).")
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep the tracking store and state in this folder (kept afterwards); when "
-                   "it already has a champion the pipeline is not run again.")
-@click.option("--model-servers", type=click.IntRange(2, 16), default=None,
-              help="The larger pool measured (default: MODEL_SERVERS, one per core).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Smoke run of about a minute (small data, "
+    "notebook preset, short windows); the pipeline time is then not the client's.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("bench-results/bench.json"),
+    show_default=True,
+    help="Where to save the results as JSON.",
+)
+@click.option(
+    "--clients",
+    type=click.IntRange(1, 256),
+    default=16,
+    show_default=True,
+    help="Concurrent clients of the concurrency test.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(1, 600),
+    default=None,
+    help="Seconds measured per concurrency test (default 20; 5 with --quick).",
+)
+@click.option(
+    "--model-workers",
+    type=click.IntRange(1, 16),
+    default=None,
+    help="MODEL_WORKERS of the model server (default: the environment's, else 1).",
+)
+@click.option(
+    "--gateway-workers",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    help="GATEWAY_WORKERS (gunicorn processes).",
+)
+@click.option(
+    "--gateway-threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="GATEWAY_THREADS per worker (default: the environment's, else 8).",
+)
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the tracking store and state in this folder (kept afterwards); when "
+    "it already has a champion the pipeline is not run again.",
+)
+@click.option(
+    "--model-servers",
+    type=click.IntRange(2, 16),
+    default=None,
+    help="The larger pool measured (default: MODEL_SERVERS, one per core).",
+)
 @click.option("--only-pool", is_flag=True, help="Measure the model server pool only.")
-def main(quick: bool, output: Path, clients: int, duration: float | None,
-         model_workers: int | None, gateway_workers: int, gateway_threads: int | None,
-         store: Path | None, model_servers: int | None, only_pool: bool) -> None:
+def main(
+    quick: bool,
+    output: Path,
+    clients: int,
+    duration: float | None,
+    model_workers: int | None,
+    gateway_workers: int,
+    gateway_threads: int | None,
+    store: Path | None,
+    model_servers: int | None,
+    only_pool: bool,
+) -> None:
     """Benchmark the serving paths; print the table and save the JSON."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     plan = {**(QUICK if quick else FULL)}
@@ -88,8 +145,9 @@ def main(quick: bool, output: Path, clients: int, duration: float | None,
     workdir = store.resolve() if store else Path(tempfile.mkdtemp(prefix="bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        results = benchmark(workdir, quick, plan, clients, settings, reuse=store is not None,
-                            only_pool=only_pool)
+        results = benchmark(
+            workdir, quick, plan, clients, settings, reuse=store is not None, only_pool=only_pool
+        )
     finally:
         if store is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -101,34 +159,57 @@ def main(quick: bool, output: Path, clients: int, duration: float | None,
     click.echo(f"\nresults saved to {output}")
 
 
-def benchmark(workdir: Path, quick: bool, plan: dict[str, Any], clients: int,
-              settings: dict[str, int], reuse: bool, only_pool: bool) -> dict[str, Any]:
+def benchmark(
+    workdir: Path,
+    quick: bool,
+    plan: dict[str, Any],
+    clients: int,
+    settings: dict[str, int],
+    reuse: bool,
+    only_pool: bool,
+) -> dict[str, Any]:
     """Everything, with every started process stopped on the way out."""
     env = stack.bench_env(workdir, **{k: str(v) for k, v in settings.items()})
     load_before = os.getloadavg()[0]
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     pipeline = train(workdir, env, quick, reuse)
     batches = listings_batches(load_model(env))[1][:200]
-    pool = bench_pool.measure_pools(workdir, env, batches, (1, settings["MODEL_SERVERS"]),
-                                    clients, plan, settings["GATEWAY_WORKERS"])
+    pool = bench_pool.measure_pools(
+        workdir,
+        env,
+        batches,
+        (1, settings["MODEL_SERVERS"]),
+        clients,
+        plan,
+        settings["GATEWAY_WORKERS"],
+    )
     if only_pool:
         return {"pool": pool, "pipeline": pipeline, "meta": {"started": started}}
     with contextlib.ExitStack() as running:
         logger.info("starting the model server (MODEL_WORKERS=%s)", settings["MODEL_WORKERS"])
         server = running.enter_context(stack.model_server(workdir, env))
-        logger.info("starting the gateway (%s workers x %s threads)",
-                    settings["GATEWAY_WORKERS"], settings["GATEWAY_THREADS"])
+        logger.info(
+            "starting the gateway (%s workers x %s threads)",
+            settings["GATEWAY_WORKERS"],
+            settings["GATEWAY_THREADS"],
+        )
         gateway = running.enter_context(
-            stack.gateway(workdir, server.url, settings["GATEWAY_WORKERS"], env))
+            stack.gateway(workdir, server.url, settings["GATEWAY_WORKERS"], env)
+        )
         groups = {"model server": server.process.pid, "gateway": gateway.pid}
         results = measure_all(env, server.port, gateway.port, plan, clients, groups)
     results["pipeline"] = pipeline
     results["pool"] = pool
     results["meta"] = {
-        "started": started, "quick": quick, "cpus": os.cpu_count(),
-        "load_before": load_before, "load_after": os.getloadavg()[0],
-        "python": platform.python_version(), "settings": {**settings, "clients": clients},
-        "model": results.pop("model"), "plan": plan,
+        "started": started,
+        "quick": quick,
+        "cpus": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "settings": {**settings, "clients": clients},
+        "model": results.pop("model"),
+        "plan": plan,
     }
     results["ratios"] = report.ratios(results)
     results["targets"] = report.targets(results)
@@ -142,15 +223,24 @@ def train(workdir: Path, env: dict[str, str], quick: bool, reuse: bool) -> dict[
         logger.info("the store in %s has a champion: not training again", workdir)
         return {"skipped": True}
     source = QUICK_SOURCE if quick else CLIENT_SOURCE
-    run = stack.run_pipeline(env, source, "notebook" if quick else "",
-                             workdir / "pipeline.log")
+    run = stack.run_pipeline(env, source, "notebook" if quick else "", workdir / "pipeline.log")
     logger.info("pipeline took %.1f s", run.wall_seconds)
-    return {"command": run.command, "source": source, "wall_seconds": run.wall_seconds,
-            "peak_rss_mb": run.peak_rss_mb}
+    return {
+        "command": run.command,
+        "source": source,
+        "wall_seconds": run.wall_seconds,
+        "peak_rss_mb": run.peak_rss_mb,
+    }
 
 
-def measure_all(env: dict[str, str], model_port: int, gateway_port: int, plan: dict[str, Any],
-                clients: int, groups: dict[str, int]) -> dict[str, Any]:
+def measure_all(
+    env: dict[str, str],
+    model_port: int,
+    gateway_port: int,
+    plan: dict[str, Any],
+    clients: int,
+    groups: dict[str, int],
+) -> dict[str, Any]:
     """In-process vs model server vs gateway: sequential, then concurrent."""
     model = load_model(env)
     batches = listings_batches(model)
@@ -162,21 +252,21 @@ def measure_all(env: dict[str, str], model_port: int, gateway_port: int, plan: d
     results: dict[str, Any] = {"model": describe_model(model)}
     results["agreement"] = measure.agreement(routes, batches[100][0])
     logger.info("fast path vs fitted pipeline, in-process, one row")
-    results["fast_path"] = measure.fast_path_vs_pipeline(model, batches[1],
-                                                         plan["fast_path_rows"])
+    results["fast_path"] = measure.fast_path_vs_pipeline(model, batches[1], plan["fast_path_rows"])
     results["rss_mb"] = {"idle": stack.rss_report(groups)}
     cpu = stack.CpuMeter(groups)
     logger.info("sequential requests: %s", plan["counts"])
-    results["sequential"] = measure.sequential(routes, batches, plan["counts"], plan["rounds"],
-                                               cpu)
+    results["sequential"] = measure.sequential(routes, batches, plan["counts"], plan["rounds"], cpu)
     for route in routes:
         route.close()
     results["concurrency"] = {}
     for route in routes[1:]:
-        logger.info("%d concurrent clients on the %s for %.0f s", clients, route.name,
-                    plan["duration"])
+        logger.info(
+            "%d concurrent clients on the %s for %.0f s", clients, route.name, plan["duration"]
+        )
         results["concurrency"][route.name] = measure.concurrent(
-            route, batches[1][:200], clients, plan["warmup"], plan["duration"], cpu)
+            route, batches[1][:200], clients, plan["warmup"], plan["duration"], cpu
+        )
     results["rss_mb"]["after_load"] = stack.rss_report(groups)
     return results
 
@@ -197,8 +287,10 @@ def describe_model(model) -> str:
     regressor = getattr(regressor, "regressor_", regressor)
     size = getattr(regressor, "n_iter_", None) or getattr(regressor, "n_estimators", None)
     fast = getattr(served, "_fast", None)
-    return (f"{stack.MODEL_URI} (run {model.metadata.run_id}), {type(regressor).__name__} "
-            f"with {size} trees, fast path {'on' if fast is not None else 'off'}")
+    return (
+        f"{stack.MODEL_URI} (run {model.metadata.run_id}), {type(regressor).__name__} "
+        f"with {size} trees, fast path {'on' if fast is not None else 'off'}"
+    )
 
 
 def listings_batches(model) -> dict[int, list]:

@@ -60,6 +60,7 @@ PREDICTION = b'{"predictions": [{"price": 12000.0, "outside_training_range": ""}
 
 # A model server that is slow in a chosen way.
 
+
 class FakeModelServer(http.server.BaseHTTPRequestHandler):
     """Answers /ping after `ping_delay` s; answers /invocations after `answer_delay` s, its
     body spread over `trickle_seconds` s, one byte at a time."""
@@ -86,7 +87,7 @@ class FakeModelServer(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             pause = self.trickle_seconds / len(body)
             for start in range(len(body)):
-                self.wfile.write(body[start:start + 1])
+                self.wfile.write(body[start : start + 1])
                 self.wfile.flush()
                 time.sleep(pause)
 
@@ -114,20 +115,26 @@ def with_id(request_id: str) -> dict[str, str]:
 
 
 def test_concurrent_requests_to_a_hung_model_server_are_504_and_the_gateway_still_answers(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     # fewer than one worker's threads (GATEWAY_THREADS=8): however the kernel spreads them,
     # a thread is left for /health
     ids = [f"hung-{i}" for i in range(6)]
-    with fake_upstream(behaving(answer_delay=6)) as upstream, running_gateway(
-            tmp_path, upstream, workers=2,
-            extra_env={"GATEWAY_READ_TIMEOUT_SECONDS": "1"}) as gateway:
+    with (
+        fake_upstream(behaving(answer_delay=6)) as upstream,
+        running_gateway(
+            tmp_path, upstream, workers=2, extra_env={"GATEWAY_READ_TIMEOUT_SECONDS": "1"}
+        ) as gateway,
+    ):
         body = {"dataframe_records": listings(1)}
         with ThreadPoolExecutor(max_workers=len(ids)) as pool:
-            pending = [pool.submit(timed, lambda i=i: post(gateway.url, body, with_id(i)))
-                       for i in ids]
+            pending = [
+                pool.submit(timed, lambda i=i: post(gateway.url, body, with_id(i))) for i in ids
+            ]
             time.sleep(0.3)
-            health_seconds, health = timed(lambda: requests.get(f"{gateway.url}/health",
-                                                                headers=CLOSE, timeout=5))
+            health_seconds, health = timed(
+                lambda: requests.get(f"{gateway.url}/health", headers=CLOSE, timeout=5)
+            )
             ready = requests.get(f"{gateway.url}/ready", headers=CLOSE, timeout=5)
             answers = [future.result() for future in pending]
 
@@ -140,30 +147,38 @@ def test_concurrent_requests_to_a_hung_model_server_are_504_and_the_gateway_stil
         lines = {line["request_id"]: line for line in settled_lines(gateway)}
         assert sorted(lines) == sorted(ids)
         assert {(line["status"], line["error_code"]) for line in lines.values()} == {
-            (504, "UPSTREAM_TIMEOUT")}
+            (504, "UPSTREAM_TIMEOUT")
+        }
         assert requests_total(gateway) == len(ids)
         assert metric(gateway, "gateway_upstream_up") == 1
 
 
-def test_a_model_server_trickling_its_answer_is_cut_at_the_read_timeout(
-        tmp_path: Path) -> None:
+def test_a_model_server_trickling_its_answer_is_cut_at_the_read_timeout(tmp_path: Path) -> None:
     """Each byte comes well within the read timeout, the whole answer takes 3 s: too slow."""
-    with fake_upstream(behaving(trickle_seconds=3)) as upstream, running_gateway(
-            tmp_path, upstream, workers=1,
-            extra_env={"GATEWAY_READ_TIMEOUT_SECONDS": "0.5"}) as gateway:
-        seconds, response = timed(lambda: post(gateway.url, {"dataframe_records": listings(1)},
-                                               {**ALICE, **CLOSE}))
+    with (
+        fake_upstream(behaving(trickle_seconds=3)) as upstream,
+        running_gateway(
+            tmp_path, upstream, workers=1, extra_env={"GATEWAY_READ_TIMEOUT_SECONDS": "0.5"}
+        ) as gateway,
+    ):
+        seconds, response = timed(
+            lambda: post(gateway.url, {"dataframe_records": listings(1)}, {**ALICE, **CLOSE})
+        )
 
     assert (response.status_code, seconds < 1.5) == (504, True), (
-        f"{response.status_code} after {seconds:.1f} s: {response.text[:200]}")
+        f"{response.status_code} after {seconds:.1f} s: {response.text[:200]}"
+    )
     assert response.json()["error_code"] == "UPSTREAM_TIMEOUT"
 
 
 def test_ready_is_503_within_the_ping_timeout_when_ping_hangs(tmp_path: Path) -> None:
-    with fake_upstream(behaving(ping_delay=10)) as upstream, running_gateway(
-            tmp_path, upstream, workers=1) as gateway:
-        seconds, ready = timed(lambda: requests.get(f"{gateway.url}/ready", headers=CLOSE,
-                                                    timeout=15))
+    with (
+        fake_upstream(behaving(ping_delay=10)) as upstream,
+        running_gateway(tmp_path, upstream, workers=1) as gateway,
+    ):
+        seconds, ready = timed(
+            lambda: requests.get(f"{gateway.url}/ready", headers=CLOSE, timeout=15)
+        )
 
         assert ready.status_code == 503
         assert ready.json()["error_code"] == "UPSTREAM_UNAVAILABLE"
@@ -172,6 +187,7 @@ def test_ready_is_503_within_the_ping_timeout_when_ping_hangs(tmp_path: Path) ->
 
 
 # The request log's disk is full.
+
 
 def lost_lines(gateway: RunningGateway) -> float:
     """gateway_request_log_errors_total; asking for it loses one more line (this request's)."""
@@ -193,7 +209,8 @@ def wait_for_lost_lines(gateway: RunningGateway, expected: float, timeout: float
 
 
 def test_a_full_disk_costs_log_lines_not_predictions_and_is_counted_and_reported(
-        model_server: ModelServer, tmp_path: Path) -> None:
+    model_server: ModelServer, tmp_path: Path
+) -> None:
     """/dev/full fails every write with ENOSPC, exactly as a full disk does, without needing
     a mount or root, and nothing to clean up if the test dies."""
     log = tmp_path / "requests.jsonl"
@@ -201,8 +218,9 @@ def test_a_full_disk_costs_log_lines_not_predictions_and_is_counted_and_reported
     body = {"dataframe_records": listings(3)}
     invalid = {"dataframe_records": [{**example_listing(), "net_area": "x"}]}
     direct = post(model_server.url, body).json()
-    with running_gateway(tmp_path, model_server.url, info_path=model_server.info_path,
-                         workers=2) as gateway:
+    with running_gateway(
+        tmp_path, model_server.url, info_path=model_server.info_path, workers=2
+    ) as gateway:
         time.sleep(0.3)  # the start-up probes' lines are counted by now
         before = lost_lines(gateway)
         served = [post(gateway.url, body, with_id(f"full-{i}")) for i in range(20)]
@@ -212,8 +230,7 @@ def test_a_full_disk_costs_log_lines_not_predictions_and_is_counted_and_reported
         assert all(r.json() == direct for r in served)
         assert [r.json()["error_code"] for r in refused] == ["INVALID_FEATURES"] * 5
         wait_for_lost_lines(gateway, before + 1 + len(served) + len(refused))
-        complaint = (f"request log {log} cannot be written ([Errno 28] No space left on "
-                     f"device)")
+        complaint = f"request log {log} cannot be written ([Errno 28] No space left on device)"
         assert complaint in (tmp_path / "gunicorn.log").read_text()
         assert requests.get(f"{gateway.url}/health", timeout=5).status_code == 200
 
@@ -230,8 +247,11 @@ def tiny_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (mount -t tmpfs); /dev/full is tested above")
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                              str(mount_point)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -254,14 +274,22 @@ def fill_leaving(disk: Path, free_bytes: int) -> Path:
     return filler
 
 
-def test_a_disk_filling_up_mid_line_leaves_no_partial_line(model_server: ModelServer,
-                                                            tmp_path: Path) -> None:
+def test_a_disk_filling_up_mid_line_leaves_no_partial_line(
+    model_server: ModelServer, tmp_path: Path
+) -> None:
     """A real file system that fills up while a line is written (a short write): the log must
     not keep half a line, which the next line, once there is space again, would be glued to."""
     body = {"dataframe_records": listings(3)}
-    with tiny_tmpfs(tmp_path / "disk", "64k") as disk, running_gateway(
-            tmp_path, model_server.url, info_path=model_server.info_path, workers=1,
-            extra_env={"GATEWAY_REQUEST_LOG": str(disk / "requests.jsonl")}) as gateway:
+    with (
+        tiny_tmpfs(tmp_path / "disk", "64k") as disk,
+        running_gateway(
+            tmp_path,
+            model_server.url,
+            info_path=model_server.info_path,
+            workers=1,
+            extra_env={"GATEWAY_REQUEST_LOG": str(disk / "requests.jsonl")},
+        ) as gateway,
+    ):
         filler = fill_leaving(disk, 6000)
         filling = [post(gateway.url, body, with_id(f"fill-{i}")) for i in range(20)]
         time.sleep(0.3)
@@ -292,6 +320,7 @@ def is_json(line: bytes) -> bool:
 
 
 # A corrupt model at promotion (a deleted one is in test_pipeline.py).
+
 
 def _truncate_pipeline(files: Path) -> None:
     pipeline = files / "artifacts" / "pipeline.joblib"
@@ -329,7 +358,8 @@ def promotion_store(trained_store: Path, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 def test_a_corrupt_model_is_refused_at_promotion_and_the_champion_kept(
-        promotion_store: Path, corruption: str) -> None:
+    promotion_store: Path, corruption: str
+) -> None:
     client = client_for(promotion_store)
     champion = client.get_model_version(MODEL, "1")
     files = promotion_store / corruption
@@ -338,14 +368,21 @@ def test_a_corrupt_model_is_refused_at_promotion_and_the_champion_kept(
     version = str(client.create_model_version(MODEL, str(files), run_id=champion.run_id).version)
     before = registry_state(client)
 
-    result = run_step("steps.promote", "--model-version", version, "--force", "true",
-                      env={**store_env(promotion_store),
-                           "MLFLOW_EXPERIMENT_NAME": "promotion-faults"},
-                      cwd=promotion_store, check=False)
+    result = run_step(
+        "steps.promote",
+        "--model-version",
+        version,
+        "--force",
+        "true",
+        env={**store_env(promotion_store), "MLFLOW_EXPERIMENT_NAME": "promotion-faults"},
+        cwd=promotion_store,
+        check=False,
+    )
 
     line = error_line(result)
-    assert line.startswith(f"Error: models:/{MODEL}/{version} cannot be loaded or cannot "
-                           f"price its input example (")
+    assert line.startswith(
+        f"Error: models:/{MODEL}/{version} cannot be loaded or cannot price its input example ("
+    )
     assert line.endswith("; the champion is unchanged")
     assert registry_state(client) == before
     assert before["aliases"] == {"champion": 1}
@@ -353,6 +390,7 @@ def test_a_corrupt_model_is_refused_at_promotion_and_the_champion_kept(
 
 
 # The model server killed and restarted under load.
+
 
 def kill(server: ModelServer) -> None:
     """SIGKILL the model server's whole process group (mlflow, uvicorn and its workers)."""
@@ -364,11 +402,13 @@ def kill(server: ModelServer) -> None:
 
 
 @pytest.mark.slow
-def test_model_server_killed_and_restarted_under_load(model_server: ModelServer,
-                                                      tmp_path: Path) -> None:
+def test_model_server_killed_and_restarted_under_load(
+    model_server: ModelServer, tmp_path: Path
+) -> None:
     shot = Shot("one-listing", json.dumps({"dataframe_records": listings(1)}).encode(), 1, ALICE)
-    with running_gateway(tmp_path, model_server.url, info_path=model_server.info_path,
-                         workers=2) as gateway:
+    with running_gateway(
+        tmp_path, model_server.url, info_path=model_server.info_path, workers=2
+    ) as gateway:
         workers = gateway.worker_pids()
         load = LoadClients(gateway.url, [shot], clients=8, prefix="kill", pause=0.01).start()
         try:
@@ -386,8 +426,9 @@ def test_model_server_killed_and_restarted_under_load(model_server: ModelServer,
             if model_server.process is None:
                 model_server.start()
         lines = settled_lines(gateway)
-        counted = {status: requests_total_with_status(gateway, status)
-                   for status in (200, 502, 503)}
+        counted = {
+            status: requests_total_with_status(gateway, status) for status in (200, 502, 503)
+        }
         ready_after = requests.get(f"{gateway.url}/ready", timeout=5).status_code
         upstream_up = metric(gateway, "gateway_upstream_up")
         same_workers = gateway.worker_pids() == workers
@@ -396,13 +437,18 @@ def test_model_server_killed_and_restarted_under_load(model_server: ModelServer,
     # A request in flight when the server dies may see its connection dropped: 502, as any
     # proxy answers for an upstream that failed mid-request. Anything sent later is a 503.
     in_flight = [s for s in sent if s.status == 502]
-    odd = [(s.status, s.error_code, round(s.started - killed_at, 3), round(s.ended - killed_at, 3))
-           for s in sent if s.status not in (200, 503)]
+    odd = [
+        (s.status, s.error_code, round(s.started - killed_at, 3), round(s.ended - killed_at, 3))
+        for s in sent
+        if s.status not in (200, 503)
+    ]
     assert set(statuses) - {502} == {200, 503} and all(
-        s.error_code == "UPSTREAM_ERROR" and s.started < killed_at + 0.2
-        and s.ended < killed_at + 1 for s in in_flight), (
+        s.error_code == "UPSTREAM_ERROR" and s.started < killed_at + 0.2 and s.ended < killed_at + 1
+        for s in in_flight
+    ), (
         f"{statuses}; killed at 0, restarted at {restart_at - killed_at:.2f} s, back at "
-        f"{back_at - killed_at:.2f} s; other answers (status, code, sent, answered): {odd}")
+        f"{back_at - killed_at:.2f} s; other answers (status, code, sent, answered): {odd}"
+    )
     assert all(s.status == 200 for s in sent if s.ended < killed_at)
     down = [s for s in sent if killed_at + 0.5 < s.started and s.ended < restart_at]
     assert len(down) > 50 and all(s.status == 503 for s in down)
@@ -411,11 +457,16 @@ def test_model_server_killed_and_restarted_under_load(model_server: ModelServer,
     assert (ready_while_down, ready_after, upstream_up, same_workers) == (503, 200, 1, True)
     assert Counter(line["request_id"] for line in lines) == Counter(s.request_id for s in sent)
     assert {line["request_id"]: line["status"] for line in lines} == {
-        s.request_id: s.status for s in sent}
+        s.request_id: s.status for s in sent
+    }
     assert counted == {status: statuses[status] for status in (200, 502, 503)}
     assert (tmp_path / "gunicorn.log").read_text().count("Booting worker") == 2
 
 
 def requests_total_with_status(gateway: RunningGateway, status: int) -> float:
-    return metric_sum(metric_samples(gateway), "gateway_requests_total",
-                      endpoint="/invocations", status=str(status))
+    return metric_sum(
+        metric_samples(gateway),
+        "gateway_requests_total",
+        endpoint="/invocations",
+        status=str(status),
+    )

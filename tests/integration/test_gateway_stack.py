@@ -32,26 +32,42 @@ MAX_WORKER_RSS_MB = 150
 @pytest.fixture(scope="module")
 def gateway(model_server, tmp_path_factory) -> Iterator[RunningGateway]:
     state = tmp_path_factory.mktemp("gateway")
-    with running_gateway(state, model_server.url, info_path=model_server.info_path,
-                         workers=2) as running:
+    with running_gateway(
+        state, model_server.url, info_path=model_server.info_path, workers=2
+    ) as running:
         yield running
 
 
 def bodies(rows: list[dict]) -> dict[str, dict]:
     return {
         "dataframe_records": {"dataframe_records": rows},
-        "dataframe_split": {"dataframe_split": {
-            "columns": list(FEATURE_NAMES), "data": [[r[n] for n in FEATURE_NAMES] for r in rows]}},
+        "dataframe_split": {
+            "dataframe_split": {
+                "columns": list(FEATURE_NAMES),
+                "data": [[r[n] for n in FEATURE_NAMES] for r in rows],
+            }
+        },
         "inputs": {"inputs": {n: [r[n] for r in rows] for n in FEATURE_NAMES}},
         "inputs_records": {"inputs": rows},
         "instances": {"instances": rows},
-        "with_params": {"dataframe_records": [*rows[:-1], {**rows[-1], "sector": "marte"}],
-                        "params": {"on_unknown_category": "flag"}},
+        "with_params": {
+            "dataframe_records": [*rows[:-1], {**rows[-1], "sector": "marte"}],
+            "params": {"on_unknown_category": "flag"},
+        },
     }
 
 
-@pytest.mark.parametrize("fmt", ["dataframe_records", "dataframe_split", "inputs",
-                                 "inputs_records", "instances", "with_params"])
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        "dataframe_records",
+        "dataframe_split",
+        "inputs",
+        "inputs_records",
+        "instances",
+        "with_params",
+    ],
+)
 def test_predictions_equal_the_model_servers(model_server, gateway, fmt):
     body = bodies(listings(4))[fmt]
     direct = post(model_server.url, body)
@@ -64,13 +80,16 @@ def test_predictions_equal_the_model_servers(model_server, gateway, fmt):
     assert len(through.headers["X-Request-ID"]) == 32
 
 
-@pytest.mark.parametrize(("headers", "status", "code"), [
-    ({}, 401, "MISSING_API_KEY"),
-    ({"X-API-Key": "wrong"}, 403, "INVALID_API_KEY"),
-    ({"Authorization": "Bearer wrong"}, 403, "INVALID_API_KEY"),
-    ({"X-API-Key": ALICE_KEY}, 200, None),
-    ({"Authorization": f"Bearer {BOB_KEY}"}, 200, None),
-])
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "MISSING_API_KEY"),
+        ({"X-API-Key": "wrong"}, 403, "INVALID_API_KEY"),
+        ({"Authorization": "Bearer wrong"}, 403, "INVALID_API_KEY"),
+        ({"X-API-Key": ALICE_KEY}, 200, None),
+        ({"Authorization": f"Bearer {BOB_KEY}"}, 200, None),
+    ],
+)
 def test_every_auth_case(gateway, headers, status, code):
     response = post(gateway.url, bodies(listings(1))["dataframe_records"], headers)
     assert response.status_code == status
@@ -101,8 +120,12 @@ def test_unknown_sector_names_field_and_row(gateway):
 
 
 def test_missing_content_type_is_415(gateway):
-    response = requests.post(f"{gateway.url}/invocations", timeout=10, headers=ALICE,
-                             data=json.dumps({"dataframe_records": listings(1)}).encode())
+    response = requests.post(
+        f"{gateway.url}/invocations",
+        timeout=10,
+        headers=ALICE,
+        data=json.dumps({"dataframe_records": listings(1)}).encode(),
+    )
     assert response.status_code == 415
     assert response.json()["error_code"] == "UNSUPPORTED_MEDIA_TYPE"
 
@@ -116,8 +139,13 @@ def post_too_large(gateway: RunningGateway, body: object, chunked: bool) -> tupl
     unlike urllib3, stops at a broken pipe."""
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=60)
     try:
-        conn.request("POST", "/invocations", body=body, encode_chunked=chunked,
-                     headers={**ALICE, "Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/invocations",
+            body=body,
+            encode_chunked=chunked,
+            headers={**ALICE, "Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -132,8 +160,7 @@ def test_a_body_over_the_limit_is_answered_413_not_reset(gateway):
 
 
 def test_a_chunked_body_over_the_limit_is_answered_413(gateway):
-    status, content = post_too_large(gateway, (b" " * 1024 * 1024 for _ in range(9)),
-                                     chunked=True)
+    status, content = post_too_large(gateway, (b" " * 1024 * 1024 for _ in range(9)), chunked=True)
     assert (status, content["error_code"]) == (413, "PAYLOAD_TOO_LARGE")
     assert content["message"] == f"the body is larger; {LIMIT}"
 
@@ -166,8 +193,9 @@ def test_workers_stay_small(gateway):
     assert len(pids) == 2
     for pid in pids:
         status = Path(f"/proc/{pid}/status").read_text()
-        rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS"))
-                     .split()[1])
+        rss_kb = int(
+            next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]
+        )
         assert rss_kb < MAX_WORKER_RSS_MB * 1024, f"worker {pid} uses {rss_kb} kB"
 
 
@@ -219,8 +247,9 @@ def slow_upstream() -> Iterator[str]:
 
 
 def test_slow_upstream_is_504(tmp_path, slow_upstream):
-    with running_gateway(tmp_path, slow_upstream, workers=1,
-                         extra_env={"GATEWAY_READ_TIMEOUT_SECONDS": "0.5"}) as slow:
+    with running_gateway(
+        tmp_path, slow_upstream, workers=1, extra_env={"GATEWAY_READ_TIMEOUT_SECONDS": "0.5"}
+    ) as slow:
         started = time.monotonic()
         response = post(slow.url, {"dataframe_records": listings(1)}, ALICE)
         assert response.status_code == 504
@@ -232,15 +261,20 @@ def test_lines_are_flushed_when_the_gateway_stops(tmp_path, slow_upstream):
     sent = [f"flush-{i}" for i in range(20)]
     with running_gateway(tmp_path, slow_upstream, workers=2) as short_lived:
         for request_id in sent:
-            requests.get(f"{short_lived.url}/health", headers={"X-Request-ID": request_id},
-                         timeout=5)
+            requests.get(
+                f"{short_lived.url}/health", headers={"X-Request-ID": request_id}, timeout=5
+            )
     logged = [line["request_id"] for line in read_log(short_lived.request_log)]
     assert sorted(i for i in logged if i.startswith("flush-")) == sorted(sent)
 
 
 def test_malformed_keys_stop_gunicorn_with_a_clear_message(tmp_path):
-    with pytest.raises(RuntimeError) as caught, running_gateway(
-            tmp_path, "http://127.0.0.1:1", extra_env={"GATEWAY_API_KEYS": "ok:k,SECRETVALUE"}):
+    with (
+        pytest.raises(RuntimeError) as caught,
+        running_gateway(
+            tmp_path, "http://127.0.0.1:1", extra_env={"GATEWAY_API_KEYS": "ok:k,SECRETVALUE"}
+        ),
+    ):
         pass
     message = str(caught.value)
     assert "gateway: GATEWAY_API_KEYS entry 2 has no ':'" in message

@@ -40,8 +40,9 @@ MARK = "__RAW_JSON_VALUE__"
 @pytest.fixture(scope="module")
 def gateway(model_server, tmp_path_factory) -> Iterator[RunningGateway]:
     state = tmp_path_factory.mktemp("hostile")
-    with running_gateway(state, model_server.url, info_path=model_server.info_path,
-                         workers=WORKERS) as running:
+    with running_gateway(
+        state, model_server.url, info_path=model_server.info_path, workers=WORKERS
+    ) as running:
         yield running
 
 
@@ -81,16 +82,23 @@ def split(names: list[str], rows: list[list[Any]], **extra: Any) -> Body:
 
 def a_million_rows() -> bytes:
     row = dumps(list(ROW.values()))
-    return (b'{"dataframe_split": {"columns": ' + dumps(list(FEATURE_NAMES)) + b', "data": ['
-            + b",".join([row] * 1_000_000) + b"]}}")
+    return (
+        b'{"dataframe_split": {"columns": '
+        + dumps(list(FEATURE_NAMES))
+        + b', "data": ['
+        + b",".join([row] * 1_000_000)
+        + b"]}}"
+    )
 
 
 def in_chunks(make: Callable[[], bytes], size: int = 1 << 20) -> Body:
     """Sent with Transfer-Encoding: chunked, so without a Content-Length to refuse early."""
+
     def chunks() -> Iterator[bytes]:
         body = make()
         for start in range(0, len(body), size):
-            yield body[start:start + size]
+            yield body[start : start + size]
+
     return chunks
 
 
@@ -112,42 +120,58 @@ NASTY: dict[str, Nasty] = {
     # numbers JSON does not have, or that overflow
     "nan": Nasty(raw_value("net_area", "NaN"), 400, BAD_JSON),
     "infinity": Nasty(raw_value("latitude", "Infinity"), 400, BAD_JSON),
-    "minus-infinity-in-split": Nasty(lambda: dumps({"dataframe_split": {
-        "columns": list(FEATURE_NAMES), "data": [list(ROW.values())]}}).replace(
-        b"-70.5476", b"-Infinity"), 400, BAD_JSON),
+    "minus-infinity-in-split": Nasty(
+        lambda: dumps(
+            {"dataframe_split": {"columns": list(FEATURE_NAMES), "data": [list(ROW.values())]}}
+        ).replace(b"-70.5476", b"-Infinity"),
+        400,
+        BAD_JSON,
+    ),
     "number-overflowing-to-infinity": Nasty(raw_value("net_area", "1e999"), 400, BAD_JSON),
-    "integer-beyond-int64": Nasty(raw_value("net_area", "1" + "0" * 30), 400, BAD_FEATURES,
-                                  "net_area"),
+    "integer-beyond-int64": Nasty(
+        raw_value("net_area", "1" + "0" * 30), 400, BAD_FEATURES, "net_area"
+    ),
     "negative-zero-area": Nasty(raw_value("net_area", "-0.0"), 400, BAD_FEATURES, "net_area"),
     "half-a-room": Nasty(records({**ROW, "n_rooms": 2.5}), 400, BAD_FEATURES, "n_rooms"),
     # numbers as strings, nulls, nesting
-    "number-as-string": Nasty(records({**ROW, "net_area": "170"}), 400, BAD_FEATURES,
-                              "net_area"),
-    "numbers-as-strings-in-inputs": Nasty(lambda: dumps({"inputs": {
-        name: [str(value)] for name, value in ROW.items()}}), 400, BAD_FEATURES, "n_rooms"),
+    "number-as-string": Nasty(records({**ROW, "net_area": "170"}), 400, BAD_FEATURES, "net_area"),
+    "numbers-as-strings-in-inputs": Nasty(
+        lambda: dumps({"inputs": {name: [str(value)] for name, value in ROW.items()}}),
+        400,
+        BAD_FEATURES,
+        "n_rooms",
+    ),
     "null-feature": Nasty(records({**ROW, "latitude": None}), 400, BAD_FEATURES, "latitude"),
-    "nested-object-value": Nasty(records({**ROW, "net_area": {"value": 170}}), 400,
-                                 BAD_FEATURES, "net_area"),
-    "rows-nested-in-a-list": Nasty(lambda: dumps({"dataframe_records": [[ROW]]}), 400,
-                                   BAD_FEATURES, "dataframe_records"),
-    "rows-as-an-object": Nasty(lambda: dumps({"dataframe_records": {"0": ROW}}), 400,
-                               BAD_FEATURES, "dataframe_records"),
+    "nested-object-value": Nasty(
+        records({**ROW, "net_area": {"value": 170}}), 400, BAD_FEATURES, "net_area"
+    ),
+    "rows-nested-in-a-list": Nasty(
+        lambda: dumps({"dataframe_records": [[ROW]]}), 400, BAD_FEATURES, "dataframe_records"
+    ),
+    "rows-as-an-object": Nasty(
+        lambda: dumps({"dataframe_records": {"0": ROW}}), 400, BAD_FEATURES, "dataframe_records"
+    ),
     "deep-nesting": Nasty(lambda: b"[" * 100_000 + b"]" * 100_000, 400, BAD_JSON),
     # unicode and very long sectors
-    "emoji-and-rtl-override-sector": Nasty(records({**ROW, "sector": "🏠\u202eñuñoa"}), 400,
-                                           BAD_FEATURES, "sector"),
-    "nul-inside-sector": Nasty(records({**ROW, "sector": "las\u0000condes"}), 400,
-                               BAD_FEATURES, "sector"),
+    "emoji-and-rtl-override-sector": Nasty(
+        records({**ROW, "sector": "🏠\u202eñuñoa"}), 400, BAD_FEATURES, "sector"
+    ),
+    "nul-inside-sector": Nasty(
+        records({**ROW, "sector": "las\u0000condes"}), 400, BAD_FEATURES, "sector"
+    ),
     "lone-surrogate-escape": Nasty(raw_value("sector", '"\\ud800"'), 400, BAD_JSON),
-    "megabyte-sector": Nasty(records({**ROW, "sector": "x" * 1_000_000}), 400, BAD_FEATURES,
-                             "sector"),
-    "sector-over-the-body-limit": Nasty(records({**ROW, "sector": "x" * MAX_BODY_BYTES}),
-                                        413, TOO_LARGE),
+    "megabyte-sector": Nasty(
+        records({**ROW, "sector": "x" * 1_000_000}), 400, BAD_FEATURES, "sector"
+    ),
+    "sector-over-the-body-limit": Nasty(
+        records({**ROW, "sector": "x" * MAX_BODY_BYTES}), 413, TOO_LARGE
+    ),
     # size
     "a-million-rows": Nasty(a_million_rows, 413, TOO_LARGE),
     "a-million-rows-chunked": Nasty(in_chunks(a_million_rows), 413, TOO_LARGE),
-    "twenty-thousand-bad-rows": Nasty(records(*[{**ROW, "net_area": -1}] * 20_000), 400,
-                                      BAD_FEATURES, "net_area"),
+    "twenty-thousand-bad-rows": Nasty(
+        records(*[{**ROW, "net_area": -1}] * 20_000), 400, BAD_FEATURES, "net_area"
+    ),
     "no-rows": Nasty(records(), 400, BAD_FEATURES, "rows"),
     # not a JSON object, or no JSON at all
     "empty-body": Nasty(lambda: b"", 400, BAD_JSON),
@@ -158,48 +182,90 @@ NASTY: dict[str, Nasty] = {
     "top-level-null": Nasty(lambda: b"null", 400, BAD_FEATURES, "body"),
     "top-level-number": Nasty(lambda: b"42", 400, BAD_FEATURES, "body"),
     # wrong encodings and content types
-    "utf-16-body": Nasty(lambda: json.dumps({"dataframe_records": [ROW]}).encode("utf-16"),
-                         400, BAD_JSON),
-    "utf-16-declared": Nasty(lambda: json.dumps({"dataframe_records": [ROW]}).encode("utf-16"),
-                             415, NOT_JSON, content_type="application/json; charset=utf-16"),
-    "latin-1-body": Nasty(lambda: json.dumps({"dataframe_records": [{**ROW, "sector": "ñuñoa"}]},
-                                             ensure_ascii=False).encode("latin-1"),
-                          400, BAD_JSON),
-    "utf-8-byte-order-mark": Nasty(lambda: b"\xef\xbb\xbf" + dumps({"dataframe_records": [ROW]}),
-                                   400, BAD_JSON),
-    "csv-body": Nasty(lambda: (",".join(FEATURE_NAMES) + "\n" + ",".join(map(str, ROW.values()))
-                               ).encode(), 415, NOT_JSON, content_type="text/csv"),
-    "form-body": Nasty(lambda: b"dataframe_records=1", 415, NOT_JSON,
-                       content_type="application/x-www-form-urlencoded"),
-    "duplicated-column-in-split": Nasty(split([*FEATURE_NAMES, "net_area"],
-                                              [[*ROW.values(), 1.0]]), 400, BAD_FEATURES),
+    "utf-16-body": Nasty(
+        lambda: json.dumps({"dataframe_records": [ROW]}).encode("utf-16"), 400, BAD_JSON
+    ),
+    "utf-16-declared": Nasty(
+        lambda: json.dumps({"dataframe_records": [ROW]}).encode("utf-16"),
+        415,
+        NOT_JSON,
+        content_type="application/json; charset=utf-16",
+    ),
+    "latin-1-body": Nasty(
+        lambda: json.dumps(
+            {"dataframe_records": [{**ROW, "sector": "ñuñoa"}]}, ensure_ascii=False
+        ).encode("latin-1"),
+        400,
+        BAD_JSON,
+    ),
+    "utf-8-byte-order-mark": Nasty(
+        lambda: b"\xef\xbb\xbf" + dumps({"dataframe_records": [ROW]}), 400, BAD_JSON
+    ),
+    "csv-body": Nasty(
+        lambda: (",".join(FEATURE_NAMES) + "\n" + ",".join(map(str, ROW.values()))).encode(),
+        415,
+        NOT_JSON,
+        content_type="text/csv",
+    ),
+    "form-body": Nasty(
+        lambda: b"dataframe_records=1",
+        415,
+        NOT_JSON,
+        content_type="application/x-www-form-urlencoded",
+    ),
+    "duplicated-column-in-split": Nasty(
+        split([*FEATURE_NAMES, "net_area"], [[*ROW.values(), 1.0]]), 400, BAD_FEATURES
+    ),
     # extra columns and keys, few or very many
-    "extra-column-in-records": Nasty(records({**ROW, "price": 10_000}), 400, BAD_FEATURES,
-                                     "price"),
-    "extra-column-in-split": Nasty(split([*FEATURE_NAMES, "garage"], [[*ROW.values(), 1]]), 400,
-                                   BAD_FEATURES, "garage"),
-    "extra-column-in-inputs": Nasty(lambda: dumps({"inputs": {
-        **{name: [value] for name, value in ROW.items()}, "garage": [1]}}), 400, BAD_FEATURES,
-                                    "garage"),
-    "ten-thousand-extra-columns-in-split": Nasty(split([*FEATURE_NAMES, *EXTRA],
-                                                       [[*ROW.values(), *[1] * len(EXTRA)]]),
-                                                 400, BAD_FEATURES),
-    "ten-thousand-extra-columns-in-inputs": Nasty(lambda: dumps({"inputs": {
-        **{name: [value] for name, value in ROW.items()}, **{name: [1] for name in EXTRA}}}),
-                                                  400, BAD_FEATURES),
-    "ten-thousand-unknown-top-level-keys": Nasty(lambda: dumps({
-        "dataframe_records": [ROW], **{f"extra_key_{i}": 1 for i in range(10_000)}}), 400,
-                                                 BAD_FEATURES),
+    "extra-column-in-records": Nasty(records({**ROW, "price": 10_000}), 400, BAD_FEATURES, "price"),
+    "extra-column-in-split": Nasty(
+        split([*FEATURE_NAMES, "garage"], [[*ROW.values(), 1]]), 400, BAD_FEATURES, "garage"
+    ),
+    "extra-column-in-inputs": Nasty(
+        lambda: dumps(
+            {"inputs": {**{name: [value] for name, value in ROW.items()}, "garage": [1]}}
+        ),
+        400,
+        BAD_FEATURES,
+        "garage",
+    ),
+    "ten-thousand-extra-columns-in-split": Nasty(
+        split([*FEATURE_NAMES, *EXTRA], [[*ROW.values(), *[1] * len(EXTRA)]]), 400, BAD_FEATURES
+    ),
+    "ten-thousand-extra-columns-in-inputs": Nasty(
+        lambda: dumps(
+            {
+                "inputs": {
+                    **{name: [value] for name, value in ROW.items()},
+                    **{name: [1] for name in EXTRA},
+                }
+            }
+        ),
+        400,
+        BAD_FEATURES,
+    ),
+    "ten-thousand-unknown-top-level-keys": Nasty(
+        lambda: dumps({"dataframe_records": [ROW], **{f"extra_key_{i}": 1 for i in range(10_000)}}),
+        400,
+        BAD_FEATURES,
+    ),
     "megabyte-column-name": Nasty(records({**ROW, "c" * 1_000_000: 1}), 400, BAD_FEATURES),
     # what only the model can refuse, and its parameters
-    "split-index-not-a-list": Nasty(split(list(FEATURE_NAMES), [list(ROW.values())],
-                                          index="x"), 400, BAD_FEATURES),
-    "split-index-shorter-than-data": Nasty(split(list(FEATURE_NAMES), [list(ROW.values())] * 2,
-                                                 index=[0]), 400, BAD_FEATURES),
-    "policy-of-the-wrong-type": Nasty(records(ROW, params={"on_unknown_category": 5}), 400,
-                                      BAD_FEATURES),
-    "unknown-policy": Nasty(records(ROW, params={"on_unknown_category": "bogus"}), 400,
-                            BAD_FEATURES, "on_unknown_category"),
+    "split-index-not-a-list": Nasty(
+        split(list(FEATURE_NAMES), [list(ROW.values())], index="x"), 400, BAD_FEATURES
+    ),
+    "split-index-shorter-than-data": Nasty(
+        split(list(FEATURE_NAMES), [list(ROW.values())] * 2, index=[0]), 400, BAD_FEATURES
+    ),
+    "policy-of-the-wrong-type": Nasty(
+        records(ROW, params={"on_unknown_category": 5}), 400, BAD_FEATURES
+    ),
+    "unknown-policy": Nasty(
+        records(ROW, params={"on_unknown_category": "bogus"}),
+        400,
+        BAD_FEATURES,
+        "on_unknown_category",
+    ),
 }
 
 
@@ -207,8 +273,9 @@ def send(gateway: RunningGateway, case: Nasty) -> requests.Response:
     headers = dict(ALICE)
     if case.content_type is not None:
         headers["Content-Type"] = case.content_type
-    return requests.post(f"{gateway.url}/invocations", data=case.body(), headers=headers,
-                         timeout=60)
+    return requests.post(
+        f"{gateway.url}/invocations", data=case.body(), headers=headers, timeout=60
+    )
 
 
 def assert_still_healthy(gateway: RunningGateway) -> None:
@@ -220,7 +287,8 @@ def assert_still_healthy(gateway: RunningGateway) -> None:
 
 @pytest.mark.parametrize("name", list(NASTY))
 def test_nasty_body_gets_a_small_4xx_json_error_and_the_gateway_stays_healthy(
-        gateway: RunningGateway, name: str) -> None:
+    gateway: RunningGateway, name: str
+) -> None:
     case = NASTY[name]
 
     response = send(gateway, case)
@@ -235,13 +303,14 @@ def test_nasty_body_gets_a_small_4xx_json_error_and_the_gateway_stays_healthy(
     if case.field is not None:
         assert case.field in {error["field"] for error in content["errors"]}, content["errors"]
     assert len(response.content) <= MAX_ERROR_BYTES, (
-        f"{len(response.content)} bytes of error for a {name} request: "
-        f"{response.text[:300]}...")
+        f"{len(response.content)} bytes of error for a {name} request: {response.text[:300]}..."
+    )
     assert_still_healthy(gateway)
 
 
 def test_a_fractional_number_of_rooms_is_refused_naming_field_and_row(
-        gateway: RunningGateway) -> None:
+    gateway: RunningGateway,
+) -> None:
     response = post(gateway.url, {"dataframe_records": [ROW, {**ROW, "n_rooms": 2.5}]}, ALICE)
 
     message = "n_rooms must be a whole number (row 1, got 2.5)"
@@ -254,14 +323,16 @@ def test_a_fractional_number_of_rooms_is_refused_naming_field_and_row(
 
 DUPLICATED = {
     "feature-key": duplicated("net_area", '"evil"', json.dumps(ROW["net_area"])),
-    "format-key": lambda: (b'{"dataframe_records": "evil", "dataframe_records": ['
-                           + ROW_JSON.encode() + b"]}"),
+    "format-key": lambda: (
+        b'{"dataframe_records": "evil", "dataframe_records": [' + ROW_JSON.encode() + b"]}"
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(DUPLICATED))
 def test_a_duplicated_key_is_read_as_its_last_value_by_gateway_and_model_alike(
-        gateway: RunningGateway, name: str) -> None:
+    gateway: RunningGateway, name: str
+) -> None:
     """The first value would be refused, the last one is valid: the listing is priced as if the
     key appeared once, with its last value."""
     plain = post(gateway.url, {"dataframe_records": [ROW]}, ALICE)
@@ -287,7 +358,8 @@ REFUSED_UNREAD = {
 
 @pytest.mark.parametrize("name", list(REFUSED_UNREAD))
 def test_the_next_request_on_a_keep_alive_connection_survives_a_refused_body(
-        gateway: RunningGateway, name: str) -> None:
+    gateway: RunningGateway, name: str
+) -> None:
     """The gateway answers 401/403/415/413 without reading the body; the connection is kept
     alive, so the client sends its next request on it. That one must be answered too."""
     headers, content_type, body, status = REFUSED_UNREAD[name]
@@ -295,18 +367,29 @@ def test_the_next_request_on_a_keep_alive_connection_survives_a_refused_body(
     outcomes: Counter = Counter()
     with requests.Session() as session:
         for _ in range(40):
-            refused = session.post(f"{gateway.url}/invocations", data=body, timeout=30,
-                                   headers={**headers, "Content-Type": content_type})
+            refused = session.post(
+                f"{gateway.url}/invocations",
+                data=body,
+                timeout=30,
+                headers={**headers, "Content-Type": content_type},
+            )
             assert refused.status_code == status
             try:
-                outcomes[session.post(f"{gateway.url}/invocations", data=valid, timeout=30,
-                                      headers={**ALICE, "Content-Type": JSON}).status_code] += 1
+                outcomes[
+                    session.post(
+                        f"{gateway.url}/invocations",
+                        data=valid,
+                        timeout=30,
+                        headers={**ALICE, "Content-Type": JSON},
+                    ).status_code
+                ] += 1
             except requests.ConnectionError as error:
                 outcomes[f"ConnectionError: {str(error)[:80]}"] += 1
     assert outcomes == {200: 40}
 
 
 # schemathesis: every operation of the OpenAPI document, positive and negative cases.
+
 
 def fuzzed_document() -> dict[str, Any]:
     """The gateway's OpenAPI document. X-Request-ID keeps its pattern out: the gateway replaces
@@ -338,12 +421,17 @@ def test_the_fuzzed_document_is_the_served_one(gateway: RunningGateway) -> None:
 @SCHEMA.parametrize()
 @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
 def test_schemathesis_finds_no_server_error_and_no_breach_of_the_document(
-        case: schemathesis.Case, gateway: RunningGateway,
-        fuzzing_session: requests.Session) -> None:
+    case: schemathesis.Case, gateway: RunningGateway, fuzzing_session: requests.Session
+) -> None:
     # Schema-valid requests may still be refused: the document cannot list the sectors the
     # model knows, nor say that a casa of 10 m2 on a 200,000 m2 lot is nonsense.
-    case.call_and_validate(base_url=gateway.url, session=fuzzing_session, headers=ALICE,
-                           timeout=30, excluded_checks=[positive_data_acceptance])
+    case.call_and_validate(
+        base_url=gateway.url,
+        session=fuzzing_session,
+        headers=ALICE,
+        timeout=30,
+        excluded_checks=[positive_data_acceptance],
+    )
 
 
 def test_no_worker_died_and_no_request_reached_the_catch_all(gateway: RunningGateway) -> None:
@@ -355,7 +443,10 @@ def test_no_worker_died_and_no_request_reached_the_catch_all(gateway: RunningGat
     assert "Traceback" not in log
     samples = metric_samples(gateway)
     answered = metric_sum(samples, "gateway_requests_total")
-    server_errors = sum(value for (name, labels), value in samples.items()
-                        if name == "gateway_requests_total" and dict(labels)["status"] >= "500")
+    server_errors = sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "gateway_requests_total" and dict(labels)["status"] >= "500"
+    )
     assert answered > len(NASTY) * 2
     assert server_errors == 0

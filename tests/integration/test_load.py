@@ -54,32 +54,86 @@ def shots() -> tuple[list[Shot], dict[str, tuple[int, str | None]]]:
     rows = listings(20)
     bob = {"Authorization": f"Bearer {BOB_KEY}"}
     kinds = {
-        "one-row": (Shot("one-row", _body({"dataframe_records": rows[:1]}), 1, ALICE),
-                    (200, None)),
-        "split-5": (Shot("split-5", _body({"dataframe_split": {
-            "columns": list(FEATURE_NAMES),
-            "data": [[r[n] for n in FEATURE_NAMES] for r in rows[:5]]}}), 5, bob), (200, None)),
-        "inputs-20": (Shot("inputs-20", _body({"inputs": {
-            n: [r[n] for r in rows] for n in FEATURE_NAMES}}), 20, ALICE), (200, None)),
-        "flagged": (Shot("flagged", _body({
-            "dataframe_records": [{**example_listing(), "sector": "marte"}],
-            "params": {"on_unknown_category": "flag"}}), 1, ALICE), (200, None)),
-        "number-as-string": (Shot("number-as-string", _body({"dataframe_records": [
-            {**example_listing(), "net_area": "170"}]}), 1, ALICE), (400, "INVALID_FEATURES")),
-        "unknown-sector": (Shot("unknown-sector", _body({"dataframe_records": [
-            {**example_listing(), "sector": "marte"}]}), 1, ALICE), (400, "INVALID_FEATURES")),
+        "one-row": (Shot("one-row", _body({"dataframe_records": rows[:1]}), 1, ALICE), (200, None)),
+        "split-5": (
+            Shot(
+                "split-5",
+                _body(
+                    {
+                        "dataframe_split": {
+                            "columns": list(FEATURE_NAMES),
+                            "data": [[r[n] for n in FEATURE_NAMES] for r in rows[:5]],
+                        }
+                    }
+                ),
+                5,
+                bob,
+            ),
+            (200, None),
+        ),
+        "inputs-20": (
+            Shot(
+                "inputs-20",
+                _body({"inputs": {n: [r[n] for r in rows] for n in FEATURE_NAMES}}),
+                20,
+                ALICE,
+            ),
+            (200, None),
+        ),
+        "flagged": (
+            Shot(
+                "flagged",
+                _body(
+                    {
+                        "dataframe_records": [{**example_listing(), "sector": "marte"}],
+                        "params": {"on_unknown_category": "flag"},
+                    }
+                ),
+                1,
+                ALICE,
+            ),
+            (200, None),
+        ),
+        "number-as-string": (
+            Shot(
+                "number-as-string",
+                _body({"dataframe_records": [{**example_listing(), "net_area": "170"}]}),
+                1,
+                ALICE,
+            ),
+            (400, "INVALID_FEATURES"),
+        ),
+        "unknown-sector": (
+            Shot(
+                "unknown-sector",
+                _body({"dataframe_records": [{**example_listing(), "sector": "marte"}]}),
+                1,
+                ALICE,
+            ),
+            (400, "INVALID_FEATURES"),
+        ),
         # Connection: close, because the next request on a connection whose body was refused
         # unread can fail (test_hostile_input.py pins that); the soak measures the rest
-        "no-key": (Shot("no-key", _body({"dataframe_records": rows[:1]}), 1,
-                        {"Connection": "close"}), (401, "MISSING_API_KEY")),
+        "no-key": (
+            Shot("no-key", _body({"dataframe_records": rows[:1]}), 1, {"Connection": "close"}),
+            (401, "MISSING_API_KEY"),
+        ),
     }
-    weights = {"one-row": 6, "split-5": 3, "inputs-20": 2, "flagged": 1, "number-as-string": 1,
-               "unknown-sector": 1, "no-key": 1}
+    weights = {
+        "one-row": 6,
+        "split-5": 3,
+        "inputs-20": 2,
+        "flagged": 1,
+        "number-as-string": 1,
+        "unknown-sector": 1,
+        "no-key": 1,
+    }
     mix = [kinds[kind][0] for kind, weight in weights.items() for _ in range(weight)]
     return mix, {kind: expected for kind, (_, expected) in kinds.items()}
 
 
 # Memory.
+
 
 def rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
@@ -139,11 +193,13 @@ def sampling(names: dict[int, str]) -> Iterator[Memory]:
 
 # The soak.
 
+
 @pytest.fixture(scope="module")
 def gateway(model_server: ModelServer, tmp_path_factory) -> Iterator[RunningGateway]:
     state = tmp_path_factory.mktemp("soak")
-    with running_gateway(state, model_server.url, info_path=model_server.info_path,
-                         workers=2) as running:
+    with running_gateway(
+        state, model_server.url, info_path=model_server.info_path, workers=2
+    ) as running:
         yield running
 
 
@@ -159,8 +215,9 @@ def soak(gateway: RunningGateway, model_server: ModelServer) -> tuple[list[Sent]
     mix, _ = shots()
     with sampling(watched(gateway, model_server)) as memory:
         started = time.monotonic()
-        load = LoadClients(gateway.url, mix, CLIENTS, prefix="soak",
-                           max_requests=MAX_REQUESTS).start()
+        load = LoadClients(
+            gateway.url, mix, CLIENTS, prefix="soak", max_requests=MAX_REQUESTS
+        ).start()
         time.sleep(SOAK_SECONDS)
         sent = load.stop()
         time.sleep(2 * SAMPLE_SECONDS)
@@ -168,7 +225,8 @@ def soak(gateway: RunningGateway, model_server: ModelServer) -> tuple[list[Sent]
 
 
 def test_soak_no_failure_every_request_logged_once_counted_exactly_memory_flat(
-        gateway: RunningGateway, model_server: ModelServer) -> None:
+    gateway: RunningGateway, model_server: ModelServer
+) -> None:
     _, expected = shots()
     workers = gateway.worker_pids()
     before = metric_samples(gateway)
@@ -197,21 +255,29 @@ def test_soak_no_failure_every_request_logged_once_counted_exactly_memory_flat(
         "gateway_rows_predicted_total": priced,
         "gateway_predicted_price_uf_count": priced,
         "gateway_request_duration_seconds_count": len(sent),
-        "gateway_upstream_duration_seconds_count": len(sent) - kinds["number-as-string"]
+        "gateway_upstream_duration_seconds_count": len(sent)
+        - kinds["number-as-string"]
         - kinds["no-key"],
         "gateway_request_log_errors_total": 0,
     }
-    assert field_delta(before, after, "gateway_validation_errors_total", field="net_area") \
+    assert (
+        field_delta(before, after, "gateway_validation_errors_total", field="net_area")
         == kinds["number-as-string"]
-    assert field_delta(before, after, "gateway_validation_errors_total", field="sector") \
+    )
+    assert (
+        field_delta(before, after, "gateway_validation_errors_total", field="sector")
         == kinds["unknown-sector"]
-    assert field_delta(before, after, "gateway_auth_failures_total", reason="missing") \
+    )
+    assert (
+        field_delta(before, after, "gateway_auth_failures_total", reason="missing")
         == kinds["no-key"]
+    )
     # no worker restarted, and memory is flat after warm-up
     assert gateway.worker_pids() == workers
     growth = memory.growth_after(started + WARM_UP_SECONDS)
     assert all(grown < MAX_GROWTH_MB for _, grown in growth.values()), (
-        f"RSS (MB at warm-up, MB grown since) over {len(sent)} requests: {growth}")
+        f"RSS (MB at warm-up, MB grown since) over {len(sent)} requests: {growth}"
+    )
 
 
 INVOCATIONS = "/invocations"
@@ -232,8 +298,12 @@ def field_delta(before: dict, after: dict, name: str, **labels: str) -> float:
 
 
 def deltas(before: dict, after: dict) -> dict[str, float]:
-    names = ("gateway_rows_predicted_total", "gateway_predicted_price_uf_count",
-             "gateway_request_duration_seconds_count", "gateway_upstream_duration_seconds_count",
-             "gateway_request_log_errors_total")
+    names = (
+        "gateway_rows_predicted_total",
+        "gateway_predicted_price_uf_count",
+        "gateway_request_duration_seconds_count",
+        "gateway_upstream_duration_seconds_count",
+        "gateway_request_log_errors_total",
+    )
     labels = {"gateway_request_duration_seconds_count": {"endpoint": INVOCATIONS}}
     return {name: field_delta(before, after, name, **labels.get(name, {})) for name in names}

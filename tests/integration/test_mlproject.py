@@ -45,21 +45,41 @@ PLACEHOLDER = re.compile(r"\{(\w+)\}")
 # Entry points with their defaults, in an order where each finds what it needs (a model, a
 # champion to roll back from); entry points not named here run last. Only required
 # parameters (no default) are given.
-DEFAULTS_ORDER = ("generate", "ingest", "main", "train", "evaluate", "promote", "rollback",
-                  "batch_score", "monitor")
+DEFAULTS_ORDER = (
+    "generate",
+    "ingest",
+    "main",
+    "train",
+    "evaluate",
+    "promote",
+    "rollback",
+    "batch_score",
+    "monitor",
+)
 REQUIRED = {"batch_score": {"input": "data/test.csv"}}
 MONITORED_ROWS = 500
 
 
-def mlflow_run(workdir: Path, env: dict[str, str], entry_point: str,
-               **parameters: str) -> subprocess.CompletedProcess:
+def mlflow_run(
+    workdir: Path, env: dict[str, str], entry_point: str, **parameters: str
+) -> subprocess.CompletedProcess:
     """`mlflow run <project> -e entry_point --env-manager local -P k=v ...` from `workdir`."""
-    command = [sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR), "-e", entry_point,
-               "--env-manager", "local"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(PROJECT_DIR),
+        "-e",
+        entry_point,
+        "--env-manager",
+        "local",
+    ]
     for name, value in parameters.items():
         command += ["-P", f"{name}={value}"]
-    return subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        command, env=env, cwd=workdir, capture_output=True, text=True, timeout=600
+    )
 
 
 def output_of(result: subprocess.CompletedProcess) -> str:
@@ -74,8 +94,11 @@ class ProjectRuns:
 
     def entry_point_run(self, entry_point: str) -> Run:
         """The run `mlflow run -e entry_point` created (one per entry point here)."""
-        (run,) = [r for r in all_runs(self.client)
-                  if r.data.tags.get("mlflow.project.entryPoint") == entry_point]
+        (run,) = [
+            r
+            for r in all_runs(self.client)
+            if r.data.tags.get("mlflow.project.entryPoint") == entry_point
+        ]
         return run
 
 
@@ -116,19 +139,21 @@ def test_main_entry_point_registers_and_promotes_a_model(project: ProjectRuns) -
     assert sorted(step_runs(project.client, run)) == sorted(STEPS)
 
 
-def test_rollback_with_nothing_to_roll_back_to_fails_with_the_reason(
-        project: ProjectRuns) -> None:
+def test_rollback_with_nothing_to_roll_back_to_fails_with_the_reason(project: ProjectRuns) -> None:
     result = project.results["rollback"]
     assert result.returncode != 0, output_of(result)
-    assert (f"Error: model '{MODEL}' has no 'previous-champion' to roll back to"
-            in result.stderr.splitlines())
+    assert (
+        f"Error: model '{MODEL}' has no 'previous-champion' to roll back to"
+        in result.stderr.splitlines()
+    )
     assert "Traceback" not in result.stdout + result.stderr
     assert project.states["rollback"] == project.states["main"]
     assert project.entry_point_run("rollback").info.status == "FAILED"
 
 
 def test_train_entry_point_alone_ingests_first_and_registers_a_version(
-        project: ProjectRuns) -> None:
+    project: ProjectRuns,
+) -> None:
     result = project.results["train"]
     assert result.returncode == 0, output_of(result)
     assert f"registered: {MODEL} version 2" in result.stdout
@@ -144,8 +169,7 @@ def test_train_entry_point_alone_ingests_first_and_registers_a_version(
     assert project.client.get_model_version(MODEL, "2").run_id == run.info.run_id
 
 
-def test_evaluate_entry_point_tags_the_version_against_the_champion(
-        project: ProjectRuns) -> None:
+def test_evaluate_entry_point_tags_the_version_against_the_champion(project: ProjectRuns) -> None:
     result = project.results["evaluate"]
     assert result.returncode == 0, output_of(result)
     tags = project.states["evaluate"]["versions"][2]["tags"]
@@ -154,7 +178,8 @@ def test_evaluate_entry_point_tags_the_version_against_the_champion(
     assert f"verdict: {tags['verdict']}" in result.stdout
     for name in ("test_mae", "test_rmse", "test_mape", "test_r2"):
         assert float(tags[name]) == pytest.approx(
-            project.entry_point_run("evaluate").data.metrics[name], rel=1e-5)
+            project.entry_point_run("evaluate").data.metrics[name], rel=1e-5
+        )
 
 
 def test_promote_entry_point_moves_the_champion(project: ProjectRuns) -> None:
@@ -167,7 +192,8 @@ def test_promote_entry_point_moves_the_champion(project: ProjectRuns) -> None:
 
 def _click_command(module_name: str) -> click.Command:
     assert importlib.util.find_spec(module_name) is not None, (
-        f"MLproject runs `python -m {module_name}`, but there is no module {module_name}")
+        f"MLproject runs `python -m {module_name}`, but there is no module {module_name}"
+    )
     command = importlib.import_module(module_name).main
     assert isinstance(command, click.Command), f"{module_name}.main is not a click command"
     return command
@@ -200,8 +226,12 @@ def test_entry_point_matches_the_click_options_of_its_step(entry_point: str) -> 
 def _defaults_cases() -> list:
     names = sorted(ENTRY_POINTS, key=lambda n: (*DEFAULTS_ORDER, n).index(n))
     cases = [pytest.param(name, {}, id=name) for name in names]
-    spark = pytest.param("batch_score", {"engine": "spark", "output": "spark.parquet"},
-                         id="batch_score-spark", marks=pytest.mark.slow)
+    spark = pytest.param(
+        "batch_score",
+        {"engine": "spark", "output": "spark.parquet"},
+        id="batch_score-spark",
+        marks=pytest.mark.slow,
+    )
     return [*cases, spark]
 
 
@@ -229,12 +259,14 @@ def _outcome(copy: ProjectCopy, entry_point: str, given: dict[str, str]) -> None
 
 
 @pytest.mark.parametrize(("entry_point", "extra"), _defaults_cases())
-def test_entry_point_runs_with_its_defaults(defaults_copy: ProjectCopy, entry_point: str,
-                                            extra: dict[str, str]) -> None:
+def test_entry_point_runs_with_its_defaults(
+    defaults_copy: ProjectCopy, entry_point: str, extra: dict[str, str]
+) -> None:
     declared = ENTRY_POINTS[entry_point].get("parameters", {})
     given = {**REQUIRED.get(entry_point, {}), **extra}
-    required = [n for n, spec in declared.items()
-                if not (isinstance(spec, dict) and "default" in spec)]
+    required = [
+        n for n, spec in declared.items() if not (isinstance(spec, dict) and "default" in spec)
+    ]
     assert sorted(set(required) - set(given)) == [], f"give {entry_point} a value in REQUIRED"
     command = ["mlflow", "run", ".", "-e", entry_point, "--env-manager", "local"]
     for name, value in given.items():
@@ -242,7 +274,8 @@ def test_entry_point_runs_with_its_defaults(defaults_copy: ProjectCopy, entry_po
     result = defaults_copy.run(shlex.join(command))
     assert result.returncode == 0, output_of(result)
     client = MlflowClient(defaults_copy.tracking_uri, defaults_copy.tracking_uri)
-    (run, *_) = [r for r in all_runs(client)
-                 if r.data.tags.get("mlflow.project.entryPoint") == entry_point]
+    (run, *_) = [
+        r for r in all_runs(client) if r.data.tags.get("mlflow.project.entryPoint") == entry_point
+    ]
     assert run.info.status == "FINISHED"
     _outcome(defaults_copy, entry_point, given)

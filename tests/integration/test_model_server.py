@@ -15,8 +15,12 @@ pytestmark = pytest.mark.integration
 
 
 def invoke(server, body: dict) -> requests.Response:
-    return requests.post(f"{server.url}/invocations", data=json.dumps(body),
-                         headers={"Content-Type": "application/json"}, timeout=30)
+    return requests.post(
+        f"{server.url}/invocations",
+        data=json.dumps(body),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
 
 
 def listings(n: int) -> list[dict]:
@@ -45,19 +49,25 @@ def test_all_three_json_formats_agree(model_server):
     rows = listings(3)
     split = {"columns": list(rows[0]), "data": [list(r.values()) for r in rows]}
     inputs = {k: [r[k] for r in rows] for k in rows[0]}
-    answers = [invoke(model_server, body).json()["predictions"] for body in (
-        {"dataframe_records": rows}, {"dataframe_split": split}, {"inputs": inputs})]
+    answers = [
+        invoke(model_server, body).json()["predictions"]
+        for body in ({"dataframe_records": rows}, {"dataframe_split": split}, {"inputs": inputs})
+    ]
     assert answers[0] == answers[1] == answers[2]
 
 
-@pytest.mark.parametrize(("change", "field", "expected"), [
-    ({"net_area": -5}, "net_area", "net_area must be from 10 to 200000 m2 (row 1, got -5)"),
-    ({"net_area": None}, "net_area", "net_area must be a finite number (row 1, got nan)"),
-    ({"sector": "marte"}, "sector", "sector 'marte' is unknown (row 1); known:"),
-    ({"n_bathroom": 0}, "n_bathroom", "n_bathroom must be from 1 to 20 (row 1, got 0)"),
-])
-def test_invalid_input_is_400_with_only_the_validation_message(model_server, change, field,
-                                                               expected):
+@pytest.mark.parametrize(
+    ("change", "field", "expected"),
+    [
+        ({"net_area": -5}, "net_area", "net_area must be from 10 to 200000 m2 (row 1, got -5)"),
+        ({"net_area": None}, "net_area", "net_area must be a finite number (row 1, got nan)"),
+        ({"sector": "marte"}, "sector", "sector 'marte' is unknown (row 1); known:"),
+        ({"n_bathroom": 0}, "n_bathroom", "n_bathroom must be from 1 to 20 (row 1, got 0)"),
+    ],
+)
+def test_invalid_input_is_400_with_only_the_validation_message(
+    model_server, change, field, expected
+):
     rows = listings(2)
     rows[1].update(change)
     response = invoke(model_server, {"dataframe_records": rows})

@@ -61,6 +61,7 @@ def no_run_left_running(client: MlflowClient) -> list[str]:
 
 # 1. One main run, inspected.
 
+
 @dataclass(frozen=True)
 class MainRun:
     client: MlflowClient
@@ -88,17 +89,21 @@ def test_main_is_one_parent_run_with_the_four_steps_nested(main_run: MainRun) ->
     assert main_run.parent.data.tags["verdict"] == "no_champion"
 
 
-def test_ingest_logs_clean_splits_and_a_report_that_adds_up(main_run: MainRun,
-                                                            tmp_path: Path) -> None:
+def test_ingest_logs_clean_splits_and_a_report_that_adds_up(
+    main_run: MainRun, tmp_path: Path
+) -> None:
     ingest = main_run.steps["ingest"]
     client, run_id = main_run.client, ingest.info.run_id
 
     assert sorted(a.path for a in client.list_artifacts(run_id, "clean")) == [
-        "clean/test.parquet", "clean/train.parquet"]
+        "clean/test.parquet",
+        "clean/train.parquet",
+    ]
     rows = synthetic_rows(SMALL_SOURCE)
     assert ingest.data.tags["source"] == (
         f"synthetic data (variant=realistic, seed=42, train_rows={rows['train']}, "
-        f"test_rows={rows['test']})")
+        f"test_rows={rows['test']})"
+    )
     report = load_json_artifact(client, run_id, "ingest_report.json", tmp_path)
     assert sorted(report) == ["test", "train"]
     assert report["train"]["rows_read"] == rows["train"]
@@ -111,14 +116,16 @@ def test_ingest_logs_clean_splits_and_a_report_that_adds_up(main_run: MainRun,
         assert metrics[f"{split}_rows_kept"] == counts["rows_kept"]
         for reason, count in counts["dropped"].items():
             assert metrics[f"{split}_dropped_{reason}"] == count
-        frame = pd.read_parquet(client.download_artifacts(
-            run_id, f"clean/{split}.parquet", str(tmp_path)))
+        frame = pd.read_parquet(
+            client.download_artifacts(run_id, f"clean/{split}.parquet", str(tmp_path))
+        )
         assert len(frame) == counts["rows_kept"]
         assert frame.notna().all().all()
 
 
 def test_train_logs_cv_mae_and_the_model_with_signature_and_input_example(
-        main_run: MainRun) -> None:
+    main_run: MainRun,
+) -> None:
     train = main_run.steps["train"]
     assert train.data.metrics["cv_mae"] > 0
     assert train.data.tags["ingest_run_id"] == main_run.steps["ingest"].info.run_id
@@ -142,7 +149,8 @@ def test_version_is_tagged_with_test_metrics_and_becomes_champion(main_run: Main
     for name in ("test_mae", "test_rmse", "test_mape", "test_r2"):
         assert math.isfinite(float(tags[name])), name
         assert float(tags[name]) == pytest.approx(
-            main_run.steps["evaluate"].data.metrics[name], rel=1e-5)
+            main_run.steps["evaluate"].data.metrics[name], rel=1e-5
+        )
     assert 0 < float(tags["test_r2"]) <= 1
     assert tags["verdict"] == "no_champion"
     assert str(main_run.client.get_model_version_by_alias(MODEL, "champion").version) == "1"
@@ -151,6 +159,7 @@ def test_version_is_tagged_with_test_metrics_and_becomes_champion(main_run: Main
 
 
 # 2. The gate and the rollback.
+
 
 @dataclass(frozen=True)
 class GateScenario:
@@ -169,8 +178,15 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> GateScenario:
     commands = {
         "first": ("steps.main", "--source", SOURCE),
         "worse": ("steps.main", "--source", SOURCE, "--preset", "notebook"),
-        "forced": ("steps.main", "--source", SOURCE, "--preset", "notebook",
-                   "--force-promote", "true"),
+        "forced": (
+            "steps.main",
+            "--source",
+            SOURCE,
+            "--preset",
+            "notebook",
+            "--force-promote",
+            "true",
+        ),
         "rollback": ("steps.rollback",),
     }
     results, states = {}, {}
@@ -184,8 +200,9 @@ def test_first_run_makes_the_default_model_champion(gate: GateScenario) -> None:
     state = gate.states["first"]
     assert state["aliases"] == {"champion": 1}
     assert state["versions"][1]["stage"] == "Production"
-    assert gate.results["first"].stdout.splitlines()[-1].startswith(
-        f"{MODEL}@champion -> version 1 ")
+    assert (
+        gate.results["first"].stdout.splitlines()[-1].startswith(f"{MODEL}@champion -> version 1 ")
+    )
 
 
 def test_worse_model_is_not_promoted(gate: GateScenario) -> None:
@@ -197,7 +214,8 @@ def test_worse_model_is_not_promoted(gate: GateScenario) -> None:
     champion_tags = gate.states["first"]["versions"][1]["tags"]
     # The champion was scored again on the same rows: its MAE there is its own test MAE.
     assert float(tags["champion_test_mae"]) == pytest.approx(
-        float(champion_tags["test_mae"]), rel=1e-4)
+        float(champion_tags["test_mae"]), rel=1e-4
+    )
     tolerance = PARAMS["promotion"]["tolerance"]
     assert float(tags["test_mae"]) > float(tags["champion_test_mae"]) * (1 + tolerance)
     assert tags["test_rows"] == champion_tags["test_rows"]
@@ -216,8 +234,11 @@ def test_forced_promotion_keeps_the_old_champion_as_previous(gate: GateScenario)
     assert "promoted_at" in state["versions"][3]["tags"]
     assert state["versions"][3]["stage"] == "Production"
     assert state["versions"][1]["stage"] == "Archived"
-    assert gate.results["forced"].stdout.splitlines()[-1].startswith(
-        f"{MODEL}@champion -> version 3 (forced, was version 1)")
+    assert (
+        gate.results["forced"]
+        .stdout.splitlines()[-1]
+        .startswith(f"{MODEL}@champion -> version 3 (forced, was version 1)")
+    )
 
 
 def test_rollback_restores_the_old_champion_and_swaps_the_aliases(gate: GateScenario) -> None:
@@ -226,16 +247,20 @@ def test_rollback_restores_the_old_champion_and_swaps_the_aliases(gate: GateScen
     assert state["versions"][1]["stage"] == "Production"
     assert state["versions"][3]["stage"] == "Archived"
     assert sorted(state["versions"]) == [1, 2, 3]
-    assert gate.results["rollback"].stdout.strip().startswith(
-        f"{MODEL}@champion -> version 1 (rollback, was version 3)")
+    assert (
+        gate.results["rollback"]
+        .stdout.strip()
+        .startswith(f"{MODEL}@champion -> version 1 (rollback, was version 3)")
+    )
 
 
 def test_promoting_the_champion_again_keeps_its_previous_champion(gate: GateScenario) -> None:
     before = registry_state(gate.client)
     assert before["aliases"] == {"champion": 1, "previous-champion": 3}
 
-    result = run_step("steps.promote", "--model-version", "1", "--force", "true",
-                      env=gate.env, cwd=gate.workdir)
+    result = run_step(
+        "steps.promote", "--model-version", "1", "--force", "true", env=gate.env, cwd=gate.workdir
+    )
 
     assert registry_state(gate.client)["aliases"] == before["aliases"]
     assert result.stdout.strip().startswith(f"{MODEL}@champion -> version 1 (forced)")
@@ -251,18 +276,29 @@ def test_evaluating_the_champion_does_not_compare_it_with_itself(gate: GateScena
 
 # 3. Failures change nothing.
 
+
 @pytest.fixture(scope="module")
 def generated_csvs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train.csv and test.csv written by `steps.generate` (1500 and 500 rows)."""
     folder = tmp_path_factory.mktemp("generated") / "data"
     workdir = folder.parent
-    run_step("steps.generate", "--out", str(folder), "--train-rows", "1500", "--test-rows", "500",
-             env=store_env(workdir), cwd=workdir)
+    run_step(
+        "steps.generate",
+        "--out",
+        str(folder),
+        "--train-rows",
+        "1500",
+        "--test-rows",
+        "500",
+        env=store_env(workdir),
+        cwd=workdir,
+    )
     return folder
 
 
-def csv_copy(generated: Path, folder: Path,
-             change: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> Path:
+def csv_copy(
+    generated: Path, folder: Path, change: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+) -> Path:
     """A copy of the generated CSVs in `folder`, with `change` applied to train.csv."""
     folder.mkdir(parents=True)
     shutil.copy(generated / "test.csv", folder / "test.csv")
@@ -279,25 +315,28 @@ def _text_in_net_area(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _missing_folder(tmp: Path, generated: Path) -> tuple[list[str], str]:
     return ["steps.main", "--source", str(tmp / "nowhere")], (
-        f"data folder {tmp / 'nowhere'} does not exist")
+        f"data folder {tmp / 'nowhere'} does not exist"
+    )
 
 
 def _missing_column(tmp: Path, generated: Path) -> tuple[list[str], str]:
     folder = csv_copy(generated, tmp / "no-bathrooms", lambda f: f.drop(columns="n_bathroom"))
     return ["steps.main", "--source", str(folder)], (
-        "[train]: Invalid input (n_bathroom): n_bathroom is a required column; found: ")
+        "[train]: Invalid input (n_bathroom): n_bathroom is a required column; found: "
+    )
 
 
 def _text_column(tmp: Path, generated: Path) -> tuple[list[str], str]:
     folder = csv_copy(generated, tmp / "text", _text_in_net_area)
     return ["steps.main", "--source", str(folder)], (
-        "[train]: Invalid input (net_area): net_area must be a number (row 7, got str "
-        "'about 120')")
+        "[train]: Invalid input (net_area): net_area must be a number (row 7, got str 'about 120')"
+    )
 
 
 def _unknown_preset(tmp: Path, generated: Path) -> tuple[list[str], str]:
     return ["steps.main", "--source", SOURCE, "--preset", "nope"], (
-        "unknown preset 'nope'; params.yaml defines: notebook, default")
+        "unknown preset 'nope'; params.yaml defines: notebook, default"
+    )
 
 
 def _missing_table(tmp: Path, generated: Path) -> tuple[list[str], str]:
@@ -306,7 +345,8 @@ def _missing_table(tmp: Path, generated: Path) -> tuple[list[str], str]:
         for split in ("train", "test"):
             pd.read_csv(generated / f"{split}.csv").to_sql(split, connection, index=False)
     return ["steps.main", "--source", f"sqlite:///{database}", "--train", "listings"], (
-        f"table 'listings' not found in sqlite:///{database} (tables there: test, train)")
+        f"table 'listings' not found in sqlite:///{database} (tables there: test, train)"
+    )
 
 
 def _unknown_version(tmp: Path, generated: Path) -> tuple[list[str], str]:
@@ -325,7 +365,8 @@ FAILURES = {
 
 @pytest.mark.parametrize("case", list(FAILURES))
 def test_failure_is_one_error_line_and_leaves_the_registry_untouched(
-        case: str, gate: GateScenario, generated_csvs: Path, tmp_path: Path) -> None:
+    case: str, gate: GateScenario, generated_csvs: Path, tmp_path: Path
+) -> None:
     args, expected = FAILURES[case](tmp_path, generated_csvs)
     before = registry_state(gate.client)
 
@@ -339,16 +380,31 @@ def test_failure_is_one_error_line_and_leaves_the_registry_untouched(
 
 def test_a_model_that_cannot_be_loaded_is_never_promoted(gate: GateScenario) -> None:
     champion_run = gate.client.get_run(gate.client.get_model_version(MODEL, "1").run_id)
-    trained = run_step("steps.train", "--ingest-run-id", champion_run.data.tags["ingest_run_id"],
-                       "--preset", "notebook", env=gate.env, cwd=gate.workdir)
+    trained = run_step(
+        "steps.train",
+        "--ingest-run-id",
+        champion_run.data.tags["ingest_run_id"],
+        "--preset",
+        "notebook",
+        env=gate.env,
+        cwd=gate.workdir,
+    )
     version = trained.stdout.strip().rsplit(" ", 1)[-1]
     files = model_artifacts_dir(gate.client, version)
     assert files.is_relative_to(gate.workdir) and (files / "MLmodel").is_file()
     shutil.rmtree(files)
     before = registry_state(gate.client)
 
-    result = run_step("steps.promote", "--model-version", version, "--force", "true",
-                      env=gate.env, cwd=gate.workdir, check=False)
+    result = run_step(
+        "steps.promote",
+        "--model-version",
+        version,
+        "--force",
+        "true",
+        env=gate.env,
+        cwd=gate.workdir,
+        check=False,
+    )
 
     line = error_line(result)
     assert line.startswith(f"Error: models:/{MODEL}/{version} cannot be loaded")
@@ -359,24 +415,29 @@ def test_a_model_that_cannot_be_loaded_is_never_promoted(gate: GateScenario) -> 
 
 # 4. The client's CSV files.
 
+
 def test_folder_with_the_clients_two_csvs_is_trained_and_promoted(
-        generated_csvs: Path, tmp_path: Path) -> None:
+    generated_csvs: Path, tmp_path: Path
+) -> None:
     env, client = store_env(tmp_path), client_for(tmp_path)
 
-    result = run_step("steps.main", "--source", str(generated_csvs), "--preset", "notebook",
-                      env=env, cwd=tmp_path)
+    result = run_step(
+        "steps.main", "--source", str(generated_csvs), "--preset", "notebook", env=env, cwd=tmp_path
+    )
 
     assert "version 1: verdict no_champion" in result.stdout
     assert registry_state(client)["aliases"] == {"champion": 1}
     ingest = next(r for r in all_runs(client) if r.data.tags.get("step") == "ingest")
     assert ingest.data.tags["source"] == (
-        f"CSV folder {generated_csvs} (train=train.csv, test=test.csv)")
+        f"CSV folder {generated_csvs} (train=train.csv, test=test.csv)"
+    )
     assert ingest.data.metrics["train_rows_read"] == 1500
     assert ingest.data.metrics["test_rows_read"] == 500
 
 
 def test_single_split_source_is_split_by_params_test_size(
-        generated_csvs: Path, tmp_path: Path) -> None:
+    generated_csvs: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "only-train"
     folder.mkdir()
     shutil.copy(generated_csvs / "train.csv", folder / "train.csv")
@@ -392,4 +453,6 @@ def test_single_split_source_is_split_by_params_test_size(
     kept = metrics["train_rows_kept"] + metrics["test_rows_kept"]
     assert metrics["test_rows_kept"] / kept == pytest.approx(test_size, abs=0.02)
     assert [a.path for a in client.list_artifacts(ingest.info.run_id, "clean")] == [
-        "clean/test.parquet", "clean/train.parquet"]
+        "clean/test.parquet",
+        "clean/train.parquet",
+    ]

@@ -43,10 +43,19 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
             connection.execute(sa.text(f"GRANT ALL ON SCHEMA public TO {ROLE}"))
         engine.dispose()
         admin = make_url(admin_url)
-        url = (f"postgresql://{ROLE}:{PASSWORD}@{admin.host}:{admin.port}/{admin.database}")
+        url = f"postgresql://{ROLE}:{PASSWORD}@{admin.host}:{admin.port}/{admin.database}"
         generate_url = url.replace("postgresql://", "postgresql+psycopg://")
-        run_step("steps.generate", "--url", generate_url, "--train-rows", "1500",
-                 "--test-rows", "500", env=store_env(workdir), cwd=workdir)
+        run_step(
+            "steps.generate",
+            "--url",
+            generate_url,
+            "--train-rows",
+            "1500",
+            "--test-rows",
+            "500",
+            env=store_env(workdir),
+            cwd=workdir,
+        )
         yield Database(url, admin_url)
 
 
@@ -60,19 +69,23 @@ def count(admin_url: str, query: str) -> int:
 
 
 def test_tables_are_owned_by_the_password_role(database: Database) -> None:
-    owners = count(database.admin_url,
-                   f"SELECT count(*) FROM pg_tables WHERE tableowner = '{ROLE}' "
-                   "AND tablename IN ('train', 'test')")
+    owners = count(
+        database.admin_url,
+        f"SELECT count(*) FROM pg_tables WHERE tableowner = '{ROLE}' "
+        "AND tablename IN ('train', 'test')",
+    )
     assert owners == 2
     assert count(database.admin_url, "SELECT count(*) FROM train") == 1500
 
 
 def test_main_on_postgresql_promotes_and_never_records_the_password(
-        database: Database, tmp_path: Path) -> None:
+    database: Database, tmp_path: Path
+) -> None:
     env, client = store_env(tmp_path), client_for(tmp_path)
 
-    result = run_step("steps.main", "--source", database.url, "--preset", "notebook",
-                      env=env, cwd=tmp_path)
+    result = run_step(
+        "steps.main", "--source", database.url, "--preset", "notebook", env=env, cwd=tmp_path
+    )
 
     assert "version 1: verdict no_champion" in result.stdout
     assert registry_state(client)["aliases"] == {"champion": 1}
@@ -81,7 +94,8 @@ def test_main_on_postgresql_promotes_and_never_records_the_password(
     port = make_url(database.url).port
     assert ingest.data.tags["source"] == (
         f"SQL database postgresql+psycopg://{ROLE}:***@127.0.0.1:{port}/postgres "
-        "(train=train, test=test)")
+        "(train=train, test=test)"
+    )
     assert ingest.data.metrics["train_rows_read"] == 1500
     assert ingest.data.metrics["test_rows_read"] == 500
     for run in runs:
@@ -108,7 +122,8 @@ def test_a_query_as_the_train_split(database: Database, tmp_path: Path) -> None:
     # Only houses were trained on: the test split's apartments are dropped as unknown.
     assert metrics["test_dropped_type_unseen_in_train"] > 0
     for split in ("train", "test"):
-        clean = pd.read_parquet(client.download_artifacts(
-            ingest.info.run_id, f"clean/{split}.parquet", str(tmp_path)))
+        clean = pd.read_parquet(
+            client.download_artifacts(ingest.info.run_id, f"clean/{split}.parquet", str(tmp_path))
+        )
         assert set(clean["type"]) == {"casa"}, split
         assert len(clean) == metrics[f"{split}_rows_kept"]

@@ -60,11 +60,16 @@ def running_prometheus(workdir: Path, target: str) -> Iterator[str]:
     config.write_text(
         f"global:\n  scrape_interval: {SCRAPE_SECONDS}s\n  scrape_timeout: {SCRAPE_SECONDS}s\n"
         f"scrape_configs:\n  - job_name: gateway\n    static_configs:\n"
-        f"      - targets: ['{target}']\n")
+        f"      - targets: ['{target}']\n"
+    )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [str(PROMETHEUS), f"--config.file={config}",
-               f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"]
+    command = [
+        str(PROMETHEUS),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
     with running(command, f"{url}/-/ready", workdir / "prometheus.log", timeout=30):
         yield url
 
@@ -108,30 +113,48 @@ def send_traffic(gateway: RunningGateway) -> int:
 
     rows = generate_listings(ROWS, 11, dirty=False)[list(FEATURE_NAMES)].to_dict("records")
     singles = [{"dataframe_records": [row]} for row in rows[:SINGLE_ROWS]]
-    batches = [{"dataframe_split": {"columns": list(FEATURE_NAMES), "data": [
-        [row[n] for n in FEATURE_NAMES] for row in rows[start:start + BATCH_ROWS]]}}
-        for start in range(SINGLE_ROWS, ROWS, BATCH_ROWS)]
+    batches = [
+        {
+            "dataframe_split": {
+                "columns": list(FEATURE_NAMES),
+                "data": [
+                    [row[n] for n in FEATURE_NAMES] for row in rows[start : start + BATCH_ROWS]
+                ],
+            }
+        }
+        for start in range(SINGLE_ROWS, ROWS, BATCH_ROWS)
+    ]
     bad_type = {**rows[0], "net_area": "120"}  # refused by the gateway
     bad_bound = {**rows[0], "net_area": -5.0}  # refused by the model server
-    refused = [({"dataframe_records": [bad_type]}, ALICE, 400),
-               ({"dataframe_records": [rows[1], bad_bound]}, ALICE, 400),
-               ({"dataframe_records": [{**rows[2], "sector": "marte"}]}, ALICE, 400),
-               ({"dataframe_records": rows[:1]}, {}, 401),
-               ({"dataframe_records": rows[:1]}, {"X-API-Key": "wrong"}, 403),
-               ({"dataframe_records": rows[:1]}, {"Authorization": "Bearer wrong"}, 403)]
+    refused = [
+        ({"dataframe_records": [bad_type]}, ALICE, 400),
+        ({"dataframe_records": [rows[1], bad_bound]}, ALICE, 400),
+        ({"dataframe_records": [{**rows[2], "sector": "marte"}]}, ALICE, 400),
+        ({"dataframe_records": rows[:1]}, {}, 401),
+        ({"dataframe_records": rows[:1]}, {"X-API-Key": "wrong"}, 403),
+        ({"dataframe_records": rows[:1]}, {"Authorization": "Bearer wrong"}, 403),
+    ]
     calls = [(body, ALICE, 200) for body in [*singles, *batches]] + refused
 
     def post(call: tuple[dict, dict, int]) -> None:
         body, headers, status = call
-        response = requests.post(f"{gateway.url}/invocations", data=json.dumps(body), timeout=30,
-                                 headers={"Content-Type": "application/json", **headers})
+        response = requests.post(
+            f"{gateway.url}/invocations",
+            data=json.dumps(body),
+            timeout=30,
+            headers={"Content-Type": "application/json", **headers},
+        )
         assert response.status_code == status, response.text
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(post, calls))
     assert requests.get(f"{gateway.url}/no/such/page", timeout=5).status_code == 404
-    assert requests.post(f"{gateway.url}/invocations", data=b"{}", headers=ALICE,
-                         timeout=5).status_code == 415
+    assert (
+        requests.post(
+            f"{gateway.url}/invocations", data=b"{}", headers=ALICE, timeout=5
+        ).status_code
+        == 415
+    )
     for path in ("/health", "/ready", "/model"):
         assert requests.get(f"{gateway.url}{path}", headers=ALICE, timeout=5).status_code == 200
     return len(calls) + 1
@@ -142,30 +165,44 @@ def test_every_dashboard_query_returns_data(model_server, tmp_path):
     queries = dashboard_queries()
     assert any("gateway_feature_drift" in expr for _, expr in queries)
     assert ROWS >= 2 * MIN_ROWS  # one of the 2 workers at least gets enough to score
-    with running_gateway(tmp_path / "gateway", model_server.url,
-                         info_path=model_server.info_path, workers=2) as gateway, \
-            running_prometheus(tmp_path, f"127.0.0.1:{gateway.port}") as prometheus:
+    with (
+        running_gateway(
+            tmp_path / "gateway", model_server.url, info_path=model_server.info_path, workers=2
+        ) as gateway,
+        running_prometheus(tmp_path, f"127.0.0.1:{gateway.port}") as prometheus,
+    ):
         wait_for(prometheus, 'up{job="gateway"} == 1', timeout=15)
         invocations = send_traffic(gateway)
         # Every count scraped, then three more scrapes: the drift monitor scores its last
         # rows within a second, and every rate() has samples on both sides of the traffic.
         wait_for(prometheus, f"sum(gateway_rows_predicted_total) == {ROWS}", timeout=15)
-        wait_for(prometheus, f'sum(gateway_requests_total{{endpoint="/invocations"}}) '
-                             f"== {invocations}", timeout=15)
-        wait_for(prometheus, f'count_over_time(up{{job="gateway"}}[1h]) >= '
-                             f"{scrapes(prometheus) + 3}", timeout=15)
+        wait_for(
+            prometheus,
+            f'sum(gateway_requests_total{{endpoint="/invocations"}}) == {invocations}',
+            timeout=15,
+        )
+        wait_for(
+            prometheus,
+            f'count_over_time(up{{job="gateway"}}[1h]) >= {scrapes(prometheus) + 3}',
+            timeout=15,
+        )
 
         empty = [(title, expr) for title, expr in queries if not query(prometheus, expr)]
         assert not empty, "panels without data:\n" + "\n".join(map(": ".join, empty))
         assert value(prometheus, "sum(rate(gateway_rows_predicted_total[5m]))") > 0
         assert value(prometheus, "sum(rate(gateway_auth_failures_total[5m]))") > 0
         assert by_label(prometheus, "gateway_auth_failures_total > 0", "reason") == {
-            "missing": 1, "invalid": 2}
+            "missing": 1,
+            "invalid": 2,
+        }
         assert by_label(prometheus, "gateway_validation_errors_total > 0", "field") == {
-            "net_area": 2, "sector": 1}
+            "net_area": 2,
+            "sector": 1,
+        }
         served = json.loads(model_server.info_path.read_text())["version"]
-        assert [s["metric"]["version"] for s in query(
-            prometheus, "gateway_model_info == 1")] == [served]
+        assert [s["metric"]["version"] for s in query(prometheus, "gateway_model_info == 1")] == [
+            served
+        ]
         drift = by_label(prometheus, "gateway_feature_drift", "feature")
         assert set(drift) == set(FEATURE_NAMES)
         assert all(score >= 0 for score in drift.values()), drift

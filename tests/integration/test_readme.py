@@ -38,8 +38,12 @@ COMMANDS = bash_commands(README)
 EXCEPTIONS = checked_otherwise(README)
 MODEL = "property-friends"
 FOLDER_ROWS = {"train": 1500, "test": 500}
-PLACEHOLDERS = ("/path/to/folder", "PGPASSWORD=...", "postgresql://user@host:5432/db",
-                "http://127.0.0.1:8000")
+PLACEHOLDERS = (
+    "/path/to/folder",
+    "PGPASSWORD=...",
+    "postgresql://user@host:5432/db",
+    "http://127.0.0.1:8000",
+)
 
 
 @dataclass
@@ -60,8 +64,9 @@ class Readme:
         for placeholder, value in self.substitutions.items():
             command = command.replace(placeholder, value)
         result = self.copy.run(command, timeout)
-        assert result.returncode == 0, (f"{command}\nexit {result.returncode}\n"
-                                        f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        assert result.returncode == 0, (
+            f"{command}\nexit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
         return result
 
     def versions(self) -> int:
@@ -72,8 +77,9 @@ class Readme:
 
     def latest_run(self, step: str):
         experiments = [e.experiment_id for e in self.client.search_experiments()]
-        (run, *_) = self.client.search_runs(experiments, f"tags.step = '{step}'",
-                                            order_by=["attributes.start_time DESC"])
+        (run, *_) = self.client.search_runs(
+            experiments, f"tags.step = '{step}'", order_by=["attributes.start_time DESC"]
+        )
         return run
 
     def gateway(self, path: str) -> str:
@@ -113,9 +119,18 @@ def readme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Readme]:
         _write_tables(url)
         port = url.rsplit(":", 1)[1].split("/")[0]
         state = Readme(copy, folder, url, MlflowClient(copy.tracking_uri, copy.tracking_uri))
-        state.substitutions = dict(zip(PLACEHOLDERS, (
-            str(folder), "PGPASSWORD=unused", f"postgresql://postgres@127.0.0.1:{port}/postgres",
-            state.gateway("")), strict=True))
+        state.substitutions = dict(
+            zip(
+                PLACEHOLDERS,
+                (
+                    str(folder),
+                    "PGPASSWORD=unused",
+                    f"postgresql://postgres@127.0.0.1:{port}/postgres",
+                    state.gateway(""),
+                ),
+                strict=True,
+            )
+        )
         try:
             yield state
         finally:
@@ -123,6 +138,7 @@ def readme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Readme]:
 
 
 # The checks, one per README command: run it, then assert what it must have done.
+
 
 def check_make_run(readme: Readme, command: str) -> None:
     before = readme.versions() if (readme.root / "mlflow.db").exists() else 0
@@ -170,14 +186,20 @@ def check_rollback(readme: Readme, command: str) -> None:
 
 
 def check_mlflow_ui(readme: Readme, command: str) -> None:
-    process = subprocess.Popen(["bash", "-c", command], cwd=readme.root, env=readme.copy.env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=readme.root,
+        env=readme.copy.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{readme.copy.env['MLFLOW_UI_PORT']}"
     try:
         wait_until(lambda: http_ok(url) or process.poll() is not None, 90, "make mlflow-ui")
-        answer = requests.get(f"{url}/api/2.0/mlflow/registered-models/get",
-                              params={"name": MODEL}, timeout=10)
+        answer = requests.get(
+            f"{url}/api/2.0/mlflow/registered-models/get", params={"name": MODEL}, timeout=10
+        )
         assert answer.status_code == 200, answer.text
         assert answer.json()["registered_model"]["name"] == MODEL
     finally:
@@ -193,8 +215,11 @@ def check_make_data(readme: Readme, command: str) -> None:
 
 def _check_scored(readme: Readme, command: str, rows: int, output: str) -> None:
     readme.run(command)
-    scored = pd.read_csv(readme.root / output) if output.endswith(".csv") else pd.read_parquet(
-        readme.root / output)
+    scored = (
+        pd.read_csv(readme.root / output)
+        if output.endswith(".csv")
+        else pd.read_parquet(readme.root / output)
+    )
     assert len(scored) == rows
     version = readme.aliases()["champion"]
     assert (scored["model_version"].astype(str) == str(version)).all()
@@ -260,8 +285,12 @@ def _send_traffic(readme: Readme, rows: int) -> None:
     """Priced rows through the running gateway, then wait until the request log holds them."""
     key = (readme.root / ".run" / "api-key").read_text()
     frame = generate_listings(rows, seed=5, dirty=False)[list(FEATURE_NAMES)]
-    answer = requests.post(readme.gateway("/invocations"), headers={"X-API-Key": key},
-                           json={"dataframe_records": frame.to_dict("records")}, timeout=60)
+    answer = requests.post(
+        readme.gateway("/invocations"),
+        headers={"X-API-Key": key},
+        json={"dataframe_records": frame.to_dict("records")},
+        timeout=60,
+    )
     assert answer.status_code == 200, answer.text
     log = readme.root / ".run" / "logs" / "requests.jsonl"
 
@@ -293,10 +322,12 @@ def check_copy_env(readme: Readme, command: str) -> None:
     assert (docker / ".env").read_text() == (docker / ".env.example").read_text()
 
 
-CURL = ('curl -s http://127.0.0.1:8000/invocations -H "X-API-Key: $(cat .run/api-key)" '
-        "-H 'Content-Type: application/json' -d '{\"dataframe_records\": [{\"type\": "
-        '"departamento", "sector": "las condes", "net_usable_area": 140, "net_area": 170, '
-        '"n_rooms": 3, "n_bathroom": 2, "latitude": -33.4172, "longitude": -70.5476}]}\'')
+CURL = (
+    'curl -s http://127.0.0.1:8000/invocations -H "X-API-Key: $(cat .run/api-key)" '
+    '-H \'Content-Type: application/json\' -d \'{"dataframe_records": [{"type": '
+    '"departamento", "sector": "las condes", "net_usable_area": 140, "net_area": 170, '
+    '"n_rooms": 3, "n_bathroom": 2, "latitude": -33.4172, "longitude": -70.5476}]}\''
+)
 MAIN = "mlflow run . -e main --env-manager local"
 BATCH = "mlflow run . -e batch_score --env-manager local"
 CHECKS: dict[str, Callable[[Readme, str], None]] = {
@@ -305,16 +336,15 @@ CHECKS: dict[str, Callable[[Readme, str], None]] = {
     MAIN: check_new_version,
     "mlflow run . -e train --env-manager local -P preset=notebook": check_train,
     "mlflow run . -e evaluate --env-manager local -P model_version=3": check_evaluate,
-    "mlflow run . -e promote --env-manager local -P model_version=3 -P force=true":
-        check_promote,
+    "mlflow run . -e promote --env-manager local -P model_version=3 -P force=true": check_promote,
     "mlflow run . -e rollback --env-manager local": check_rollback,
     "make mlflow-ui": check_mlflow_ui,
     "make data": check_make_data,
     f"{BATCH} -P input=data/test.csv -P output=scored.parquet": check_batch_csv,
-    f"{BATCH} -P input=listings.parquet -P output=scored.parquet -P engine=spark":
-        check_batch_spark,
-    f"{BATCH} -P input=sqlite:///listings.db -P table=listings -P output=scored.csv":
-        check_batch_table,
+    f"{BATCH} -P input=listings.parquet -P output=scored.parquet "
+    "-P engine=spark": check_batch_spark,
+    f"{BATCH} -P input=sqlite:///listings.db -P table=listings "
+    "-P output=scored.csv": check_batch_table,
     "make run DATA=/path/to/folder": check_make_run_data,
     f"{MAIN} -P source=/path/to/folder": check_main_folder,
     f"PGPASSWORD=... {MAIN} -P source=postgresql://user@host:5432/db -P train=listings_train "
@@ -345,7 +375,8 @@ def test_readme_command(readme: Readme, command: str) -> None:
     if check is None:
         assert command in EXCEPTIONS, (
             f"README command {command!r} is neither run by {__name__} nor listed in README "
-            "under 'Commands checked otherwise'")
+            "under 'Commands checked otherwise'"
+        )
         return
     assert command not in EXCEPTIONS, f"{command!r} is run here: remove it from the list"
     check(readme, command)

@@ -59,17 +59,22 @@ class Store:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     workdir = tmp_path_factory.mktemp("rollout-store")
-    env = store_env(workdir, MODEL_SERVERS="2", ROLLOUT_POLL_SECONDS="1",
-                    GATEWAY_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT))
-    run_step("steps.main", "--source", SMALL_SOURCE, "--preset", "notebook", env=env,
-             cwd=workdir)
+    env = store_env(
+        workdir,
+        MODEL_SERVERS="2",
+        ROLLOUT_POLL_SECONDS="1",
+        GATEWAY_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT),
+    )
+    run_step("steps.main", "--source", SMALL_SOURCE, "--preset", "notebook", env=env, cwd=workdir)
     client = mlflow_client(env)
     ingest_run = client.get_run(client.get_model_version(MODEL, "1").run_id).data.tags[
-        "ingest_run_id"]
+        "ingest_run_id"
+    ]
     good = train_version(env, workdir, ingest_run)
     run_step("steps.evaluate", "--model-version", good, env=env, cwd=workdir)
-    bad = train_version(env, workdir, ingest(env, workdir,
-                                             "synthetic:train_rows=120,test_rows=600"))
+    bad = train_version(
+        env, workdir, ingest(env, workdir, "synthetic:train_rows=120,test_rows=600")
+    )
     return Store(workdir, env, good, bad)
 
 
@@ -85,9 +90,13 @@ def stack(store: Store, name: str, **env: str) -> Iterator[Stack]:
     workdir = store.workdir / name
     with running_controller(workdir, {**store.env, **env}) as controller:
         dead = f"http://127.0.0.1:{free_port()}"  # the file's servers replace it
-        with running_gateway(workdir / "gateway", dead, info_path=controller.info_path,
-                             workers=2, extra_env={
-                                 "GATEWAY_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT)}) as gateway:
+        with running_gateway(
+            workdir / "gateway",
+            dead,
+            info_path=controller.info_path,
+            workers=2,
+            extra_env={"GATEWAY_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT)},
+        ) as gateway:
             yield Stack(controller, gateway)
 
 
@@ -107,7 +116,8 @@ def set_stage(store: Store, version: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         mlflow_client(store.env).transition_model_version_stage(
-            MODEL, version, "Production", archive_existing_versions=True)
+            MODEL, version, "Production", archive_existing_versions=True
+        )
 
 
 def serving(running: Stack, store: Store, version: str) -> None:
@@ -116,12 +126,14 @@ def serving(running: Stack, store: Store, version: str) -> None:
     running.controller.wait_served(version)
 
 
-def under_load(running: Stack, prefix: str, action: Callable[[], None],
-               settled: Callable[[], None]) -> list[Sent]:
+def under_load(
+    running: Stack, prefix: str, action: Callable[[], None], settled: Callable[[], None]
+) -> list[Sent]:
     """16 clients send all along: 2 s before `action`, until `settled` returns, and long
     enough after it for the old servers to be stopped under load."""
-    load = LoadClients(running.gateway.url, [ONE_LISTING], clients=CLIENTS, prefix=prefix,
-                       pause=0.02).start()
+    load = LoadClients(
+        running.gateway.url, [ONE_LISTING], clients=CLIENTS, prefix=prefix, pause=0.02
+    ).start()
     try:
         time.sleep(2)
         action()
@@ -138,8 +150,9 @@ def assert_no_failure_and_logged_once(sent: list[Sent], running: Stack) -> None:
     lines = logged_once(running.gateway.request_log, sent)
     mine = [line for line in lines if line["request_id"] in {s.request_id for s in sent}]
     assert Counter(line["request_id"] for line in mine) == Counter(s.request_id for s in sent)
-    assert {line["request_id"]: line["model_version"] for line in mine} == \
-        {s.request_id: s.model_version for s in sent}
+    assert {line["request_id"]: line["model_version"] for line in mine} == {
+        s.request_id: s.model_version for s in sent
+    }
 
 
 def assert_switched(sent: list[Sent], old: str, new: str) -> None:
@@ -152,40 +165,53 @@ def assert_switched(sent: list[Sent], old: str, new: str) -> None:
 
 
 def test_moving_the_alias_as_the_ui_does_reaches_every_answer_without_a_failure(
-        store: Store, alias_stack: Stack) -> None:
+    store: Store, alias_stack: Stack
+) -> None:
     serving(alias_stack, store, "1")
     started = time.monotonic()
-    sent = under_load(alias_stack, "alias", lambda: set_alias(store, "champion", store.good),
-                      lambda: alias_stack.controller.wait_served(store.good, timeout=240))
+    sent = under_load(
+        alias_stack,
+        "alias",
+        lambda: set_alias(store, "champion", store.good),
+        lambda: alias_stack.controller.wait_served(store.good, timeout=240),
+    )
     assert time.monotonic() - started < 240 + DRAIN_SECONDS + 5
     assert_switched(sent, "1", store.good)
     assert_no_failure_and_logged_once(sent, alias_stack)
-    response = requests.get(f"{alias_stack.gateway.url}/model",
-                            headers=dict(ONE_LISTING.headers), timeout=5)
+    response = requests.get(
+        f"{alias_stack.gateway.url}/model", headers=dict(ONE_LISTING.headers), timeout=5
+    )
     assert response.json()["version"] == store.good
 
 
-def test_rollback_reaches_every_answer_without_a_failure(store: Store,
-                                                         alias_stack: Stack) -> None:
+def test_rollback_reaches_every_answer_without_a_failure(store: Store, alias_stack: Stack) -> None:
     serving(alias_stack, store, store.good)
     set_alias(store, "previous-champion", "1")
-    sent = under_load(alias_stack, "rollback",
-                      lambda: run_step("steps.rollback", env=store.env, cwd=store.workdir),
-                      lambda: alias_stack.controller.wait_served("1"))
+    sent = under_load(
+        alias_stack,
+        "rollback",
+        lambda: run_step("steps.rollback", env=store.env, cwd=store.workdir),
+        lambda: alias_stack.controller.wait_served("1"),
+    )
     assert_switched(sent, store.good, "1")
     assert_no_failure_and_logged_once(sent, alias_stack)
 
 
 def test_a_hand_moved_alias_to_a_failing_version_is_refused_and_the_old_one_serves(
-        store: Store, alias_stack: Stack) -> None:
+    store: Store, alias_stack: Stack
+) -> None:
     serving(alias_stack, store, "1")
     controller = alias_stack.controller
     refused_before = controller.rollouts("refused")
     try:
-        sent = under_load(alias_stack, "refused",
-                          lambda: set_alias(store, "champion", store.bad),
-                          lambda: wait_until(lambda: controller.rollouts("refused")
-                                             > refused_before, 300, "the refusal"))
+        sent = under_load(
+            alias_stack,
+            "refused",
+            lambda: set_alias(store, "champion", store.bad),
+            lambda: wait_until(
+                lambda: controller.rollouts("refused") > refused_before, 300, "the refusal"
+            ),
+        )
         info = controller.served()
     finally:
         set_alias(store, "champion", "1")
@@ -199,36 +225,49 @@ def test_a_hand_moved_alias_to_a_failing_version_is_refused_and_the_old_one_serv
 
 
 def test_killing_a_server_under_load_costs_no_request_and_it_is_replaced(
-        store: Store, alias_stack: Stack) -> None:
+    store: Store, alias_stack: Stack
+) -> None:
     serving(alias_stack, store, "1")
     controller = alias_stack.controller
     victim_url, victim_pid = next(iter(controller.served()["pids"].items()))
 
     def replaced() -> None:
-        wait_until(lambda: victim_url not in controller.served()["pids"]
-                   and len(controller.served()["pids"]) == 2, 240, "a replacement")
+        wait_until(
+            lambda: (
+                victim_url not in controller.served()["pids"]
+                and len(controller.served()["pids"]) == 2
+            ),
+            240,
+            "a replacement",
+        )
         controller.wait_served("1")
 
-    sent = under_load(alias_stack, "kill", lambda: os.killpg(victim_pid, signal.SIGKILL),
-                      replaced)
+    sent = under_load(alias_stack, "kill", lambda: os.killpg(victim_pid, signal.SIGKILL), replaced)
     assert_no_failure_and_logged_once(sent, alias_stack)
     assert {s.model_version for s in sent} == {"1"}
     assert victim_pid not in controller.served()["pids"].values()
 
 
-def test_a_restarted_controller_adopts_the_running_servers(store: Store,
-                                                           alias_stack: Stack) -> None:
+def test_a_restarted_controller_adopts_the_running_servers(
+    store: Store, alias_stack: Stack
+) -> None:
     serving(alias_stack, store, "1")
     controller = alias_stack.controller
     pids = controller.served()["pids"]
     controller.kill()
-    answer = requests.post(f"{alias_stack.gateway.url}/invocations", data=ONE_LISTING.body,
-                           headers={"Content-Type": "application/json",
-                                    **ONE_LISTING.headers}, timeout=10)
+    answer = requests.post(
+        f"{alias_stack.gateway.url}/invocations",
+        data=ONE_LISTING.body,
+        headers={"Content-Type": "application/json", **ONE_LISTING.headers},
+        timeout=10,
+    )
     assert (answer.status_code, answer.headers["X-Model-Version"]) == (200, "1")
     controller.start()
-    wait_until(lambda: controller.log().count("adopted 2 model server(s) of version 1") >= 1,
-               30, "adoption")
+    wait_until(
+        lambda: controller.log().count("adopted 2 model server(s) of version 1") >= 1,
+        30,
+        "adoption",
+    )
     time.sleep(3)  # a few polls: nothing restarted
     assert controller.served()["pids"] == pids
     assert controller.rollouts("served") == 0
@@ -238,7 +277,11 @@ def test_a_stage_change_reaches_every_answer_without_a_failure(store: Store) -> 
     set_stage(store, "1")
     with stack(store, "stage", MODEL_URI=f"models:/{MODEL}/Production") as running:
         running.controller.wait_served("1")
-        sent = under_load(running, "stage", lambda: set_stage(store, store.good),
-                          lambda: running.controller.wait_served(store.good))
+        sent = under_load(
+            running,
+            "stage",
+            lambda: set_stage(store, store.good),
+            lambda: running.controller.wait_served(store.good),
+        )
     assert_switched(sent, "1", store.good)
     assert_no_failure_and_logged_once(sent, running)

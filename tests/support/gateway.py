@@ -46,11 +46,16 @@ def gateway_settings(state_dir: Path, **overrides: str) -> Settings:
 
 def write_model_info(path: Path, version: str = "3", **fields: Any) -> dict[str, Any]:
     """Write a served-model file like the launcher does; returns its content."""
-    info = {"name": "property-friends", "version": version, "alias": "champion",
-            "uri": f"models:/property-friends/{version}", "run_id": "abc123",
-            "metrics": {"test_mae": 1800.0, "test_rmse": 3500.0, "test_mape": 0.12,
-                        "test_r2": 0.91},
-            "served_since": "2025-01-01T00:00:00Z", **fields}
+    info = {
+        "name": "property-friends",
+        "version": version,
+        "alias": "champion",
+        "uri": f"models:/property-friends/{version}",
+        "run_id": "abc123",
+        "metrics": {"test_mae": 1800.0, "test_rmse": 3500.0, "test_mape": 0.12, "test_r2": 0.91},
+        "served_since": "2025-01-01T00:00:00Z",
+        **fields,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info))
     return info
@@ -94,15 +99,20 @@ def running_gateway(
 ) -> Iterator[RunningGateway]:
     """gunicorn with the gateway's config on a free port; stopped when the block ends."""
     port = free_port()
-    overrides = {"GATEWAY_PORT": str(port), "GATEWAY_UPSTREAM_URL": upstream_url,
-                 "GATEWAY_WORKERS": str(workers), **(extra_env or {})}
+    overrides = {
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_UPSTREAM_URL": upstream_url,
+        "GATEWAY_WORKERS": str(workers),
+        **(extra_env or {}),
+    }
     if info_path is not None:
         overrides["MODEL_INFO_PATH"] = str(info_path)
     env = subprocess_env(**gateway_env(state_dir, **overrides))
     command = [str(VENV_BIN / "gunicorn"), "-c", str(GUNICORN_CONF), "gateway.app:create_app()"]
     url = f"http://127.0.0.1:{port}"
-    with running(command, f"{url}/health", state_dir / "gunicorn.log", env=env,
-                 timeout=30) as process:
+    with running(
+        command, f"{url}/health", state_dir / "gunicorn.log", env=env, timeout=30
+    ) as process:
         yield RunningGateway(url, port, process.pid, state_dir, Path(env["GATEWAY_REQUEST_LOG"]))
 
 
@@ -110,16 +120,19 @@ def metric_samples(gateway: RunningGateway) -> dict[tuple[str, frozenset], float
     """Every sample of GET /metrics, keyed by (sample name, frozenset of its label items)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(gateway.metrics_text())
-            for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(gateway.metrics_text())
+        for sample in family.samples
+    }
 
 
 def metric_sum(samples: Mapping[tuple[str, frozenset], float], name: str, **labels: str) -> float:
     """The sum of the samples called `name` whose labels include `labels` (0 when none)."""
     wanted = set(labels.items())
-    return sum(value for (sample, items), value in samples.items()
-               if sample == name and wanted <= items)
+    return sum(
+        value for (sample, items), value in samples.items() if sample == name and wanted <= items
+    )
 
 
 @contextlib.contextmanager
@@ -166,8 +179,15 @@ class LoadClients:
     POST /invocations until `stop()`, or until `max_requests` were sent in all. Every request
     carries a unique X-Request-ID (`prefix`-client-n); `sent` lists the outcomes."""
 
-    def __init__(self, url: str, shots: list[Shot], clients: int, prefix: str = "load",
-                 pause: float = 0.0, max_requests: int | None = None):
+    def __init__(
+        self,
+        url: str,
+        shots: list[Shot],
+        clients: int,
+        prefix: str = "load",
+        pause: float = 0.0,
+        max_requests: int | None = None,
+    ):
         self.url = url
         self.shots = shots
         self.prefix = prefix
@@ -176,8 +196,10 @@ class LoadClients:
         self.sent: list[Sent] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,), name=f"load-{n}",
-                                          daemon=True) for n in range(clients)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), name=f"load-{n}", daemon=True)
+            for n in range(clients)
+        ]
 
     def start(self) -> LoadClients:
         for thread in self._threads:
@@ -199,21 +221,35 @@ class LoadClients:
                         return
                 shot = self.shots[(n + client) % len(self.shots)]
                 request_id = f"{self.prefix}-{client}-{n}"
-                headers = {"Content-Type": "application/json", "X-Request-ID": request_id,
-                           **shot.headers}
+                headers = {
+                    "Content-Type": "application/json",
+                    "X-Request-ID": request_id,
+                    **shot.headers,
+                }
                 started = time.monotonic()
                 version = None
                 try:
-                    response = session.post(f"{self.url}/invocations", data=shot.body,
-                                            headers=headers, timeout=30)
+                    response = session.post(
+                        f"{self.url}/invocations", data=shot.body, headers=headers, timeout=30
+                    )
                     status = response.status_code
                     version = response.headers.get("X-Model-Version")
                     code = response.json().get("error_code") if status != 200 else None
                 except (requests.RequestException, ValueError) as error:
                     status, code = 0, repr(error)
                 with self._lock:
-                    self.sent.append(Sent(request_id, shot.kind, started, time.monotonic(),
-                                          status, code, shot.rows, version))
+                    self.sent.append(
+                        Sent(
+                            request_id,
+                            shot.kind,
+                            started,
+                            time.monotonic(),
+                            status,
+                            code,
+                            shot.rows,
+                            version,
+                        )
+                    )
                 n += 1
                 if self.pause:
                     time.sleep(self.pause)

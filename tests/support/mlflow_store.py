@@ -48,8 +48,10 @@ class Store:
 
     def stages(self, name: str) -> dict[str, str]:
         """Stage of every version of `name`, by version."""
-        return {str(v.version): v.current_stage
-                for v in self.client().search_model_versions(f"name = '{name}'")}
+        return {
+            str(v.version): v.current_stage
+            for v in self.client().search_model_versions(f"name = '{name}'")
+        }
 
     @staticmethod
     def delete_model_files(info: ModelInfo) -> None:

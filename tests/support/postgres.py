@@ -33,7 +33,8 @@ class PostgresNotInstalled(RuntimeError):
 def postgres_bin() -> Path:
     """The newest `/usr/lib/postgresql/<version>/bin` holding initdb and pg_ctl."""
     found = [
-        path for path in Path("/").glob(BIN_GLOB.lstrip("/"))
+        path
+        for path in Path("/").glob(BIN_GLOB.lstrip("/"))
         if (path / "initdb").is_file() and (path / "pg_ctl").is_file()
     ]
     if not found:
@@ -79,8 +80,11 @@ def _stop(bin_dir: Path, data: Path, workdir: Path) -> None:
     if not pid_file.exists():
         return
     with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-        _run([str(bin_dir / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate", "-w"],
-             workdir, timeout=20)
+        _run(
+            [str(bin_dir / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate", "-w"],
+            workdir,
+            timeout=20,
+        )
         return
     with contextlib.suppress(ValueError, IndexError, OSError):
         os.kill(int(pid_file.read_text().splitlines()[0]), signal.SIGKILL)
@@ -94,12 +98,42 @@ def running_postgres(timeout: float = 30) -> Iterator[str]:
     workdir = _make_workdir()
     data, log = workdir / "data", workdir / "log"
     try:
-        _run([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-              "-E", "UTF8", "--locale=C", "--no-sync"], workdir, timeout)
+        _run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            workdir,
+            timeout,
+        )
         options = f"-p {port} -k {workdir} -h 127.0.0.1 {SERVER_SETTINGS}"
         try:
-            _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log),
-                  "start", "-w", "-t", str(int(timeout))], workdir, timeout + 5)
+            _run(
+                [
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-o",
+                    options,
+                    "-l",
+                    str(log),
+                    "start",
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                ],
+                workdir,
+                timeout + 5,
+            )
         except RuntimeError as error:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
             raise RuntimeError(f"{error}\nserver log {log}:\n{tail}") from None

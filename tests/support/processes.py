@@ -63,6 +63,7 @@ def running(
             list(command), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:
+
         def ready() -> bool:
             if process.poll() is not None:
                 raise RuntimeError(

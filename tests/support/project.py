@@ -20,8 +20,15 @@ import yaml
 from pyfunc.settings import PROJECT_DIR
 from tests.support.processes import free_port, subprocess_env
 
-PROJECT_FILES = ("MLproject", "Makefile", "README.md", "conda.yaml", "params.yaml",
-                 "pyproject.toml", "python_env.yaml")
+PROJECT_FILES = (
+    "MLproject",
+    "Makefile",
+    "README.md",
+    "conda.yaml",
+    "params.yaml",
+    "pyproject.toml",
+    "python_env.yaml",
+)
 PROJECT_FOLDERS = ("docker", "gateway", "pyfunc", "steps", "tests")
 IGNORED = shutil.ignore_patterns("__pycache__", ".pytest_cache", ".env")
 OWN_VARIABLES = ("GATEWAY_", "MODEL_", "MLFLOW_", "STATE_DIR", "PG")
@@ -63,8 +70,14 @@ class ProjectCopy:
 
     def run(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess:
         """`command` as bash runs it in the copy's folder."""
-        return subprocess.run(["bash", "-c", command], cwd=self.root, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["bash", "-c", command],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 def make_project_copy(root: Path) -> ProjectCopy:

@@ -18,7 +18,7 @@ def split_commands(block: str) -> list[str]:
             quote = "" if char == quote else quote
         elif char in "'\"":
             quote = char
-        elif char == "\\" and block[i + 1:i + 2] == "\n":
+        elif char == "\\" and block[i + 1 : i + 2] == "\n":
             current, i = current.rstrip() + " ", i + 2
             continue
         elif char == "#" and (not current or current[-1].isspace()):
@@ -42,5 +42,4 @@ def bash_commands(markdown: str) -> list[str]:
 def checked_otherwise(markdown: str) -> dict[str, str]:
     """The bullets `- \\`command\\`: reason` under the heading "Commands checked otherwise"."""
     section = markdown.split(EXCEPTIONS_HEADING, 1)[1].split("\n#", 1)[0]
-    return {m["command"]: m["reason"] for m in map(EXCEPTION_ITEM.match, section.splitlines())
-            if m}
+    return {m["command"]: m["reason"] for m in map(EXCEPTION_ITEM.match, section.splitlines()) if m}

@@ -23,9 +23,12 @@ from tests.support.processes import free_port, http_ok, stop_process_group, wait
 from tests.support.stack import run_step
 
 MODEL = "property-friends"
-ONE_LISTING = Shot("one-listing",
-                   json.dumps({"dataframe_records": [example_listing()]}).encode(), 1,
-                   {"X-API-Key": ALICE_KEY})
+ONE_LISTING = Shot(
+    "one-listing",
+    json.dumps({"dataframe_records": [example_listing()]}).encode(),
+    1,
+    {"X-API-Key": ALICE_KEY},
+)
 
 
 def mlflow_client(env: dict[str, str]):
@@ -38,8 +41,9 @@ def mlflow_client(env: dict[str, str]):
 
 def train_version(env: dict[str, str], cwd: Path, ingest_run_id: str) -> str:
     """Train the notebook preset on an ingest run's data; returns the new version."""
-    result = run_step("steps.train", "--ingest-run-id", ingest_run_id, "--preset", "notebook",
-                      env=env, cwd=cwd)
+    result = run_step(
+        "steps.train", "--ingest-run-id", ingest_run_id, "--preset", "notebook", env=env, cwd=cwd
+    )
     return result.stdout.strip().rsplit(" ", 1)[-1]
 
 
@@ -48,7 +52,10 @@ def ingest(env: dict[str, str], cwd: Path, source: str) -> str:
     run_step("steps.ingest", "--source", source, env=env, cwd=cwd)
     runs = mlflow_client(env).search_runs(
         [e.experiment_id for e in mlflow_client(env).search_experiments()],
-        filter_string="tags.step = 'ingest'", order_by=["start_time DESC"], max_results=1)
+        filter_string="tags.step = 'ingest'",
+        order_by=["start_time DESC"],
+        max_results=1,
+    )
     return runs[0].info.run_id
 
 
@@ -70,11 +77,17 @@ class Controller:
 
     def start(self) -> None:
         with open(self.workdir / "controller.log", "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "pyfunc.rollout"],
-                                            env=self.env, cwd=self.workdir, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: self._running() and http_ok(self.metrics_url), 60,
-                   "rollout controller metrics")
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pyfunc.rollout"],
+                env=self.env,
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(
+            lambda: self._running() and http_ok(self.metrics_url), 60, "rollout controller metrics"
+        )
 
     def kill(self) -> None:
         """SIGKILL, as a crash: the servers it started keep running."""
@@ -87,8 +100,14 @@ class Controller:
         if self.process is not None:
             stop_process_group(self.process)
             self.process = None
-        subprocess.run([sys.executable, "-m", "pyfunc.rollout", "--stop"], env=self.env,
-                       cwd=self.workdir, capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [sys.executable, "-m", "pyfunc.rollout", "--stop"],
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
     def served(self) -> dict[str, Any]:
         try:
@@ -98,12 +117,15 @@ class Controller:
 
     def wait_served(self, version: str, timeout: float = 240) -> dict[str, Any]:
         """Until the file names `version` and as many live servers as MODEL_SERVERS."""
+
         def done() -> bool:
             info = self.served()
             pids = info.get("pids") or {}
-            return (info.get("version") == version
-                    and len(pids) == int(self.env["MODEL_SERVERS"])
-                    and all(alive(int(pid)) for pid in pids.values()))
+            return (
+                info.get("version") == version
+                and len(pids) == int(self.env["MODEL_SERVERS"])
+                and all(alive(int(pid)) for pid in pids.values())
+            )
 
         wait_until(done, timeout, f"version {version} served", interval=0.5)
         return self.served()
@@ -115,8 +137,12 @@ class Controller:
 
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             text = response.read().decode()
-        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                   if s.name == "model_rollouts_total" and s.labels.get("result") == result)
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "model_rollouts_total" and s.labels.get("result") == result
+        )
 
     def log(self) -> str:
         return (self.workdir / "controller.log").read_text()
@@ -131,8 +157,12 @@ class Controller:
 def running_controller(workdir: Path, env: dict[str, str]) -> Iterator[Controller]:
     """The controller with its own metrics port and state; everything stopped at the end."""
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**env, "CONTROLLER_METRICS_PORT": str(free_port()),
-           "MODEL_INFO_PATH": str(workdir / "served-model.json"), "STATE_DIR": str(workdir)}
+    env = {
+        **env,
+        "CONTROLLER_METRICS_PORT": str(free_port()),
+        "MODEL_INFO_PATH": str(workdir / "served-model.json"),
+        "STATE_DIR": str(workdir),
+    }
     controller = Controller(workdir, env)
     try:
         controller.start()

@@ -28,14 +28,28 @@ def store_env(workdir: Path, **overrides: str) -> dict[str, str]:
     )
 
 
-def run_step(module: str, *args: str, env: dict[str, str], cwd: Path,
-             check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_step(
+    module: str,
+    *args: str,
+    env: dict[str, str],
+    cwd: Path,
+    check: bool = True,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """Run `python -m <module> args...`; with `check`, fail with its output if it fails."""
-    result = subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=cwd,
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{module} {' '.join(args)} exited {result.returncode}:\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"{module} {' '.join(args)} exited {result.returncode}:\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 
@@ -59,15 +73,21 @@ class ModelServer:
     def start(self, timeout: float = 90) -> None:
         env = {**self.env, "MODEL_PORT": str(self.port)}
         log = open(self.workdir / f"model-server-{self.port}.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen([sys.executable, "-m", "pyfunc.serve"], env=env,
-                                        cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pyfunc.serve"],
+            env=env,
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
 
         def ready() -> bool:
             if self.process.poll() is not None:
-                raise RuntimeError(f"model server exited with {self.process.returncode}: "
-                                   f"{self.log_tail()}")
+                raise RuntimeError(
+                    f"model server exited with {self.process.returncode}: {self.log_tail()}"
+                )
             return http_ok(f"{self.url}/ping")
 
         wait_until(ready, timeout, f"model server on port {self.port}")

@@ -44,8 +44,9 @@ def all_runs(client: MlflowClient) -> list[Run]:
 
 def step_runs(client: MlflowClient, parent: Run) -> dict[str, Run]:
     """The runs nested under `parent`, by their `step` tag (each step exactly once)."""
-    children = [r for r in all_runs(client)
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    children = [
+        r for r in all_runs(client) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
     by_step = {r.data.tags.get("step"): r for r in children}
     assert len(by_step) == len(children), [r.data.tags.get("step") for r in children]
     return by_step

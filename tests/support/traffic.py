@@ -25,14 +25,22 @@ def listings(n: int) -> list[dict]:
 
 
 def post(url: str, body: object, headers: dict | None = None) -> requests.Response:
-    return requests.post(f"{url}/invocations", data=json.dumps(body), timeout=30,
-                         headers={"Content-Type": "application/json", **(headers or {})})
+    return requests.post(
+        f"{url}/invocations",
+        data=json.dumps(body),
+        timeout=30,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
 
 
 def requests_total(gateway: RunningGateway, endpoint: str = "/invocations") -> float:
-    return sum(s.value for family in text_string_to_metric_families(gateway.metrics_text())
-               if family.name == "gateway_requests" for s in family.samples
-               if s.name == "gateway_requests_total" and s.labels["endpoint"] == endpoint)
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(gateway.metrics_text())
+        if family.name == "gateway_requests"
+        for s in family.samples
+        if s.name == "gateway_requests_total" and s.labels["endpoint"] == endpoint
+    )
 
 
 def metric(gateway: RunningGateway, name: str) -> float | None:
@@ -49,8 +57,7 @@ def settled_lines(gateway: RunningGateway, quiet: float = 0.3) -> list[dict]:
     previous: list[dict] = []
     while True:
         time.sleep(quiet)
-        lines = [line for line in read_log(gateway.request_log)
-                 if line["path"] == "/invocations"]
+        lines = [line for line in read_log(gateway.request_log) if line["path"] == "/invocations"]
         if len(lines) == len(previous):
             return lines
         previous = lines
@@ -61,5 +68,6 @@ def write_log(path: Path, frames: list[pd.DataFrame], status: int = 200) -> None
     with path.open("a") as log:
         for frame in frames:
             features = {name: frame[name].tolist() for name in FEATURE_NAMES}
-            log.write(json.dumps({"status": status, "path": "/invocations",
-                                  "features": features}) + "\n")
+            log.write(
+                json.dumps({"status": status, "path": "/invocations", "features": features}) + "\n"
+            )

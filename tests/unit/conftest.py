@@ -62,14 +62,23 @@ def small_pipeline(few_listings: pd.DataFrame) -> Pipeline:
     from steps.params import Candidate, Preset
     from steps.train import build_pipeline
 
-    preset = Preset("small", engineered_features=False, log_target=False,
-                    candidates=(Candidate("RandomForestRegressor", {}),))
+    preset = Preset(
+        "small",
+        engineered_features=False,
+        log_target=False,
+        candidates=(Candidate("RandomForestRegressor", {}),),
+    )
     pipeline = build_pipeline(preset, seed=0).set_params(model__n_estimators=5)
     return pipeline.fit(few_listings[list(FEATURE_NAMES)], few_listings[TARGET.name])
 
 
-_MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID",
-                     "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+_MLFLOW_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+)
 
 
 @contextlib.contextmanager
@@ -119,7 +128,8 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory, _empty_store: Path) -
     shutil.copyfile(_empty_store, root / "mlflow.db")
     with _tracking(root):
         experiment_id = mlflow.create_experiment(
-            "unit", artifact_location=(root / "artifacts").as_uri())
+            "unit", artifact_location=(root / "artifacts").as_uri()
+        )
         yield Store(root, experiment_id)
 
 

@@ -13,11 +13,25 @@ from steps.cleaning import COLUMNS, CleaningReport, DataError, check_schema, cle
 from steps.generate import dirt_counts, generate_listings
 
 WHERE = "data/train.csv"
-GOOD = {"type": "departamento", "sector": "las condes", "net_usable_area": 100.0,
-        "net_area": 110.0, "n_rooms": 3.0, "n_bathroom": 2.0, "latitude": -33.41,
-        "longitude": -70.56, "price": 10_000.0}
-OTHER = {**GOOD, "type": "casa", "sector": "vitacura", "net_usable_area": 220.0,
-         "net_area": 600.0, "price": 25_000.0}
+GOOD = {
+    "type": "departamento",
+    "sector": "las condes",
+    "net_usable_area": 100.0,
+    "net_area": 110.0,
+    "n_rooms": 3.0,
+    "n_bathroom": 2.0,
+    "latitude": -33.41,
+    "longitude": -70.56,
+    "price": 10_000.0,
+}
+OTHER = {
+    **GOOD,
+    "type": "casa",
+    "sector": "vitacura",
+    "net_usable_area": 220.0,
+    "net_area": 600.0,
+    "price": 25_000.0,
+}
 
 
 def exactly(message: str) -> str:
@@ -26,8 +40,6 @@ def exactly(message: str) -> str:
 
 def raw(*records: dict) -> pd.DataFrame:
     return pd.DataFrame.from_records(list(records), columns=list(COLUMNS))
-
-
 
 
 def test_check_schema_keeps_the_schema_columns_as_numbers() -> None:
@@ -48,47 +60,68 @@ def test_check_schema_refuses_no_rows() -> None:
 def test_check_schema_lists_missing_columns_and_those_found() -> None:
     frame = raw(GOOD).drop(columns=["sector", "price"])
 
-    with pytest.raises(DataError, match=exactly(
+    with pytest.raises(
+        DataError,
+        match=exactly(
             f"{WHERE}: Invalid input (price, sector): sector is a required column; price is a "
             "required column; found: type, net_usable_area, net_area, n_rooms, n_bathroom, "
-            "latitude, longitude")):
+            "latitude, longitude"
+        ),
+    ):
         check_schema(frame, WHERE)
 
 
 def test_check_schema_names_a_non_numeric_value_and_its_row() -> None:
     frame = raw(GOOD, GOOD, GOOD).assign(n_rooms=[3.0, "three", 2.0])
 
-    with pytest.raises(DataError, match=exactly(
-            f"{WHERE}: Invalid input (n_rooms): n_rooms must be a number (row 1, got str "
-            "'three')")):
+    with pytest.raises(
+        DataError,
+        match=exactly(
+            f"{WHERE}: Invalid input (n_rooms): n_rooms must be a number (row 1, got str 'three')"
+        ),
+    ):
         check_schema(frame, WHERE)
 
 
 def test_check_schema_shows_five_bad_values_and_counts_the_rest() -> None:
     frame = raw(*[GOOD] * 8).assign(price=["a", "b", "c", "d", "e", "f", "g", 1.0])
 
-    with pytest.raises(DataError, match=exactly(
+    with pytest.raises(
+        DataError,
+        match=exactly(
             f"{WHERE}: Invalid input (price): "
-            + "; ".join(f"price must be a number (row {row}, got str '{value}')"
-                        for row, value in enumerate("abcde"))
-            + "; price: the same problem in 2 more rows")):
+            + "; ".join(
+                f"price must be a number (row {row}, got str '{value}')"
+                for row, value in enumerate("abcde")
+            )
+            + "; price: the same problem in 2 more rows"
+        ),
+    ):
         check_schema(frame, WHERE)
 
 
 def test_check_schema_refuses_booleans_as_numbers() -> None:
     frame = raw(GOOD, GOOD).assign(n_bathroom=[True, False])
 
-    with pytest.raises(DataError, match=exactly(
+    with pytest.raises(
+        DataError,
+        match=exactly(
             f"{WHERE}: Invalid input (n_bathroom): n_bathroom must be a number (row 0, got bool "
-            "True); n_bathroom must be a number (row 1, got bool False)")):
+            "True); n_bathroom must be a number (row 1, got bool False)"
+        ),
+    ):
         check_schema(frame, WHERE)
 
 
 def test_check_schema_refuses_non_text_in_sector() -> None:
     frame = raw(GOOD, GOOD).assign(sector=["las condes", 5])
 
-    with pytest.raises(DataError, match=exactly(
-            f"{WHERE}: Invalid input (sector): sector must be a string (row 1, got int 5)")):
+    with pytest.raises(
+        DataError,
+        match=exactly(
+            f"{WHERE}: Invalid input (sector): sector must be a string (row 1, got int 5)"
+        ),
+    ):
         check_schema(frame, WHERE)
 
 
@@ -97,21 +130,24 @@ def test_check_schema_lets_missing_values_through_to_cleaning() -> None:
 
     checked = check_schema(frame, WHERE)
 
-    assert checked.isna().sum().to_dict() == {c: int(c in ("sector", "net_area"))
-                                              for c in COLUMNS}
-
+    assert checked.isna().sum().to_dict() == {c: int(c in ("sector", "net_area")) for c in COLUMNS}
 
 
 DROPPED = [
     pytest.param({"net_area": np.nan}, "missing_value", id="missing-number"),
     pytest.param({"sector": None}, "missing_value", id="missing-sector"),
     pytest.param({"price": 0.0}, "price_out_of_bounds", id="price-zero"),
-    pytest.param({"price": TARGET.minimum - 1}, "price_out_of_bounds",
-                 id="price-under-schema-minimum"),
-    pytest.param({"net_usable_area": 0.0, "net_area": 0.0}, "net_usable_area_out_of_bounds",
-                 id="both-areas-zero"),
-    pytest.param({"net_usable_area": 180_116.0}, "net_usable_area_out_of_bounds",
-                 id="absurd-usable-area"),
+    pytest.param(
+        {"price": TARGET.minimum - 1}, "price_out_of_bounds", id="price-under-schema-minimum"
+    ),
+    pytest.param(
+        {"net_usable_area": 0.0, "net_area": 0.0},
+        "net_usable_area_out_of_bounds",
+        id="both-areas-zero",
+    ),
+    pytest.param(
+        {"net_usable_area": 180_116.0}, "net_usable_area_out_of_bounds", id="absurd-usable-area"
+    ),
     pytest.param({"net_area": 1_430_000.0}, "net_area_out_of_bounds", id="absurd-total-area"),
     pytest.param({"n_rooms": 55.0}, "n_rooms_out_of_bounds", id="55-rooms"),
     pytest.param({"n_bathroom": 0.0}, "n_bathroom_out_of_bounds", id="no-bathroom"),
@@ -119,10 +155,14 @@ DROPPED = [
     pytest.param({"n_bathroom": 1.5}, "n_bathroom_not_whole", id="half-a-bathroom"),
     pytest.param({"n_rooms": 20.5}, "n_rooms_out_of_bounds", id="out-of-bounds-before-whole"),
     pytest.param({"latitude": 0.0, "longitude": 0.0}, "latitude_out_of_bounds", id="null-island"),
-    pytest.param({"latitude": -36.827, "longitude": -73.050}, "latitude_out_of_bounds",
-                 id="concepcion"),
-    pytest.param({"longitude": NUMERIC_BY_NAME["longitude"].minimum - 0.5},
-                 "longitude_out_of_bounds", id="west-of-santiago"),
+    pytest.param(
+        {"latitude": -36.827, "longitude": -73.050}, "latitude_out_of_bounds", id="concepcion"
+    ),
+    pytest.param(
+        {"longitude": NUMERIC_BY_NAME["longitude"].minimum - 0.5},
+        "longitude_out_of_bounds",
+        id="west-of-santiago",
+    ),
 ]
 
 
@@ -139,8 +179,7 @@ def test_clean_repairs_swapped_coordinates() -> None:
 
     cleaned, report = clean(raw(GOOD, swapped))
 
-    assert report == CleaningReport(rows_read=2, rows_kept=2,
-                                    repaired={"coordinates_swapped": 1})
+    assert report == CleaningReport(rows_read=2, rows_kept=2, repaired={"coordinates_swapped": 1})
     pd.testing.assert_frame_equal(cleaned, raw(GOOD, OTHER))
 
 
@@ -149,14 +188,16 @@ def test_clean_drops_duplicates_after_respelling() -> None:
 
     cleaned, report = clean(frame)
 
-    assert report == CleaningReport(rows_read=4, rows_kept=2, dropped={"duplicate": 2},
-                                    repaired={"sector_respelled": 2})
+    assert report == CleaningReport(
+        rows_read=4, rows_kept=2, dropped={"duplicate": 2}, repaired={"sector_respelled": 2}
+    )
     pd.testing.assert_frame_equal(cleaned, raw(GOOD, OTHER))
 
 
 def test_clean_respells_categories() -> None:
-    frame = raw({**GOOD, "type": "Departamento", "sector": "LAS  Condes"},
-                {**OTHER, "sector": "Ñuñoa"})
+    frame = raw(
+        {**GOOD, "type": "Departamento", "sector": "LAS  Condes"}, {**OTHER, "sector": "Ñuñoa"}
+    )
 
     cleaned, report = clean(frame)
 
@@ -181,14 +222,17 @@ def test_clean_flags_usable_area_larger_than_total_but_keeps_it() -> None:
 
     cleaned, report = clean(frame)
 
-    assert report == CleaningReport(rows_read=2, rows_kept=2,
-                                    flagged={"usable_area_exceeds_total_area": 1})
+    assert report == CleaningReport(
+        rows_read=2, rows_kept=2, flagged={"usable_area_exceeds_total_area": 1}
+    )
     assert cleaned["net_usable_area"].tolist() == [100.0, 700.0]
 
 
 def test_clean_leaves_its_input_untouched() -> None:
-    frame = raw({**GOOD, "sector": "Las Condes", "latitude": -70.56, "longitude": -33.41},
-                {**OTHER, "price": 0.0})
+    frame = raw(
+        {**GOOD, "sector": "Las Condes", "latitude": -70.56, "longitude": -33.41},
+        {**OTHER, "price": 0.0},
+    )
     before = frame.copy()
 
     clean(frame)
@@ -208,7 +252,8 @@ def test_clean_accounts_for_every_row_of_a_dirty_frame() -> None:
     assert report.repaired["coordinates_swapped"] == expected["swapped_coordinates"]
     assert report.dropped["duplicate"] == expected["duplicates"]
     assert report.dropped["price_out_of_bounds"] == (
-        expected["price_zero"] + expected["price_under_1000"])
+        expected["price_zero"] + expected["price_under_1000"]
+    )
     assert not cleaned.duplicated().any()
     for feature in (*NUMERIC_FEATURES, TARGET):
         assert cleaned[feature.name].between(feature.minimum, feature.maximum).all(), feature.name

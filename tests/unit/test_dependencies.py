@@ -33,8 +33,10 @@ def imported_names(path: Path) -> set[str]:
     names: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING",
-                                                                  "typing.TYPE_CHECKING"):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in (
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        ):
             nodes = node.orelse
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
@@ -49,15 +51,19 @@ def imported_names(path: Path) -> set[str]:
             visit(child)
 
     visit(ast.parse(path.read_text(), str(path)))
-    return {".".join(name.split(".")[:i + 1]) for name in names for i in range(name.count(".") + 1)}
+    return {
+        ".".join(name.split(".")[: i + 1]) for name in names for i in range(name.count(".") + 1)
+    }
 
 
 def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
     """Each module of `packages` -> the modules of `packages` it imports."""
-    files = {module_name(p, root): p for package in packages
-             for p in sorted((root / package).rglob("*.py"))}
-    return {module: imported_names(path) & set(files) - {module}
-            for module, path in files.items()}
+    files = {
+        module_name(p, root): p
+        for package in packages
+        for p in sorted((root / package).rglob("*.py"))
+    }
+    return {module: imported_names(path) & set(files) - {module} for module, path in files.items()}
 
 
 def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -88,8 +94,11 @@ def normalized(distribution: str) -> str:
 def declared_distributions(pyproject: Path) -> set[str]:
     """Distributions named in [project] dependencies and in every extra but the dev one."""
     project = tomllib.loads(pyproject.read_text())["project"]
-    extras = [deps for extra, deps in project.get("optional-dependencies", {}).items()
-              if extra != DEV_EXTRA]
+    extras = [
+        deps
+        for extra, deps in project.get("optional-dependencies", {}).items()
+        if extra != DEV_EXTRA
+    ]
     requirements = [r for deps in (project["dependencies"], *extras) for r in deps]
     return {normalized(re.match(r"[A-Za-z0-9._-]+", r).group()) for r in requirements}
 
@@ -103,20 +112,27 @@ def test_our_modules_import_each_other_without_a_cycle() -> None:
 
 
 def test_a_cycle_is_found_through_a_lazy_import_but_not_through_type_checking(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "a.py").write_text("from pkg.b import B\n")
-    (package / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                                  "    from pkg import a\nB = 1\n")
+    (package / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\nB = 1\n"
+    )
     (package / "c.py").write_text("from pkg import d\n")
     (package / "d.py").write_text("def run():\n    import pkg.c\n")
 
     graph = import_graph(tmp_path, ("pkg",))
 
-    assert graph == {"pkg": set(), "pkg.a": {"pkg", "pkg.b"}, "pkg.b": set(),
-                     "pkg.c": {"pkg", "pkg.d"}, "pkg.d": {"pkg", "pkg.c"}}
+    assert graph == {
+        "pkg": set(),
+        "pkg.a": {"pkg", "pkg.b"},
+        "pkg.b": set(),
+        "pkg.c": {"pkg", "pkg.d"},
+        "pkg.d": {"pkg", "pkg.c"},
+    }
     assert sorted(set(import_cycle(graph))) == ["pkg.c", "pkg.d"]
 
 
@@ -126,28 +142,39 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
     imports = third_party_imports(ROOT, PACKAGES)
 
     assert {"sklearn", "yaml", "joblib", "threadpoolctl"} <= set(imports)
-    undeclared = {name: sorted(modules) for name, modules in imports.items()
-                  if not declared & {normalized(d) for d in distributions.get(name, [name])}}
+    undeclared = {
+        name: sorted(modules)
+        for name, modules in imports.items()
+        if not declared & {normalized(d) for d in distributions.get(name, [name])}
+    }
     assert undeclared == {}, f"imported but not declared in pyproject.toml: {undeclared}"
 
 
-@pytest.mark.parametrize(("requirement", "expected"), [
-    ("scikit-learn>=1.5,<2", "scikit-learn"),
-    ("psycopg[binary]>=3.1,<4", "psycopg"),
-    ("category_encoders>=2.6,<3", "category-encoders"),
-    ("PyYAML", "pyyaml"),
-])
+@pytest.mark.parametrize(
+    ("requirement", "expected"),
+    [
+        ("scikit-learn>=1.5,<2", "scikit-learn"),
+        ("psycopg[binary]>=3.1,<4", "psycopg"),
+        ("category_encoders>=2.6,<3", "category-encoders"),
+        ("PyYAML", "pyyaml"),
+    ],
+)
 def test_declared_names_are_normalized(tmp_path: Path, requirement: str, expected: str) -> None:
     pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text(f'[project]\ndependencies = ["{requirement}"]\n'
-                         '[project.optional-dependencies]\ndev = ["pytest"]\n')
+    pyproject.write_text(
+        f'[project]\ndependencies = ["{requirement}"]\n'
+        '[project.optional-dependencies]\ndev = ["pytest"]\n'
+    )
 
     assert declared_distributions(pyproject) == {expected}
 
 
 def test_test_modules_share_helpers_only_through_tests_support() -> None:
     borrowing = re.compile(r"^\s*(?:from|import) tests\.(?:unit|integration)\b", re.MULTILINE)
-    borrowers = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "tests").rglob("*.py"))
-                 if borrowing.search(path.read_text())]
+    borrowers = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if borrowing.search(path.read_text())
+    ]
 
     assert borrowers == []

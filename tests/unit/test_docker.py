@@ -47,9 +47,18 @@ IMAGE_VARIABLES = {"HEALTHCHECK_URL"}
 TRAINER_VARIABLES = {"PGPASSWORD"}
 # What docker/.env may set besides the settings: the image, PostgreSQL, the tracking server's
 # hosts, the trainer's data and the monitoring services.
-COMPOSE_VARIABLES = {"IMAGE_TAG", "POSTGRES_USER", "POSTGRES_PASSWORD", "MLFLOW_ALLOWED_HOSTS",
-                     "DATA_SOURCE", "DATA_TRAIN", "DATA_TEST", "PROMETHEUS_RETENTION",
-                     "GRAFANA_ADMIN_USER", "GRAFANA_ADMIN_PASSWORD"}
+COMPOSE_VARIABLES = {
+    "IMAGE_TAG",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "MLFLOW_ALLOWED_HOSTS",
+    "DATA_SOURCE",
+    "DATA_TRAIN",
+    "DATA_TEST",
+    "PROMETHEUS_RETENTION",
+    "GRAFANA_ADMIN_USER",
+    "GRAFANA_ADMIN_PASSWORD",
+}
 DRIFT_METRIC = "gateway_feature_drift"  # DESIGN.md; added by the drift monitor
 DEPENDENCY_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 # Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ... or $VAR.
@@ -58,9 +67,31 @@ INTERPOLATION = re.compile(
     r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
 )
 PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "group", "stddev", "stdvar", "topk", "bottomk",
-    "quantile", "count_values", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "and", "or", "unless", "offset", "bool", "inf", "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "group",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
 }
 
 
@@ -92,6 +123,7 @@ def interpolations(text: str) -> Iterator[re.Match]:
 
 def interpolate(text: str, values: dict[str, str]) -> str:
     """`text` as compose would pass it with `values` as its .env file."""
+
     def value(match: re.Match) -> str:
         name = match["braced"] or match["bare"]
         given = values.get(name)
@@ -194,9 +226,13 @@ def gateway_metric_families() -> dict[str, str]:
     tree = ast.parse((ROOT / "gateway" / "metrics.py").read_text())
     families = {}
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in {"Counter", "Gauge", "Histogram", "Summary"}
-                and node.args and isinstance(node.args[0], ast.Constant)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in {"Counter", "Gauge", "Histogram", "Summary"}
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             families[node.args[0].value] = node.func.id
     return families
 
@@ -222,7 +258,7 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
     names = set()
     for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
-        if text[match.end():].lstrip().startswith("(") or match.group().lower() in PROMQL_WORDS:
+        if text[match.end() :].lstrip().startswith("(") or match.group().lower() in PROMQL_WORDS:
             continue
         names.add(match.group())
     return names
@@ -272,8 +308,9 @@ def dashboard() -> dict:
 
 
 def test_hadolint_finds_nothing(tmp_path):
-    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}"
-                                             f"{os.environ.get('PATH', '')}")
+    hadolint = shutil.which(
+        "hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
     if hadolint is None:
         pytest.fail(f"hadolint is missing: install it with {HADOLINT_INSTALL}")
     config = DOCKER / ".hadolint.yaml"  # justified ignores only, if any
@@ -283,17 +320,28 @@ def test_hadolint_finds_nothing(tmp_path):
     command = [hadolint, "--no-color"]
     if config.exists():
         command += ["--config", str(config)]
-    result = subprocess.run([*command, str(DOCKERFILE)], capture_output=True, text=True,
-                            cwd=tmp_path, env=env, timeout=60, check=False)
+    result = subprocess.run(
+        [*command, str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
 def test_dockerfile_is_multi_stage_on_a_pinned_slim_base():
     instructions = dockerfile_instructions()
-    base = next(args for keyword, args in instructions if keyword == "ARG"
-                and args.startswith("PYTHON_IMAGE="))
-    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11(\.\d+)?-slim-bookworm(@sha256:[0-9a-f]{64})?",
-                        base)
+    base = next(
+        args
+        for keyword, args in instructions
+        if keyword == "ARG" and args.startswith("PYTHON_IMAGE=")
+    )
+    assert re.fullmatch(
+        r"PYTHON_IMAGE=python:3\.11(\.\d+)?-slim-bookworm(@sha256:[0-9a-f]{64})?", base
+    )
     stages = [args for keyword, args in instructions if keyword == "FROM"]
     assert stages == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE} AS runtime"]
 
@@ -305,8 +353,12 @@ def test_final_stage_runs_the_venv_as_non_root_without_build_tools(defaults):
         return [args for keyword, args in stage if keyword == name]
 
     env = " ".join(args_of("ENV"))
-    for setting in ("PATH=/opt/venv/bin:$PATH", "PYTHONDONTWRITEBYTECODE=1",
-                    "PYTHONUNBUFFERED=1", "GATEWAY_HOST=0.0.0.0"):
+    for setting in (
+        "PATH=/opt/venv/bin:$PATH",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "PYTHONUNBUFFERED=1",
+        "GATEWAY_HOST=0.0.0.0",
+    ):
         assert setting in env.split(), setting
     assert "--from=builder /opt/venv /opt/venv" in args_of("COPY")
     assert args_of("WORKDIR") == ["/app"]
@@ -324,7 +376,7 @@ def test_final_stage_holds_the_mlflow_project_and_the_packages():
     copied = " ".join(args for keyword, args in final_stage() if keyword == "COPY").split()
     mlproject = load_yaml(ROOT / "MLproject")
     pyproject = (ROOT / "pyproject.toml").read_text()
-    packages = re.search(r'^packages = \[(.*)\]$', pyproject, re.MULTILINE).group(1)
+    packages = re.search(r"^packages = \[(.*)\]$", pyproject, re.MULTILINE).group(1)
     needed = {"MLproject", "params.yaml", mlproject["conda_env"]}
     needed |= {name.strip().strip('"') + "/" for name in packages.split(",")}
     assert needed <= set(copied)
@@ -339,20 +391,38 @@ def test_copied_files_exist_and_are_not_dockerignored():
         for source in sources:
             path = ROOT / source
             assert path.exists(), f"COPY {source}: no such file in the build context"
-            files = [path] if path.is_file() else [
-                p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
+            files = (
+                [path]
+                if path.is_file()
+                else [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
+            )
             assert files, source
             for file in files:
                 relative = file.relative_to(ROOT).as_posix()
                 assert not is_dockerignored(relative, patterns), f"{relative} is dockerignored"
 
 
-@pytest.mark.parametrize("path", [
-    ".venv/bin/python", ".git/HEAD", "mlruns/0/meta.yaml", "mlartifacts/1/model.pkl",
-    "mlflow.db", "listings.db", ".run/api-key", ".run/logs/requests.jsonl", "data/train.csv",
-    "tests/unit/test_docker.py", ".env", "docker/.env", "steps/__pycache__/ingest.cpython-311.pyc",
-    ".pytest_cache/v/cache", ".ruff_cache/CACHEDIR.TAG", "property_friends.egg-info/PKG-INFO",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv/bin/python",
+        ".git/HEAD",
+        "mlruns/0/meta.yaml",
+        "mlartifacts/1/model.pkl",
+        "mlflow.db",
+        "listings.db",
+        ".run/api-key",
+        ".run/logs/requests.jsonl",
+        "data/train.csv",
+        "tests/unit/test_docker.py",
+        ".env",
+        "docker/.env",
+        "steps/__pycache__/ingest.cpython-311.pyc",
+        ".pytest_cache/v/cache",
+        ".ruff_cache/CACHEDIR.TAG",
+        "property_friends.egg-info/PKG-INFO",
+    ],
+)
 def test_dockerignore_keeps_state_secrets_and_tests_out(path):
     assert is_dockerignored(path, dockerignore_patterns())
 
@@ -412,38 +482,55 @@ def test_long_running_services_have_healthchecks_and_restart(services):
 
 
 def test_every_interpolated_variable_is_in_env_example(compose):
-    used = {match["braced"] or match["bare"] for text in strings(compose)
-            for match in interpolations(text)}
+    used = {
+        match["braced"] or match["bare"]
+        for text in strings(compose)
+        for match in interpolations(text)
+    }
     listed = env_example()
-    assert used == set(listed), (f"missing from .env.example: {sorted(used - set(listed))}; "
-                                 f"unused: {sorted(set(listed) - used)}")
+    assert used == set(listed), (
+        f"missing from .env.example: {sorted(used - set(listed))}; "
+        f"unused: {sorted(set(listed) - used)}"
+    )
 
 
 def test_interpolated_variables_are_settings_or_compose_variables(compose):
-    used = {match["braced"] or match["bare"] for text in strings(compose)
-            for match in interpolations(text)}
+    used = {
+        match["braced"] or match["bare"]
+        for text in strings(compose)
+        for match in interpolations(text)
+    }
     unknown = used - settings_variables() - COMPOSE_VARIABLES
     assert not unknown, f"neither a setting nor a compose variable: {sorted(unknown)}"
     assert len(used & settings_variables()) >= 10
 
 
 def test_compose_defaults_of_settings_are_the_declared_defaults(compose, defaults):
-    given = [(match["braced"], match["arg"]) for text in strings(compose)
-             for match in interpolations(text) if match["op"] in {":-", "-"}]
+    given = [
+        (match["braced"], match["arg"])
+        for text in strings(compose)
+        for match in interpolations(text)
+        if match["op"] in {":-", "-"}
+    ]
     given += [(name, value) for name, value in env_example().items() if name not in SECRETS]
     checked = 0
     for name, value in given:
         if name in settings_variables():
             field = name.lower()
-            assert getattr(Settings.from_env({name: value}), field) == \
-                getattr(defaults, field), f"{name}={value} is not the declared default"
+            assert getattr(Settings.from_env({name: value}), field) == getattr(defaults, field), (
+                f"{name}={value} is not the declared default"
+            )
             checked += 1
     assert checked >= 20
 
 
 def test_secrets_are_required_and_only_placeholders_are_committed(compose):
-    found = [match for text in strings(compose) for match in interpolations(text)
-             if (match["braced"] or match["bare"]) in SECRETS]
+    found = [
+        match
+        for text in strings(compose)
+        for match in interpolations(text)
+        if (match["braced"] or match["bare"]) in SECRETS
+    ]
     assert {match["braced"] for match in found} == SECRETS
     for match in found:
         assert match["op"] == ":?" and match["arg"], f"{match.group()} must be ${{VAR:?message}}"
@@ -473,23 +560,31 @@ def test_controller_runs_the_pool_where_the_gateway_and_prometheus_reach_it(serv
     assert interpolate(env["MODEL_URI"], {}) == defaults.model_uri
     assert interpolate(env["MODEL_SERVERS"], env_example()) == ""  # one server per core
     # it waits out the gateway's read timeout before stopping a replaced pool: the same value
-    assert env["GATEWAY_READ_TIMEOUT_SECONDS"] == \
-        environment(services["gateway"])["GATEWAY_READ_TIMEOUT_SECONDS"]
+    assert (
+        env["GATEWAY_READ_TIMEOUT_SECONDS"]
+        == environment(services["gateway"])["GATEWAY_READ_TIMEOUT_SECONDS"]
+    )
     jobs = {job["job_name"]: job for job in load_yaml(PROMETHEUS_FILE)["scrape_configs"]}
     targets = [t for group in jobs["controller"]["static_configs"] for t in group["targets"]]
     assert targets == [f"controller:{defaults.controller_metrics_port}"]
 
 
 def test_health_urls_probe_each_services_own_port(services, defaults):
-    mlflow_port = int(services["mlflow"]["command"][services["mlflow"]["command"].index(
-        "--port") + 1])
-    expected = {"mlflow": (mlflow_port, "/health"),
-                "controller": (defaults.controller_metrics_port, "/metrics"),
-                "gateway": (defaults.gateway_port, "/health")}
+    mlflow_port = int(
+        services["mlflow"]["command"][services["mlflow"]["command"].index("--port") + 1]
+    )
+    expected = {
+        "mlflow": (mlflow_port, "/health"),
+        "controller": (defaults.controller_metrics_port, "/metrics"),
+        "gateway": (defaults.gateway_port, "/health"),
+    }
     for name, (port, path) in expected.items():
         url = environment(services[name])["HEALTHCHECK_URL"]
-        assert (urlsplit(url).hostname, urlsplit(url).port, urlsplit(url).path) == \
-            ("127.0.0.1", port, path), name
+        assert (urlsplit(url).hostname, urlsplit(url).port, urlsplit(url).path) == (
+            "127.0.0.1",
+            port,
+            path,
+        ), name
         assert "HEALTHCHECK_URL" in " ".join(services[name]["healthcheck"]["test"]), name
 
 
@@ -508,8 +603,9 @@ def test_tracking_server_variables_are_mlflow_server_options(services):
     known = {param.envvar for param in server.params if param.envvar} | IMAGE_VARIABLES
     env = environment(services["mlflow"])
     assert set(env) <= known, sorted(set(env) - known)
-    store = re.fullmatch(r"postgresql\+psycopg://[^@]+@(\w+):(\d+)/(\w+)",
-                         env["MLFLOW_BACKEND_STORE_URI"])
+    store = re.fullmatch(
+        r"postgresql\+psycopg://[^@]+@(\w+):(\d+)/(\w+)", env["MLFLOW_BACKEND_STORE_URI"]
+    )
     assert store, env["MLFLOW_BACKEND_STORE_URI"]
     assert store[1] == "postgres" and int(store[2]) == 5432
     assert store[3] == environment(services["postgres"])["POSTGRES_DB"]
@@ -531,8 +627,11 @@ def test_clients_reach_the_tracking_server_by_service_name(services):
 
 
 def test_init_script_creates_the_listings_database(services):
-    initdb = next(DOCKER / source for source, target, _ in mounts(services["postgres"])
-                  if target == "/docker-entrypoint-initdb.d")
+    initdb = next(
+        DOCKER / source
+        for source, target, _ in mounts(services["postgres"])
+        if target == "/docker-entrypoint-initdb.d"
+    )
     scripts = " ".join(path.read_text() for path in sorted(initdb.glob("*.sql")))
     assert re.search(r"^CREATE DATABASE listings;$", scripts, re.MULTILINE)
 
@@ -578,8 +677,9 @@ def test_prometheus_scrapes_the_gateway_service_and_itself(services, defaults):
     assert "gateway" in services
     assert gateway.get("metrics_path", "/metrics") == "/metrics"
     assert gateway.get("scrape_interval", config["global"]["scrape_interval"]) == "15s"
-    assert [t for group in jobs["prometheus"]["static_configs"] for t in group["targets"]] == \
-        ["localhost:9090"]
+    assert [t for group in jobs["prometheus"]["static_configs"] for t in group["targets"]] == [
+        "localhost:9090"
+    ]
 
 
 def test_prometheus_container_loads_the_mounted_config(services):
@@ -601,8 +701,11 @@ def test_grafana_datasource_points_at_the_prometheus_service(services):
 
 
 def test_grafana_loads_the_provisioning_and_dashboards_it_is_given(services):
-    sources = {target: (DOCKER / source).resolve()
-               for source, target, _ in mounts(services["grafana"]) if is_bind(source)}
+    sources = {
+        target: (DOCKER / source).resolve()
+        for source, target, _ in mounts(services["grafana"])
+        if is_bind(source)
+    }
     assert sources["/etc/grafana/provisioning"] == DOCKER / "grafana" / "provisioning"
     (provider,) = load_yaml(PROVIDERS_FILE)["providers"]
     assert sources[provider["options"]["path"]] == DASHBOARD_FILE.parent
@@ -638,8 +741,12 @@ def test_panel_queries_are_balanced_and_free_of_grafana_variables(dashboard):
 
 def test_panels_use_only_metrics_the_gateway_defines(dashboard):
     families = gateway_metric_families()
-    assert {"gateway_requests", "gateway_request_duration_seconds",
-            "gateway_upstream_duration_seconds", "gateway_predicted_price_uf"} <= set(families)
+    assert {
+        "gateway_requests",
+        "gateway_request_duration_seconds",
+        "gateway_upstream_duration_seconds",
+        "gateway_predicted_price_uf",
+    } <= set(families)
     known = {name for family, kind in families.items() for name in exposed_names(family, kind)}
     known.add(DRIFT_METRIC)
     for title, expr in exprs(dashboard):
@@ -656,10 +763,14 @@ def test_dashboard_covers_every_gateway_metric_and_drift(dashboard):
 
 
 def test_metric_name_parser_skips_functions_labels_and_keywords():
-    expr = ('sum by (status) (rate(gateway_requests_total{status!~"2.."}[5m])) / ignoring '
-            '(status) group_left sum(rate(gateway_requests_total[5m])) '
-            "+ histogram_quantile(0.95, sum by (le) (rate(gateway_upstream_duration_seconds_bucket"
-            "[5m]))) and on (version) gateway_model_info == 1")
-    assert metric_names(expr) == {"gateway_requests_total",
-                                  "gateway_upstream_duration_seconds_bucket",
-                                  "gateway_model_info"}
+    expr = (
+        'sum by (status) (rate(gateway_requests_total{status!~"2.."}[5m])) / ignoring '
+        "(status) group_left sum(rate(gateway_requests_total[5m])) "
+        "+ histogram_quantile(0.95, sum by (le) (rate(gateway_upstream_duration_seconds_bucket"
+        "[5m]))) and on (version) gateway_model_info == 1"
+    )
+    assert metric_names(expr) == {
+        "gateway_requests_total",
+        "gateway_upstream_duration_seconds_bucket",
+        "gateway_model_info",
+    }

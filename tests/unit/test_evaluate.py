@@ -84,8 +84,7 @@ class _Fixed:
 
 
 def test_evaluate_scores_by_sector_and_never_sends_the_price(listings: pd.DataFrame) -> None:
-    test = listings.head(4).assign(sector=["nunoa", "vitacura", "nunoa", "vitacura"],
-                                   price=TRUE)
+    test = listings.head(4).assign(sector=["nunoa", "vitacura", "nunoa", "vitacura"], price=TRUE)
     model = _Fixed(PREDICTED)
 
     result = evaluate(model, test)
@@ -93,28 +92,34 @@ def test_evaluate_scores_by_sector_and_never_sends_the_price(listings: pd.DataFr
     assert model.columns == list(FEATURE_NAMES)
     assert result.metrics == pytest.approx(EXPECTED)
     np.testing.assert_array_equal(result.predictions, PREDICTED)
-    pd.testing.assert_frame_equal(result.by_sector, pd.DataFrame(
-        {"sector": ["nunoa", "vitacura"], "mae": [5.0, 60.0], "rows": [2, 2]}))
+    pd.testing.assert_frame_equal(
+        result.by_sector,
+        pd.DataFrame({"sector": ["nunoa", "vitacura"], "mae": [5.0, 60.0], "rows": [2, 2]}),
+    )
 
 
-@pytest.mark.parametrize(("mae", "champion", "tolerance", "expected"), [
-    pytest.param(1_000.0, None, 0.02, "no_champion", id="no-champion"),
-    pytest.param(900.0, 1_000.0, 0.02, "better", id="better"),
-    pytest.param(1_000.0, 1_000.0, 0.02, "better", id="equal-is-better"),
-    pytest.param(1_010.0, 1_000.0, 0.02, "within_tolerance", id="within-tolerance"),
-    pytest.param(1_020.0, 1_000.0, 0.02, "within_tolerance", id="exactly-at-tolerance"),
-    pytest.param(1_020.5, 1_000.0, 0.02, "worse", id="just-over-tolerance"),
-    pytest.param(1_500.0, 1_000.0, 0.02, "worse", id="worse"),
-    pytest.param(1_000.5, 1_000.0, 0.0, "worse", id="no-tolerance"),
-    pytest.param(1_500.0, 1_000.0, 0.5, "within_tolerance", id="large-tolerance"),
-])
+@pytest.mark.parametrize(
+    ("mae", "champion", "tolerance", "expected"),
+    [
+        pytest.param(1_000.0, None, 0.02, "no_champion", id="no-champion"),
+        pytest.param(900.0, 1_000.0, 0.02, "better", id="better"),
+        pytest.param(1_000.0, 1_000.0, 0.02, "better", id="equal-is-better"),
+        pytest.param(1_010.0, 1_000.0, 0.02, "within_tolerance", id="within-tolerance"),
+        pytest.param(1_020.0, 1_000.0, 0.02, "within_tolerance", id="exactly-at-tolerance"),
+        pytest.param(1_020.5, 1_000.0, 0.02, "worse", id="just-over-tolerance"),
+        pytest.param(1_500.0, 1_000.0, 0.02, "worse", id="worse"),
+        pytest.param(1_000.5, 1_000.0, 0.0, "worse", id="no-tolerance"),
+        pytest.param(1_500.0, 1_000.0, 0.5, "within_tolerance", id="large-tolerance"),
+    ],
+)
 def test_verdict(mae: float, champion: float | None, tolerance: float, expected: str) -> None:
     assert verdict(mae, champion, tolerance) == expected
 
 
 @pytest.fixture(scope="module")
-def champion_store(mlflow_store: Store, small_pipeline: Pipeline,
-                   few_listings: pd.DataFrame) -> Store:
+def champion_store(
+    mlflow_store: Store, small_pipeline: Pipeline, few_listings: pd.DataFrame
+) -> Store:
     """Versions 1 and 2 of model `scored`; version 1 is the champion."""
     for _ in range(2):
         mlflow_store.register(small_pipeline, few_listings, "scored")
@@ -122,8 +127,9 @@ def champion_store(mlflow_store: Store, small_pipeline: Pipeline,
     return mlflow_store
 
 
-def test_champion_is_scored_on_the_same_rows(champion_store: Store, small_pipeline: Pipeline,
-                                             few_listings: pd.DataFrame) -> None:
+def test_champion_is_scored_on_the_same_rows(
+    champion_store: Store, small_pipeline: Pipeline, few_listings: pd.DataFrame
+) -> None:
     test = few_listings.tail(50)
 
     version, mae = champion_mae(SCORED, "2", test)
@@ -133,16 +139,18 @@ def test_champion_is_scored_on_the_same_rows(champion_store: Store, small_pipeli
     assert mae == pytest.approx(np.mean(np.abs(test[TARGET.name] - predicted)))
 
 
-def test_the_champion_is_not_its_own_champion(champion_store: Store,
-                                               few_listings: pd.DataFrame) -> None:
+def test_the_champion_is_not_its_own_champion(
+    champion_store: Store, few_listings: pd.DataFrame
+) -> None:
     # run_evaluate passes the version as a string; MLflow answers the alias with an int.
     found = champion_mae(SCORED, "1", few_listings.tail(50))
 
     assert found == (None, None)
 
 
-def test_no_champion_alias_means_no_champion(champion_store: Store,
-                                             few_listings: pd.DataFrame) -> None:
+def test_no_champion_alias_means_no_champion(
+    champion_store: Store, few_listings: pd.DataFrame
+) -> None:
     settings = Settings.from_env({"MODEL_NAME": "scored", "MODEL_ALIAS": "nobody"})
 
     assert champion_mae(settings, "2", few_listings) == (None, None)

@@ -27,8 +27,13 @@ CHUNKS = (1, 40, 500, SCORED_ROWS)
 
 
 def preset(name: str, estimator: str, log_target: bool = True, **monotonic: int) -> Preset:
-    return Preset(name, engineered_features=name != "notebook", log_target=log_target,
-                  candidates=(Candidate(estimator, {}),), monotonic=monotonic)
+    return Preset(
+        name,
+        engineered_features=name != "notebook",
+        log_target=log_target,
+        candidates=(Candidate(estimator, {}),),
+        monotonic=monotonic,
+    )
 
 
 DEFAULT = preset("default", "HistGradientBoostingRegressor", net_usable_area=1)
@@ -51,12 +56,17 @@ def settings(name: str) -> dict:
     from sklearn.linear_model import Ridge, RidgeCV
 
     def members():
-        return [("forest", RandomForestRegressor(20, random_state=0)),
-                ("boosting", HistGradientBoostingRegressor(max_iter=50, random_state=0))]
+        return [
+            ("forest", RandomForestRegressor(20, random_state=0)),
+            ("boosting", HistGradientBoostingRegressor(max_iter=50, random_state=0)),
+        ]
 
     return {
-        "default": {"model__regressor__max_iter": 300, "model__regressor__max_leaf_nodes": 31,
-                    "model__regressor__early_stopping": False},
+        "default": {
+            "model__regressor__max_iter": 300,
+            "model__regressor__max_leaf_nodes": 31,
+            "model__regressor__early_stopping": False,
+        },
         "notebook": {"model__n_estimators": 50, "model__max_depth": 5},
         "forest": {"model__regressor__n_estimators": 20},
         "extra": {"model__regressor__n_estimators": 20, "model__regressor__min_samples_leaf": 1},
@@ -107,8 +117,7 @@ def fits(listings: pd.DataFrame) -> Callable[[Preset], Pipeline]:
     return fit
 
 
-@pytest.fixture(params=[DEFAULT, NOTEBOOK, FOREST, EXTRA, VOTING, STACKING],
-                ids=lambda p: p.name)
+@pytest.fixture(params=[DEFAULT, NOTEBOOK, FOREST, EXTRA, VOTING, STACKING], ids=lambda p: p.name)
 def pipeline(request: pytest.FixtureRequest, fits: Callable[[Preset], Pipeline]) -> Pipeline:
     return fits(request.param)
 
@@ -117,8 +126,9 @@ def relative_difference(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.max(np.abs(got - expected) / np.abs(expected)))
 
 
-def test_fast_path_prices_like_the_pipeline(pipeline: Pipeline, profile: dict,
-                                            scored: pd.DataFrame) -> None:
+def test_fast_path_prices_like_the_pipeline(
+    pipeline: Pipeline, profile: dict, scored: pd.DataFrame
+) -> None:
     from threadpoolctl import threadpool_limits
 
     fast = fastpath.compile_pipeline(pipeline, profile["categories"], _ranges(profile))
@@ -127,14 +137,19 @@ def test_fast_path_prices_like_the_pipeline(pipeline: Pipeline, profile: dict,
 
     assert fast is not None
     for size in CHUNKS:
-        got = np.concatenate([fast.predict(scored.iloc[start:start + size])
-                              for start in range(0, min(len(scored), 4 * size), size)])
-        assert got.shape == expected[:len(got)].shape
-        assert relative_difference(got, expected[:len(got)]) <= RELATIVE, f"batches of {size}"
+        got = np.concatenate(
+            [
+                fast.predict(scored.iloc[start : start + size])
+                for start in range(0, min(len(scored), 4 * size), size)
+            ]
+        )
+        assert got.shape == expected[: len(got)].shape
+        assert relative_difference(got, expected[: len(got)]) <= RELATIVE, f"batches of {size}"
 
 
-def test_small_batches_are_priced_by_treelite_alone(profile: dict, fits, scored: pd.DataFrame,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_small_batches_are_priced_by_treelite_alone(
+    profile: dict, fits, scored: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pipeline = fits(VOTING)
     fast = fastpath.compile_pipeline(pipeline, profile["categories"], _ranges(profile))
     expected = pipeline.predict(scored.iloc[:40])
@@ -152,17 +167,20 @@ def test_small_batches_are_priced_by_treelite_alone(profile: dict, fits, scored:
 
 
 def test_a_regressor_treelite_cannot_take_falls_back_with_one_warning(
-        profile: dict, fits, caplog: pytest.LogCaptureFixture) -> None:
+    profile: dict, fits, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level("WARNING", logger=fastpath.__name__):
         fast = fastpath.compile_pipeline(fits(RIDGE), profile["categories"], _ranges(profile))
 
     assert fast is None
     assert [r.getMessage() for r in caplog.records] == [
-        "no fast path for this pipeline's shape or regressor; predicting with the pipeline"]
+        "no fast path for this pipeline's shape or regressor; predicting with the pipeline"
+    ]
 
 
-def test_an_unknown_pipeline_shape_has_no_fast_path(profile: dict, fits,
-                                                    listings: pd.DataFrame) -> None:
+def test_an_unknown_pipeline_shape_has_no_fast_path(
+    profile: dict, fits, listings: pd.DataFrame
+) -> None:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -173,8 +191,9 @@ def test_an_unknown_pipeline_shape_has_no_fast_path(profile: dict, fits,
     assert fastpath.compile_pipeline(scaled, profile["categories"], _ranges(profile)) is None
 
 
-def test_a_fast_path_that_disagrees_is_refused(profile: dict, fits,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_fast_path_that_disagrees_is_refused(
+    profile: dict, fits, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(fastpath, "km_to_business_district", lambda lat, lon: lat * 0)
 
     # Without the engineered feature the notebook's model is unaffected; the forest is not.
@@ -188,8 +207,12 @@ def _ranges(profile: dict) -> dict[str, tuple[float, float]]:
 
 KNOWN = {"type": ["casa", "departamento"], "sector": ["las condes", "nunoa", "vitacura"]}
 WIDE = {f.name: (f.minimum, f.maximum) for f in NUMERIC_FEATURES}
-NARROW = {**WIDE, "net_usable_area": (50.0, 200.0), "net_area": (60.0, 250.0),
-          "latitude": (-33.5, -33.3)}
+NARROW = {
+    **WIDE,
+    "net_usable_area": (50.0, 200.0),
+    "net_area": (60.0, 250.0),
+    "latitude": (-33.5, -33.3),
+}
 
 
 def messy_listings(rows: int = 60) -> pd.DataFrame:

@@ -35,18 +35,31 @@ def test_key_may_contain_colons():
     assert ApiKeys.parse("ops:a:b:c").identify("a:b:c") == "ops"
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    ("ok:k1,TOPSECRET", "GATEWAY_API_KEYS entry 2 has no ':' (expected id:key or "
-                        "id:sha256:<64 hex digits>)"),
-    ("ok:k1,bad id:TOPSECRET", "GATEWAY_API_KEYS entry 2: the key id must be 1 to 64 letters, "
-                               "digits, '.', '_' or '-' (expected id:key or "
-                               "id:sha256:<64 hex digits>)"),
-    ("ci:sha256:TOPSECRET", "GATEWAY_API_KEYS entry 1 (id 'ci'): the sha256 digest must be 64 "
-                            "hex digits"),
-    ("ci:", "GATEWAY_API_KEYS entry 1 (id 'ci'): the key is empty (expected id:key or "
-            "id:sha256:<64 hex digits>)"),
-    ("ci:TOPSECRET,ci:other", "GATEWAY_API_KEYS: duplicate key id(s) ci"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            "ok:k1,TOPSECRET",
+            "GATEWAY_API_KEYS entry 2 has no ':' (expected id:key or id:sha256:<64 hex digits>)",
+        ),
+        (
+            "ok:k1,bad id:TOPSECRET",
+            "GATEWAY_API_KEYS entry 2: the key id must be 1 to 64 letters, "
+            "digits, '.', '_' or '-' (expected id:key or "
+            "id:sha256:<64 hex digits>)",
+        ),
+        (
+            "ci:sha256:TOPSECRET",
+            "GATEWAY_API_KEYS entry 1 (id 'ci'): the sha256 digest must be 64 hex digits",
+        ),
+        (
+            "ci:",
+            "GATEWAY_API_KEYS entry 1 (id 'ci'): the key is empty (expected id:key or "
+            "id:sha256:<64 hex digits>)",
+        ),
+        ("ci:TOPSECRET,ci:other", "GATEWAY_API_KEYS: duplicate key id(s) ci"),
+    ],
+)
 def test_malformed_entry_is_named_without_echoing_the_key(raw, message):
     with pytest.raises(SettingsError) as caught:
         ApiKeys.parse(raw)
@@ -65,8 +78,7 @@ def test_malformed_keys_refuse_to_start(tmp_path):
 
 
 def test_opt_out_accepts_requests_as_anonymous(tmp_path):
-    app = create_app(gateway_settings(tmp_path, GATEWAY_API_KEYS="",
-                                      GATEWAY_ALLOW_NO_AUTH="true"))
+    app = create_app(gateway_settings(tmp_path, GATEWAY_API_KEYS="", GATEWAY_ALLOW_NO_AUTH="true"))
     assert app.test_client().get("/model").status_code == 503  # past auth: no model info
     gateway_of(app).request_log.flush()
     assert read_log(tmp_path / "requests.jsonl")[-1]["key_id"] == "anonymous"
@@ -80,9 +92,14 @@ def test_missing_key_is_401(app, client):
     assert sample(app, "gateway_auth_failures_total", reason="missing") == 1
 
 
-@pytest.mark.parametrize("headers", [
-    {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"X-API-Key": BOB_KEY + "x"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-API-Key": "wrong"},
+        {"Authorization": "Bearer wrong"},
+        {"X-API-Key": BOB_KEY + "x"},
+    ],
+)
 def test_wrong_key_is_403(app, client, headers):
     response = client.get("/model", headers=headers)
     assert response.status_code == 403
@@ -90,18 +107,26 @@ def test_wrong_key_is_403(app, client, headers):
     assert sample(app, "gateway_auth_failures_total", reason="invalid") == 1
 
 
-@pytest.mark.parametrize("headers", [
-    {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}, {"X-API-Key": "  "},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer "},
+        {"X-API-Key": "  "},
+    ],
+)
 def test_no_usable_key_is_401(client, headers):
     assert client.get("/model", headers=headers).status_code == 401
 
 
-@pytest.mark.parametrize(("headers", "key_id"), [
-    ({"X-API-Key": ALICE_KEY}, "alice"),
-    ({"Authorization": f"Bearer {ALICE_KEY}"}, "alice"),
-    ({"Authorization": f"bearer {BOB_KEY}"}, "bob"),
-])
+@pytest.mark.parametrize(
+    ("headers", "key_id"),
+    [
+        ({"X-API-Key": ALICE_KEY}, "alice"),
+        ({"Authorization": f"Bearer {ALICE_KEY}"}, "alice"),
+        ({"Authorization": f"bearer {BOB_KEY}"}, "bob"),
+    ],
+)
 def test_valid_key_in_either_header_passes(tmp_path, app, client, headers, key_id):
     response = client.get("/model", headers=headers)
     assert response.status_code == 503  # authenticated; no served-model file in this test
@@ -110,9 +135,16 @@ def test_valid_key_in_either_header_passes(tmp_path, app, client, headers, key_i
     assert read_log(tmp_path / "requests.jsonl")[-1]["key_id"] == key_id
 
 
-@pytest.mark.parametrize(("path", "status"), [
-    ("/health", 200), ("/ready", 503), ("/docs", 200), ("/openapi.json", 200), ("/metrics", 200),
-])
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/health", 200),
+        ("/ready", 503),
+        ("/docs", 200),
+        ("/openapi.json", 200),
+        ("/metrics", 200),
+    ],
+)
 def test_public_endpoints_need_no_key(client, path, status):
     assert client.get(path).status_code == status  # /ready: nothing listens upstream
 
@@ -140,4 +172,7 @@ def test_keys_never_reach_the_log_or_metrics(tmp_path, app, client):
         assert secret not in text
         assert secret not in metrics
     assert [line["key_id"] for line in read_log(tmp_path / "requests.jsonl")[:3]] == [
-        "alice", "bob", None]
+        "alice",
+        "bob",
+        None,
+    ]

@@ -11,8 +11,15 @@ from gateway.errors import ERROR_CODES
 from pyfunc.schema import CATEGORICAL_FEATURES, FEATURE_NAMES, NUMERIC_FEATURES
 from tests.support.gateway import gateway_settings
 
-ENDPOINTS = {("post", "/invocations"), ("get", "/model"), ("get", "/health"), ("get", "/ready"),
-             ("get", "/metrics"), ("get", "/openapi.json"), ("get", "/docs")}
+ENDPOINTS = {
+    ("post", "/invocations"),
+    ("get", "/model"),
+    ("get", "/health"),
+    ("get", "/ready"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/docs"),
+}
 
 
 @pytest.fixture
@@ -44,8 +51,12 @@ def test_document_is_openapi_31_with_every_endpoint(app, spec):
     assert {"title", "version", "description"} <= set(spec["info"])
     documented = {(m, p) for p, ops in spec["paths"].items() for m in ops}
     assert documented == ENDPOINTS
-    served = {(m.lower(), r.rule) for r in app.url_map.iter_rules() for m in r.methods
-              if m in ("GET", "POST") and r.endpoint != "static"}
+    served = {
+        (m.lower(), r.rule)
+        for r in app.url_map.iter_rules()
+        for m in r.methods
+        if m in ("GET", "POST") and r.endpoint != "static"
+    }
     assert served == ENDPOINTS
 
 
@@ -58,13 +69,18 @@ def test_every_reference_resolves(spec):
 
 def test_security_schemes_cover_both_headers(spec):
     schemes = spec["components"]["securitySchemes"]
-    assert schemes["ApiKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                                       "description": "Your API key."}
+    assert schemes["ApiKeyHeader"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "Your API key.",
+    }
     assert schemes["BearerAuth"]["type"] == "http"
     assert schemes["BearerAuth"]["scheme"] == "bearer"
     assert spec["security"] == [{"ApiKeyHeader": []}, {"BearerAuth": []}]
-    public = {p for p, ops in spec["paths"].items() for op in ops.values()
-              if op.get("security") == []}
+    public = {
+        p for p, ops in spec["paths"].items() for op in ops.values() if op.get("security") == []
+    }
     assert public == {"/health", "/ready", "/metrics", "/openapi.json", "/docs"}
 
 
@@ -74,8 +90,11 @@ def test_listing_schema_matches_pyfunc_schema(spec):
     assert listing["required"] == list(FEATURE_NAMES)
     for feature in CATEGORICAL_FEATURES:
         field = listing["properties"][feature.name]
-        assert field == {"type": "string", "description": feature.description,
-                         "example": feature.example}
+        assert field == {
+            "type": "string",
+            "description": feature.description,
+            "example": feature.example,
+        }
     for feature in NUMERIC_FEATURES:
         field = listing["properties"][feature.name]
         assert field["type"] == ("integer" if feature.integral else "number")
@@ -98,8 +117,9 @@ def test_request_body_documents_three_formats_with_valid_examples(spec):
 
 def test_every_error_response_uses_the_error_schema(spec):
     responses = spec["components"]["responses"]
-    documented = {code for r in responses.values()
-                  for code in r["content"]["application/json"]["examples"]}
+    documented = {
+        code for r in responses.values() for code in r["content"]["application/json"]["examples"]
+    }
     assert documented == set(ERROR_CODES)
     for response in responses.values():
         schema = response["content"]["application/json"]["schema"]

@@ -48,8 +48,9 @@ def calm() -> list[dict]:
 @pytest.fixture(scope="module")
 def drifted(calm) -> list[dict]:
     """The same listings, twice as big and all in one sector."""
-    return [{**row, "net_usable_area": row["net_usable_area"] * 2, "sector": "la reina"}
-            for row in calm]
+    return [
+        {**row, "net_usable_area": row["net_usable_area"] * 2, "sector": "la reina"} for row in calm
+    ]
 
 
 def columns(rows: list[dict]) -> dict[str, list]:
@@ -84,19 +85,28 @@ def send(app, rows: list[dict], batch: int = 250) -> None:
     """POST `rows` in dataframe_split batches; wait until the request log has handled them."""
     client = app.test_client()
     for start in range(0, len(rows), batch):
-        chunk = rows[start:start + batch]
-        body = {"dataframe_split": {"columns": list(FEATURE_NAMES),
-                                    "data": [[row[n] for n in FEATURE_NAMES] for row in chunk]}}
-        response = client.post("/invocations", data=orjson.dumps(body), headers=AUTH,
-                               content_type="application/json")
+        chunk = rows[start : start + batch]
+        body = {
+            "dataframe_split": {
+                "columns": list(FEATURE_NAMES),
+                "data": [[row[n] for n in FEATURE_NAMES] for row in chunk],
+            }
+        }
+        response = client.post(
+            "/invocations", data=orjson.dumps(body), headers=AUTH, content_type="application/json"
+        )
         assert response.status_code == 200, response.json
     gateway_of(app).request_log.flush()
 
 
 def gauges(metrics: GatewayMetrics) -> dict[str, float]:
     """gateway_feature_drift by feature, as exposed."""
-    return {s.labels["feature"]: s.value for family in metrics.registry.collect()
-            if family.name == "gateway_feature_drift" for s in family.samples}
+    return {
+        s.labels["feature"]: s.value
+        for family in metrics.registry.collect()
+        if family.name == "gateway_feature_drift"
+        for s in family.samples
+    }
 
 
 def scored(app) -> dict[str, float]:
@@ -113,8 +123,7 @@ def apps():
         gateway_of(app).close()
 
 
-def test_traffic_like_the_training_data_stays_under_the_threshold(tmp_path, apps, reference,
-                                                                   calm):
+def test_traffic_like_the_training_data_stays_under_the_threshold(tmp_path, apps, reference, calm):
     apps.append(app := make_app(tmp_path, reference))
     send(app, calm)
     drift = scored(app)
@@ -123,13 +132,15 @@ def test_traffic_like_the_training_data_stays_under_the_threshold(tmp_path, apps
 
 
 def test_drifted_features_cross_the_threshold_even_when_payloads_are_not_logged(
-        tmp_path, apps, reference, drifted):
+    tmp_path, apps, reference, drifted
+):
     apps.append(app := make_app(tmp_path, reference, GATEWAY_LOG_PAYLOADS="false"))
     send(app, drifted)
     drift = scored(app)
     assert sorted(f for f, value in drift.items() if value > DRIFT_THRESHOLD) == DRIFTED, drift
-    lines = [line for line in read_log(tmp_path / "requests.jsonl")
-             if line["path"] == "/invocations"]
+    lines = [
+        line for line in read_log(tmp_path / "requests.jsonl") if line["path"] == "/invocations"
+    ]
     assert len(lines) == 8
     assert not any("features" in line for line in lines)
 
@@ -142,9 +153,9 @@ def test_a_new_served_model_empties_the_window(tmp_path, apps, reference, calm, 
     serve_another_model(app, tmp_path, reference=reference)
     assert state.drift.rows() == 0
     assert gauges(state.metrics) == dict.fromkeys(FEATURE_NAMES, NOT_MEASURED)
-    send(app, calm[:MIN_ROWS - 1])
+    send(app, calm[: MIN_ROWS - 1])
     assert scored(app) == dict.fromkeys(FEATURE_NAMES, NOT_MEASURED)  # too few rows to say
-    send(app, calm[MIN_ROWS - 1:])
+    send(app, calm[MIN_ROWS - 1 :])
     assert all(0 <= value < DRIFT_THRESHOLD for value in scored(app).values())
 
 
@@ -154,13 +165,15 @@ def test_without_a_reference_there_is_no_gauge_and_requests_are_logged(tmp_path,
     assert scored(app) == {}
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert "gateway_feature_drift{" not in text
-    lines = [line for line in read_log(tmp_path / "requests.jsonl")
-             if line["path"] == "/invocations"]
+    lines = [
+        line for line in read_log(tmp_path / "requests.jsonl") if line["path"] == "/invocations"
+    ]
     assert [len(line["features"]["sector"]) for line in lines] == [250, 50]
 
 
 def test_a_model_without_reference_replacing_one_with_it_stops_the_scores(
-        tmp_path, apps, reference, calm):
+    tmp_path, apps, reference, calm
+):
     apps.append(app := make_app(tmp_path, reference))
     send(app, calm[:500])
     assert set(scored(app)) == set(FEATURE_NAMES)
@@ -198,16 +211,17 @@ def monitor(metrics, reference):
 
 def test_the_window_keeps_only_the_last_rows(monitor, metrics, calm, drifted):
     monitor.observe(columns(drifted))
-    monitor.observe(columns(calm[:WINDOW_ROWS // 2]))
+    monitor.observe(columns(calm[: WINDOW_ROWS // 2]))
     assert gauges(metrics)["sector"] > DRIFT_THRESHOLD
-    monitor.observe(columns(calm[WINDOW_ROWS // 2:] + calm[:WINDOW_ROWS // 2]))
+    monitor.observe(columns(calm[WINDOW_ROWS // 2 :] + calm[: WINDOW_ROWS // 2]))
     assert monitor.rows() == WINDOW_ROWS
     assert all(value < DRIFT_THRESHOLD for value in gauges(metrics).values())
 
 
 def test_categories_are_compared_in_their_canonical_spelling(monitor, reference, calm):
-    respelled = [{**row, "sector": f" {row['sector'].upper()} ", "type": row["type"].title()}
-                 for row in calm]
+    respelled = [
+        {**row, "sector": f" {row['sector'].upper()} ", "type": row["type"].title()} for row in calm
+    ]
     monitor.observe(columns(calm))
     canonical = monitor.score()
     monitor.use_reference(reference)
@@ -215,8 +229,9 @@ def test_categories_are_compared_in_their_canonical_spelling(monitor, reference,
     assert monitor.score() == canonical
 
 
-def test_rows_are_scored_at_most_once_per_interval_and_the_last_ones_too(metrics, reference,
-                                                                         calm, drifted):
+def test_rows_are_scored_at_most_once_per_interval_and_the_last_ones_too(
+    metrics, reference, calm, drifted
+):
     monitor = DriftMonitor(metrics.feature_drift, interval=0.3)
     monitor.use_reference(reference)
     try:
@@ -233,8 +248,12 @@ def test_rows_are_scored_at_most_once_per_interval_and_the_last_ones_too(metrics
 
 
 def test_malformed_reference_entries_are_left_out(reference, caplog):
-    broken = {**reference, "n_rooms": {"edges": [1, 2], "shares": [1.0]},
-              "sector": {"shares": ["a"]}, "garage": {"shares": {"yes": 1.0}}}
+    broken = {
+        **reference,
+        "n_rooms": {"edges": [1, 2], "shares": [1.0]},
+        "sector": {"shares": ["a"]},
+        "garage": {"shares": {"yes": 1.0}},
+    }
     with caplog.at_level(logging.WARNING, logger=gateway_drift.__name__):
         usable = usable_reference(broken)
     assert set(usable) == set(FEATURE_NAMES) - {"n_rooms", "sector"}
@@ -254,8 +273,12 @@ def test_workers_are_merged_by_maximum_and_dead_ones_forgotten(tmp_path, monkeyp
 
     def exposed() -> dict[str, float]:
         text = GatewayMetrics().exposition().decode()
-        return {s.labels["feature"]: s.value for family in text_string_to_metric_families(text)
-                if family.name == "gateway_feature_drift" for s in family.samples}
+        return {
+            s.labels["feature"]: s.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "gateway_feature_drift"
+            for s in family.samples
+        }
 
     assert exposed() == {"sector": 0.6}
     mark_process_dead(102, str(tmp_path))

@@ -30,8 +30,18 @@ def test_gateway_imports_neither_pandas_nor_mlflow(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     env = {**gateway_env(state), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(state)], env=env,
-                            capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(state)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"at_import": [], "files_at_import": [], "threads_at_import": 1,
-                      "after_app": []}
+    assert report == {
+        "at_import": [],
+        "files_at_import": [],
+        "threads_at_import": 1,
+        "after_app": [],
+    }

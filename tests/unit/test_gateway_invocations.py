@@ -43,8 +43,11 @@ def upstream_calls(app, monkeypatch):
         calls.append((body, content_type, request_id))
         payload = orjson.loads(body)
         rows = _row_count(payload)
-        answer = {"predictions": [{"price": 1000.0 * (i + 1), "outside_training_range": ""}
-                                  for i in range(rows)]}
+        answer = {
+            "predictions": [
+                {"price": 1000.0 * (i + 1), "outside_training_range": ""} for i in range(rows)
+            ]
+        }
         return UpstreamAnswer(200, orjson.dumps(answer), "application/json", 0.002)
 
     pool = gateway_of(app).pool
@@ -62,8 +65,9 @@ def _row_count(payload: dict) -> int:
 
 def post(client, body, content_type="application/json", headers=None):
     data = body if isinstance(body, bytes) else orjson.dumps(body)
-    return client.post("/invocations", data=data, content_type=content_type,
-                       headers={**AUTH, **(headers or {})})
+    return client.post(
+        "/invocations", data=data, content_type=content_type, headers={**AUTH, **(headers or {})}
+    )
 
 
 def sample(app, name: str, **labels: str) -> float:
@@ -74,51 +78,74 @@ def test_body_over_limit_by_content_length_is_413(client):
     response = post(client, b"{" + b" " * 3000 + b"}")
     assert response.status_code == 413
     assert response.json["error_code"] == "PAYLOAD_TOO_LARGE"
-    assert response.json["message"] == ("Content-Length is 3002 bytes; the gateway accepts at "
-                                         "most 2000 bytes: split the batch")
+    assert response.json["message"] == (
+        "Content-Length is 3002 bytes; the gateway accepts at most 2000 bytes: split the batch"
+    )
 
 
 def test_chunked_body_over_limit_is_413(client):
     stream = io.BytesIO(b"{" + b" " * 3000 + b"}")
-    response = client.post("/invocations", input_stream=stream, headers={
-        **AUTH, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
-        environ_overrides=TERMINATED)
+    response = client.post(
+        "/invocations",
+        input_stream=stream,
+        headers={**AUTH, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides=TERMINATED,
+    )
     assert response.status_code == 413
     assert response.json["message"].startswith("the body is larger; the gateway accepts at most")
 
 
 def test_chunked_body_under_limit_is_read(client, upstream_calls):
     body = orjson.dumps({"dataframe_records": [ROW]})
-    response = client.post("/invocations", input_stream=io.BytesIO(body), headers={
-        **AUTH, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
-        environ_overrides=TERMINATED)
+    response = client.post(
+        "/invocations",
+        input_stream=io.BytesIO(body),
+        headers={**AUTH, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides=TERMINATED,
+    )
     assert response.status_code == 200
     assert upstream_calls[0][0] == body
 
 
-@pytest.mark.parametrize(("content_type", "message"), [
-    (None, "missing Content-Type: send the body as application/json"),
-    ("text/plain", "Content-Type must be application/json, got 'text/plain'"),
-    ("application/json; charset=latin-1", "only UTF-8 JSON is accepted, got charset 'latin-1'"),
-])
+@pytest.mark.parametrize(
+    ("content_type", "message"),
+    [
+        (None, "missing Content-Type: send the body as application/json"),
+        ("text/plain", "Content-Type must be application/json, got 'text/plain'"),
+        ("application/json; charset=latin-1", "only UTF-8 JSON is accepted, got charset 'latin-1'"),
+    ],
+)
 def test_wrong_content_type_is_415(client, content_type, message):
     headers = {**AUTH} if content_type is None else {**AUTH, "Content-Type": content_type}
-    response = client.post("/invocations", data=orjson.dumps({"dataframe_records": [ROW]}),
-                           headers=headers)
+    response = client.post(
+        "/invocations", data=orjson.dumps({"dataframe_records": [ROW]}), headers=headers
+    )
     assert response.status_code == 415
-    assert response.json == {"error_code": "UNSUPPORTED_MEDIA_TYPE", "message": message,
-                             "request_id": response.headers["X-Request-ID"]}
+    assert response.json == {
+        "error_code": "UNSUPPORTED_MEDIA_TYPE",
+        "message": message,
+        "request_id": response.headers["X-Request-ID"],
+    }
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    (b'{"dataframe_records": [', "invalid JSON at line 1 column 24: unexpected end of data"),
-    (b'{"inputs": {"net_area": [NaN]}}', "invalid JSON at line 1 column 26: NaN and Infinity "
-                                         "are not JSON numbers; send finite numbers"),
-    (b'{"inputs": {"net_area": [-Infinity]}}', "invalid JSON at line 1 column 27: NaN and "
-                                               "Infinity are not JSON numbers; send finite "
-                                               "numbers"),
-    (b"", "empty body: send a JSON object such as {\"dataframe_records\": [...]}"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"dataframe_records": [', "invalid JSON at line 1 column 24: unexpected end of data"),
+        (
+            b'{"inputs": {"net_area": [NaN]}}',
+            "invalid JSON at line 1 column 26: NaN and Infinity "
+            "are not JSON numbers; send finite numbers",
+        ),
+        (
+            b'{"inputs": {"net_area": [-Infinity]}}',
+            "invalid JSON at line 1 column 27: NaN and "
+            "Infinity are not JSON numbers; send finite "
+            "numbers",
+        ),
+        (b"", 'empty body: send a JSON object such as {"dataframe_records": [...]}'),
+    ],
+)
 def test_bad_json_is_400(client, body, message):
     response = post(client, body)
     assert response.status_code == 400
@@ -139,39 +166,95 @@ def _split(rows):
 
 
 INVALID_BODIES = [
-    ("number as string", _records(net_area="0.5"), "net_area", 1,
-     "net_area must be a number (row 1, got str '0.5')"),
-    ("bool as number", _records(n_rooms=True), "n_rooms", 1,
-     "n_rooms must be a number (row 1, got bool True)"),
-    ("number as category", _records(sector=5), "sector", 1,
-     "sector must be a string (row 1, got int 5)"),
+    (
+        "number as string",
+        _records(net_area="0.5"),
+        "net_area",
+        1,
+        "net_area must be a number (row 1, got str '0.5')",
+    ),
+    (
+        "bool as number",
+        _records(n_rooms=True),
+        "n_rooms",
+        1,
+        "n_rooms must be a number (row 1, got bool True)",
+    ),
+    (
+        "number as category",
+        _records(sector=5),
+        "sector",
+        1,
+        "sector must be a string (row 1, got int 5)",
+    ),
     ("null", _records(latitude=None), "latitude", 1, "latitude is missing (row 1, got null)"),
-    ("missing key in a row", _without("n_bathroom"), "n_bathroom", 1,
-     "n_bathroom is missing (row 1)"),
-    ("extra nesting in a value", _records(net_usable_area=[140.0]), "net_usable_area", 1,
-     "net_usable_area must be a number (row 1, got list [140.0])"),
-    ("extra nesting of rows", {"dataframe_records": [[ROW]]}, "dataframe_records", 0,
-     "dataframe_records row 0 must be an object of features, got list"),
-    ("split row too short", _split([list(ROW.values()), [1.0]]), "dataframe_split", 1,
-     "dataframe_split row 1 has 1 values for 8 columns"),
-    ("split null", _split([list(ROW.values()), [*list(ROW.values())[:-1], None]]), "longitude",
-     1, "longitude is missing (row 1, got null)"),
-    ("split index not a list", {"dataframe_split": {**_split([ROW_VALUES])["dataframe_split"],
-                                                    "index": None}}, "index", None,
-     "dataframe_split.index, when sent, must be a list with one label per row of data"),
-    ("split index too short", {"dataframe_split": {**_split([ROW_VALUES] * 2)["dataframe_split"],
-                                                   "index": [0]}}, "index", None,
-     "dataframe_split.index, when sent, must be a list with one label per row of data"),
-    ("inputs string", {"inputs": {**{k: [v, v] for k, v in ROW.items()}, "net_area": [1, "2"]}},
-     "net_area", 1, "net_area must be a number (row 1, got str '2')"),
+    (
+        "missing key in a row",
+        _without("n_bathroom"),
+        "n_bathroom",
+        1,
+        "n_bathroom is missing (row 1)",
+    ),
+    (
+        "extra nesting in a value",
+        _records(net_usable_area=[140.0]),
+        "net_usable_area",
+        1,
+        "net_usable_area must be a number (row 1, got list [140.0])",
+    ),
+    (
+        "extra nesting of rows",
+        {"dataframe_records": [[ROW]]},
+        "dataframe_records",
+        0,
+        "dataframe_records row 0 must be an object of features, got list",
+    ),
+    (
+        "split row too short",
+        _split([list(ROW.values()), [1.0]]),
+        "dataframe_split",
+        1,
+        "dataframe_split row 1 has 1 values for 8 columns",
+    ),
+    (
+        "split null",
+        _split([list(ROW.values()), [*list(ROW.values())[:-1], None]]),
+        "longitude",
+        1,
+        "longitude is missing (row 1, got null)",
+    ),
+    (
+        "split index not a list",
+        {"dataframe_split": {**_split([ROW_VALUES])["dataframe_split"], "index": None}},
+        "index",
+        None,
+        "dataframe_split.index, when sent, must be a list with one label per row of data",
+    ),
+    (
+        "split index too short",
+        {"dataframe_split": {**_split([ROW_VALUES] * 2)["dataframe_split"], "index": [0]}},
+        "index",
+        None,
+        "dataframe_split.index, when sent, must be a list with one label per row of data",
+    ),
+    (
+        "inputs string",
+        {"inputs": {**{k: [v, v] for k, v in ROW.items()}, "net_area": [1, "2"]}},
+        "net_area",
+        1,
+        "net_area must be a number (row 1, got str '2')",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("body", "field", "row", "message"),
-                         [case[1:] for case in INVALID_BODIES],
-                         ids=[case[0] for case in INVALID_BODIES])
-def test_invalid_features_name_field_and_row(app, client, upstream_calls, body, field, row,
-                                             message):
+@pytest.mark.parametrize(
+    ("body", "field", "row", "message"),
+    [case[1:] for case in INVALID_BODIES],
+    ids=[case[0] for case in INVALID_BODIES],
+)
+def test_invalid_features_name_field_and_row(
+    app, client, upstream_calls, body, field, row, message
+):
     response = post(client, body)
     assert response.status_code == 400
     assert response.json["error_code"] == "INVALID_FEATURES"
@@ -185,30 +268,58 @@ def test_a_renamed_key_after_a_bad_value_is_named_not_a_server_error(client, ups
     renamed = {k: v for k, v in ROW.items() if k != "net_area"} | {"garage": 1, "sector": 5}
     response = post(client, {"dataframe_records": [ROW, renamed]})
     assert response.status_code == 400
-    assert response.json["errors"][0] == {"field": "net_area", "row": 1,
-                                          "message": "net_area is missing (row 1)"}
+    assert response.json["errors"][0] == {
+        "field": "net_area",
+        "row": 1,
+        "message": "net_area is missing (row 1)",
+    }
     assert [(e["field"], e["row"]) for e in response.json["errors"]] == [
-        ("net_area", 1), ("garage", 1)]
+        ("net_area", 1),
+        ("garage", 1),
+    ]
     assert not upstream_calls
 
 
-@pytest.mark.parametrize(("body", "field", "message"), [
-    ({"data": [ROW]}, "data", "unknown top-level key(s) 'data'; send exactly one of: "
-                              "dataframe_split, dataframe_records, inputs, instances (and "
-                              "optionally params)"),
-    ({}, "body", "send exactly one of: dataframe_split, dataframe_records, inputs, instances; "
-                 "got none"),
-    ({"dataframe_records": [ROW], "inputs": {}}, "dataframe_records | inputs",
-     "send exactly one of: dataframe_split, dataframe_records, inputs, instances; got "
-     "dataframe_records and inputs"),
-    ([ROW], "body", "the body must be a JSON object with one of: dataframe_split, "
-                    "dataframe_records, inputs, instances"),
-    ({"dataframe_records": []}, "rows", "no rows to price"),
-    ({"dataframe_split": {"columns": [*FEATURE_NAMES[:-1], "garage"], "data": []}}, "longitude",
-     "longitude is a required column"),
-    ({"dataframe_records": [ROW], "params": "flag"}, "params",
-     "params must be an object, e.g. {\"on_unknown_category\": \"flag\"}"),
-])
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        (
+            {"data": [ROW]},
+            "data",
+            "unknown top-level key(s) 'data'; send exactly one of: "
+            "dataframe_split, dataframe_records, inputs, instances (and "
+            "optionally params)",
+        ),
+        (
+            {},
+            "body",
+            "send exactly one of: dataframe_split, dataframe_records, inputs, instances; got none",
+        ),
+        (
+            {"dataframe_records": [ROW], "inputs": {}},
+            "dataframe_records | inputs",
+            "send exactly one of: dataframe_split, dataframe_records, inputs, instances; got "
+            "dataframe_records and inputs",
+        ),
+        (
+            [ROW],
+            "body",
+            "the body must be a JSON object with one of: dataframe_split, "
+            "dataframe_records, inputs, instances",
+        ),
+        ({"dataframe_records": []}, "rows", "no rows to price"),
+        (
+            {"dataframe_split": {"columns": [*FEATURE_NAMES[:-1], "garage"], "data": []}},
+            "longitude",
+            "longitude is a required column",
+        ),
+        (
+            {"dataframe_records": [ROW], "params": "flag"},
+            "params",
+            'params must be an object, e.g. {"on_unknown_category": "flag"}',
+        ),
+    ],
+)
 def test_wrong_envelope_is_invalid_features(client, body, field, message):
     response = post(client, body)
     assert response.status_code == 400
@@ -219,9 +330,16 @@ def test_wrong_envelope_is_invalid_features(client, body, field, message):
 def test_unknown_column_is_named(client):
     response = post(client, {"dataframe_records": [{**ROW, "garage": 1}]})
     assert response.status_code == 400
-    assert response.json["errors"] == [{"field": "garage", "row": 0, "message": (
-        "'garage' is not a feature (row 0; expected: type, sector, net_usable_area, net_area, "
-        "n_rooms, n_bathroom, latitude, longitude)")}]
+    assert response.json["errors"] == [
+        {
+            "field": "garage",
+            "row": 0,
+            "message": (
+                "'garage' is not a feature (row 0; expected: type, sector, net_usable_area, "
+                "net_area, n_rooms, n_bathroom, latitude, longitude)"
+            ),
+        }
+    ]
 
 
 def test_many_bad_rows_are_summarised(client):
@@ -239,13 +357,16 @@ def test_validation_errors_are_counted_by_field(app, client):
     assert sample(app, "gateway_validation_errors_total", field="other") == 1
 
 
-@pytest.mark.parametrize("body", [
-    {"dataframe_records": [ROW, ROW]},
-    {"instances": [ROW, ROW]},
-    _split([list(ROW.values()), list(ROW.values())]),
-    {"inputs": {k: [v, v] for k, v in ROW.items()}},
-    {"dataframe_records": [ROW, ROW], "params": {"on_unknown_category": "flag"}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"dataframe_records": [ROW, ROW]},
+        {"instances": [ROW, ROW]},
+        _split([list(ROW.values()), list(ROW.values())]),
+        {"inputs": {k: [v, v] for k, v in ROW.items()}},
+        {"dataframe_records": [ROW, ROW], "params": {"on_unknown_category": "flag"}},
+    ],
+)
 def test_valid_body_is_forwarded_unchanged(tmp_path, app, client, upstream_calls, body):
     write_model_info(tmp_path / "served-model.json", version="7")
     gateway_of(app).model_info.refresh(force=True)
@@ -281,8 +402,7 @@ def test_success_is_logged_with_features_and_prices(tmp_path, app, client, upstr
 
 def test_payloads_are_not_logged_when_disabled(tmp_path, monkeypatch):
     app = create_app(gateway_settings(tmp_path, GATEWAY_LOG_PAYLOADS="false"))
-    answer = UpstreamAnswer(200, b'{"predictions": [{"price": 5000.0}]}', "application/json",
-                            0.001)
+    answer = UpstreamAnswer(200, b'{"predictions": [{"price": 5000.0}]}', "application/json", 0.001)
     monkeypatch.setattr(gateway_of(app).pool, "predict", lambda *args: (answer, "3"))
     assert post(app.test_client(), {"dataframe_records": [ROW]}).status_code == 200
     gateway_of(app).close()
@@ -302,27 +422,42 @@ def test_upstream_down_is_503(tmp_path, app, client):
     gateway_of(app).request_log.flush()
     line = read_log(tmp_path / "requests.jsonl")[-1]
     assert {k: line[k] for k in ("path", "status", "error_code", "key_id", "rows")} == {
-        "path": "/invocations", "status": 503, "error_code": "UPSTREAM_UNAVAILABLE",
-        "key_id": "alice", "rows": 1}
+        "path": "/invocations",
+        "status": 503,
+        "error_code": "UPSTREAM_UNAVAILABLE",
+        "key_id": "alice",
+        "rows": 1,
+    }
 
 
 def test_model_validation_error_is_passed_on_clean(app, client, monkeypatch):
     model_error = {
         "error_code": "INVALID_PARAMETER_VALUE",
         "message": "Invalid input (net_area): net_area must be between 10 to 200000 m2 (row 0, "
-                   "got 5)",
-        "errors": [{"field": "net_area", "row": 0, "message": "net_area must be between 10 to "
-                    "200000 m2 (row 0, got 5)", "extra": "dropped"}],
+        "got 5)",
+        "errors": [
+            {
+                "field": "net_area",
+                "row": 0,
+                "message": "net_area must be between 10 to 200000 m2 (row 0, got 5)",
+                "extra": "dropped",
+            }
+        ],
         "stack_trace": "Traceback (most recent call last): ...",
     }
-    monkeypatch.setattr(gateway_of(app).pool, "predict", lambda *a: (UpstreamAnswer(
-        400, orjson.dumps(model_error), "application/json", 0.001), "3"))
+    monkeypatch.setattr(
+        gateway_of(app).pool,
+        "predict",
+        lambda *a: (UpstreamAnswer(400, orjson.dumps(model_error), "application/json", 0.001), "3"),
+    )
     response = post(client, {"dataframe_records": [{**ROW, "net_area": 5}]})
     assert response.status_code == 400
     assert response.json == {
-        "error_code": "INVALID_FEATURES", "message": model_error["message"],
+        "error_code": "INVALID_FEATURES",
+        "message": model_error["message"],
         "errors": [{"field": "net_area", "row": 0, "message": model_error["errors"][0]["message"]}],
-        "request_id": response.headers["X-Request-ID"]}
+        "request_id": response.headers["X-Request-ID"],
+    }
     assert sample(app, "gateway_validation_errors_total", field="net_area") == 1
 
 

@@ -21,11 +21,19 @@ def test_fixed_metric_names_are_exposed(app):
     client.get("/health")
     text = client.get("/metrics").get_data(as_text=True)
     families = {family.name: family for family in text_string_to_metric_families(text)}
-    assert {"gateway_requests", "gateway_request_duration_seconds",
-            "gateway_upstream_duration_seconds", "gateway_predicted_price_uf",
-            "gateway_rows_predicted", "gateway_validation_errors", "gateway_auth_failures",
-            "gateway_upstream_up", "gateway_model_info", "gateway_request_log_errors",
-            "gateway_feature_drift"} <= set(families)
+    assert {
+        "gateway_requests",
+        "gateway_request_duration_seconds",
+        "gateway_upstream_duration_seconds",
+        "gateway_predicted_price_uf",
+        "gateway_rows_predicted",
+        "gateway_validation_errors",
+        "gateway_auth_failures",
+        "gateway_upstream_up",
+        "gateway_model_info",
+        "gateway_request_log_errors",
+        "gateway_feature_drift",
+    } <= set(families)
     assert families["gateway_feature_drift"].samples == []  # no served model, no drift
 
 
@@ -78,8 +86,7 @@ def test_validation_errors_count_requests_per_field_with_bounded_labels():
     registry = metrics.registry
     assert registry.get_sample_value("gateway_validation_errors_total", {"field": "net_area"}) == 2
     assert registry.get_sample_value("gateway_validation_errors_total", {"field": "other"}) == 1
-    assert registry.get_sample_value("gateway_validation_errors_total",
-                                     {"field": "garage"}) is None
+    assert registry.get_sample_value("gateway_validation_errors_total", {"field": "garage"}) is None
 
 
 def test_refusal_counters_start_at_zero_for_every_known_label():
@@ -87,8 +94,7 @@ def test_refusal_counters_start_at_zero_for_every_known_label():
     for reason in ("missing", "invalid"):
         assert registry.get_sample_value("gateway_auth_failures_total", {"reason": reason}) == 0
     for field in (*FEATURE_NAMES, "other"):
-        assert registry.get_sample_value("gateway_validation_errors_total",
-                                         {"field": field}) == 0
+        assert registry.get_sample_value("gateway_validation_errors_total", {"field": field}) == 0
 
 
 def test_each_app_has_a_fresh_registry(tmp_path):

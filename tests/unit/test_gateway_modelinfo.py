@@ -70,13 +70,15 @@ def test_the_pool_and_its_version_are_handed_over_together(tmp_path):
     info.refresh(force=True)
     path.unlink()
     info.refresh(force=True)
-    assert pools == [(["http://127.0.0.1:5101", "http://127.0.0.1:5102"], "3"), (None, "4"),
-                     (None, "5")]
+    assert pools == [
+        (["http://127.0.0.1:5101", "http://127.0.0.1:5102"], "3"),
+        (None, "4"),
+        (None, "5"),
+    ]
 
 
 def test_a_new_pool_reaches_requests_of_the_app(tmp_path, app):
-    write_model_info(tmp_path / "served-model.json", version="8",
-                     servers=["http://127.0.0.1:5201"])
+    write_model_info(tmp_path / "served-model.json", version="8", servers=["http://127.0.0.1:5201"])
     gateway_of(app).model_info.refresh(force=True)
     pool = gateway_of(app).pool
     assert (pool.urls, pool.version) == (["http://127.0.0.1:5201"], "8")

@@ -21,8 +21,13 @@ from tests.support.processes import free_port
 ANSWER = b'{"predictions": [{"price": 1.0}]}'
 
 
-def server(name: str, status: int = 200, delay: float = 0.0, seen: list[str] | None = None,
-           drop: bool = False) -> type[http.server.BaseHTTPRequestHandler]:
+def server(
+    name: str,
+    status: int = 200,
+    delay: float = 0.0,
+    seen: list[str] | None = None,
+    drop: bool = False,
+) -> type[http.server.BaseHTTPRequestHandler]:
     """A handler answering `status` after `delay` s (or, with `drop`, closing the connection
     without an answer); records `name` in `seen` per POST."""
 
@@ -51,13 +56,21 @@ def server(name: str, status: int = 200, delay: float = 0.0, seen: list[str] | N
     return Handler
 
 
-def make_pool(urls: list[str], version: str = "1", read_timeout: float = 2.0,
-              out_seconds: float = 30.0, states: list | None = None) -> Pool:
+def make_pool(
+    urls: list[str],
+    version: str = "1",
+    read_timeout: float = 2.0,
+    out_seconds: float = 30.0,
+    states: list | None = None,
+) -> Pool:
     def client(url: str) -> Upstream:
         return Upstream(url, connect_timeout=1.0, read_timeout=read_timeout, pool_size=8)
 
-    pool = Pool(client, out_seconds,
-                on_state=lambda h, t: states.append((h, t)) if states is not None else None)
+    pool = Pool(
+        client,
+        out_seconds,
+        on_state=lambda h, t: states.append((h, t)) if states is not None else None,
+    )
     pool.use(urls, version)
     return pool
 
@@ -149,8 +162,9 @@ def test_a_benched_server_comes_back_after_the_out_of_rotation_time(monkeypatch)
 
 def test_a_read_timeout_is_never_retried():
     seen: list[str] = []
-    with servers(server("hung", delay=1.5, seen=seen), server("hung2", delay=1.5,
-                                                                 seen=seen)) as urls:
+    with servers(
+        server("hung", delay=1.5, seen=seen), server("hung2", delay=1.5, seen=seen)
+    ) as urls:
         pool = make_pool(urls, read_timeout=0.5)
         with pytest.raises(GatewayError) as caught:
             predict(pool)

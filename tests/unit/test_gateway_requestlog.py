@@ -10,8 +10,19 @@ from gateway.app import create_app, gateway_of
 from gateway.requestlog import RequestLog, RequestRecord, _cut_partial_line, iso_utc
 from tests.support.gateway import gateway_settings, read_log
 
-FIELDS = {"time", "request_id", "key_id", "method", "path", "status", "latency_ms",
-          "upstream_latency_ms", "rows", "model_version", "error_code"}
+FIELDS = {
+    "time",
+    "request_id",
+    "key_id",
+    "method",
+    "path",
+    "status",
+    "latency_ms",
+    "upstream_latency_ms",
+    "rows",
+    "model_version",
+    "error_code",
+}
 
 
 def last_line(app, tmp_path) -> dict:
@@ -25,9 +36,16 @@ def test_401_line(tmp_path, app):
     assert set(line) == FIELDS
     assert response.headers["X-Request-ID"] == "req-401"
     assert {k: v for k, v in line.items() if k not in ("time", "latency_ms")} == {
-        "request_id": "req-401", "key_id": None, "method": "GET", "path": "/model",
-        "status": 401, "upstream_latency_ms": None, "rows": None, "model_version": "unknown",
-        "error_code": "MISSING_API_KEY"}
+        "request_id": "req-401",
+        "key_id": None,
+        "method": "GET",
+        "path": "/model",
+        "status": 401,
+        "upstream_latency_ms": None,
+        "rows": None,
+        "model_version": "unknown",
+        "error_code": "MISSING_API_KEY",
+    }
     assert line["time"].endswith("Z")
     assert line["latency_ms"] >= 0
 
@@ -36,7 +54,10 @@ def test_503_line(tmp_path, app):
     app.test_client().get("/ready")
     line = last_line(app, tmp_path)
     assert (line["path"], line["status"], line["error_code"]) == (
-        "/ready", 503, "UPSTREAM_UNAVAILABLE")
+        "/ready",
+        503,
+        "UPSTREAM_UNAVAILABLE",
+    )
 
 
 def test_iso_utc():
@@ -83,8 +104,9 @@ def test_request_still_served_when_log_fails(tmp_path):
     app = create_app(gateway_settings(tmp_path))
     assert app.test_client().get("/health").status_code == 200
     gateway_of(app).request_log.flush()
-    assert gateway_of(app).metrics.registry.get_sample_value(
-        "gateway_request_log_errors_total") == 1
+    assert (
+        gateway_of(app).metrics.registry.get_sample_value("gateway_request_log_errors_total") == 1
+    )
     gateway_of(app).close()
 
 

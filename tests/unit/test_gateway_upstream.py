@@ -13,8 +13,10 @@ import pytest
 from gateway.errors import GatewayError
 from gateway.upstream import MODEL_REFUSED, Upstream, UpstreamAnswer, failure, model_errors
 
-DUMP = ("Failed to predict data '     type      sector  net_usable_area\n0  casa  vitacura"
-        "  -5.0'. \nError: ")
+DUMP = (
+    "Failed to predict data '     type      sector  net_usable_area\n0  casa  vitacura"
+    "  -5.0'. \nError: "
+)
 
 
 def answer(status: int, content: object) -> UpstreamAnswer:
@@ -23,44 +25,71 @@ def answer(status: int, content: object) -> UpstreamAnswer:
 
 
 def test_the_models_errors_list_becomes_invalid_features():
-    error = failure(answer(400, {
-        "error_code": "INVALID_PARAMETER_VALUE",
-        "message": "Invalid input (net_area): net_area must be > 0 (row 1, got -5)",
-        "errors": [{"field": "net_area", "row": 1, "message": "net_area must be > 0"}]}))
+    error = failure(
+        answer(
+            400,
+            {
+                "error_code": "INVALID_PARAMETER_VALUE",
+                "message": "Invalid input (net_area): net_area must be > 0 (row 1, got -5)",
+                "errors": [{"field": "net_area", "row": 1, "message": "net_area must be > 0"}],
+            },
+        )
+    )
     assert (error.status, error.code) == (400, "INVALID_FEATURES")
     assert error.message == "Invalid input (net_area): net_area must be > 0 (row 1, got -5)"
     assert error.errors == [{"field": "net_area", "row": 1, "message": "net_area must be > 0"}]
 
 
 def test_errors_list_keeps_field_row_and_message_only():
-    raw = [{"field": "net_area", "row": 3, "message": "net_area too small", "x": 1},
-           {"field": "sector", "row": None, "message": "unknown"}, "junk", {"row": 1},
-           {"field": "x" * 100, "row": "2", "message": "m"}]
+    raw = [
+        {"field": "net_area", "row": 3, "message": "net_area too small", "x": 1},
+        {"field": "sector", "row": None, "message": "unknown"},
+        "junk",
+        {"row": 1},
+        {"field": "x" * 100, "row": "2", "message": "m"},
+    ]
     assert model_errors(raw) == [
         {"field": "net_area", "row": 3, "message": "net_area too small"},
         {"field": "sector", "row": None, "message": "unknown"},
-        {"field": "x" * 37 + "...", "row": None, "message": "m"}]
+        {"field": "x" * 37 + "...", "row": None, "message": "m"},
+    ]
 
 
 def test_mlflows_own_refusal_is_invalid_features_without_its_text():
-    error = failure(answer(400, {"error_code": "INVALID_PARAMETER_VALUE",
-                                 "stack_trace": "Traceback ...",
-                                 "message": DUMP + "Failed to enforce schema of params"}))
+    error = failure(
+        answer(
+            400,
+            {
+                "error_code": "INVALID_PARAMETER_VALUE",
+                "stack_trace": "Traceback ...",
+                "message": DUMP + "Failed to enforce schema of params",
+            },
+        )
+    )
     assert (error.status, error.code, error.errors) == (400, "INVALID_FEATURES", None)
     assert error.message == MODEL_REFUSED
 
 
-@pytest.mark.parametrize(("status", "content", "expected"), [
-    (504, b"Request processing time exceeded limit", (504, "UPSTREAM_TIMEOUT")),
-    (503, b"", (503, "UPSTREAM_UNAVAILABLE")),
-    (500, b"Internal Server Error", (502, "UPSTREAM_ERROR")),
-    (415, b"This predictor only supports the following content types", (502, "UPSTREAM_ERROR")),
-    (400, {"error_code": "BAD_REQUEST", "stack_trace": "Traceback ...",
-           "message": "Encountered an unexpected error while evaluating the model. Verify"},
-     (502, "UPSTREAM_ERROR")),
-    (400, {"message": DUMP, "errors": "not a list"}, (502, "UPSTREAM_ERROR")),
-    (400, b"not json", (502, "UPSTREAM_ERROR")),
-])
+@pytest.mark.parametrize(
+    ("status", "content", "expected"),
+    [
+        (504, b"Request processing time exceeded limit", (504, "UPSTREAM_TIMEOUT")),
+        (503, b"", (503, "UPSTREAM_UNAVAILABLE")),
+        (500, b"Internal Server Error", (502, "UPSTREAM_ERROR")),
+        (415, b"This predictor only supports the following content types", (502, "UPSTREAM_ERROR")),
+        (
+            400,
+            {
+                "error_code": "BAD_REQUEST",
+                "stack_trace": "Traceback ...",
+                "message": "Encountered an unexpected error while evaluating the model. Verify",
+            },
+            (502, "UPSTREAM_ERROR"),
+        ),
+        (400, {"message": DUMP, "errors": "not a list"}, (502, "UPSTREAM_ERROR")),
+        (400, b"not json", (502, "UPSTREAM_ERROR")),
+    ],
+)
 def test_other_upstream_answers_never_show_the_model_servers_text(status, content, expected):
     error = failure(answer(status, content))
     assert (error.status, error.code) == expected
@@ -84,8 +113,10 @@ class Scripted(socketserver.BaseRequestHandler):
             return
         if action == "slow":
             time.sleep(1.0)
-        self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+        self.request.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+        )
 
 
 @pytest.fixture

@@ -17,29 +17,61 @@ from threadpoolctl import threadpool_limits
 from pyfunc.schema import NUMERIC_FEATURES, TARGET, normalize_category
 from steps.generate import VARIANTS, dirt_counts, generate_listings, generate_splits, main
 
-CLIENT_COLUMNS = ["type", "sector", "net_usable_area", "net_area", "n_rooms", "n_bathroom",
-                  "latitude", "longitude", "price"]
+CLIENT_COLUMNS = [
+    "type",
+    "sector",
+    "net_usable_area",
+    "net_area",
+    "n_rooms",
+    "n_bathroom",
+    "latitude",
+    "longitude",
+    "price",
+]
 # CHALLENGE.md: train rows by sector and median price (casa, departamento) by sector.
-SECTOR_ROWS = {"las condes": 5634, "vitacura": 2902, "lo barnechea": 2888, "nunoa": 1924,
-               "providencia": 1849, "la reina": 1015}
-MEDIAN_PRICE = {"la reina": (13_200, 7_725), "las condes": (18_500, 10_346),
-                "lo barnechea": (25_000, 13_200), "nunoa": (11_592, 5_227),
-                "providencia": (15_400, 7_167), "vitacura": (22_000, 13_100)}
+SECTOR_ROWS = {
+    "las condes": 5634,
+    "vitacura": 2902,
+    "lo barnechea": 2888,
+    "nunoa": 1924,
+    "providencia": 1849,
+    "la reina": 1015,
+}
+MEDIAN_PRICE = {
+    "la reina": (13_200, 7_725),
+    "las condes": (18_500, 10_346),
+    "lo barnechea": (25_000, 13_200),
+    "nunoa": (11_592, 5_227),
+    "providencia": (15_400, 7_167),
+    "vitacura": (22_000, 13_100),
+}
 LATITUDE_BOX, LONGITUDE_BOX = (-33.52, -33.31), (-70.64, -70.43)
 # sd of log(UF per m² usable) within a sector and type; median UF/m² and usable area (m²).
-APARTMENT_SPREAD = {"la reina": 0.46, "lo barnechea": 0.37, "vitacura": 0.35, "providencia": 0.23,
-                    "nunoa": 0.22}
-MEDIAN_UF_M2 = {("nunoa", "casa"): 70, ("vitacura", "casa"): 96, ("nunoa", "departamento"): 73,
-                ("vitacura", "departamento"): 92}
-MEDIAN_USABLE = {("nunoa", "departamento"): 73, ("vitacura", "departamento"): 140,
-                 ("lo barnechea", "departamento"): 140, ("nunoa", "casa"): 160,
-                 ("lo barnechea", "casa"): 308}
+APARTMENT_SPREAD = {
+    "la reina": 0.46,
+    "lo barnechea": 0.37,
+    "vitacura": 0.35,
+    "providencia": 0.23,
+    "nunoa": 0.22,
+}
+MEDIAN_UF_M2 = {
+    ("nunoa", "casa"): 70,
+    ("vitacura", "casa"): 96,
+    ("nunoa", "departamento"): 73,
+    ("vitacura", "departamento"): 92,
+}
+MEDIAN_USABLE = {
+    ("nunoa", "departamento"): 73,
+    ("vitacura", "departamento"): 140,
+    ("lo barnechea", "departamento"): 140,
+    ("nunoa", "casa"): 160,
+    ("lo barnechea", "casa"): 308,
+}
 PLACE = ["latitude", "longitude"]
 
 
 def _outside_box(frame: pd.DataFrame) -> pd.Series:
-    return ~(frame["latitude"].between(*LATITUDE_BOX)
-             & frame["longitude"].between(*LONGITUDE_BOX))
+    return ~(frame["latitude"].between(*LATITUDE_BOX) & frame["longitude"].between(*LONGITUDE_BOX))
 
 
 DETECTORS = {
@@ -51,8 +83,9 @@ DETECTORS = {
     "absurd_areas": lambda f: (f["net_usable_area"] > 5_000) | (f["net_area"] > 200_000),
     "many_rooms": lambda f: f[["n_rooms", "n_bathroom"]].max(axis=1).between(21, 55),
     "zero_bathrooms": lambda f: f["n_bathroom"] == 0,
-    "swapped_coordinates": lambda f: f["latitude"].between(-71, -70)
-    & f["longitude"].between(-34, -33),
+    "swapped_coordinates": lambda f: (
+        f["latitude"].between(-71, -70) & f["longitude"].between(-34, -33)
+    ),
     "far_coordinates": lambda f: _outside_box(f) & (f["latitude"] > -60),
     "duplicates": lambda f: f.duplicated(),
 }
@@ -66,7 +99,8 @@ def _shared_coordinates(frame: pd.DataFrame) -> float:
 def _log_uf_m2_spread(frame: pd.DataFrame) -> pd.Series:
     """sd of log(UF/m²) per (sector, type), and the pooled one under key "all"."""
     groups = np.log(frame["price"] / frame["net_usable_area"]).groupby(
-        [frame["sector"], frame["type"]])
+        [frame["sector"], frame["type"]]
+    )
     pooled = np.sqrt((groups.var() * (groups.size() - 1)).sum() / (len(frame) - groups.ngroups))
     return pd.concat([groups.std(), pd.Series({("all", "all"): pooled})])
 
@@ -83,8 +117,7 @@ def clean(splits: tuple[pd.DataFrame, pd.DataFrame]) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def variants() -> dict[str, pd.DataFrame]:
-    return {name: generate_listings(8_000, seed=5, dirty=False, variant=name)
-            for name in VARIANTS}
+    return {name: generate_listings(8_000, seed=5, dirty=False, variant=name) for name in VARIANTS}
 
 
 @pytest.fixture(scope="module", params=[16_212, 5_000])
@@ -94,10 +127,12 @@ def dirty(request: pytest.FixtureRequest) -> pd.DataFrame:
 
 def test_same_seed_gives_identical_frames() -> None:
     pd.testing.assert_frame_equal(generate_listings(2_000, 7), generate_listings(2_000, 7))
-    pd.testing.assert_frame_equal(generate_listings(500, 7, variant="noisy"),
-                                  generate_listings(500, 7, variant="noisy"))
-    for first, again in zip(generate_splits(7, 1_000, 500), generate_splits(7, 1_000, 500),
-                            strict=True):
+    pd.testing.assert_frame_equal(
+        generate_listings(500, 7, variant="noisy"), generate_listings(500, 7, variant="noisy")
+    )
+    for first, again in zip(
+        generate_splits(7, 1_000, 500), generate_splits(7, 1_000, 500), strict=True
+    ):
         pd.testing.assert_frame_equal(first, again)
 
 
@@ -226,22 +261,34 @@ def test_variants_change_the_world_in_their_direction(variants: dict[str, pd.Dat
 
 
 def test_unknown_variant_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown variant 'calm'; allowed: realistic, noisy, "
-                                         "local, buildings, smooth"):
+    with pytest.raises(
+        ValueError,
+        match="unknown variant 'calm'; allowed: realistic, noisy, local, buildings, smooth",
+    ):
         generate_listings(100, 1, variant="calm")
 
 
 def test_dirt_counts_scale_from_the_client_file() -> None:
     assert dirt_counts(16_212) == {
-        "price_zero": 1, "price_under_1000": 19, "zero_areas": 32, "zero_net_area": 4,
-        "usable_over_total": 170, "absurd_areas": 10, "many_rooms": 10, "zero_bathrooms": 131,
-        "swapped_coordinates": 15, "far_coordinates": 10, "duplicates": 22}
+        "price_zero": 1,
+        "price_under_1000": 19,
+        "zero_areas": 32,
+        "zero_net_area": 4,
+        "usable_over_total": 170,
+        "absurd_areas": 10,
+        "many_rooms": 10,
+        "zero_bathrooms": 131,
+        "swapped_coordinates": 15,
+        "far_coordinates": 10,
+        "duplicates": 22,
+    }
     assert min(dirt_counts(2_000).values()) == 1
     assert dirt_counts(8_106)["usable_over_total"] == 85
 
 
 def test_zero_bathrooms_and_zero_net_area_as_often_as_in_the_client_file(
-        dirty: pd.DataFrame) -> None:
+    dirty: pd.DataFrame,
+) -> None:
     assert (dirty["n_bathroom"] == 0).mean() == pytest.approx(0.008, abs=0.0005)
     assert (dirty["net_area"] == 0).mean() == pytest.approx(0.002, abs=0.0005)
 
@@ -260,8 +307,9 @@ def test_dirt_touches_only_its_own_rows() -> None:
 
 def test_cli_writes_csvs_equal_to_generate_splits(tmp_path) -> None:
     out = tmp_path / "data"
-    result = CliRunner().invoke(main, ["--out", str(out), "--seed", "5", "--train-rows", "2000",
-                                       "--test-rows", "800"])
+    result = CliRunner().invoke(
+        main, ["--out", str(out), "--seed", "5", "--train-rows", "2000", "--test-rows", "800"]
+    )
     assert result.exit_code == 0, result.output
     assert len(result.output.strip().splitlines()) == 2
     for name, expected in zip(("train", "test"), generate_splits(5, 2_000, 800), strict=True):
@@ -269,8 +317,21 @@ def test_cli_writes_csvs_equal_to_generate_splits(tmp_path) -> None:
 
 
 def test_cli_writes_the_named_variant(tmp_path) -> None:
-    result = CliRunner().invoke(main, ["--out", str(tmp_path), "--seed", "5", "--train-rows",
-                                       "500", "--test-rows", "200", "--variant", "buildings"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--out",
+            str(tmp_path),
+            "--seed",
+            "5",
+            "--train-rows",
+            "500",
+            "--test-rows",
+            "200",
+            "--variant",
+            "buildings",
+        ],
+    )
     assert result.exit_code == 0, result.output
     expected = generate_splits(5, 500, 200, variant="buildings")[0]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "train.csv"), expected)
@@ -290,12 +351,15 @@ def test_cli_writes_tables_to_a_database_url_and_replaces_them(tmp_path) -> None
     assert len(train) == 300
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    (["--train-rows", "0"], "--train-rows"),
-    (["--test-rows", "-3"], "--test-rows"),
-    (["--url", "not a url"], "--url"),
-    (["--variant", "calm"], "--variant"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--train-rows", "0"], "--train-rows"),
+        (["--test-rows", "-3"], "--test-rows"),
+        (["--url", "not a url"], "--url"),
+        (["--variant", "calm"], "--variant"),
+    ],
+)
 def test_cli_rejects_bad_arguments_with_a_usage_error(arguments: list[str], message: str) -> None:
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 2
@@ -310,12 +374,12 @@ def _encoded(frame: pd.DataFrame) -> pd.DataFrame:
 
 def test_price_is_learnable_from_the_numeric_features() -> None:
     train, test = generate_splits(11, 3_000, 1_500, dirty=False)
-    model = HistGradientBoostingRegressor(max_iter=40, random_state=0,
-                                          categorical_features="from_dtype")
+    model = HistGradientBoostingRegressor(
+        max_iter=40, random_state=0, categorical_features="from_dtype"
+    )
     with threadpool_limits(1):  # threads only wait for each other on a busy machine
         model.fit(_encoded(train), train["price"])
         model_mae = np.abs(model.predict(_encoded(test)) - test["price"]).mean()
     medians = train.groupby(["sector", "type"])["price"].median().rename("median")
-    baseline_mae = (test.join(medians, on=["sector", "type"])
-                    .eval("abs(price - median)").mean())
+    baseline_mae = test.join(medians, on=["sector", "type"]).eval("abs(price - median)").mean()
     assert model_mae < 0.6 * baseline_mae

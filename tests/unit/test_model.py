@@ -38,9 +38,13 @@ if TYPE_CHECKING:
 # The default preset's shape: engineered features, log target, and the monotonic constraint
 # on usable area that the direction test relies on. Leaves of a single row make the forest
 # as rough as it gets: without the constraint it prices some listings lower for more area.
-SERVED = Preset("served", engineered_features=True, log_target=True,
-                candidates=(Candidate("RandomForestRegressor", {}),),
-                monotonic={"net_usable_area": 1})
+SERVED = Preset(
+    "served",
+    engineered_features=True,
+    log_target=True,
+    candidates=(Candidate("RandomForestRegressor", {}),),
+    monotonic={"net_usable_area": 1},
+)
 AREA_STEPS = 30  # usable areas swept, evenly on a log scale across the training range
 
 
@@ -51,7 +55,8 @@ def features(frame: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def pipeline(listings: pd.DataFrame) -> Pipeline:
     pipeline = build_pipeline(SERVED, seed=0).set_params(
-        model__regressor__n_estimators=60, model__regressor__min_samples_leaf=1)
+        model__regressor__n_estimators=60, model__regressor__min_samples_leaf=1
+    )
     return pipeline.fit(features(listings), listings[TARGET.name])
 
 
@@ -69,28 +74,39 @@ def known_sectors(listings: pd.DataFrame) -> str:
     return ", ".join(sorted(listings["sector"].unique()))
 
 
-def test_one_price_and_one_flag_per_row(model: PyFuncModel, pipeline: Pipeline,
-                                        listings: pd.DataFrame) -> None:
+def test_one_price_and_one_flag_per_row(
+    model: PyFuncModel, pipeline: Pipeline, listings: pd.DataFrame
+) -> None:
     rows = features(listings.sample(25, random_state=1))
 
     answer = model.predict(rows)
 
-    assert list(answer.columns) == [PREDICTION_COLUMN, FLAG_COLUMN] == [
-        "price", "outside_training_range"]
+    assert (
+        list(answer.columns)
+        == [PREDICTION_COLUMN, FLAG_COLUMN]
+        == ["price", "outside_training_range"]
+    )
     assert answer.index.tolist() == list(range(25))
     np.testing.assert_allclose(answer[PREDICTION_COLUMN], pipeline.predict(rows))
     assert answer[FLAG_COLUMN].tolist() == [""] * 25
 
 
-@pytest.mark.parametrize(("column", "spellings"), [
-    pytest.param("sector", ["las condes", "Las Condes", "LAS CONDES", "  las   condes ",
-                            "Lás Cóndes"], id="las-condes"),
-    pytest.param("sector", ["nunoa", "Ñuñoa", "ÑUÑOA", "ñuñoa "], id="nunoa"),
-    pytest.param("type", ["casa", "Casa", "CASA", " casa\t"], id="casa"),
-    pytest.param("type", ["departamento", "Departamento", "DEPARTAMENTO"], id="departamento"),
-])
+@pytest.mark.parametrize(
+    ("column", "spellings"),
+    [
+        pytest.param(
+            "sector",
+            ["las condes", "Las Condes", "LAS CONDES", "  las   condes ", "Lás Cóndes"],
+            id="las-condes",
+        ),
+        pytest.param("sector", ["nunoa", "Ñuñoa", "ÑUÑOA", "ñuñoa "], id="nunoa"),
+        pytest.param("type", ["casa", "Casa", "CASA", " casa\t"], id="casa"),
+        pytest.param("type", ["departamento", "Departamento", "DEPARTAMENTO"], id="departamento"),
+    ],
+)
 def test_spelling_of_a_category_does_not_change_the_price(
-        model: PyFuncModel, listings: pd.DataFrame, column: str, spellings: list[str]) -> None:
+    model: PyFuncModel, listings: pd.DataFrame, column: str, spellings: list[str]
+) -> None:
     rows = features(listings.head(1)).loc[[0] * len(spellings)].reset_index(drop=True)
     rows[column] = spellings
 
@@ -101,8 +117,9 @@ def test_spelling_of_a_category_does_not_change_the_price(
 
 
 @pytest.mark.parametrize("kind", ["casa", "departamento"])
-def test_more_usable_area_never_lowers_the_price(model: PyFuncModel, listings: pd.DataFrame,
-                                                 kind: str) -> None:
+def test_more_usable_area_never_lowers_the_price(
+    model: PyFuncModel, listings: pd.DataFrame, kind: str
+) -> None:
     low, high = listings["net_usable_area"].min(), listings["net_usable_area"].max()
     areas = np.geomspace(low, high, AREA_STEPS)
     for _, listing in features(listings[listings["type"] == kind].head(20)).iterrows():
@@ -118,7 +135,8 @@ def test_more_usable_area_never_lowers_the_price(model: PyFuncModel, listings: p
 
 
 def test_an_unknown_sector_is_refused_with_the_known_ones(
-        model: PyFuncModel, listings: pd.DataFrame, known_sectors: str) -> None:
+    model: PyFuncModel, listings: pd.DataFrame, known_sectors: str
+) -> None:
     rows = features(listings.head(3))
     rows.loc[1, "sector"] = "Marte"
 
@@ -128,13 +146,15 @@ def test_an_unknown_sector_is_refused_with_the_known_ones(
     message = f"sector 'Marte' is unknown (row 1); known: {known_sectors}"
     assert caught.value.message == f"Invalid input (sector): {message}"
     assert caught.value.json_kwargs == {
-        "errors": [{"field": "sector", "row": 1, "message": message}]}
+        "errors": [{"field": "sector", "row": 1, "message": message}]
+    }
     assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
     assert caught.value.get_http_status_code() == 400
 
 
 def test_a_fractional_number_of_rooms_is_refused_naming_field_and_row(
-        model: PyFuncModel, listings: pd.DataFrame) -> None:
+    model: PyFuncModel, listings: pd.DataFrame
+) -> None:
     rows = features(listings.head(3))
     rows.loc[1, "n_rooms"] = 2.5
 
@@ -144,11 +164,13 @@ def test_a_fractional_number_of_rooms_is_refused_naming_field_and_row(
     message = "n_rooms must be a whole number (row 1, got 2.5)"
     assert caught.value.message == f"Invalid input (n_rooms): {message}"
     assert caught.value.json_kwargs == {
-        "errors": [{"field": "n_rooms", "row": 1, "message": message}]}
+        "errors": [{"field": "n_rooms", "row": 1, "message": message}]
+    }
 
 
 def test_an_unknown_sector_is_priced_and_flagged_on_request(
-        model: PyFuncModel, listings: pd.DataFrame) -> None:
+    model: PyFuncModel, listings: pd.DataFrame
+) -> None:
     rows = features(listings.head(3))
     known = model.predict(rows)
     rows.loc[1, "sector"] = "Marte"
@@ -158,18 +180,21 @@ def test_an_unknown_sector_is_priced_and_flagged_on_request(
     assert answer[FLAG_COLUMN].tolist() == ["", "sector", ""]
     assert np.isfinite(answer.loc[1, PREDICTION_COLUMN])
     assert answer.loc[1, PREDICTION_COLUMN] > 0
-    pd.testing.assert_series_equal(answer.loc[[0, 2], PREDICTION_COLUMN],
-                                   known.loc[[0, 2], PREDICTION_COLUMN])
+    pd.testing.assert_series_equal(
+        answer.loc[[0, 2], PREDICTION_COLUMN], known.loc[[0, 2], PREDICTION_COLUMN]
+    )
 
 
 def test_an_unknown_policy_is_refused(model: PyFuncModel, listings: pd.DataFrame) -> None:
-    with pytest.raises(MlflowException, match="on_unknown_category must be one of reject, flag, "
-                                              "got 'guess'"):
+    with pytest.raises(
+        MlflowException, match="on_unknown_category must be one of reject, flag, got 'guess'"
+    ):
         model.predict(features(listings.head(1)), params={"on_unknown_category": "guess"})
 
 
 def test_values_outside_the_training_range_are_priced_and_flagged(
-        model: PyFuncModel, listings: pd.DataFrame) -> None:
+    model: PyFuncModel, listings: pd.DataFrame
+) -> None:
     rows = features(listings.head(2))
     rows.loc[1, "net_usable_area"] = listings["net_usable_area"].max() + 100
 
@@ -180,7 +205,8 @@ def test_values_outside_the_training_range_are_priced_and_flagged(
 
 
 def test_a_missing_column_is_named_by_the_model_not_by_mlflow(
-        model: PyFuncModel, listings: pd.DataFrame) -> None:
+    model: PyFuncModel, listings: pd.DataFrame
+) -> None:
     with pytest.raises(MlflowException) as caught:
         model.predict(features(listings.head(2)).drop(columns=["net_area"]))
 
@@ -188,7 +214,8 @@ def test_a_missing_column_is_named_by_the_model_not_by_mlflow(
 
 
 def test_invalid_input_error_keeps_its_message_when_reassigned(
-        model: PyFuncModel, listings: pd.DataFrame) -> None:
+    model: PyFuncModel, listings: pd.DataFrame
+) -> None:
     bathrooms = NUMERIC_BY_NAME["n_bathroom"]
     rows = features(listings.head(3))
     rows.loc[2, "n_bathroom"] = bathrooms.minimum - 1
@@ -200,8 +227,9 @@ def test_invalid_input_error_keeps_its_message_when_reassigned(
     # What MLflow's scoring server does before answering.
     error.message = f"Failed to predict data '{rows}'. \nError: {error.message}"
 
-    problem = (f"n_bathroom must be from {bathrooms.allowed()} "
-               f"(row 2, got {bathrooms.minimum - 1:g})")
+    problem = (
+        f"n_bathroom must be from {bathrooms.allowed()} (row 2, got {bathrooms.minimum - 1:g})"
+    )
     assert error.message == original == f"Invalid input (n_bathroom): {problem}"
     answer = json.loads(error.serialize_as_json())
     assert answer["message"] == original
@@ -222,15 +250,15 @@ def test_profile_describes_the_training_frame(listings: pd.DataFrame) -> None:
 
     assert profile["rows"] == len(listings)
     assert profile["categories"] == {n: sorted(listings[n].unique()) for n in CATEGORICAL_NAMES}
-    assert profile["ranges"] == {n: [listings[n].min(), listings[n].max()]
-                                 for n in NUMERIC_NAMES}
+    assert profile["ranges"] == {n: [listings[n].min(), listings[n].max()] for n in NUMERIC_NAMES}
     assert set(profile["reference"]) == set(FEATURE_NAMES)
     json.dumps(profile)
 
 
 @pytest.mark.parametrize("name", NUMERIC_NAMES)
 def test_numeric_reference_is_deciles_with_shares_summing_to_one(
-        listings: pd.DataFrame, name: str) -> None:
+    listings: pd.DataFrame, name: str
+) -> None:
     reference = build_profile(listings)["reference"][name]
 
     edges, shares = np.array(reference["edges"]), np.array(reference["shares"])
@@ -244,7 +272,8 @@ def test_numeric_reference_is_deciles_with_shares_summing_to_one(
 
 @pytest.mark.parametrize("name", CATEGORICAL_NAMES)
 def test_categorical_reference_is_the_share_of_each_category(
-        listings: pd.DataFrame, name: str) -> None:
+    listings: pd.DataFrame, name: str
+) -> None:
     shares = build_profile(listings)["reference"][name]["shares"]
 
     assert shares == pytest.approx(listings[name].value_counts(normalize=True).to_dict())

@@ -47,8 +47,7 @@ def features(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def model(mlflow_store: Store, small_pipeline: Pipeline,
-          few_listings: pd.DataFrame) -> PyFuncModel:
+def model(mlflow_store: Store, small_pipeline: Pipeline, few_listings: pd.DataFrame) -> PyFuncModel:
     import mlflow
 
     info = mlflow_store.register(small_pipeline, few_listings, "report")
@@ -57,8 +56,9 @@ def model(mlflow_store: Store, small_pipeline: Pipeline,
 
 
 @pytest.fixture(params=["fast-path", "pipeline"])
-def priced_by(request: pytest.FixtureRequest, model: PyFuncModel,
-              monkeypatch: pytest.MonkeyPatch) -> PyFuncModel:
+def priced_by(
+    request: pytest.FixtureRequest, model: PyFuncModel, monkeypatch: pytest.MonkeyPatch
+) -> PyFuncModel:
     """The model, pricing with its fast path or (fast path off) with the fitted pipeline."""
     served = model.unwrap_python_model()
     if request.param == "fast-path":
@@ -86,29 +86,35 @@ def spoiled(clean: pd.DataFrame) -> pd.DataFrame:
 VALID = [r for r in range(ROWS) if r not in SPOILED]
 
 
-def test_a_report_has_one_row_per_listing_in_order(priced_by: PyFuncModel,
-                                                   clean: pd.DataFrame) -> None:
+def test_a_report_has_one_row_per_listing_in_order(
+    priced_by: PyFuncModel, clean: pd.DataFrame
+) -> None:
     rows = spoiled(clean)
     rows.index = range(100, 100 + ROWS)
 
     answer = priced_by.predict(rows, params=REPORT)
 
-    assert list(answer.columns) == [PREDICTION_COLUMN, FLAG_COLUMN, INVALID_COLUMN] == [
-        "price", "outside_training_range", "invalid_reason"]
+    assert (
+        list(answer.columns)
+        == [PREDICTION_COLUMN, FLAG_COLUMN, INVALID_COLUMN]
+        == ["price", "outside_training_range", "invalid_reason"]
+    )
     assert answer.index.tolist() == list(range(ROWS))
     invalid = answer[INVALID_COLUMN] != ""
     assert invalid.to_numpy().nonzero()[0].tolist() == sorted(SPOILED)
 
 
-def test_valid_rows_are_priced_as_if_sent_alone(priced_by: PyFuncModel,
-                                                clean: pd.DataFrame) -> None:
+def test_valid_rows_are_priced_as_if_sent_alone(
+    priced_by: PyFuncModel, clean: pd.DataFrame
+) -> None:
     alone = priced_by.predict(clean.loc[VALID].reset_index(drop=True))
 
     answer = priced_by.predict(spoiled(clean), params=REPORT)
 
     valid = answer.loc[VALID].reset_index(drop=True)
-    np.testing.assert_array_equal(valid[PREDICTION_COLUMN].to_numpy(),
-                                  alone[PREDICTION_COLUMN].to_numpy())
+    np.testing.assert_array_equal(
+        valid[PREDICTION_COLUMN].to_numpy(), alone[PREDICTION_COLUMN].to_numpy()
+    )
     assert valid[FLAG_COLUMN].tolist() == alone[FLAG_COLUMN].tolist()
     assert "net_usable_area" in valid[FLAG_COLUMN].tolist()  # row 6, above the training range
     assert valid[INVALID_COLUMN].tolist() == [""] * len(VALID)
@@ -118,7 +124,8 @@ def test_valid_rows_are_priced_as_if_sent_alone(priced_by: PyFuncModel,
 
 
 def test_invalid_rows_have_no_price_and_a_reason_naming_the_field(
-        priced_by: PyFuncModel, clean: pd.DataFrame) -> None:
+    priced_by: PyFuncModel, clean: pd.DataFrame
+) -> None:
     answer = priced_by.predict(spoiled(clean), params=REPORT)
 
     for row, (column, _) in SPOILED.items():
@@ -129,12 +136,14 @@ def test_invalid_rows_have_no_price_and_a_reason_naming_the_field(
         assert "row" not in reason, reason
     rooms = NUMERIC_BY_NAME["n_rooms"]
     assert answer.loc[1, INVALID_COLUMN] == (
-        f"n_rooms must be from {rooms.allowed()} (got {rooms.minimum - 1:g})")
+        f"n_rooms must be from {rooms.allowed()} (got {rooms.minimum - 1:g})"
+    )
     assert answer.loc[8, INVALID_COLUMN].startswith("sector 'Marte' is unknown; known: ")
 
 
-def test_a_clean_batch_is_priced_as_in_reject_mode(priced_by: PyFuncModel,
-                                                   clean: pd.DataFrame) -> None:
+def test_a_clean_batch_is_priced_as_in_reject_mode(
+    priced_by: PyFuncModel, clean: pd.DataFrame
+) -> None:
     rejected = priced_by.predict(clean)
 
     answer = priced_by.predict(clean, params=REPORT)
@@ -144,8 +153,9 @@ def test_a_clean_batch_is_priced_as_in_reject_mode(priced_by: PyFuncModel,
     assert answer.loc[6, FLAG_COLUMN] == "net_usable_area"
 
 
-def test_a_batch_of_invalid_rows_gives_every_row_a_reason(model: PyFuncModel,
-                                                          clean: pd.DataFrame) -> None:
+def test_a_batch_of_invalid_rows_gives_every_row_a_reason(
+    model: PyFuncModel, clean: pd.DataFrame
+) -> None:
     rows = clean.assign(n_rooms=-1.0)
 
     answer = model.predict(rows, params=REPORT)
@@ -156,12 +166,12 @@ def test_a_batch_of_invalid_rows_gives_every_row_a_reason(model: PyFuncModel,
     assert all(r.startswith("n_rooms must be from ") for r in answer[INVALID_COLUMN])
 
 
-def test_an_unknown_sector_is_priced_and_flagged_on_request(model: PyFuncModel,
-                                                            clean: pd.DataFrame) -> None:
+def test_an_unknown_sector_is_priced_and_flagged_on_request(
+    model: PyFuncModel, clean: pd.DataFrame
+) -> None:
     rows = spoiled(clean)
     expected = rows.loc[[r for r in range(ROWS) if r not in SPOILED or r == 8]]
-    alone = model.predict(expected.reset_index(drop=True),
-                          params={"on_unknown_category": "flag"})
+    alone = model.predict(expected.reset_index(drop=True), params={"on_unknown_category": "flag"})
 
     answer = model.predict(rows, params={**REPORT, "on_unknown_category": "flag"})
 
@@ -169,8 +179,9 @@ def test_an_unknown_sector_is_priced_and_flagged_on_request(model: PyFuncModel,
     assert answer.loc[8, FLAG_COLUMN] == "sector"
     assert (answer[INVALID_COLUMN] != "").sum() == len(SPOILED) - 1
     priced = answer.loc[expected.index].reset_index(drop=True)
-    np.testing.assert_array_equal(priced[PREDICTION_COLUMN].to_numpy(),
-                                  alone[PREDICTION_COLUMN].to_numpy())
+    np.testing.assert_array_equal(
+        priced[PREDICTION_COLUMN].to_numpy(), alone[PREDICTION_COLUMN].to_numpy()
+    )
     assert priced[FLAG_COLUMN].tolist() == alone[FLAG_COLUMN].tolist()
 
 
@@ -179,8 +190,7 @@ def test_reject_mode_still_refuses_the_batch(model: PyFuncModel, clean: pd.DataF
         model.predict(spoiled(clean), params={"on_invalid_row": "reject"})
 
 
-def test_a_missing_column_still_refuses_the_batch(model: PyFuncModel,
-                                                  clean: pd.DataFrame) -> None:
+def test_a_missing_column_still_refuses_the_batch(model: PyFuncModel, clean: pd.DataFrame) -> None:
     rows = spoiled(clean).drop(columns=["net_area"])
 
     with pytest.raises(InvalidInputError) as caught:
@@ -189,21 +199,30 @@ def test_a_missing_column_still_refuses_the_batch(model: PyFuncModel,
     assert caught.value.message == "Invalid input (net_area): net_area is a required column"
 
 
-def test_an_unknown_category_policy_still_refuses_the_batch(model: PyFuncModel,
-                                                            clean: pd.DataFrame) -> None:
+def test_an_unknown_category_policy_still_refuses_the_batch(
+    model: PyFuncModel, clean: pd.DataFrame
+) -> None:
     with pytest.raises(InvalidInputError, match="on_unknown_category must be one of"):
         model.predict(clean, params={**REPORT, "on_unknown_category": "guess"})
 
 
 @pytest.mark.parametrize("policy", ["skip", "REPORT", ""])
-def test_an_unknown_on_invalid_row_is_refused_by_name(model: PyFuncModel, clean: pd.DataFrame,
-                                                      policy: str) -> None:
+def test_an_unknown_on_invalid_row_is_refused_by_name(
+    model: PyFuncModel, clean: pd.DataFrame, policy: str
+) -> None:
     with pytest.raises(InvalidInputError) as caught:
         model.predict(clean, params={"on_invalid_row": policy})
 
     assert caught.value.message == (
         "Invalid input (on_invalid_row): on_invalid_row must be one of reject, report, "
-        f"got {policy!r}")
-    assert caught.value.json_kwargs == {"errors": [{
-        "field": "on_invalid_row", "row": None,
-        "message": f"on_invalid_row must be one of reject, report, got {policy!r}"}]}
+        f"got {policy!r}"
+    )
+    assert caught.value.json_kwargs == {
+        "errors": [
+            {
+                "field": "on_invalid_row",
+                "row": None,
+                "message": f"on_invalid_row must be one of reject, report, got {policy!r}",
+            }
+        ]
+    }

@@ -27,9 +27,13 @@ def test_committed_params_load_as_written(params: Params) -> None:
     for name, raw in COMMITTED["presets"].items():
         preset = params.presets[name]
         assert (preset.name, preset.engineered_features, preset.log_target) == (
-            name, raw["engineered_features"], raw["log_target"])
+            name,
+            raw["engineered_features"],
+            raw["log_target"],
+        )
         assert [(c.estimator, c.params) for c in preset.candidates] == [
-            (c["estimator"], c["params"]) for c in raw["candidates"]]
+            (c["estimator"], c["params"]) for c in raw["candidates"]
+        ]
         assert {c.estimator for c in preset.candidates} <= set(ESTIMATORS)
 
 
@@ -40,8 +44,10 @@ def test_committed_params_keep_the_notebook_baseline(params: Params) -> None:
 def test_preset_lookup(params: Params) -> None:
     assert params.preset(None) is params.presets[params.default_preset]
     assert params.preset("notebook") is params.presets["notebook"]
-    with pytest.raises(ParamsError, match=re.escape(
-            "unknown preset 'fancy'; params.yaml defines: notebook, default")):
+    with pytest.raises(
+        ParamsError,
+        match=re.escape("unknown preset 'fancy'; params.yaml defines: notebook, default"),
+    ):
         params.preset("fancy")
 
 
@@ -76,54 +82,90 @@ def says(message: str) -> str:
 
 
 BROKEN = [
-    pytest.param(_set("preset", "fancy"),
-                 says("unknown preset 'fancy'; params.yaml defines: notebook, default"),
-                 id="unknown-preset"),
-    pytest.param(_set(f"{ESTIMATOR}.estimator", "XGBRegressor"),
-                 says("PATH: preset default: unknown estimator 'XGBRegressor'; known: "
-                      "GradientBoostingRegressor, HistGradientBoostingRegressor, "
-                      "RandomForestRegressor, ExtraTreesRegressor"), id="unknown-estimator"),
-    pytest.param(_set("split.test_size", 1.5),
-                 says("PATH: split.test_size must be between 0 and 1"), id="test-size-1.5"),
-    pytest.param(_set("split.test_size", 0),
-                 says("PATH: split.test_size must be between 0 and 1"), id="test-size-0"),
-    pytest.param(_set("cv.folds", 1),
-                 says("PATH: cv.folds must be >= 2 and cv.search_iterations >= 1"),
-                 id="one-fold"),
-    pytest.param(_set("cv.search_iterations", 0),
-                 says("PATH: cv.folds must be >= 2 and cv.search_iterations >= 1"),
-                 id="no-iterations"),
-    pytest.param(_set("promotion.tolerance", -0.01),
-                 says("PATH: promotion.tolerance must be >= 0"), id="negative-tolerance"),
-    pytest.param(_delete("seed"), says("PATH: missing or invalid entry ('seed')"),
-                 id="no-seed"),
-    pytest.param(_delete("cv.folds"), says("PATH: missing or invalid entry ('folds')"),
-                 id="no-folds"),
-    pytest.param(_delete("presets.default.log_target"),
-                 says("PATH: missing or invalid entry ('log_target')"),
-                 id="preset-without-flag"),
-    pytest.param(_delete(f"{ESTIMATOR}.estimator"),
-                 says("PATH: missing or invalid entry ('estimator')"),
-                 id="candidate-without-name"),
-    pytest.param(_set("seed", "forty-two"),
-                 says("PATH: missing or invalid entry (invalid literal for int() with base 10: "
-                      "'forty-two')"), id="seed-not-a-number"),
-    pytest.param(_set(f"{ESTIMATOR}.params.max_iter", 300),
-                 says("PATH: preset default: max_iter must be a list of values to search, "
-                      "e.g. [300]"),
-                 id="number-instead-of-a-list"),
+    pytest.param(
+        _set("preset", "fancy"),
+        says("unknown preset 'fancy'; params.yaml defines: notebook, default"),
+        id="unknown-preset",
+    ),
+    pytest.param(
+        _set(f"{ESTIMATOR}.estimator", "XGBRegressor"),
+        says(
+            "PATH: preset default: unknown estimator 'XGBRegressor'; known: "
+            "GradientBoostingRegressor, HistGradientBoostingRegressor, "
+            "RandomForestRegressor, ExtraTreesRegressor"
+        ),
+        id="unknown-estimator",
+    ),
+    pytest.param(
+        _set("split.test_size", 1.5),
+        says("PATH: split.test_size must be between 0 and 1"),
+        id="test-size-1.5",
+    ),
+    pytest.param(
+        _set("split.test_size", 0),
+        says("PATH: split.test_size must be between 0 and 1"),
+        id="test-size-0",
+    ),
+    pytest.param(
+        _set("cv.folds", 1),
+        says("PATH: cv.folds must be >= 2 and cv.search_iterations >= 1"),
+        id="one-fold",
+    ),
+    pytest.param(
+        _set("cv.search_iterations", 0),
+        says("PATH: cv.folds must be >= 2 and cv.search_iterations >= 1"),
+        id="no-iterations",
+    ),
+    pytest.param(
+        _set("promotion.tolerance", -0.01),
+        says("PATH: promotion.tolerance must be >= 0"),
+        id="negative-tolerance",
+    ),
+    pytest.param(_delete("seed"), says("PATH: missing or invalid entry ('seed')"), id="no-seed"),
+    pytest.param(
+        _delete("cv.folds"), says("PATH: missing or invalid entry ('folds')"), id="no-folds"
+    ),
+    pytest.param(
+        _delete("presets.default.log_target"),
+        says("PATH: missing or invalid entry ('log_target')"),
+        id="preset-without-flag",
+    ),
+    pytest.param(
+        _delete(f"{ESTIMATOR}.estimator"),
+        says("PATH: missing or invalid entry ('estimator')"),
+        id="candidate-without-name",
+    ),
+    pytest.param(
+        _set("seed", "forty-two"),
+        says(
+            "PATH: missing or invalid entry (invalid literal for int() with base 10: 'forty-two')"
+        ),
+        id="seed-not-a-number",
+    ),
+    pytest.param(
+        _set(f"{ESTIMATOR}.params.max_iter", 300),
+        says("PATH: preset default: max_iter must be a list of values to search, e.g. [300]"),
+        id="number-instead-of-a-list",
+    ),
     # A preset without candidates loads, then train fails with IndexError in build_pipeline.
-    pytest.param(_set("presets.default.candidates", []),
-                 says("PATH: ") + r".*\bdefault\b.*\bcandidates?\b", id="no-candidates"),
+    pytest.param(
+        _set("presets.default.candidates", []),
+        says("PATH: ") + r".*\bdefault\b.*\bcandidates?\b",
+        id="no-candidates",
+    ),
     # A text instead of a list of values is split into characters: ['a', 'b', 's', ...].
-    pytest.param(_set(f"{ESTIMATOR}.params.loss", "absolute_error"),
-                 says("PATH: ") + r".*\bloss\b.*\blist\b", id="text-instead-of-a-list"),
+    pytest.param(
+        _set(f"{ESTIMATOR}.params.loss", "absolute_error"),
+        says("PATH: ") + r".*\bloss\b.*\blist\b",
+        id="text-instead-of-a-list",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("change", "pattern"), BROKEN)
 def test_broken_params_are_refused_with_the_problem_named(
-        tmp_path: Path, change: Callable[[dict], None], pattern: str) -> None:
+    tmp_path: Path, change: Callable[[dict], None], pattern: str
+) -> None:
     raw = copy.deepcopy(COMMITTED)
     change(raw)
     path = tmp_path / "params.yaml"
@@ -133,14 +175,22 @@ def test_broken_params_are_refused_with_the_problem_named(
         load_params(path)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    pytest.param("", "{path}: missing or invalid entry ('NoneType' object is not subscriptable)",
-                 id="empty-file"),
-    pytest.param("seed: [42\n", "{path}: missing or invalid entry (while parsing",
-                 id="yaml-syntax"),
-    pytest.param("- 1\n- 2\n", "{path}: missing or invalid entry (list indices must be",
-                 id="a-list"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "",
+            "{path}: missing or invalid entry ('NoneType' object is not subscriptable)",
+            id="empty-file",
+        ),
+        pytest.param(
+            "seed: [42\n", "{path}: missing or invalid entry (while parsing", id="yaml-syntax"
+        ),
+        pytest.param(
+            "- 1\n- 2\n", "{path}: missing or invalid entry (list indices must be", id="a-list"
+        ),
+    ],
+)
 def test_unreadable_yaml_is_refused(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(text)

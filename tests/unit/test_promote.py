@@ -23,31 +23,49 @@ if TYPE_CHECKING:
 CHAMPION = "champion"
 
 
-@pytest.mark.parametrize(("tags", "force", "expected"), [
-    pytest.param({}, True, (True, "forced"), id="forced-unevaluated"),
-    pytest.param({"verdict": "worse"}, True, (True, "forced"), id="forced-worse"),
-    pytest.param({}, False,
-                 (False, "not evaluated: run the evaluate step first (or force)"),
-                 id="not-evaluated"),
-    pytest.param({"verdict": "worse", "test_mae": "2100", "champion_test_mae": "2000"}, False,
-                 (False, "verdict 'worse': test MAE 2100 vs champion 2000 on the same rows"),
-                 id="worse"),
-    pytest.param({"verdict": "better"}, False, (True, "verdict 'better'"), id="better"),
-    pytest.param({"verdict": "within_tolerance"}, False, (True, "verdict 'within_tolerance'"),
-                 id="within-tolerance"),
-    pytest.param({"verdict": "no_champion"}, False, (True, "verdict 'no_champion'"),
-                 id="no-champion"),
-    pytest.param({"verdict": "splendid"}, False,
-                 (False, "verdict 'splendid': test MAE None vs champion None on the same rows"),
-                 id="unknown-verdict"),
-])
+@pytest.mark.parametrize(
+    ("tags", "force", "expected"),
+    [
+        pytest.param({}, True, (True, "forced"), id="forced-unevaluated"),
+        pytest.param({"verdict": "worse"}, True, (True, "forced"), id="forced-worse"),
+        pytest.param(
+            {},
+            False,
+            (False, "not evaluated: run the evaluate step first (or force)"),
+            id="not-evaluated",
+        ),
+        pytest.param(
+            {"verdict": "worse", "test_mae": "2100", "champion_test_mae": "2000"},
+            False,
+            (False, "verdict 'worse': test MAE 2100 vs champion 2000 on the same rows"),
+            id="worse",
+        ),
+        pytest.param({"verdict": "better"}, False, (True, "verdict 'better'"), id="better"),
+        pytest.param(
+            {"verdict": "within_tolerance"},
+            False,
+            (True, "verdict 'within_tolerance'"),
+            id="within-tolerance",
+        ),
+        pytest.param(
+            {"verdict": "no_champion"}, False, (True, "verdict 'no_champion'"), id="no-champion"
+        ),
+        pytest.param(
+            {"verdict": "splendid"},
+            False,
+            (False, "verdict 'splendid': test MAE None vs champion None on the same rows"),
+            id="unknown-verdict",
+        ),
+    ],
+)
 def test_gate(tags: dict[str, str], force: bool, expected: tuple[bool, str]) -> None:
     assert gate(tags, force) == expected
 
 
 @pytest.fixture
-def versions(mlflow_store: Store, small_pipeline: Pipeline, few_listings: pd.DataFrame,
-             model_name: str) -> list[ModelInfo]:
+def versions(
+    mlflow_store: Store, small_pipeline: Pipeline, few_listings: pd.DataFrame, model_name: str
+) -> list[ModelInfo]:
     """Versions 1 and 2 of a model named after the test; no alias, no stage."""
     return [mlflow_store.register(small_pipeline, few_listings, model_name) for _ in range(2)]
 
@@ -58,43 +76,58 @@ def settings(model_name: str) -> Settings:
 
 
 def test_move_champion_sets_both_aliases_and_mirrors_the_stage(
-        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    mlflow_store: Store, versions: list[ModelInfo], settings: Settings
+) -> None:
     client, name = mlflow_store.client(), settings.model_name
 
     first = move_champion(settings.model_name, CHAMPION, "1")
 
     assert first is None
     assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
-        "1", None)
+        "1",
+        None,
+    )
     assert mlflow_store.stages(name) == {"1": PRODUCTION_STAGE, "2": "None"}
 
     second = move_champion(settings.model_name, CHAMPION, "2")
 
     assert str(second) == "1"
     assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
-        "2", "1")
+        "2",
+        "1",
+    )
     assert mlflow_store.stages(name) == {"1": "Archived", "2": PRODUCTION_STAGE}
     for version in ("1", "2"):
-        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00",
-                            client.get_model_version(name, version).tags["promoted_at"])
+        assert re.fullmatch(
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00",
+            client.get_model_version(name, version).tags["promoted_at"],
+        )
 
 
 def test_promote_refuses_an_unevaluated_version_and_leaves_the_aliases(
-        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    mlflow_store: Store, versions: list[ModelInfo], settings: Settings
+) -> None:
     name = settings.model_name
     move_champion(settings.model_name, CHAMPION, "1")
 
     result = promote(settings, "2", force=False)
 
     assert (result.version, result.promoted, result.reason, result.previous) == (
-        "2", False, "not evaluated: run the evaluate step first (or force)", None)
+        "2",
+        False,
+        "not evaluated: run the evaluate step first (or force)",
+        None,
+    )
     assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
-        "1", None)
+        "1",
+        None,
+    )
     assert mlflow_store.stages(name) == {"1": PRODUCTION_STAGE, "2": "None"}
 
 
-def test_promote_refuses_a_worse_version(mlflow_store: Store, versions: list[ModelInfo],
-                                         settings: Settings) -> None:
+def test_promote_refuses_a_worse_version(
+    mlflow_store: Store, versions: list[ModelInfo], settings: Settings
+) -> None:
     client, name = mlflow_store.client(), settings.model_name
     move_champion(settings.model_name, CHAMPION, "1")
     for key, value in {"verdict": "worse", "test_mae": "2100", "champion_test_mae": "2000"}.items():
@@ -103,12 +136,15 @@ def test_promote_refuses_a_worse_version(mlflow_store: Store, versions: list[Mod
     result = promote(settings, "2", force=False)
 
     assert (result.promoted, result.reason) == (
-        False, "verdict 'worse': test MAE 2100 vs champion 2000 on the same rows")
+        False,
+        "verdict 'worse': test MAE 2100 vs champion 2000 on the same rows",
+    )
     assert mlflow_store.alias(name, CHAMPION) == "1"
 
 
 def test_promote_moves_the_champion_for_a_passing_verdict(
-        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    mlflow_store: Store, versions: list[ModelInfo], settings: Settings
+) -> None:
     client, name = mlflow_store.client(), settings.model_name
     move_champion(settings.model_name, CHAMPION, "1")
     client.set_model_version_tag(name, "2", "verdict", "within_tolerance")
@@ -116,39 +152,52 @@ def test_promote_moves_the_champion_for_a_passing_verdict(
     result = promote(settings, "2", force=False)
 
     assert (result.version, result.promoted, result.reason, str(result.previous)) == (
-        "2", True, "verdict 'within_tolerance'", "1")
+        "2",
+        True,
+        "verdict 'within_tolerance'",
+        "1",
+    )
     assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
-        "2", "1")
+        "2",
+        "1",
+    )
 
 
 def test_promote_names_a_version_that_does_not_exist(
-        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
-    with pytest.raises(match=re.escape(
-            f"model {settings.model_name!r} has no version '9'")):
+    mlflow_store: Store, versions: list[ModelInfo], settings: Settings
+) -> None:
+    with pytest.raises(match=re.escape(f"model {settings.model_name!r} has no version '9'")):
         promote(settings, "9", force=True)
 
 
 def test_a_version_without_its_files_is_never_promoted(
-        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    mlflow_store: Store, versions: list[ModelInfo], settings: Settings
+) -> None:
     name = settings.model_name
     move_champion(settings.model_name, CHAMPION, "1")
     check_loadable(model_uri(name, 1))
     mlflow_store.delete_model_files(versions[1])
     uri = model_uri(name, 2)
 
-    with pytest.raises(StepError, match=rf"^{re.escape(uri)} cannot be loaded or cannot price "
-                                        r"its input example \(.+\); the champion is unchanged$"):
+    with pytest.raises(
+        StepError,
+        match=rf"^{re.escape(uri)} cannot be loaded or cannot price "
+        r"its input example \(.+\); the champion is unchanged$",
+    ):
         check_loadable(uri)
     with pytest.raises(StepError, match="the champion is unchanged"):
         promote(settings, "2", force=True)
 
     assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
-        "1", None)
+        "1",
+        None,
+    )
     assert mlflow_store.stages(name) == {"1": PRODUCTION_STAGE, "2": "None"}
 
 
 def test_rollback_swaps_champion_and_previous_champion(
-        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    mlflow_store: Store, versions: list[ModelInfo], settings: Settings
+) -> None:
     name = settings.model_name
     move_champion(settings.model_name, CHAMPION, "1")
     move_champion(settings.model_name, CHAMPION, "2")
@@ -156,23 +205,35 @@ def test_rollback_swaps_champion_and_previous_champion(
     result = rollback(settings)
 
     assert (str(result.version), result.promoted, result.reason, str(result.previous)) == (
-        "1", True, "rollback", "2")
+        "1",
+        True,
+        "rollback",
+        "2",
+    )
     assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
-        "1", "2")
+        "1",
+        "2",
+    )
     assert mlflow_store.stages(name) == {"1": PRODUCTION_STAGE, "2": "Archived"}
 
 
 def test_rollback_needs_a_previous_champion(
-        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    mlflow_store: Store, versions: list[ModelInfo], settings: Settings
+) -> None:
     move_champion(settings.model_name, CHAMPION, "1")
 
-    with pytest.raises(StepError, match=re.escape(
-            f"model {settings.model_name!r} has no 'previous-champion' to roll back to")):
+    with pytest.raises(
+        StepError,
+        match=re.escape(
+            f"model {settings.model_name!r} has no 'previous-champion' to roll back to"
+        ),
+    ):
         rollback(settings)
 
 
 def test_promoting_the_champion_again_keeps_the_previous_champion(
-        mlflow_store: Store, versions: list[ModelInfo], settings: Settings) -> None:
+    mlflow_store: Store, versions: list[ModelInfo], settings: Settings
+) -> None:
     name = settings.model_name
     promote(settings, "1", force=True)
     promote(settings, "2", force=True)
@@ -180,5 +241,7 @@ def test_promoting_the_champion_again_keeps_the_previous_champion(
     again = promote(settings, "2", force=True)
 
     assert (mlflow_store.alias(name, CHAMPION), mlflow_store.alias(name, PREVIOUS_ALIAS)) == (
-        "2", "1")
+        "2",
+        "1",
+    )
     assert (again.version, again.promoted, again.previous) == ("2", True, None)

@@ -39,45 +39,66 @@ def registered(mlflow_store: Store, small_pipeline: Pipeline, few_listings: pd.D
     return NAME
 
 
-@pytest.mark.parametrize(("version", "alias", "expected"), [
-    ("3", None, "models:/m/3"),
-    (3, None, "models:/m/3"),
-    (None, "champion", "models:/m@champion"),
-])
+@pytest.mark.parametrize(
+    ("version", "alias", "expected"),
+    [
+        ("3", None, "models:/m/3"),
+        (3, None, "models:/m/3"),
+        (None, "champion", "models:/m@champion"),
+    ],
+)
 def test_model_uri(version, alias, expected: str) -> None:
     assert model_uri("m", version, alias=alias) == expected
 
 
-@pytest.mark.parametrize(("uri", "version", "alias"), [
-    (f"models:/{NAME}@champion", "2", "champion"),
-    (f"models:/{NAME}@previous-champion", "1", "previous-champion"),
-    (f"models:/{NAME}/Production", "2", "Production"),
-    (f"models:/{NAME}/3", "3", "3"),
-])
-def test_resolve_pins_an_alias_a_stage_or_a_number(registered: str, uri: str, version: str,
-                                                    alias: str) -> None:
+@pytest.mark.parametrize(
+    ("uri", "version", "alias"),
+    [
+        (f"models:/{NAME}@champion", "2", "champion"),
+        (f"models:/{NAME}@previous-champion", "1", "previous-champion"),
+        (f"models:/{NAME}/Production", "2", "Production"),
+        (f"models:/{NAME}/3", "3", "3"),
+    ],
+)
+def test_resolve_pins_an_alias_a_stage_or_a_number(
+    registered: str, uri: str, version: str, alias: str
+) -> None:
     info = resolve(uri)
 
     assert (info["name"], info["version"], info["alias"], info["uri"]) == (
-        NAME, version, alias, f"models:/{NAME}/{version}")
+        NAME,
+        version,
+        alias,
+        f"models:/{NAME}/{version}",
+    )
     assert info["metrics"] == ({"test_mae": 1234.5, "test_r2": 0.75} if version == "2" else {})
     assert re.fullmatch(r"[0-9a-f]{32}", info["run_id"])
 
 
 def test_a_uri_outside_the_registry_is_served_as_it_is() -> None:
-    assert resolve("runs:/abc/model") == {"name": None, "version": "unregistered", "alias": None,
-                                          "uri": "runs:/abc/model", "run_id": None, "metrics": {}}
+    assert resolve("runs:/abc/model") == {
+        "name": None,
+        "version": "unregistered",
+        "alias": None,
+        "uri": "runs:/abc/model",
+        "run_id": None,
+        "metrics": {},
+    }
 
 
-@pytest.mark.parametrize(("uri", "message"), [
-    (f"models:/{NAME}@staging", f"model '{NAME}' has no alias 'staging'"),
-    (f"models:/{NAME}/9", f"model '{NAME}' has no version '9'"),
-    (f"models:/{NAME}/Staging", f"model '{NAME}' has no version in stage 'Staging'"),
-    ("models:/nothing@champion", "model 'nothing' has no alias 'champion'"),
-    ("models:/nothing/1", "model 'nothing' has no version '1'"),
-])
-def test_what_does_not_exist_is_named_in_one_message(registered: str, uri: str,
-                                                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        (f"models:/{NAME}@staging", f"model '{NAME}' has no alias 'staging'"),
+        (f"models:/{NAME}/9", f"model '{NAME}' has no version '9'"),
+        (f"models:/{NAME}/Staging", f"model '{NAME}' has no version in stage 'Staging'"),
+        ("models:/nothing@champion", "model 'nothing' has no alias 'champion'"),
+        ("models:/nothing/1", "model 'nothing' has no version '1'"),
+    ],
+)
+def test_what_does_not_exist_is_named_in_one_message(
+    registered: str, uri: str, message: str
+) -> None:
     with pytest.raises(UserError) as error:
         resolve(uri)
 
@@ -85,14 +106,15 @@ def test_what_does_not_exist_is_named_in_one_message(registered: str, uri: str,
 
 
 def test_alias_version_and_latest_version(registered: str) -> None:
-    assert (alias_version(NAME, "champion"), alias_version(NAME, "previous-champion")) == (
-        "2", "1")
+    assert (alias_version(NAME, "champion"), alias_version(NAME, "previous-champion")) == ("2", "1")
     assert alias_version(NAME, "staging") is None
     assert alias_version("nothing", "champion") is None
     assert latest_version(NAME) == "3"
 
 
 def test_a_model_without_versions_says_to_train_first(mlflow_store: Store) -> None:
-    with pytest.raises(match=r"^model 'nothing' has no registered version; "
-                                            r"run the train step first$"):
+    with pytest.raises(
+        match=r"^model 'nothing' has no registered version; "
+        r"run the train step first$"
+    ):
         latest_version("nothing")

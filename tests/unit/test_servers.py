@@ -40,23 +40,35 @@ def test_a_server_pricing_the_canary_like_the_model_passes():
         servers.check_canary(Server(url, 0), b"{}", EXPECTED)
 
 
-@pytest.mark.parametrize(("predictions", "status"), [
-    ([{"price": 11571.5, "outside_training_range": ""},
-      {"price": 9000.25, "outside_training_range": "n_rooms"}], 200),
-    ([{"price": 11571.4, "outside_training_range": ""}], 200),
-    ([{"price": 11571.4}, {"price": 9000.25}], 200),
-    ("not a list", 200),
-])
+@pytest.mark.parametrize(
+    ("predictions", "status"),
+    [
+        (
+            [
+                {"price": 11571.5, "outside_training_range": ""},
+                {"price": 9000.25, "outside_training_range": "n_rooms"},
+            ],
+            200,
+        ),
+        ([{"price": 11571.4, "outside_training_range": ""}], 200),
+        ([{"price": 11571.4}, {"price": 9000.25}], 200),
+        ("not a list", 200),
+    ],
+)
 def test_a_server_pricing_the_canary_differently_is_refused(predictions, status):
-    with fake_upstream(answering(predictions, status)) as url, \
-            pytest.raises(ServerError, match="did not price the canary like the model"):
+    with (
+        fake_upstream(answering(predictions, status)) as url,
+        pytest.raises(ServerError, match="did not price the canary like the model"),
+    ):
         servers.check_canary(Server(url, 0), b"{}", EXPECTED)
 
 
 def test_stop_ends_the_whole_group_even_a_process_ignoring_sigterm():
-    stubborn = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, "
-                "signal.SIG_IGN); subprocess.Popen([sys.executable, '-c', "
-                "'import time; time.sleep(60)']); time.sleep(60)")
+    stubborn = (
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, "
+        "signal.SIG_IGN); subprocess.Popen([sys.executable, '-c', "
+        "'import time; time.sleep(60)']); time.sleep(60)"
+    )
     process = subprocess.Popen([sys.executable, "-c", stubborn], start_new_session=True)
     time.sleep(0.5)
     server = Server("http://127.0.0.1:1", process.pid)
@@ -65,14 +77,16 @@ def test_stop_ends_the_whole_group_even_a_process_ignoring_sigterm():
     servers.stop([server], grace=1.0)
     assert not servers.alive(process.pid)
     assert time.monotonic() - started < 5
-    group = subprocess.run(["ps", "-o", "stat=", "-g", str(process.pid)], capture_output=True,
-                           text=True).stdout.split()
+    group = subprocess.run(
+        ["ps", "-o", "stat=", "-g", str(process.pid)], capture_output=True, text=True
+    ).stdout.split()
     assert [state for state in group if not state.startswith("Z")] == []  # zombies are dead
 
 
 def test_only_a_process_running_mlflow_models_serve_counts_as_a_model_server():
-    lookalike = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
-                                  "/venv/bin/mlflow", "models", "serve"])
+    lookalike = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "/venv/bin/mlflow", "models", "serve"]
+    )
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         assert servers.is_model_server(lookalike.pid)

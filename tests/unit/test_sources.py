@@ -119,8 +119,10 @@ def test_sqlite_tables_round_trip(sqlite_url: str) -> None:
 
 
 def test_sql_query_as_a_split(sqlite_url: str) -> None:
-    source = SqlSource(sqlite_url, test="  with t as (SELECT * FROM train) select id, price from t"
-                                        " where id >= 1 order by id")
+    source = SqlSource(
+        sqlite_url,
+        test="  with t as (SELECT * FROM train) select id, price from t where id >= 1 order by id",
+    )
 
     frame = source.read("test")
 
@@ -211,7 +213,11 @@ def test_open_source_dispatch(csv_folder: Path, sqlite_url: str) -> None:
     assert isinstance(database, SqlSource) and not database.has_split("test")
     assert isinstance(synthetic, SyntheticSource)
     assert (synthetic.variant, synthetic.seed, synthetic.train_rows, synthetic.test_rows) == (
-        "noisy", 7, 1000, 500)
+        "noisy",
+        7,
+        1000,
+        500,
+    )
     assert open_source("synthetic").describe() == (
         "synthetic data (variant=realistic, seed=42, train_rows=16212, test_rows=6949)"
     )
@@ -227,11 +233,15 @@ def test_plain_postgresql_url_uses_psycopg3() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("synthetic:rows=5", "unknown synthetic option 'rows'; allowed: variant, seed, "
-                             "train_rows, test_rows"),
+        (
+            "synthetic:rows=5",
+            "unknown synthetic option 'rows'; allowed: variant, seed, train_rows, test_rows",
+        ),
         ("synthetic:seed=x", "synthetic option 'seed=x' must be an integer"),
-        ("synthetic:variant=calm", "unknown synthetic variant 'calm'; allowed: realistic, "
-                                   "noisy, local, buildings, smooth"),
+        (
+            "synthetic:variant=calm",
+            "unknown synthetic variant 'calm'; allowed: realistic, noisy, local, buildings, smooth",
+        ),
     ],
 )
 def test_bad_synthetic_spec(spec: str, message: str) -> None:

@@ -57,13 +57,13 @@ def test_predictions_ignore_the_price_column(plain: TrainResult, listings: pd.Da
 
 
 @pytest.mark.parametrize(("preset", "engineered"), [(PLAIN, ()), (LOGGED, ENGINEERED_FEATURES)])
-def test_numeric_features_reach_the_model(preset: Preset, engineered: tuple[str, ...],
-                                          listings: pd.DataFrame) -> None:
+def test_numeric_features_reach_the_model(
+    preset: Preset, engineered: tuple[str, ...], listings: pd.DataFrame
+) -> None:
     pipeline = build_pipeline(preset, seed=0).fit(features(listings), listings[TARGET.name])
 
     encode = pipeline.named_steps["encode"]
-    assert list(encode.get_feature_names_out()) == [*CATEGORICAL_NAMES, *NUMERIC_NAMES,
-                                                    *engineered]
+    assert list(encode.get_feature_names_out()) == [*CATEGORICAL_NAMES, *NUMERIC_NAMES, *engineered]
     assert encode.remainder == "passthrough"
     assert encode.transformers_[-1][0] == "remainder"
     assert list(encode.transformers_[-1][2]) == [*NUMERIC_NAMES, *engineered]
@@ -81,26 +81,34 @@ def test_usable_area_changes_the_price(plain: TrainResult, listings: pd.DataFram
 
 def test_categories_are_target_encoded(plain: TrainResult) -> None:
     name, encoder, columns = plain.pipeline.named_steps["encode"].transformers_[0]
-    assert (name, type(encoder), columns) == ("target_encoding", TargetEncoder,
-                                              list(CATEGORICAL_NAMES))
+    assert (name, type(encoder), columns) == (
+        "target_encoding",
+        TargetEncoder,
+        list(CATEGORICAL_NAMES),
+    )
 
 
-def test_the_seed_reaches_the_estimator(plain: TrainResult, logged: TrainResult,
-                                        tiny_params: Params) -> None:
+def test_the_seed_reaches_the_estimator(
+    plain: TrainResult, logged: TrainResult, tiny_params: Params
+) -> None:
     assert plain.pipeline.named_steps["model"].random_state == tiny_params.seed
     assert logged.pipeline.named_steps["model"].regressor_.random_state == tiny_params.seed
 
 
-@pytest.mark.parametrize(("preset", "estimator"), [
-    (PLAIN, lambda pipeline: pipeline.named_steps["model"]),
-    (LOGGED, lambda pipeline: pipeline.named_steps["model"].regressor),
-])
+@pytest.mark.parametrize(
+    ("preset", "estimator"),
+    [
+        (PLAIN, lambda pipeline: pipeline.named_steps["model"]),
+        (LOGGED, lambda pipeline: pipeline.named_steps["model"].regressor),
+    ],
+)
 def test_build_pipeline_seeds_its_estimator(preset: Preset, estimator) -> None:
     assert estimator(build_pipeline(preset, seed=5)).random_state == 5
 
 
-def test_same_params_give_the_same_model(logged: TrainResult, listings: pd.DataFrame,
-                                         tiny_params: Params) -> None:
+def test_same_params_give_the_same_model(
+    logged: TrainResult, listings: pd.DataFrame, tiny_params: Params
+) -> None:
     again = fit(listings, LOGGED, tiny_params)
 
     rows = features(listings.head(50))
@@ -114,7 +122,8 @@ def test_fit_reports_cross_validated_metrics(plain: TrainResult) -> None:
     best = plain.cv_results.iloc[0]
     assert plain.cv_metrics == {
         **{f"cv_{m}": best[f"mean_test_{m}"] for m in SCORING},
-        **{f"cv_{m}_std": best[f"std_test_{m}"] for m in SCORING}}
+        **{f"cv_{m}_std": best[f"std_test_{m}"] for m in SCORING},
+    }
     # Errors are reported as positive numbers, R² as is.
     assert 0 < plain.cv_metrics["cv_mae"] < plain.cv_metrics["cv_rmse"]
     assert 0 < plain.cv_metrics["cv_mape"] < 1
@@ -123,7 +132,8 @@ def test_fit_reports_cross_validated_metrics(plain: TrainResult) -> None:
 
 
 def test_cv_results_has_one_row_per_candidate_searched_best_first(
-        plain: TrainResult, tiny_params: Params) -> None:
+    plain: TrainResult, tiny_params: Params
+) -> None:
     table = plain.cv_results
 
     assert list(table.columns) == CV_COLUMNS
@@ -135,8 +145,9 @@ def test_cv_results_has_one_row_per_candidate_searched_best_first(
     assert plain.best_params["n_estimators"] == 8
 
 
-def test_search_is_capped_by_the_size_of_the_grid(listings: pd.DataFrame,
-                                                  tiny_params: Params) -> None:
+def test_search_is_capped_by_the_size_of_the_grid(
+    listings: pd.DataFrame, tiny_params: Params
+) -> None:
     result = fit(listings.head(400), PLAIN, replace(tiny_params, search_iterations=50))
 
     assert len(result.cv_results) == len(FOREST.params["min_samples_leaf"])
@@ -168,7 +179,8 @@ def test_search_space_has_one_grid_per_candidate(params: Params) -> None:
     space = search_space(preset, seed=params.seed)
 
     assert [type(grid["model__regressor"][0]).__name__ for grid in space] == [
-        c.estimator for c in preset.candidates]
+        c.estimator for c in preset.candidates
+    ]
     assert all(grid["model__regressor"][0].random_state == params.seed for grid in space)
 
 
@@ -181,13 +193,20 @@ def test_the_notebook_preset_is_the_notebook_model_fixed(params: Params) -> None
     assert [name for name, _ in pipeline.steps] == ["encode", "model"]
     encode, model = pipeline.named_steps["encode"], pipeline.named_steps["model"]
     assert [(name, type(t), cols) for name, t, cols in encode.transformers] == [
-        ("target_encoding", TargetEncoder, list(CATEGORICAL_NAMES))]
+        ("target_encoding", TargetEncoder, list(CATEGORICAL_NAMES))
+    ]
     assert encode.remainder == "passthrough"
     assert type(model) is GradientBoostingRegressor
-    assert {k: model.get_params()[k] for k in
-            ("learning_rate", "n_estimators", "max_depth", "loss", "random_state")} == {
-        "learning_rate": 0.01, "n_estimators": 300, "max_depth": 5, "loss": "absolute_error",
-        "random_state": params.seed}
+    assert {
+        k: model.get_params()[k]
+        for k in ("learning_rate", "n_estimators", "max_depth", "loss", "random_state")
+    } == {
+        "learning_rate": 0.01,
+        "n_estimators": 300,
+        "max_depth": 5,
+        "loss": "absolute_error",
+        "random_state": params.seed,
+    }
 
 
 def test_log_target_presets_regress_the_log_of_the_price(params: Params) -> None:

@@ -35,8 +35,10 @@ def refused(frame: pd.DataFrame, **kwargs: object) -> ValidationError:
 def bounds_message(name: str, value: float, row: int = BAD_ROW) -> str:
     feature = NUMERIC_BY_NAME[name]
     unit = f" {feature.unit}" if feature.unit else ""
-    return (f"{name} must be from {feature.minimum:g} to {feature.maximum:g}{unit} "
-            f"(row {row}, got {value:g})")
+    return (
+        f"{name} must be from {feature.minimum:g} to {feature.maximum:g}{unit} "
+        f"(row {row}, got {value:g})"
+    )
 
 
 def test_valid_frame_passes_with_normalized_categories() -> None:
@@ -67,50 +69,121 @@ def test_columns_are_reordered_and_the_index_is_reset() -> None:
 
 EXPECTED_COLUMNS = ", ".join(FEATURE_NAMES)
 BAD_VALUES = [
-    pytest.param({"net_area": "0.5"}, "net_area",
-                 f"net_area must be a number (row {BAD_ROW}, got str '0.5')",
-                 id="number-as-string"),
-    pytest.param({"n_rooms": True}, "n_rooms",
-                 f"n_rooms must be a number (row {BAD_ROW}, got bool True)", id="bool"),
-    pytest.param({"n_bathroom": [2]}, "n_bathroom",
-                 f"n_bathroom must be a number (row {BAD_ROW}, got list [2])", id="list"),
-    pytest.param({"net_usable_area": None}, "net_usable_area",
-                 f"net_usable_area must be a finite number (row {BAD_ROW}, got nan)", id="none"),
-    pytest.param({"latitude": float("nan")}, "latitude",
-                 f"latitude must be a finite number (row {BAD_ROW}, got nan)", id="nan"),
-    pytest.param({"net_area": float("inf")}, "net_area",
-                 f"net_area must be a finite number (row {BAD_ROW}, got inf)", id="+inf"),
-    pytest.param({"longitude": float("-inf")}, "longitude",
-                 f"longitude must be a finite number (row {BAD_ROW}, got -inf)", id="-inf"),
-    *(pytest.param({f.name: f.minimum - 1}, f.name, bounds_message(f.name, f.minimum - 1),
-                   id=f"{f.name}-below-minimum") for f in NUMERIC_FEATURES),
-    *(pytest.param({f.name: f.maximum + 1}, f.name, bounds_message(f.name, f.maximum + 1),
-                   id=f"{f.name}-above-maximum") for f in NUMERIC_FEATURES),
-    pytest.param({"n_rooms": 2.5}, "n_rooms",
-                 f"n_rooms must be a whole number (row {BAD_ROW}, got 2.5)", id="half-a-room"),
-    pytest.param({"n_bathroom": 1.25}, "n_bathroom",
-                 f"n_bathroom must be a whole number (row {BAD_ROW}, got 1.25)",
-                 id="a-quarter-bathroom"),
-    pytest.param({"n_rooms": 20.5}, "n_rooms", bounds_message("n_rooms", 20.5),
-                 id="out-of-bounds-says-only-that"),
-    pytest.param({"sector": "Marte"}, "sector",
-                 f"sector 'Marte' is unknown (row {BAD_ROW}); known: las condes, nunoa, vitacura",
-                 id="unknown-sector"),
-    pytest.param({"type": "oficina"}, "type",
-                 f"type 'oficina' is unknown (row {BAD_ROW}); known: casa, departamento",
-                 id="unknown-type"),
-    pytest.param({"sector": 5}, "sector", f"sector must be a string (row {BAD_ROW}, got int 5)",
-                 id="sector-as-number"),
-    pytest.param({"type": 1.5}, "type", f"type must be a string (row {BAD_ROW}, got float 1.5)",
-                 id="type-as-number"),
-    pytest.param({"sector": True}, "sector",
-                 f"sector must be a string (row {BAD_ROW}, got bool True)", id="sector-as-bool"),
+    pytest.param(
+        {"net_area": "0.5"},
+        "net_area",
+        f"net_area must be a number (row {BAD_ROW}, got str '0.5')",
+        id="number-as-string",
+    ),
+    pytest.param(
+        {"n_rooms": True},
+        "n_rooms",
+        f"n_rooms must be a number (row {BAD_ROW}, got bool True)",
+        id="bool",
+    ),
+    pytest.param(
+        {"n_bathroom": [2]},
+        "n_bathroom",
+        f"n_bathroom must be a number (row {BAD_ROW}, got list [2])",
+        id="list",
+    ),
+    pytest.param(
+        {"net_usable_area": None},
+        "net_usable_area",
+        f"net_usable_area must be a finite number (row {BAD_ROW}, got nan)",
+        id="none",
+    ),
+    pytest.param(
+        {"latitude": float("nan")},
+        "latitude",
+        f"latitude must be a finite number (row {BAD_ROW}, got nan)",
+        id="nan",
+    ),
+    pytest.param(
+        {"net_area": float("inf")},
+        "net_area",
+        f"net_area must be a finite number (row {BAD_ROW}, got inf)",
+        id="+inf",
+    ),
+    pytest.param(
+        {"longitude": float("-inf")},
+        "longitude",
+        f"longitude must be a finite number (row {BAD_ROW}, got -inf)",
+        id="-inf",
+    ),
+    *(
+        pytest.param(
+            {f.name: f.minimum - 1},
+            f.name,
+            bounds_message(f.name, f.minimum - 1),
+            id=f"{f.name}-below-minimum",
+        )
+        for f in NUMERIC_FEATURES
+    ),
+    *(
+        pytest.param(
+            {f.name: f.maximum + 1},
+            f.name,
+            bounds_message(f.name, f.maximum + 1),
+            id=f"{f.name}-above-maximum",
+        )
+        for f in NUMERIC_FEATURES
+    ),
+    pytest.param(
+        {"n_rooms": 2.5},
+        "n_rooms",
+        f"n_rooms must be a whole number (row {BAD_ROW}, got 2.5)",
+        id="half-a-room",
+    ),
+    pytest.param(
+        {"n_bathroom": 1.25},
+        "n_bathroom",
+        f"n_bathroom must be a whole number (row {BAD_ROW}, got 1.25)",
+        id="a-quarter-bathroom",
+    ),
+    pytest.param(
+        {"n_rooms": 20.5},
+        "n_rooms",
+        bounds_message("n_rooms", 20.5),
+        id="out-of-bounds-says-only-that",
+    ),
+    pytest.param(
+        {"sector": "Marte"},
+        "sector",
+        f"sector 'Marte' is unknown (row {BAD_ROW}); known: las condes, nunoa, vitacura",
+        id="unknown-sector",
+    ),
+    pytest.param(
+        {"type": "oficina"},
+        "type",
+        f"type 'oficina' is unknown (row {BAD_ROW}); known: casa, departamento",
+        id="unknown-type",
+    ),
+    pytest.param(
+        {"sector": 5},
+        "sector",
+        f"sector must be a string (row {BAD_ROW}, got int 5)",
+        id="sector-as-number",
+    ),
+    pytest.param(
+        {"type": 1.5},
+        "type",
+        f"type must be a string (row {BAD_ROW}, got float 1.5)",
+        id="type-as-number",
+    ),
+    pytest.param(
+        {"sector": True},
+        "sector",
+        f"sector must be a string (row {BAD_ROW}, got bool True)",
+        id="sector-as-bool",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("bad", "field", "message"), BAD_VALUES)
-def test_bad_value_is_refused_with_field_row_and_message(bad: dict, field: str,
-                                                         message: str) -> None:
+def test_bad_value_is_refused_with_field_row_and_message(
+    bad: dict, field: str, message: str
+) -> None:
     error = refused(listings(3, **bad))
 
     assert error.errors == [FieldError(field, BAD_ROW, message)]
@@ -125,7 +198,8 @@ def test_a_column_of_booleans_is_not_numbers() -> None:
 
     assert error.errors == [
         FieldError("n_rooms", row, f"n_rooms must be a number (row {row}, got bool {value})")
-        for row, value in enumerate([True, False, True])]
+        for row, value in enumerate([True, False, True])
+    ]
 
 
 def test_missing_column_is_named() -> None:
@@ -152,7 +226,8 @@ def test_sector_missing_in_a_text_column_is_refused() -> None:
     error = refused(frame)
 
     assert error.errors == [
-        FieldError("sector", BAD_ROW, f"sector is missing (row {BAD_ROW}, got null)")]
+        FieldError("sector", BAD_ROW, f"sector is missing (row {BAD_ROW}, got null)")
+    ]
 
 
 def test_every_problem_is_reported_in_one_error() -> None:
@@ -162,8 +237,12 @@ def test_every_problem_is_reported_in_one_error() -> None:
     error = refused(frame)
 
     assert {(e.field, e.row) for e in error.errors} == {
-        ("n_rooms", None), ("id", None), ("net_area", BAD_ROW), ("latitude", BAD_ROW),
-        ("sector", BAD_ROW)}
+        ("n_rooms", None),
+        ("id", None),
+        ("net_area", BAD_ROW),
+        ("latitude", BAD_ROW),
+        ("sector", BAD_ROW),
+    }
     assert str(error).startswith("Invalid input (id, latitude, n_rooms, net_area, sector): ")
     for problem in error.errors:
         assert problem.message in str(error)
@@ -223,7 +302,8 @@ def test_flag_policy_still_refuses_what_is_not_text() -> None:
     error = refused(listings(3, sector=7), on_unknown_category="flag")
 
     assert error.errors == [
-        FieldError("sector", BAD_ROW, f"sector must be a string (row {BAD_ROW}, got int 7)")]
+        FieldError("sector", BAD_ROW, f"sector must be a string (row {BAD_ROW}, got int 7)")
+    ]
 
 
 def test_values_outside_the_training_range_are_flagged_not_refused() -> None:
@@ -235,8 +315,12 @@ def test_values_outside_the_training_range_are_flagged_not_refused() -> None:
 
     checked = validate(frame, KNOWN, ranges, on_unknown_category="flag")
 
-    assert checked.flags == ["", "net_usable_area", "net_usable_area,net_area",
-                             "sector,net_usable_area"]
+    assert checked.flags == [
+        "",
+        "net_usable_area",
+        "net_usable_area,net_area",
+        "sector,net_usable_area",
+    ]
     assert checked.frame["net_usable_area"].tolist() == [140.0, 400.0, 4_000.0, 30.0]
 
 
@@ -268,7 +352,9 @@ def test_physical_bounds_are_inclusive() -> None:
     checked = validate(frame, KNOWN, WIDE)
 
     assert checked.frame[[f.name for f in NUMERIC_FEATURES]].to_numpy().tolist() == [
-        [f.minimum for f in NUMERIC_FEATURES], [f.maximum for f in NUMERIC_FEATURES]]
+        [f.minimum for f in NUMERIC_FEATURES],
+        [f.maximum for f in NUMERIC_FEATURES],
+    ]
 
 
 def test_rows_are_positions_not_index_labels() -> None:
@@ -290,8 +376,10 @@ def test_ten_thousand_unknown_columns_and_a_megabyte_value_give_a_short_error() 
 
     unknown = [e for e in error.errors if e.field.startswith("extra_")]
     assert [e.field for e in unknown] == [f"extra_{n}" for n in range(NAMES_SHOWN)]
-    assert FieldError("columns", None,
-                      f"{10_000 - NAMES_SHOWN} more columns are not features") in error.errors
+    assert (
+        FieldError("columns", None, f"{10_000 - NAMES_SHOWN} more columns are not features")
+        in error.errors
+    )
     [sector] = [e for e in error.errors if e.field == "sector"]
     assert sector.row == BAD_ROW and "'xxxxxxxx" in sector.message
     assert len(str(error)) < 2_000

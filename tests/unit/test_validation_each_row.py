@@ -101,9 +101,18 @@ def test_each_kind_of_problem_gets_validates_message_without_the_row() -> None:
 def test_expected_reasons_for_some_problems() -> None:
     """The reference itself, spelled out, so that a change in both functions is seen too."""
     rooms, bathrooms = NUMERIC_BY_NAME["n_rooms"], NUMERIC_BY_NAME["n_bathroom"]
-    frame = frame_of([listing(net_area="0.5"), listing(), listing(latitude=float("nan")),
-                      listing(n_rooms=-1.0), listing(sector="Marte"), listing(type=1.5),
-                      listing(n_bathroom=21.0, sector=5), listing(n_rooms=2.5)])
+    frame = frame_of(
+        [
+            listing(net_area="0.5"),
+            listing(),
+            listing(latitude=float("nan")),
+            listing(n_rooms=-1.0),
+            listing(sector="Marte"),
+            listing(type=1.5),
+            listing(n_bathroom=21.0, sector=5),
+            listing(n_rooms=2.5),
+        ]
+    )
 
     _, reasons = each_row(frame)
 
@@ -114,7 +123,7 @@ def test_expected_reasons_for_some_problems() -> None:
         4: "sector 'Marte' is unknown; known: las condes, nunoa, vitacura",
         5: "type must be a string (got float 1.5)",
         6: f"n_bathroom must be from {bathrooms.allowed()} (got 21); "
-           "sector must be a string (got int 5)",
+        "sector must be a string (got int 5)",
         7: "n_rooms must be a whole number (got 2.5)",
     }
 
@@ -139,8 +148,7 @@ def test_valid_rows_are_what_validate_returns_for_them_alone() -> None:
     expected = validate(frame_of(alone), KNOWN, NARROW)
     assert_same(checked, expected)
     assert checked.frame.index.tolist() == list(range(len(alone)))
-    assert checked.flags == ["net_usable_area" if r["net_usable_area"] > 200 else ""
-                             for r in alone]
+    assert checked.flags == ["net_usable_area" if r["net_usable_area"] > 200 else "" for r in alone]
     assert checked.flags.count("net_usable_area") >= 2
 
 
@@ -177,7 +185,8 @@ def test_every_bad_row_gets_its_reason_without_a_cap() -> None:
     assert sorted(reasons) == bad
     area = NUMERIC_BY_NAME["net_usable_area"]
     assert set(reasons.values()) == {
-        f"net_usable_area must be from {area.allowed()} {area.unit} (got -1)"}
+        f"net_usable_area must be from {area.allowed()} {area.unit} (got -1)"
+    }
     assert checked.frame["net_usable_area"].tolist() == [140.0 + n for n in range(0, rows, 2)]
     with pytest.raises(ValidationError) as caught:
         validate(frame, KNOWN, WIDE)
@@ -196,8 +205,15 @@ def test_when_every_row_is_invalid_no_row_is_returned() -> None:
 
 
 def test_flag_policy_keeps_and_flags_unknown_categories() -> None:
-    frame = frame_of([listing(sector="Marte "), listing(sector=7), listing(),
-                      listing(type="Oficina", net_usable_area=400.0), listing(n_rooms=-1.0)])
+    frame = frame_of(
+        [
+            listing(sector="Marte "),
+            listing(sector=7),
+            listing(),
+            listing(type="Oficina", net_usable_area=400.0),
+            listing(n_rooms=-1.0),
+        ]
+    )
 
     checked, reasons = each_row(frame, NARROW, on_unknown_category="flag")
 

@@ -42,11 +42,15 @@ MAX_ROWS = 8
 Columns = dict[str, list[Any]]
 Ranges = dict[str, tuple[float, float]]
 
-PROPERTY = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPERTY = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 # Strategies.
+
 
 @st.composite
 def training_ranges(draw: st.DrawFn) -> Ranges:
@@ -59,8 +63,7 @@ def training_ranges(draw: st.DrawFn) -> Ranges:
     return ranges
 
 
-def numbers_between(low: float, high: float,
-                    whole: bool = False) -> st.SearchStrategy[float | int]:
+def numbers_between(low: float, high: float, whole: bool = False) -> st.SearchStrategy[float | int]:
     """Floats in [low, high], and the integers there too (clients send both); only whole
     numbers (as integers or floats) when `whole`."""
     integers = st.integers(math.ceil(low), math.floor(high))
@@ -78,12 +81,15 @@ def valid_columns(draw: st.DrawFn, ranges: Ranges, min_rows: int = 1) -> Columns
     rows = draw(st.integers(min_rows, MAX_ROWS))
     columns: Columns = {}
     for name in CATEGORICAL_NAMES:
-        columns[name] = draw(st.lists(st.sampled_from(KNOWN[name]), min_size=rows,
-                                      max_size=rows))
+        columns[name] = draw(st.lists(st.sampled_from(KNOWN[name]), min_size=rows, max_size=rows))
     for name in NUMERIC_NAMES:
-        columns[name] = draw(st.lists(numbers_between(*ranges[name],
-                                                      NUMERIC_BY_NAME[name].integral),
-                                      min_size=rows, max_size=rows))
+        columns[name] = draw(
+            st.lists(
+                numbers_between(*ranges[name], NUMERIC_BY_NAME[name].integral),
+                min_size=rows,
+                max_size=rows,
+            )
+        )
     return columns
 
 
@@ -93,11 +99,13 @@ def frames(draw: st.DrawFn, columns: Columns) -> pd.DataFrame:
     order = draw(st.permutations(list(columns)))
     frame = pd.DataFrame({name: columns[name] for name in order})
     rows = len(frame)
-    frame.index = draw(st.one_of(
-        st.just(pd.RangeIndex(rows)),
-        st.permutations(range(10, 10 + rows)).map(pd.Index),
-        st.lists(st.text(max_size=3), min_size=rows, max_size=rows, unique=True).map(pd.Index),
-    ))
+    frame.index = draw(
+        st.one_of(
+            st.just(pd.RangeIndex(rows)),
+            st.permutations(range(10, 10 + rows)).map(pd.Index),
+            st.lists(st.text(max_size=3), min_size=rows, max_size=rows, unique=True).map(pd.Index),
+        )
+    )
     return frame
 
 
@@ -116,8 +124,9 @@ def spellings(draw: st.DrawFn, canonical: str) -> str:
         if char == " ":
             pieces.append(draw(spaces))
         else:
-            letter = draw(st.sampled_from([char, char.upper(), _fullwidth(char),
-                                           _fullwidth(char.upper())]))
+            letter = draw(
+                st.sampled_from([char, char.upper(), _fullwidth(char), _fullwidth(char.upper())])
+            )
             pieces.append(letter + draw(marks))
     padding = st.sampled_from(["", " ", "\t", "\u00a0"])
     spelled = draw(padding) + "".join(pieces) + draw(padding)
@@ -127,12 +136,18 @@ def spellings(draw: st.DrawFn, canonical: str) -> str:
 def out_of_bounds(name: str) -> st.SearchStrategy[float | int]:
     """Finite numbers outside the physical bounds of numeric feature `name`."""
     feature = NUMERIC_BY_NAME[name]
-    below = st.one_of(st.floats(max_value=feature.minimum, exclude_max=True, allow_nan=False,
-                                allow_infinity=False),
-                      st.integers(max_value=math.ceil(feature.minimum) - 1))
-    above = st.one_of(st.floats(min_value=feature.maximum, exclude_min=True, allow_nan=False,
-                                allow_infinity=False),
-                      st.integers(min_value=math.floor(feature.maximum) + 1))
+    below = st.one_of(
+        st.floats(
+            max_value=feature.minimum, exclude_max=True, allow_nan=False, allow_infinity=False
+        ),
+        st.integers(max_value=math.ceil(feature.minimum) - 1),
+    )
+    above = st.one_of(
+        st.floats(
+            min_value=feature.maximum, exclude_min=True, allow_nan=False, allow_infinity=False
+        ),
+        st.integers(min_value=math.floor(feature.maximum) + 1),
+    )
     return st.one_of(below, above)
 
 
@@ -156,13 +171,15 @@ NUMERIC_CORRUPTIONS: dict[str, Callable[[str], st.SearchStrategy[Any]]] = {
     "number-as-string": lambda name: st.one_of(st.floats().map(str), st.integers().map(str)),
     "text": lambda name: st.text(max_size=20),
     "bool": lambda name: st.booleans(),
-    "nested": lambda name: st.one_of(st.lists(st.floats(), max_size=2),
-                                     st.dictionaries(st.text(max_size=3), st.integers(),
-                                                     max_size=2)),
+    "nested": lambda name: st.one_of(
+        st.lists(st.floats(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    ),
     "out-of-bounds": out_of_bounds,
     "fractional": fractions,
     "integer-beyond-float": lambda name: st.integers(min_value=10**309).flatmap(
-        lambda n: st.sampled_from([n, -n])),
+        lambda n: st.sampled_from([n, -n])
+    ),
 }
 CATEGORICAL_CORRUPTIONS: dict[str, Callable[[str], st.SearchStrategy[Any]]] = {
     "unknown": unknown_categories,
@@ -186,11 +203,19 @@ def corruptions(draw: st.DrawFn) -> tuple[str, str, Any]:
 # Anything at all: what a caller of the pyfunc in Python (batch scoring, Spark) might pass.
 # Lone surrogates and complex numbers have their own test below.
 ANYTHING = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=10**309),
-    st.floats(), st.text(max_size=12), st.binary(max_size=6), st.decimals(allow_nan=False),
-    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(),
-                                                         max_size=2),
-    st.datetimes().map(pd.Timestamp), st.just(pd.NA), st.just(pd.NaT),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**309),
+    st.floats(),
+    st.text(max_size=12),
+    st.binary(max_size=6),
+    st.decimals(allow_nan=False),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+    st.datetimes().map(pd.Timestamp),
+    st.just(pd.NA),
+    st.just(pd.NaT),
     st.sampled_from([np.float32(140.5), np.int64(3), np.bool_(True), np.str_("casa")]),
 )
 
@@ -207,8 +232,12 @@ def any_column(draw: st.DrawFn, name: object, rows: int) -> list[Any]:
     elif name in KNOWN:
         plausible = st.sampled_from(KNOWN[name]).flatmap(spellings)
         odd = unknown_categories(name)
-    cells = draw(st.sampled_from([plausible] * 12 + [odd, st.one_of(plausible, odd), ANYTHING,
-                                                     st.one_of(plausible, ANYTHING)]))
+    cells = draw(
+        st.sampled_from(
+            [plausible] * 12
+            + [odd, st.one_of(plausible, odd), ANYTHING, st.one_of(plausible, ANYTHING)]
+        )
+    )
     return draw(st.lists(cells, min_size=rows, max_size=rows))
 
 
@@ -219,8 +248,10 @@ def any_frames(draw: st.DrawFn) -> pd.DataFrame:
     rows = draw(st.integers(0, MAX_ROWS))
     some = st.tuples(
         st.lists(st.sampled_from(FEATURE_NAMES), unique=True, min_size=len(FEATURE_NAMES) - 2),
-        st.lists(st.one_of(st.text(max_size=8), st.integers(), st.sampled_from(FEATURE_NAMES)),
-                 max_size=2),
+        st.lists(
+            st.one_of(st.text(max_size=8), st.integers(), st.sampled_from(FEATURE_NAMES)),
+            max_size=2,
+        ),
     ).map(lambda parts: parts[0] + parts[1])
     names: list[object] = draw(st.permutations(draw(st.one_of(st.just(FEATURE_NAMES), some))))
     data = {position: draw(any_column(name, rows)) for position, name in enumerate(names)}
@@ -235,12 +266,14 @@ def any_frames(draw: st.DrawFn) -> pd.DataFrame:
 
 # Helpers.
 
+
 def frame_of(columns: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
     return pd.DataFrame({name: list(values) for name, values in columns.items()})
 
 
-def refused(frame: pd.DataFrame, ranges: Mapping[str, tuple[float, float]],
-            policy: str = "reject") -> ValidationError:
+def refused(
+    frame: pd.DataFrame, ranges: Mapping[str, tuple[float, float]], policy: str = "reject"
+) -> ValidationError:
     with pytest.raises(ValidationError) as caught:
         validate(frame, KNOWN, ranges, policy)
     return caught.value
@@ -251,8 +284,9 @@ def flag_sets(checked: ValidatedInput) -> list[set[str]]:
 
 
 def is_real_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) \
-        and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
 
 
 def assert_nothing_coerced(frame: pd.DataFrame, checked: ValidatedInput) -> None:
@@ -269,6 +303,7 @@ def assert_nothing_coerced(frame: pd.DataFrame, checked: ValidatedInput) -> None
 
 
 # Properties.
+
 
 @PROPERTY
 @given(data=st.data())
@@ -293,7 +328,8 @@ def test_rows_inside_the_training_ranges_pass_unflagged_and_unchanged(data: st.D
 @PROPERTY
 @given(data=st.data())
 def test_values_outside_the_training_range_are_flagged_with_exactly_their_features(
-        data: st.DataObject):
+    data: st.DataObject,
+):
     ranges = data.draw(training_ranges())
     columns = data.draw(valid_columns(ranges))
     rows = len(columns["type"])
@@ -306,8 +342,11 @@ def test_values_outside_the_training_range_are_flagged_with_exactly_their_featur
         else:
             below = st.floats(feature.minimum, low, exclude_max=True)
             above = st.floats(high, feature.maximum, exclude_min=True)
-        outside = [values for values, there in ((below, low > feature.minimum),
-                                                (above, high < feature.maximum)) if there]
+        outside = [
+            values
+            for values, there in ((below, low > feature.minimum), (above, high < feature.maximum))
+            if there
+        ]
         if not outside:
             continue
         for row in data.draw(st.sets(st.integers(0, rows - 1))):
@@ -322,7 +361,8 @@ def test_values_outside_the_training_range_are_flagged_with_exactly_their_featur
 @PROPERTY
 @given(data=st.data(), corruption=corruptions())
 def test_one_corrupted_cell_is_refused_naming_exactly_its_field_and_row(
-        data: st.DataObject, corruption: tuple[str, str, Any]):
+    data: st.DataObject, corruption: tuple[str, str, Any]
+):
     field, _kind, value = corruption
     ranges = data.draw(training_ranges())
     columns = data.draw(valid_columns(ranges))
@@ -341,7 +381,8 @@ def test_one_corrupted_cell_is_refused_naming_exactly_its_field_and_row(
 @PROPERTY
 @given(data=st.data(), corruption=corruptions())
 def test_many_rows_with_one_problem_are_capped_with_a_count_of_the_rest(
-        data: st.DataObject, corruption: tuple[str, str, Any]):
+    data: st.DataObject, corruption: tuple[str, str, Any]
+):
     field, _kind, value = corruption
     ranges = data.draw(training_ranges())
     columns = data.draw(valid_columns(ranges))
@@ -355,22 +396,30 @@ def test_many_rows_with_one_problem_are_capped_with_a_count_of_the_rest(
     shown = bad[:ROWS_SHOWN_PER_PROBLEM]
     hidden = len(bad) - len(shown)
     assert [(e.field, e.row) for e in error.errors] == (
-        [(field, row) for row in shown] + ([(field, None)] if hidden else []))
+        [(field, row) for row in shown] + ([(field, None)] if hidden else [])
+    )
     if hidden:
         assert error.errors[-1].message == f"{field}: the same problem in {hidden} more rows"
 
 
 @settings(PROPERTY, max_examples=300)
-@given(frame=any_frames(), policy=st.one_of(st.sampled_from(["reject", "flag"]),
-                                            st.sampled_from(["reject", "flag"]),
-                                            st.sampled_from(["reject", "flag"]),
-                                            st.text(max_size=8)))
-def test_nothing_but_validation_error_escapes_and_nothing_is_coerced(frame: pd.DataFrame,
-                                                                     policy: str):
+@given(
+    frame=any_frames(),
+    policy=st.one_of(
+        st.sampled_from(["reject", "flag"]),
+        st.sampled_from(["reject", "flag"]),
+        st.sampled_from(["reject", "flag"]),
+        st.text(max_size=8),
+    ),
+)
+def test_nothing_but_validation_error_escapes_and_nothing_is_coerced(
+    frame: pd.DataFrame, policy: str
+):
     rows = len(frame)
     try:
-        checked = validate(frame, KNOWN, {n: (f.minimum, f.maximum) for n, f in
-                                          NUMERIC_BY_NAME.items()}, policy)
+        checked = validate(
+            frame, KNOWN, {n: (f.minimum, f.maximum) for n, f in NUMERIC_BY_NAME.items()}, policy
+        )
     except ValidationError as error:
         event("refused")
         assert error.errors, "a ValidationError names at least one problem"
@@ -396,15 +445,19 @@ def test_nothing_but_validation_error_escapes_and_nothing_is_coerced(frame: pd.D
 
 @PROPERTY
 @given(data=st.data(), policy=st.sampled_from(["reject", "flag"]))
-def test_the_spelling_of_a_category_never_changes_the_outcome(data: st.DataObject,
-                                                               policy: str):
+def test_the_spelling_of_a_category_never_changes_the_outcome(data: st.DataObject, policy: str):
     ranges = data.draw(training_ranges())
     columns = data.draw(valid_columns(ranges))
     rows = len(columns["sector"])
     for row in data.draw(st.sets(st.integers(0, rows - 1))):
         columns["sector"][row] = data.draw(st.sampled_from(UNKNOWN_SECTORS))
-    respelled = {**columns, **{name: [data.draw(spellings(value)) for value in columns[name]]
-                               for name in CATEGORICAL_NAMES}}
+    respelled = {
+        **columns,
+        **{
+            name: [data.draw(spellings(value)) for value in columns[name]]
+            for name in CATEGORICAL_NAMES
+        },
+    }
 
     outcomes = []
     for variant in (columns, respelled):
@@ -426,20 +479,25 @@ def test_the_spelling_of_a_category_never_changes_the_outcome(data: st.DataObjec
 # Values JSON cannot carry, but a Python caller of the model can: refused, never crashing
 # validate with another exception and never coerced.
 
+
 def _one_listing(dtype: type | None = None, **changes: object) -> pd.DataFrame:
     return pd.DataFrame([{**example_listing(), **changes}], dtype=dtype)
 
 
-@pytest.mark.parametrize(("frame", "field"), [
-    # pandas 3 stores text as UTF-8 (pyarrow): an object column holding a lone surrogate
-    pytest.param(_one_listing(object, sector="\ud800"), "sector", id="lone-surrogate-sector"),
-    # a complex128 column is "numeric" to pandas; casting it to float drops the imaginary part
-    pytest.param(_one_listing(net_area=170 + 5j), "net_area", id="complex-net-area"),
-    pytest.param(_one_listing(object, net_area=170 + 5j), "net_area", id="complex-object"),
-    pytest.param(_one_listing(object, net_area=Decimal("170")), "net_area", id="decimal"),
-])
-def test_values_json_cannot_carry_are_refused_naming_field_and_row(frame: pd.DataFrame,
-                                                                   field: str) -> None:
+@pytest.mark.parametrize(
+    ("frame", "field"),
+    [
+        # pandas 3 stores text as UTF-8 (pyarrow): an object column holding a lone surrogate
+        pytest.param(_one_listing(object, sector="\ud800"), "sector", id="lone-surrogate-sector"),
+        # a complex128 column is "numeric" to pandas; casting it to float drops the imaginary part
+        pytest.param(_one_listing(net_area=170 + 5j), "net_area", id="complex-net-area"),
+        pytest.param(_one_listing(object, net_area=170 + 5j), "net_area", id="complex-object"),
+        pytest.param(_one_listing(object, net_area=Decimal("170")), "net_area", id="decimal"),
+    ],
+)
+def test_values_json_cannot_carry_are_refused_naming_field_and_row(
+    frame: pd.DataFrame, field: str
+) -> None:
     wide = {n: (f.minimum, f.maximum) for n, f in NUMERIC_BY_NAME.items()}
 
     error = refused(frame, wide)
