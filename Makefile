@@ -132,8 +132,10 @@ mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 (runs, registry, aliase
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
 
 .PHONY: lint
-lint: install ## ruff and hadolint
+lint: install ## ruff (rules and format), mypy, hadolint; .pre-commit-config.yaml runs the same
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/hadolint docker/Dockerfile
 
 .PHONY: test

@@ -60,7 +60,7 @@ def require_json() -> str:
 def read_body() -> bytes:
     """The whole body; 413 PAYLOAD_TOO_LARGE past MAX_CONTENT_LENGTH. Werkzeug stops a chunked
     body at the limit without saying whether more follows: one more byte of it tells."""
-    limit = request.max_content_length
+    limit = request.max_content_length or 0
     try:
         data = request.get_data(cache=False)
     except RequestEntityTooLarge:

@@ -52,7 +52,7 @@ def prediction_fields(
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         logger.warning("could not read the model's predictions: %r", exc)
         return {"payload_error": "unreadable predictions"}
-    metrics.observe_prices([p for p in prices if type(p) in (int, float) and math.isfinite(p)])
+    metrics.observe_prices([p for p in prices if isinstance(p, (int, float)) and math.isfinite(p)])
     if not (log_payloads or drift.active):
         return {}
     features = columns()
@@ -94,9 +94,9 @@ def init_app(
         record.upstream_latency_ms = round(answer.seconds * 1000, 3)
         metrics.upstream_duration.observe(answer.seconds)
         if answer.status != 200:
-            error = upstream.failure(answer)
-            _count_invalid_fields(metrics, error)
-            raise error
+            failure = upstream.failure(answer)
+            _count_invalid_fields(metrics, failure)
+            raise failure
         metrics.rows_predicted.inc(batch.rows)
         record.extra = partial(
             prediction_fields, batch.columns, answer.body, metrics, drift, log_payloads

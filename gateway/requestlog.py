@@ -81,7 +81,8 @@ class JsonLineFormatter(logging.Formatter):
     """A record whose `msg` is a function returning the fields, as one line of JSON."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return orjson.dumps(record.msg()).decode()
+        fields: Callable[[], dict] = record.msg  # type: ignore[assignment]
+        return orjson.dumps(fields()).decode()
 
 
 class AppendHandler(logging.Handler):

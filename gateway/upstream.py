@@ -43,7 +43,7 @@ MAX_ERRORS = 100
 class RetryUnanswered(Retry):
     """Retry, except after a read timeout: the model server has the request and is slow."""
 
-    def increment(self, method=None, url=None, response=None, error=None, **kwargs) -> Retry:
+    def increment(self, method=None, url=None, response=None, error=None, **kwargs):  # type: ignore[override]
         if isinstance(error, ReadTimeoutError):
             raise error
         return super().increment(method, url, response, error, **kwargs)
@@ -111,7 +111,7 @@ class Upstream:
                 redirect=False,
                 preload_content=False,
             )
-            content = _read_by(response, time.monotonic() + self._timeout.read_timeout)
+            content = _read_by(response, time.monotonic() + (self._timeout.read_timeout or 0))
         except (ReadTimeoutError, AnswerTooSlow):
             raise GatewayError(
                 errors.UPSTREAM_TIMEOUT,

@@ -76,7 +76,7 @@ def _trees(estimator) -> Predictor | None:
 
 def _members(ensemble) -> list[Predictor] | None:
     members = [_trees(estimator) for estimator in ensemble.estimators_]
-    return None if None in members else members
+    return [m for m in members if m is not None] if None not in members else None
 
 
 def _voting(voting) -> Predictor | None:

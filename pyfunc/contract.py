@@ -25,7 +25,7 @@ Imports only the standard library and the schema: the gateway uses it on its req
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from pyfunc.schema import FEATURE_NAMES, NumericFeature
@@ -161,7 +161,7 @@ def not_whole(feature: NumericFeature, row: int | None, value: float) -> str:
     return f"{feature.name} must be a whole number {_got(row, f'{value:g}')}"
 
 
-def unknown_category(name: str, value: object, row: int | None, known: Sequence[str]) -> str:
+def unknown_category(name: str, value: object, row: int | None, known: Iterable[str]) -> str:
     at = "" if row is None else f" (row {row})"
     return f"{name} {shown(value)} is unknown{at}; known: {', '.join(sorted(known))}"
 

@@ -34,7 +34,7 @@ def numeric_shares(values: Iterable[float], edges: Sequence[float]) -> list[floa
     for value in values:
         counts[bisect_right(edges, value)] += 1
     n = sum(counts)
-    return [c / n for c in counts] if n else counts
+    return [c / n for c in counts] if n else [0.0] * len(counts)
 
 
 def categorical_shares(values: Iterable[str], categories: Sequence[str]) -> list[float]:
@@ -43,7 +43,7 @@ def categorical_shares(values: Iterable[str], categories: Sequence[str]) -> list
     n = sum(counts.values())
     known = [counts.get(c, 0) for c in categories]
     shares = [*known, n - sum(known)]
-    return [s / n for s in shares] if n else shares
+    return [s / n for s in shares] if n else [0.0] * len(shares)
 
 
 def feature_drift(

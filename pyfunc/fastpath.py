@@ -23,6 +23,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -152,7 +153,7 @@ class FastPipeline:
     unknown_encoding: Mapping[str, float]
     regressor: Predictor  # the fitted regressor, compiled
     inverse_exp: bool
-    target_transformer: object | None
+    target_transformer: Any | None
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Prices of validated features (as `validate` returns them)."""
@@ -306,7 +307,7 @@ def probe_listings(
 ) -> pd.DataFrame:
     """Listings spread over the known categories and the training ranges (unknown ones too)."""
     rng = np.random.default_rng(seed)
-    frame = {}
+    frame: dict[str, Any] = {}
     for name in CATEGORICAL_NAMES:
         choices = [*known_categories[name], _UNKNOWN]
         frame[name] = [choices[i % len(choices)] for i in rng.permutation(rows)]

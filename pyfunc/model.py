@@ -14,7 +14,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.pyfunc import PythonModel
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from pyfunc import contract, fastpath
 from pyfunc.contract import INVALID_ROW_POLICIES, FieldError, ValidationError
@@ -69,7 +70,7 @@ class InvalidInputError(MlflowException):
             self._message = value
 
 
-class PropertyValuationModel(mlflow.pyfunc.PythonModel):
+class PropertyValuationModel(PythonModel):
     """Prices listings in UF; flags values outside the training data's range."""
 
     def load_context(self, context) -> None:
@@ -138,11 +139,15 @@ class PropertyValuationModel(mlflow.pyfunc.PythonModel):
 def signature() -> ModelSignature:
     """Columns are optional in the signature so that the model's validator, not MLflow's,
     answers a missing column with a message naming it."""
-    inputs = Schema(
-        [ColSpec("string", name, required=False) for name in CATEGORICAL_NAMES]
-        + [ColSpec("double", name, required=False) for name in NUMERIC_NAMES]
-    )
-    outputs = Schema([ColSpec("double", PREDICTION_COLUMN), ColSpec("string", FLAG_COLUMN)])
+    columns: list[ColSpec | TensorSpec] = [
+        *(ColSpec("string", name, required=False) for name in CATEGORICAL_NAMES),
+        *(ColSpec("double", name, required=False) for name in NUMERIC_NAMES),
+    ]
+    answer: list[ColSpec | TensorSpec] = [
+        ColSpec("double", PREDICTION_COLUMN),
+        ColSpec("string", FLAG_COLUMN),
+    ]
+    inputs, outputs = Schema(columns), Schema(answer)
     params = ParamSchema(
         [
             ParamSpec("on_unknown_category", "string", "reject"),

@@ -25,9 +25,18 @@ def model_uri(name: str, version: str | int | None = None, alias: str | None = N
     return f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
 
 
+def _in_stage(client: MlflowClient, name: str, stage: str) -> ModelVersion | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still used
+        return next(iter(client.get_latest_versions(name, stages=[stage])), None)
+
+
 def lookup(uri: str) -> ModelVersion:
     """The version a `models:/` URI names now (by number, alias or stage), or UserError."""
-    name, alias, ref = _URI.match(uri).group("name", "alias", "ref")
+    match = _URI.match(uri)
+    if match is None:
+        raise UserError(f"{uri} is not a registry URI (models:/NAME/VERSION, @ALIAS or /STAGE)")
+    name, alias, ref = match.group("name", "alias", "ref")
     client = MlflowClient()
     try:
         found = (
@@ -35,7 +44,7 @@ def lookup(uri: str) -> ModelVersion:
             if alias
             else client.get_model_version(name, ref)
             if ref.isdigit()
-            else next(iter(client.get_latest_versions(name, stages=[ref])), None)
+            else _in_stage(client, name, ref)
         )
     except MlflowException as error:
         if error.error_code not in _NOT_FOUND:

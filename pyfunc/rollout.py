@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.models import convert_input_example_to_serving_input
+from mlflow.pyfunc import PyFuncModel
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from pyfunc import servers
@@ -93,7 +93,7 @@ class Controller:
         for result in RESULTS:
             self.rollouts.labels(result)
         self.serving: Serving | None = None
-        self._model: mlflow.pyfunc.PyFuncModel | None = None  # the serving version, loaded
+        self._model: PyFuncModel | None = None  # the serving version, loaded
         self._skip: str | None = None  # refused or failed: not tried again while targeted
 
     def adopt(self) -> None:
@@ -190,7 +190,7 @@ class Controller:
             time.sleep(drain)  # every gateway worker switched; what was sent is answered
             servers.stop(old.servers)
 
-    def _check(self, target: dict[str, Any], old: Serving | None) -> mlflow.pyfunc.PyFuncModel:
+    def _check(self, target: dict[str, Any], old: Serving | None) -> PyFuncModel:
         """The checks of promote; the loaded model, or Refused with the reason."""
         try:
             model = check_loadable(target["uri"])
@@ -215,13 +215,11 @@ class Controller:
     def _tags(self, target: dict[str, Any]) -> dict[str, str]:
         return lookup(model_uri(target["name"], target["version"])).tags
 
-    def _start_checked(
-        self, model: mlflow.pyfunc.PyFuncModel, uri: str, count: int
-    ) -> tuple[Server, ...]:
+    def _start_checked(self, model: PyFuncModel, uri: str, count: int) -> tuple[Server, ...]:
         """`count` servers on `uri`, each answering /ping and pricing the canary like `model`;
         none left running on failure."""
         example = model.input_example
-        canary = convert_input_example_to_serving_input(example).encode()
+        canary = (convert_input_example_to_serving_input(example) or "").encode()
         expected = model.predict(example)
         started: list[Server] = []
         try:
@@ -243,6 +241,8 @@ class Controller:
     def _heal(self) -> None:
         """Replace dead servers (and top the pool up to MODEL_SERVERS)."""
         serving = self.serving
+        if serving is None:
+            return
         live = tuple(s for s in serving.servers if servers.alive(s.pid))
         missing = self.settings.model_servers - len(live)
         if len(live) == len(serving.servers) and missing <= 0:

@@ -61,7 +61,11 @@ NUMERIC_FEATURES: tuple[NumericFeature, ...] = (
 
 TARGET = NumericFeature("price", "Listing price.", 1_000, 1_000_000, 14_500.0, "UF")
 
-FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in (*CATEGORICAL_FEATURES, *NUMERIC_FEATURES))
+FEATURES: tuple[CategoricalFeature | NumericFeature, ...] = (
+    *CATEGORICAL_FEATURES,
+    *NUMERIC_FEATURES,
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 CATEGORICAL_NAMES: tuple[str, ...] = tuple(f.name for f in CATEGORICAL_FEATURES)
 NUMERIC_NAMES: tuple[str, ...] = tuple(f.name for f in NUMERIC_FEATURES)
 NUMERIC_BY_NAME: dict[str, NumericFeature] = {f.name: f for f in NUMERIC_FEATURES}
@@ -85,4 +89,4 @@ def normalize_category(value: str) -> str:
 
 def example_listing() -> dict[str, object]:
     """One valid listing built from the schema's examples."""
-    return {f.name: f.example for f in (*CATEGORICAL_FEATURES, *NUMERIC_FEATURES)}
+    return {f.name: f.example for f in FEATURES}

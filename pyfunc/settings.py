@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
+from typing import cast
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -157,7 +158,7 @@ class Settings(
         token = _GIVEN_VALUES_ONLY.set(environ is not None)
         try:
             values = {k.lower(): v for k, v in (environ or {}).items() if v.strip()}
-            return cls(**values)
+            return cls(**values)  # type: ignore[arg-type]  # pydantic parses the strings
         except ValidationError as error:
             raise SettingsError(_describe(error)) from None
         finally:
@@ -193,7 +194,7 @@ def env_example() -> str:
     ]
     for group in reversed(Settings.__bases__[:-1]):  # the groups, BaseSettings left out
         lines += ["", f"# --- {group.__doc__} ---"]
-        for name, field in group.model_fields.items():
+        for name, field in cast(type[BaseModel], group).model_fields.items():
             default = "" if field.default_factory else field.default
             value = str(default).lower() if isinstance(default, bool) else str(default)
             lines += [f"# {field.description}", f"{name.upper()}={value}"]

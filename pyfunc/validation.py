@@ -78,7 +78,7 @@ class _Findings:
         """Report the rows of `mask`; `describe(row, shown_row)` words one (shown_row None:
         the message leaves the row out)."""
         rows = np.flatnonzero(mask)
-        self.errors += contract.errors_for_rows(name, rows, lambda r: describe(r, r))
+        self.errors += contract.errors_for_rows(name, rows.tolist(), lambda r: describe(r, r))
         for r in rows.tolist() if self.each_row else ():
             self.by_row.setdefault(r, []).append(describe(r, None))
 

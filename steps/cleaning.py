@@ -73,7 +73,7 @@ def _refuse_rows(where: str, name: str, kind: str, column: pd.Series, bad: pd.Se
         _refuse(
             where,
             contract.errors_for_rows(
-                name, rows, lambda r: contract.wrong_type(name, kind, r, values[r])
+                name, rows.tolist(), lambda r: contract.wrong_type(name, kind, r, values[r])
             ),
         )
 

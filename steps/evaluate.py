@@ -135,11 +135,10 @@ def run_evaluate(
     """Evaluate in a step run, tag the model version; returns the verdict, compared with
     version `against` (default: the current champion)."""
     version = version or registry.latest_version(settings.model_name)
-    with step_run("evaluate"):
+    with step_run("evaluate") as run:
         uri = registry.model_uri(settings.model_name, version)
-        ingest_run_id = ingest_run_id or mlflow.get_run(registry.lookup(uri).run_id).data.tags.get(
-            "ingest_run_id", ""
-        )
+        run_id = registry.lookup(uri).run_id or ""
+        ingest_run_id = ingest_run_id or mlflow.get_run(run_id).data.tags.get("ingest_run_id", "")
         if not ingest_run_id:
             raise StepError(f"version {version} does not name its ingest run; pass --ingest-run-id")
         test = load_frame(ingest_run_id, CLEAN_TEST)
@@ -154,7 +153,7 @@ def run_evaluate(
         tags = {
             **{k: f"{v:.6g}" for k, v in result.metrics.items()},
             "verdict": outcome,
-            "evaluated_by_run": mlflow.active_run().info.run_id,
+            "evaluated_by_run": run.info.run_id,
         }
         if champion is not None:
             tags |= {"champion_version": champion_version, "champion_test_mae": f"{champion:.6g}"}

@@ -65,7 +65,7 @@ def _ignored(raw: pd.DataFrame) -> list[str]:
 
 
 def report_metrics(reports: dict[str, CleaningReport]) -> dict[str, float]:
-    metrics = {}
+    metrics: dict[str, float] = {}
     for split, report in reports.items():
         metrics[f"{split}_rows_read"] = report.rows_read
         metrics[f"{split}_rows_kept"] = report.rows_kept

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import click
 import mlflow
+from mlflow.pyfunc import PyFuncModel
 
 from pyfunc import registry
 from pyfunc.settings import Settings
@@ -45,7 +46,7 @@ def gate(tags: dict[str, str], force: bool) -> tuple[bool, str]:
     return True, f"verdict {outcome!r}"
 
 
-def check_loadable(uri: str) -> mlflow.pyfunc.PyFuncModel:
+def check_loadable(uri: str) -> PyFuncModel:
     """Load the model and price its input example (the model is returned), or raise StepError."""
     try:
         model = mlflow.pyfunc.load_model(uri)

@@ -216,7 +216,7 @@ def open_source(spec: str, train: str = "train", test: str = "test") -> DataSour
     if "://" in spec:
         return SqlSource(spec, train, test)
     if spec == "synthetic" or spec.startswith("synthetic:"):
-        return SyntheticSource(**_synthetic_options(spec.partition(":")[2]))
+        return SyntheticSource(**_synthetic_options(spec.partition(":")[2]))  # type: ignore[arg-type]
     return CsvFolderSource(Path(spec), train, test)
 
 

@@ -206,6 +206,27 @@ def check_mlflow_ui(readme: Readme, command: str) -> None:
         stop_process_group(process)
 
 
+def check_env_example(readme: Readme, command: str) -> None:
+    (readme.root / ".env.example").unlink()
+    readme.run(command)
+    assert (readme.root / ".env.example").read_text() == (PROJECT_DIR / ".env.example").read_text()
+
+
+def check_dotenv(readme: Readme, command: str) -> None:
+    readme.run(command)
+    dotenv = readme.root / ".env"
+    try:
+        assert dotenv.read_text() == (readme.root / ".env.example").read_text()
+        dotenv.write_text(dotenv.read_text().replace("GATEWAY_THREADS=8", "GATEWAY_THREADS=13"))
+        read = readme.run(
+            "env -u GATEWAY_THREADS python -c "
+            "'from pyfunc.settings import Settings; print(Settings.from_env().gateway_threads)'"
+        )
+        assert read.stdout.strip() == "13"
+    finally:
+        dotenv.unlink(missing_ok=True)
+
+
 def check_make_data(readme: Readme, command: str) -> None:
     readme.run(command)
     train, test = generate_splits()
@@ -340,6 +361,8 @@ CHECKS: dict[str, Callable[[Readme, str], None]] = {
     "mlflow run . -e rollback --env-manager local": check_rollback,
     "make mlflow-ui": check_mlflow_ui,
     "make data": check_make_data,
+    "python -m pyfunc.settings > .env.example": check_env_example,
+    "cp .env.example .env": check_dotenv,
     f"{BATCH} -P input=data/test.csv -P output=scored.parquet": check_batch_csv,
     f"{BATCH} -P input=listings.parquet -P output=scored.parquet "
     "-P engine=spark": check_batch_spark,

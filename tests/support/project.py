@@ -21,6 +21,7 @@ from pyfunc.settings import PROJECT_DIR
 from tests.support.processes import free_port, subprocess_env
 
 PROJECT_FILES = (
+    ".env.example",
     "MLproject",
     "Makefile",
     "README.md",

@@ -23,7 +23,8 @@ def test_only_successful_rows_are_read_newest_last_and_normalized(tmp_path):
     write_log(log, [old])
     write_log(log, [generate_listings(5, 4, dirty=False)], status=400)
     write_log(log, [new])
-    log.open("a").write('{"status": 200, "features": {"type": ["ca')  # a torn last line
+    with log.open("a") as torn:
+        torn.write('{"status": 200, "features": {"type": ["ca')  # a torn last line
 
     columns = recent_columns(log, last_rows=25)
 
