@@ -28,14 +28,23 @@ export MODEL_PORT GATEWAY_PORT CONTROLLER_METRICS_PORT
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the versions of uv.lock (exported with hashes to requirements/dev.txt), then the
+# project itself, editable.
+$(VENV)/.installed: pyproject.toml requirements/dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,spark]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 .PHONY: install
-install: $(VENV)/.installed ## create or update the virtualenv (.venv)
+install: $(VENV)/.installed ## create or update the virtualenv (.venv) from the lock file
+
+.PHONY: lock
+lock: install ## resolve uv.lock again from pyproject.toml; export requirements/*.txt from it
+	$(BIN)/uv lock
+	$(BIN)/uv export --frozen --no-emit-project --quiet -o requirements/gateway.txt
+	$(BIN)/uv export --frozen --no-emit-project --quiet --extra model -o requirements/model.txt
+	$(BIN)/uv export --frozen --no-emit-project --quiet --all-extras -o requirements/dev.txt
 
 .PHONY: system-deps
 system-deps: ## install what the tests run when missing: PostgreSQL, Prometheus, Java (Spark)

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from pyfunc.settings import Settings
+from tests.support.lock import locked_closure, pins
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -189,10 +190,35 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def final_stage() -> list[tuple[str, str]]:
-    instructions = dockerfile_instructions()
-    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
-    return instructions[last_from:]
+def stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """{stage name: (what it is FROM, its own instructions)}, in the Dockerfile's order."""
+    found: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    own: list[tuple[str, str]] = []
+    for keyword, args in dockerfile_instructions():
+        if keyword == "FROM":
+            base, _, name = args.partition(" AS ")
+            own = []
+            found[name] = (base, own)
+        elif found:
+            own.append((keyword, args))
+    return found
+
+
+def target(name: str) -> list[tuple[str, str]]:
+    """The instructions that make the image `docker build --target name` builds, from its
+    first base stage down."""
+    base, own = stages()[name]
+    return (target(base) if base in stages() else []) + own
+
+
+def args_of(instructions: list[tuple[str, str]], keyword: str) -> list[str]:
+    return [args for key, args in instructions if key == keyword]
+
+
+def pip_installs(instructions: list[tuple[str, str]]) -> list[list[str]]:
+    """The arguments of each `pip install` of the RUN instructions (commands split on &&)."""
+    commands = [c.split() for run in args_of(instructions, "RUN") for c in run.split("&&")]
+    return [c[2:] for c in commands if c[:2] == ["pip", "install"]]
 
 
 def dockerignore_patterns() -> list[str]:
@@ -342,38 +368,79 @@ def test_dockerfile_is_multi_stage_on_a_pinned_slim_base():
     assert re.fullmatch(
         r"PYTHON_IMAGE=python:3\.11(\.\d+)?-slim-bookworm(@sha256:[0-9a-f]{64})?", base
     )
-    stages = [args for keyword, args in instructions if keyword == "FROM"]
-    assert stages == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE} AS runtime"]
+    assert {name: base for name, (base, _) in stages().items()} == {
+        "builder": "${PYTHON_IMAGE}",
+        "gateway-venv": "builder",
+        "model-venv": "builder",
+        "runtime": "${PYTHON_IMAGE}",
+        "gateway": "runtime",
+        "model": "runtime",
+    }
+    assert list(stages())[-1] == "model"  # what a build without --target makes
 
 
-def test_final_stage_runs_the_venv_as_non_root_without_build_tools(defaults):
-    stage = final_stage()
-
-    def args_of(name: str) -> list[str]:
-        return [args for keyword, args in stage if keyword == name]
-
-    env = " ".join(args_of("ENV"))
+@pytest.mark.parametrize(
+    ("name", "port", "health", "command"),
+    [
+        ("gateway", "gateway_port", "/health", ["gunicorn", "-c", "gateway/gunicorn.conf.py"]),
+        ("model", "model_port", "/ping", ["python", "-m", "pyfunc.serve", "--host", "0.0.0.0"]),
+    ],
+)
+def test_each_image_runs_its_venv_as_non_root_without_build_tools(
+    defaults, name, port, health, command
+):
+    image = target(name)
+    env = " ".join(args_of(image, "ENV")).split()
     for setting in (
         "PATH=/opt/venv/bin:$PATH",
         "PYTHONDONTWRITEBYTECODE=1",
         "PYTHONUNBUFFERED=1",
         "GATEWAY_HOST=0.0.0.0",
     ):
-        assert setting in env.split(), setting
-    assert "--from=builder /opt/venv /opt/venv" in args_of("COPY")
-    assert args_of("WORKDIR") == ["/app"]
-    assert args_of("USER")[-1].split(":")[0] not in {"root", "0"}
-    runs = " ".join(args_of("RUN"))
+        assert setting in env, setting
+    assert args_of(image, "COPY")[0] == f"--from={name}-venv /opt/venv /opt/venv"
+    assert args_of(image, "WORKDIR") == ["/app"]
+    assert args_of(image, "USER")[-1].split(":")[0] not in {"root", "0"}
+    runs = " ".join(args_of(image, "RUN"))
     assert not re.search(r"apt-get|apk |gcc|build-essential|pip install", runs), runs
-    exposed = {int(port) for args in args_of("EXPOSE") for port in args.split()}
-    assert {defaults.model_port, defaults.gateway_port} <= exposed
-    assert "HEALTHCHECK_URL" in args_of("HEALTHCHECK")[0]
-    assert f"HEALTHCHECK_URL=http://127.0.0.1:{defaults.gateway_port}/health" in env.split()
-    assert args_of("CMD") == ['["gunicorn", "-c", "gateway/gunicorn.conf.py"]']
+    exposed = {int(port) for args in args_of(image, "EXPOSE") for port in args.split()}
+    assert getattr(defaults, port) in exposed
+    assert "HEALTHCHECK_URL" in args_of(image, "HEALTHCHECK")[0]
+    urls = [setting for setting in env if setting.startswith("HEALTHCHECK_URL=")]
+    assert urls[-1] == f"HEALTHCHECK_URL=http://127.0.0.1:{getattr(defaults, port)}{health}"
+    assert json.loads(args_of(image, "CMD")[-1]) == command
 
 
-def test_final_stage_holds_the_mlflow_project_and_the_packages():
-    copied = " ".join(args for keyword, args in final_stage() if keyword == "COPY").split()
+@pytest.mark.parametrize("name", ["gateway", "model"])
+def test_each_venv_installs_its_locked_requirements_and_then_the_project_alone(name):
+    installs = pip_installs(target(f"{name}-venv"))
+    assert len(installs) == 2, installs
+    locked, project = installs
+    assert locked[-2:] == ["-r", f"requirements/{name}.txt"]
+    assert {"--require-hashes", "--no-deps", "--python"} <= set(locked)
+    assert project[-1] == "." and "--no-deps" in project
+    assert "COPY requirements/ requirements/" in [
+        f"COPY {args}" for args in args_of(target(f"{name}-venv"), "COPY")
+    ]
+
+
+def test_the_gateway_image_installs_no_pandas_mlflow_or_scikit_learn():
+    image = target("gateway")
+    venvs = [args.split()[0] for args in args_of(image, "COPY") if args.startswith("--from=")]
+    assert venvs == ["--from=gateway-venv"]
+    (locked,) = [args for args in pip_installs(target("gateway-venv")) if "-r" in args]
+    installed = set(pins(ROOT / locked[locked.index("-r") + 1]))
+    assert installed == locked_closure()  # the project's own dependencies, no extra
+    assert installed & {"pandas", "mlflow", "mlflow-skinny", "scikit-learn", "numpy"} == set()
+    assert {"mlflow", "scikit-learn", "pandas"} <= set(pins(ROOT / "requirements/model.txt"))
+    # the gateway's code alone: the pipeline and the model stay out of /app
+    assert [args for args in args_of(image, "COPY") if not args.startswith("--")] == [
+        "gateway/ gateway/"
+    ]
+
+
+def test_model_image_holds_the_mlflow_project_and_the_packages():
+    copied = " ".join(args_of(target("model"), "COPY")).split()
     mlproject = load_yaml(ROOT / "MLproject")
     pyproject = (ROOT / "pyproject.toml").read_text()
     packages = re.search(r"^packages = \[(.*)\]$", pyproject, re.MULTILINE).group(1)
@@ -394,7 +461,7 @@ def test_copied_files_exist_and_are_not_dockerignored():
             files = (
                 [path]
                 if path.is_file()
-                else [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
+                else [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
             )
             assert files, source
             for file in files:
@@ -433,8 +500,17 @@ def test_dockerignore_keeps_state_secrets_and_tests_out(path):
 def test_compose_defines_the_services_without_a_version_key(compose, services):
     assert "version" not in compose
     assert set(services) == SERVICES
-    for name in APP_SERVICES:
-        assert services[name]["image"] == services["gateway"]["image"], name
+    for name in APP_SERVICES - {"gateway"}:
+        assert services[name]["image"] == services["mlflow"]["image"], name
+    assert services["gateway"]["image"] != services["mlflow"]["image"]
+
+
+def test_each_service_builds_the_image_of_its_role(services):
+    targets = {name: services[name]["build"]["target"] for name in APP_SERVICES}
+    assert targets == {"mlflow": "model", "trainer": "model", "controller": "model"} | {
+        "gateway": "gateway"
+    }
+    assert set(targets.values()) <= set(stages())
 
 
 def test_build_context_and_bind_mounts_exist(compose, services):
