@@ -28,7 +28,7 @@ from urllib3.util import Retry
 from gateway import errors
 from gateway.errors import GatewayError
 from gateway.validation import problem
-from pyfunc.reporting import cut
+from pyfunc.contract import cut
 
 logger = logging.getLogger(__name__)
 

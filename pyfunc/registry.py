@@ -6,10 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 import warnings
+from importlib import metadata
+from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import get_model_dependencies
+from packaging.requirements import InvalidRequirement, Requirement
 
 from pyfunc.errors import UserError
 
@@ -100,6 +104,39 @@ def resolve(uri: str) -> dict:
         "run_id": found.run_id,
         "metrics": {k: float(found.tags[k]) for k in METRIC_TAGS if k in found.tags},
     }
+
+
+def unmet_requirements(lines: list[str]) -> list[str]:
+    """Each pip requirement of `lines` this environment does not satisfy, with what it has."""
+    unmet = []
+    for line in (line.partition("#")[0].strip() for line in lines):
+        if not line or line.startswith("-"):
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            unmet.append(f"{line} (not a requirement)")
+            continue
+        if requirement.marker and not requirement.marker.evaluate():
+            continue
+        try:
+            installed = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            installed = "none"
+        if not requirement.specifier.contains(installed, prereleases=True):
+            unmet.append(f"{requirement} (installed: {installed})")
+    return unmet
+
+
+def check_requirements(uri: str) -> None:
+    """UserError unless this environment has the package versions the model at `uri` was
+    logged with (its requirements.txt): a model unpickled by other versions may fail or err."""
+    unmet = unmet_requirements(Path(get_model_dependencies(uri)).read_text().splitlines())
+    if unmet:
+        raise UserError(
+            f"{uri} was logged with {'; '.join(unmet)}: serve it from an image built from the "
+            "lock file it was trained with, or train it again here"
+        )
 
 
 def set_tags(name: str, version: str, tags: dict[str, str]) -> None:

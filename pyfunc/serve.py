@@ -20,7 +20,7 @@ import click
 
 from pyfunc.errors import UserError
 from pyfunc.profile import load_reference
-from pyfunc.registry import resolve
+from pyfunc.registry import check_requirements, resolve
 from pyfunc.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -82,13 +82,15 @@ def server_env(environ: dict[str, str]) -> dict[str, str]:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 def main(host: str) -> None:
-    """Resolve MODEL_URI, record it, then become `mlflow models serve` on that version."""
+    """Resolve MODEL_URI, check this environment has the package versions the model was logged
+    with, record it, then become `mlflow models serve` on that version."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         settings = Settings.from_env()
         os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
         os.environ["MLFLOW_REGISTRY_URI"] = settings.mlflow_tracking_uri
         info = resolve(settings.model_uri)
+        check_requirements(info["uri"])
     except UserError as error:
         raise click.ClickException(str(error)) from None
     info["reference"] = training_reference(info["uri"])

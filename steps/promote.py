@@ -16,6 +16,7 @@ import mlflow
 from mlflow.pyfunc import PyFuncModel
 
 from pyfunc import registry
+from pyfunc.errors import UserError
 from pyfunc.settings import Settings
 from steps.evaluate import PASSING_VERDICTS
 from steps.tracking import StepError, cli_errors, configure, step_run
@@ -47,11 +48,15 @@ def gate(tags: dict[str, str], force: bool) -> tuple[bool, str]:
 
 
 def check_loadable(uri: str) -> PyFuncModel:
-    """Load the model and price its input example (the model is returned), or raise StepError."""
+    """Check the model's logged package versions are the ones installed, load the model and price
+    its input example (the model is returned); UserError or StepError otherwise."""
     try:
+        registry.check_requirements(uri)
         model = mlflow.pyfunc.load_model(uri)
         model.predict(model.input_example)
         return model
+    except UserError:
+        raise
     except Exception as error:
         raise StepError(
             f"{uri} cannot be loaded or cannot price its input example "

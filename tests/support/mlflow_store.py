@@ -54,13 +54,19 @@ class Store:
         }
 
     @staticmethod
-    def delete_model_files(info: ModelInfo) -> None:
-        """Delete every file of a logged model. MLflow 3 keeps them under the experiment's
-        `models/<model id>/artifacts`, not under the run's own artifact folder."""
+    def model_files(info: ModelInfo) -> Path:
+        """The folder of a logged model's files (MLmodel, requirements.txt, ...). MLflow 3 keeps
+        them under the experiment's `models/<model id>/artifacts`, not under the run's own
+        artifact folder."""
         from urllib.parse import urlparse
 
         import mlflow
 
         location = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path)
         assert (location / "MLmodel").is_file()
-        shutil.rmtree(location)
+        return location
+
+    @classmethod
+    def delete_model_files(cls, info: ModelInfo) -> None:
+        """Delete every file of a logged model."""
+        shutil.rmtree(cls.model_files(info))

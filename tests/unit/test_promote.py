@@ -1,14 +1,24 @@
-"""steps.promote and steps.rollback: the gate, the aliases, the stage mirror, broken versions."""
+"""steps.promote and steps.rollback: the gate, the aliases, the stage mirror, broken versions;
+the package versions a model was logged with, checked by promote, the model server and the
+rollout controller."""
 
 from __future__ import annotations
 
+import logging
 import re
+from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
+from prometheus_client import CollectorRegistry
 
+from pyfunc import serve
+from pyfunc.errors import UserError
 from pyfunc.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, model_uri, move_champion
+from pyfunc.rollout import Controller
 from pyfunc.settings import Settings
 from steps.promote import check_loadable, gate, promote
 from steps.rollback import rollback
@@ -18,6 +28,7 @@ if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
     from sklearn.pipeline import Pipeline
 
+    from steps.params import Params
     from tests.support.mlflow_store import Store
 
 CHAMPION = "champion"
@@ -193,6 +204,59 @@ def test_a_version_without_its_files_is_never_promoted(
         None,
     )
     assert mlflow_store.stages(name) == {"1": PRODUCTION_STAGE, "2": "None"}
+
+
+def test_a_version_logged_with_other_package_versions_is_refused_in_one_line(
+    mlflow_store: Store,
+    versions: list[ModelInfo],
+    settings: Settings,
+    params: Params,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name, installed = settings.model_name, metadata.version("scikit-learn")
+    move_champion(settings.model_name, CHAMPION, "1")
+    requirements = mlflow_store.model_files(versions[1]) / "requirements.txt"
+    logged = requirements.read_text()
+    assert f"scikit-learn=={installed}\n" in logged
+    requirements.write_text(logged.replace(f"scikit-learn=={installed}", "scikit-learn==1.5.0"))
+    uri = model_uri(name, 2)
+    message = (
+        f"{uri} was logged with scikit-learn==1.5.0 (installed: {installed}): serve it from an "
+        "image built from the lock file it was trained with, or train it again here"
+    )
+
+    with pytest.raises(UserError) as refused:
+        check_loadable(uri)
+    assert str(refused.value) == message
+    with pytest.raises(UserError, match=re.escape(message)):
+        promote(settings, "2", force=True)
+    assert mlflow_store.alias(name, CHAMPION) == "1"
+    check_loadable(model_uri(name, 1))  # its twin with the logged versions loads
+
+    store = f"sqlite:///{mlflow_store.root / 'mlflow.db'}"
+    info = tmp_path / "served-model.json"
+    env = {"MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store}
+    started = CliRunner().invoke(
+        serve.main, [], env={**env, "MODEL_URI": uri, "MODEL_INFO_PATH": str(info)}
+    )
+    assert (started.exit_code, started.output.splitlines()[-1]) == (1, f"Error: {message}")
+    assert "Traceback" not in started.output
+
+    metrics = CollectorRegistry()
+    controller = Controller(
+        Settings.from_env({"MODEL_URI": uri, "STATE_DIR": str(tmp_path)}),
+        params,
+        "127.0.0.1",
+        "127.0.0.1",
+        metrics,
+    )
+    with caplog.at_level(logging.WARNING, logger="pyfunc.rollout"):
+        controller.poll()
+    assert controller.serving is None
+    assert metrics.get_sample_value("model_rollouts_total", {"result": "refused"}) == 1
+    assert f"version 2 refused: {message}; version none keeps serving" in caplog.messages
+    assert not info.exists()
 
 
 def test_rollback_swaps_champion_and_previous_champion(

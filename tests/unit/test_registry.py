@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -15,6 +16,7 @@ from pyfunc.registry import (
     model_uri,
     move_champion,
     resolve,
+    unmet_requirements,
 )
 
 if TYPE_CHECKING:
@@ -118,3 +120,27 @@ def test_a_model_without_versions_says_to_train_first(mlflow_store: Store) -> No
         r"run the train step first$"
     ):
         latest_version("nothing")
+
+
+PACKAGING = metadata.version("packaging")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (f"packaging=={PACKAGING}", []),
+        ("packaging>=1,<1000", []),
+        ("packaging==0.1", [f"packaging==0.1 (installed: {PACKAGING})"]),
+        ("Packaging==0.1  # a comment", [f"Packaging==0.1 (installed: {PACKAGING})"]),
+        ("no-such-package==1.0", ["no-such-package==1.0 (installed: none)"]),
+        ('packaging==0.1; sys_platform == "nowhere"', []),
+        ("-r other-requirements.txt", []),
+        ("# only a comment", []),
+        ("", []),
+        ("packaging===", ["packaging=== (not a requirement)"]),
+    ],
+)
+def test_unmet_requirements_name_the_wanted_and_the_installed_version(
+    line: str, expected: list[str]
+) -> None:
+    assert unmet_requirements([line]) == expected
