@@ -29,8 +29,9 @@ PROJECT_FILES = (
     "params.yaml",
     "pyproject.toml",
     "python_env.yaml",
+    "uv.lock",
 )
-PROJECT_FOLDERS = ("docker", "gateway", "pyfunc", "steps", "tests")
+PROJECT_FOLDERS = ("docker", "gateway", "pyfunc", "requirements", "steps", "tests")
 IGNORED = shutil.ignore_patterns("__pycache__", ".pytest_cache", ".env")
 OWN_VARIABLES = ("GATEWAY_", "MODEL_", "MLFLOW_", "STATE_DIR", "PG")
 SMALL_BUDGET = {"n_estimators": 20, "max_iter": 30}
@@ -90,7 +91,8 @@ def make_project_copy(root: Path) -> ProjectCopy:
         shutil.copytree(PROJECT_DIR / name, root / name, ignore=IGNORED)
     params = yaml.safe_load((PROJECT_DIR / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(small_params(params), sort_keys=False))
-    os.utime(root / "pyproject.toml", (0, 0))
+    for name in ("pyproject.toml", "requirements/dev.txt"):  # older than the install marker
+        os.utime(root / name, (0, 0))
     linked_venv(root / ".venv")
     env = subprocess_env()
     for name in [n for n in env if n.startswith(OWN_VARIABLES)]:
