@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import get_model_dependencies
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import Requirement
 
 from pyfunc.errors import UserError
 
@@ -112,11 +112,7 @@ def unmet_requirements(lines: list[str]) -> list[str]:
     for line in (line.partition("#")[0].strip() for line in lines):
         if not line or line.startswith("-"):
             continue
-        try:
-            requirement = Requirement(line)
-        except InvalidRequirement:
-            unmet.append(f"{line} (not a requirement)")
-            continue
+        requirement = Requirement(line)
         if requirement.marker and not requirement.marker.evaluate():
             continue
         try:

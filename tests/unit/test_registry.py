@@ -137,7 +137,6 @@ PACKAGING = metadata.version("packaging")
         ("-r other-requirements.txt", []),
         ("# only a comment", []),
         ("", []),
-        ("packaging===", ["packaging=== (not a requirement)"]),
     ],
 )
 def test_unmet_requirements_name_the_wanted_and_the_installed_version(
