@@ -216,9 +216,10 @@ def args_of(instructions: list[tuple[str, str]], keyword: str) -> list[str]:
 
 
 def pip_installs(instructions: list[tuple[str, str]]) -> list[list[str]]:
-    """The arguments of each `pip install` of the RUN instructions (commands split on &&)."""
+    """The options and arguments of each `pip [--python P] install ...` of the RUN
+    instructions (commands split on &&)."""
     commands = [c.split() for run in args_of(instructions, "RUN") for c in run.split("&&")]
-    return [c[2:] for c in commands if c[:2] == ["pip", "install"]]
+    return [[a for a in c[1:] if a != "install"] for c in commands if c[:1] == ["pip"]]
 
 
 def dockerignore_patterns() -> list[str]:
