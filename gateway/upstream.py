@@ -27,8 +27,7 @@ from urllib3.util import Retry
 
 from gateway import errors
 from gateway.errors import GatewayError
-from gateway.validation import problem
-from pyfunc.contract import cut
+from pyfunc.contract import FieldError, cut
 
 logger = logging.getLogger(__name__)
 
@@ -209,11 +208,11 @@ def model_errors(raw: object) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         return []
     return [
-        problem(
+        FieldError(
             cut(str(entry.get("field") or "other")),
             entry["row"] if isinstance(entry.get("row"), int) else None,
             entry["message"][:MAX_MESSAGE_CHARS],
-        )
+        ).as_dict()
         for entry in raw[:MAX_ERRORS]
         if isinstance(entry, dict) and isinstance(entry.get("message"), str)
     ]

@@ -55,10 +55,6 @@ class Batch:
         return _records_to_columns(self.data)
 
 
-def problem(field: str, row: int | None, message: str) -> dict[str, Any]:
-    return FieldError(field, row, message).as_dict()
-
-
 def invalid(problems: list[FieldError]) -> GatewayError:
     """400 INVALID_FEATURES with the contract's summary line and `errors` list."""
     return GatewayError(
