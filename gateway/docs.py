@@ -65,12 +65,13 @@ def _features(spec: dict[str, Any]) -> str:
     listing = spec["components"]["schemas"]["Listing"]
     rows = []
     for name, field in listing["properties"].items():
+        bounds = field.get("anyOf", [field])[0]  # a "not reported" value: in the description
         rows.append(
             [
                 f"<code>{escape(name)}</code>",
                 escape(field["type"]),
-                escape(f"{field['minimum']:g}") if "minimum" in field else "",
-                escape(f"{field['maximum']:g}") if "maximum" in field else "",
+                escape(f"{bounds['minimum']:g}") if "minimum" in bounds else "",
+                escape(f"{bounds['maximum']:g}") if "maximum" in bounds else "",
                 escape(field["description"]),
                 f"<code>{escape(str(field['example']))}</code>",
             ]

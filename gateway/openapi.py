@@ -64,10 +64,13 @@ def feature_schema() -> dict[str, Any]:
     for num in NUMERIC_FEATURES:
         unit = f" Unit: {num.unit}." if num.unit else ""
         kind = "integer" if num.integral else "number"  # JSON Schema: 3.0 is an integer too
+        bounds: dict[str, Any] = {"minimum": num.minimum, "maximum": num.maximum}
+        if num.unreported is not None:
+            bounds = {"anyOf": [bounds, {"const": num.unreported}]}
+            unit += f" {num.unreported:g} means not reported: priced, and flagged in {FLAG_COLUMN}."
         properties[num.name] = {
             "type": kind,
-            "minimum": num.minimum,
-            "maximum": num.maximum,
+            **bounds,
             "description": num.description + unit,
             "example": num.example,
         }
@@ -173,8 +176,9 @@ def _other_schemas() -> dict[str, Any]:
             },
             FLAG_COLUMN: {
                 "type": "string",
-                "description": "Comma-separated features inside "
-                "physical bounds but outside the training data's range; empty if none.",
+                "description": "Comma-separated features whose value the price has little "
+                "support for: inside the physical bounds but outside the training data's range, "
+                "or not reported (0 bathrooms, 0 net area); empty if none.",
             },
         },
     }

@@ -9,8 +9,9 @@ split the work and speak with one voice:
   with their `errors` list.
 - the model (`pyfunc/validation.py`) checks values: finite numbers inside the physical bounds,
   whole numbers of rooms and bathrooms, known categories; it flags values outside the training
-  range. The fast path's pre-check (`pyfunc/fastpath.py`) applies the same rules to let a clean
-  request through; anything else goes to the validator, which says what is wrong.
+  range and the schema's "not reported" values (0 bathrooms, 0 net area). The fast path's
+  pre-check (`pyfunc/fastpath.py`) applies the same rules to let a clean request through;
+  anything else goes to the validator, which says what is wrong.
 - ingest (`steps/cleaning.py`) refuses a file whose columns or types are wrong, and cleans the
   training data with the same bounds: it drops the rows they refuse and counts them by reason
   (`n_rooms_out_of_bounds`, `n_rooms_not_whole`, ...).
@@ -68,9 +69,12 @@ def summary(errors: Sequence[FieldError]) -> str:
 
 
 def outside_bounds(feature: NumericFeature, values):
-    """Where values lie outside the feature's physical bounds (NaN does not). Like `fractional`,
-    works elementwise on a number, a numpy array or a pandas column."""
-    return (values < feature.minimum) | (values > feature.maximum)
+    """Where values lie outside the feature's physical bounds and are not its "not reported"
+    value (NaN does not). Like `fractional`, works elementwise on a number, a numpy array or a
+    pandas column."""
+    return ((values < feature.minimum) | (values > feature.maximum)) & (
+        values != feature.unreported
+    )
 
 
 def fractional(feature: NumericFeature, values):
@@ -154,7 +158,13 @@ def not_finite(name: str, row: int | None, value: float) -> str:
 
 def out_of_bounds(feature: NumericFeature, row: int | None, value: float) -> str:
     unit = f" {feature.unit}" if feature.unit else ""
-    return f"{feature.name} must be from {feature.allowed()}{unit} {_got(row, f'{value:g}')}"
+    unreported = (
+        "" if feature.unreported is None else f", or {feature.unreported:g} if not reported"
+    )
+    return (
+        f"{feature.name} must be from {feature.allowed()}{unit}{unreported} "
+        f"{_got(row, f'{value:g}')}"
+    )
 
 
 def not_whole(feature: NumericFeature, row: int | None, value: float) -> str:

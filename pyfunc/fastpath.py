@@ -44,7 +44,7 @@ from pyfunc.schema import (
     NUMERIC_NAMES,
     normalize_category,
 )
-from pyfunc.validation import ValidatedInput, joined_flags, outside_training_range
+from pyfunc.validation import ValidatedInput, joined_flags, unreliable
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def check(
             if on_unknown_category == "reject":
                 return None
             flagged.append((name, unknown))
-    flagged += outside_training_range(columns, training_ranges)
+    flagged += unreliable(columns, training_ranges)
     return CheckedInput(columns, joined_flags(len(frame), flagged))
 
 

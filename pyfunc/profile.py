@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pyfunc.errors import UserError
-from pyfunc.schema import CATEGORICAL_NAMES, NUMERIC_NAMES
+from pyfunc.schema import CATEGORICAL_NAMES, NUMERIC_FEATURES, NUMERIC_NAMES, NumericFeature
 
 REFERENCE_BINS = 10
 PROFILE_PATH = "artifacts/profile.json"  # inside a logged model's directory
@@ -37,12 +37,18 @@ def build_profile(train: pd.DataFrame) -> dict:
     return {
         "rows": len(train),
         "categories": {n: sorted(train[n].unique().tolist()) for n in CATEGORICAL_NAMES},
-        "ranges": {n: [float(train[n].min()), float(train[n].max())] for n in NUMERIC_NAMES},
+        "ranges": {f.name: _reported_range(train[f.name], f) for f in NUMERIC_FEATURES},
         "reference": {
             **{n: _numeric_reference(train[n]) for n in NUMERIC_NAMES},
             **{n: _categorical_reference(train[n]) for n in CATEGORICAL_NAMES},
         },
     }
+
+
+def _reported_range(values: pd.Series, feature: NumericFeature) -> list[float]:
+    """The range of the reported values: a "not reported" 0 is flagged anyway."""
+    reported = values[~feature.is_unreported(values)]
+    return [float(reported.min()), float(reported.max())]
 
 
 def _numeric_reference(values: pd.Series) -> dict:

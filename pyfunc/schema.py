@@ -22,9 +22,14 @@ class NumericFeature:
     example: float
     unit: str = ""
     integral: bool = False
+    unreported: float | None = None  # outside the bounds, meaning "not reported": flagged
 
     def allowed(self) -> str:
         return f"{self.minimum:g} to {self.maximum:g}"
+
+    def is_unreported(self, values):
+        """Where values are the feature's "not reported" value (elementwise; never if none)."""
+        return values == self.unreported
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,10 @@ NUMERIC_FEATURES: tuple[NumericFeature, ...] = (
         200_000,
         170.0,
         "m2",
+        unreported=0,
     ),
     NumericFeature("n_rooms", "Number of rooms (bedrooms).", 0, 20, 3.0, integral=True),
-    NumericFeature("n_bathroom", "Number of bathrooms.", 1, 20, 2.0, integral=True),
+    NumericFeature("n_bathroom", "Number of bathrooms.", 1, 20, 2.0, integral=True, unreported=0),
     NumericFeature("latitude", "Latitude, WGS84 degrees.", -34.3, -32.9, -33.4172),
     NumericFeature("longitude", "Longitude, WGS84 degrees.", -71.8, -69.8, -70.5476),
 )
@@ -71,6 +77,7 @@ NUMERIC_NAMES: tuple[str, ...] = tuple(f.name for f in NUMERIC_FEATURES)
 NUMERIC_BY_NAME: dict[str, NumericFeature] = {f.name: f for f in NUMERIC_FEATURES}
 
 PREDICTION_COLUMN = "price"
+# Per row, the features priced with little support: outside the training range, or unreported.
 FLAG_COLUMN = "outside_training_range"
 INVALID_COLUMN = "invalid_reason"  # only with on_invalid_row="report" (batch scoring)
 

@@ -38,7 +38,8 @@ def validate(
 
     Categories are normalized (case, accents, spaces). Unknown categories are rejected with
     the list of known values, or kept and flagged when `on_unknown_category` is "flag".
-    Values inside the physical bounds but outside `training_ranges` are flagged, not refused.
+    Values inside the physical bounds but outside `training_ranges`, and "not reported" values
+    (`pyfunc.schema`), are flagged, not refused.
     """
     findings = _inspect(frame, known_categories, on_unknown_category, each_row=False)
     if findings.errors:
@@ -130,18 +131,22 @@ def _accepted(
         keep = np.setdiff1d(np.arange(len(clean)), exclude)
         clean = clean.iloc[keep].reset_index(drop=True)
         flagged = [(name, mask[keep]) for name, mask in flagged]
-    flagged = flagged + outside_training_range(clean, training_ranges)
+    flagged = flagged + unreliable(clean, training_ranges)
     return ValidatedInput(clean[list(FEATURE_NAMES)], joined_flags(len(clean), flagged))
 
 
-def outside_training_range(
+def unreliable(
     columns, training_ranges: Mapping[str, tuple[float, float]]
 ) -> list[tuple[str, np.ndarray]]:
-    """Per feature with a training range, the mask of values outside it."""
+    """Per numeric feature, the mask of values priced with little support: outside the
+    feature's training range (if it has one), or its "not reported" value."""
     masks = []
-    for name, (low, high) in training_ranges.items():
-        values = np.asarray(columns[name])
-        masks.append((name, (values < low) | (values > high)))
+    for feature in NUMERIC_FEATURES:
+        values = np.asarray(columns[feature.name])
+        low, high = training_ranges.get(feature.name, (-np.inf, np.inf))
+        masks.append(
+            (feature.name, (values < low) | (values > high) | feature.is_unreported(values))
+        )
     return masks
 
 

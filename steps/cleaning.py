@@ -155,11 +155,18 @@ def clean(
         frame = _drop(
             frame, f"{name}_unseen_in_train", lambda f, n=name, k=known: ~f[n].isin(k), report
         )
-    usable_over_total = int((frame["net_usable_area"] > frame["net_area"]).sum())
-    if usable_over_total:
-        report.flagged["usable_area_exceeds_total_area"] = usable_over_total
+    _flag_unreliable(frame, report)
     report.rows_kept = len(frame)
     return frame.reset_index(drop=True), report
+
+
+def _flag_unreliable(frame: pd.DataFrame, report: CleaningReport) -> None:
+    """Count the kept rows the model prices with a flag: a value the schema reads as "not
+    reported" (`n_bathroom_unreported`), a usable area larger than a reported total area."""
+    flags = {f"{f.name}_unreported": f.is_unreported(frame[f.name]) for f in NUMERIC_FEATURES}
+    over = (frame["net_usable_area"] > frame["net_area"]) & ~flags["net_area_unreported"]
+    flags["usable_area_exceeds_total_area"] = over
+    report.flagged |= {reason: int(rows.sum()) for reason, rows in flags.items() if rows.any()}
 
 
 def _drop(frame: pd.DataFrame, reason: str, rule, report: CleaningReport) -> pd.DataFrame:

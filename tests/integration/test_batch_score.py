@@ -22,8 +22,12 @@ HAND_MADE = [  # (listing changes, a part of its reason; "" for a valid row)
     ({"sector": "marte"}, "sector 'marte' is unknown; known:"),
     ({"net_area": "abc"}, "net_area must be a finite number (got nan)"),
     ({"type": ""}, "type is missing (got null)"),
-    ({"n_bathroom": 0, "latitude": -70.6}, "n_bathroom must be from 1 to 20 (got 0); latitude"),
+    (
+        {"n_bathroom": -1, "latitude": -70.6},
+        "n_bathroom must be from 1 to 20, or 0 if not reported (got -1); latitude",
+    ),
     ({"sector": "  Las CONDES "}, ""),
+    ({"n_bathroom": 0, "net_area": 0}, ""),  # not reported: priced and flagged
 ]
 
 
@@ -89,6 +93,7 @@ def test_invalid_rows_have_a_reason_and_no_price_valid_rows_a_price(
             assert "row" not in tail.loc[row, "invalid_reason"]
         else:
             assert tail.loc[row, "invalid_reason"] == "" and tail.loc[row, "price"] > 0
+    assert tail["outside_training_range"].iloc[-1] == "net_area,n_bathroom"
 
 
 def test_spark_gives_the_same_prices_and_reasons_as_pandas(

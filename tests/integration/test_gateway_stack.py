@@ -111,6 +111,27 @@ def test_model_validation_error_is_clean(gateway):
         assert leak not in response.text
 
 
+def test_the_zero_rule_through_the_gateway(gateway):
+    """0 bathrooms and 0 net area are priced and flagged; a usable area of 0 is a 400."""
+    rows = listings(3)
+    rows[1]["n_bathroom"], rows[2]["net_area"] = 0, 0
+    priced = post(gateway.url, {"dataframe_records": rows}, ALICE)
+    rows[2]["net_usable_area"] = 0
+    refused = post(gateway.url, {"dataframe_records": rows}, ALICE)
+
+    assert priced.status_code == 200, priced.text
+    flags = [p["outside_training_range"] for p in priced.json()["predictions"]]
+    assert flags == ["", "n_bathroom", "net_area"]
+    assert refused.status_code == 400
+    assert refused.json()["errors"] == [
+        {
+            "field": "net_usable_area",
+            "row": 2,
+            "message": "net_usable_area must be from 10 to 5000 m2 (row 2, got 0)",
+        }
+    ]
+
+
 def test_unknown_sector_names_field_and_row(gateway):
     rows = listings(3)
     rows[2]["sector"] = "marte"

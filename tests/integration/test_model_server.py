@@ -59,10 +59,23 @@ def test_all_three_json_formats_agree(model_server):
 @pytest.mark.parametrize(
     ("change", "field", "expected"),
     [
-        ({"net_area": -5}, "net_area", "net_area must be from 10 to 200000 m2 (row 1, got -5)"),
+        (
+            {"net_area": -5},
+            "net_area",
+            "net_area must be from 10 to 200000 m2, or 0 if not reported (row 1, got -5)",
+        ),
         ({"net_area": None}, "net_area", "net_area must be a finite number (row 1, got nan)"),
         ({"sector": "marte"}, "sector", "sector 'marte' is unknown (row 1); known:"),
-        ({"n_bathroom": 0}, "n_bathroom", "n_bathroom must be from 1 to 20 (row 1, got 0)"),
+        (
+            {"n_bathroom": -1},
+            "n_bathroom",
+            "n_bathroom must be from 1 to 20, or 0 if not reported (row 1, got -1)",
+        ),
+        (
+            {"net_usable_area": 0, "net_area": 0},
+            "net_usable_area",
+            "net_usable_area must be from 10 to 5000 m2 (row 1, got 0)",
+        ),
     ],
 )
 def test_invalid_input_is_400_with_only_the_validation_message(
@@ -93,3 +106,14 @@ def test_unknown_sector_can_be_flagged_instead_of_rejected(model_server):
     response = invoke(model_server, body)
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["outside_training_range"] == "sector"
+
+
+def test_values_not_reported_are_priced_and_flagged(model_server):
+    rows = listings(3)
+    rows[1]["n_bathroom"] = 0
+    rows[2]["net_area"] = 0
+    response = invoke(model_server, {"dataframe_records": rows})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["outside_training_range"] for p in predictions] == ["", "n_bathroom", "net_area"]
+    assert all(p["price"] > 0 for p in predictions)

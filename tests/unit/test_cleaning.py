@@ -150,7 +150,9 @@ DROPPED = [
     ),
     pytest.param({"net_area": 1_430_000.0}, "net_area_out_of_bounds", id="absurd-total-area"),
     pytest.param({"n_rooms": 55.0}, "n_rooms_out_of_bounds", id="55-rooms"),
-    pytest.param({"n_bathroom": 0.0}, "n_bathroom_out_of_bounds", id="no-bathroom"),
+    pytest.param({"net_usable_area": 0.0}, "net_usable_area_out_of_bounds", id="no-usable-area"),
+    pytest.param({"net_area": 5.0}, "net_area_out_of_bounds", id="total-area-neither-0-nor-10"),
+    pytest.param({"n_bathroom": -1.0}, "n_bathroom_out_of_bounds", id="negative-bathrooms"),
     pytest.param({"n_rooms": 2.5}, "n_rooms_not_whole", id="half-a-room"),
     pytest.param({"n_bathroom": 1.5}, "n_bathroom_not_whole", id="half-a-bathroom"),
     pytest.param({"n_rooms": 20.5}, "n_rooms_out_of_bounds", id="out-of-bounds-before-whole"),
@@ -217,6 +219,20 @@ def test_clean_drops_a_test_sector_unseen_in_training() -> None:
     assert cleaned["sector"].tolist() == ["las condes", "vitacura"]
 
 
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        pytest.param({"n_bathroom": 0.0}, "n_bathroom_unreported", id="no-bathroom"),
+        pytest.param({"net_area": 0.0}, "net_area_unreported", id="no-total-area"),
+    ],
+)
+def test_clean_keeps_and_flags_a_value_not_reported(changes: dict, reason: str) -> None:
+    cleaned, report = clean(raw(GOOD, {**GOOD, **changes}, OTHER))
+
+    assert report == CleaningReport(rows_read=3, rows_kept=3, flagged={reason: 1})
+    pd.testing.assert_frame_equal(cleaned, raw(GOOD, {**GOOD, **changes}, OTHER))
+
+
 def test_clean_flags_usable_area_larger_than_total_but_keeps_it() -> None:
     frame = raw(GOOD, {**OTHER, "net_usable_area": 700.0})
 
@@ -255,5 +271,9 @@ def test_clean_accounts_for_every_row_of_a_dirty_frame() -> None:
         expected["price_zero"] + expected["price_under_1000"]
     )
     assert not cleaned.duplicated().any()
+    assert report.flagged["n_bathroom_unreported"] == expected["zero_bathrooms"]
+    assert report.flagged["net_area_unreported"] == expected["zero_net_area"]
     for feature in (*NUMERIC_FEATURES, TARGET):
-        assert cleaned[feature.name].between(feature.minimum, feature.maximum).all(), feature.name
+        values = cleaned[feature.name]
+        inside = values.between(feature.minimum, feature.maximum) | (values == feature.unreported)
+        assert inside.all(), feature.name

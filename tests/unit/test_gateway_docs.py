@@ -98,9 +98,28 @@ def test_listing_schema_matches_pyfunc_schema(spec):
     for feature in NUMERIC_FEATURES:
         field = listing["properties"][feature.name]
         assert field["type"] == ("integer" if feature.integral else "number")
-        assert (field["minimum"], field["maximum"]) == (feature.minimum, feature.maximum)
+        bounds = {"minimum": feature.minimum, "maximum": feature.maximum}
+        if feature.unreported is None:
+            assert {k: field[k] for k in bounds} == bounds
+        else:
+            assert field["anyOf"] == [bounds, {"const": feature.unreported}]
+            assert "minimum" not in field
         assert field["description"].startswith(feature.description)
         assert feature.minimum <= field["example"] <= feature.maximum
+
+
+def test_values_not_reported_are_documented_as_priced_and_flagged(spec):
+    listing = spec["components"]["schemas"]["Listing"]["properties"]
+    bathrooms, usable = listing["n_bathroom"], listing["net_usable_area"]
+
+    assert bathrooms["anyOf"] == [{"minimum": 1, "maximum": 20}, {"const": 0}]
+    assert bathrooms["description"] == (
+        "Number of bathrooms. 0 means not reported: priced, and flagged in outside_training_range."
+    )
+    assert (usable["minimum"], usable["maximum"], "anyOf" in usable) == (10, 5000, False)
+    prediction = spec["components"]["schemas"]["Predictions"]["properties"]["predictions"]
+    flag = prediction["items"]["properties"]["outside_training_range"]["description"]
+    assert "or not reported (0 bathrooms, 0 net area)" in flag
 
 
 def test_request_body_documents_three_formats_with_valid_examples(spec):

@@ -21,7 +21,6 @@ from pyfunc.schema import (
     CATEGORICAL_NAMES,
     FEATURE_NAMES,
     FLAG_COLUMN,
-    NUMERIC_BY_NAME,
     NUMERIC_NAMES,
     PREDICTION_COLUMN,
     TARGET,
@@ -204,6 +203,41 @@ def test_values_outside_the_training_range_are_priced_and_flagged(
     assert (answer[PREDICTION_COLUMN] > 0).all()
 
 
+@pytest.mark.parametrize("on_invalid_row", ["reject", "report"])
+def test_unreported_bathrooms_and_net_area_are_priced_and_flagged(
+    model: PyFuncModel, pipeline: Pipeline, listings: pd.DataFrame, on_invalid_row: str
+) -> None:
+    rows = features(listings.head(4))
+    rows.loc[1, "n_bathroom"] = 0
+    rows.loc[2:3, "net_area"] = 0
+    rows.loc[3, "n_bathroom"] = 0
+
+    answer = model.predict(rows, params={"on_invalid_row": on_invalid_row})
+
+    assert answer[FLAG_COLUMN].tolist() == ["", "n_bathroom", "net_area", "net_area,n_bathroom"]
+    np.testing.assert_allclose(answer[PREDICTION_COLUMN], pipeline.predict(rows), rtol=1e-9)
+
+
+def test_a_usable_area_of_zero_is_refused_naming_the_field(
+    model: PyFuncModel, listings: pd.DataFrame
+) -> None:
+    rows = features(listings.head(2)).assign(net_area=0.0)
+    rows.loc[1, "net_usable_area"] = 0
+
+    with pytest.raises(InvalidInputError) as caught:
+        model.predict(rows)
+
+    assert caught.value.json_kwargs == {
+        "errors": [
+            {
+                "field": "net_usable_area",
+                "row": 1,
+                "message": "net_usable_area must be from 10 to 5000 m2 (row 1, got 0)",
+            }
+        ]
+    }
+
+
 def test_a_missing_column_is_named_by_the_model_not_by_mlflow(
     model: PyFuncModel, listings: pd.DataFrame
 ) -> None:
@@ -216,9 +250,8 @@ def test_a_missing_column_is_named_by_the_model_not_by_mlflow(
 def test_invalid_input_error_keeps_its_message_when_reassigned(
     model: PyFuncModel, listings: pd.DataFrame
 ) -> None:
-    bathrooms = NUMERIC_BY_NAME["n_bathroom"]
     rows = features(listings.head(3))
-    rows.loc[2, "n_bathroom"] = bathrooms.minimum - 1
+    rows.loc[2, "n_bathroom"] = -1
     with pytest.raises(InvalidInputError) as caught:
         model.predict(rows)
     error = caught.value
@@ -227,9 +260,7 @@ def test_invalid_input_error_keeps_its_message_when_reassigned(
     # What MLflow's scoring server does before answering.
     error.message = f"Failed to predict data '{rows}'. \nError: {error.message}"
 
-    problem = (
-        f"n_bathroom must be from {bathrooms.allowed()} (row 2, got {bathrooms.minimum - 1:g})"
-    )
+    problem = "n_bathroom must be from 1 to 20, or 0 if not reported (row 2, got -1)"
     assert error.message == original == f"Invalid input (n_bathroom): {problem}"
     answer = json.loads(error.serialize_as_json())
     assert answer["message"] == original
@@ -253,6 +284,18 @@ def test_profile_describes_the_training_frame(listings: pd.DataFrame) -> None:
     assert profile["ranges"] == {n: [listings[n].min(), listings[n].max()] for n in NUMERIC_NAMES}
     assert set(profile["reference"]) == set(FEATURE_NAMES)
     json.dumps(profile)
+
+
+def test_profile_ranges_leave_out_values_not_reported(listings: pd.DataFrame) -> None:
+    rows = listings.assign(n_bathroom=listings["n_bathroom"].where(listings.index % 2 == 0, 0))
+
+    ranges = build_profile(rows)["ranges"]
+
+    assert 0 in rows["n_bathroom"].tolist()
+    assert ranges["n_bathroom"] == [
+        rows["n_bathroom"][rows.index % 2 == 0].min(),
+        rows["n_bathroom"].max(),
+    ]
 
 
 @pytest.mark.parametrize("name", NUMERIC_NAMES)

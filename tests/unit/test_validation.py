@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 
 from pyfunc.contract import NAMES_SHOWN, ROWS_SHOWN_PER_PROBLEM, FieldError, ValidationError
-from pyfunc.schema import FEATURE_NAMES, NUMERIC_BY_NAME, NUMERIC_FEATURES, example_listing
+from pyfunc.schema import (
+    FEATURE_NAMES,
+    NUMERIC_BY_NAME,
+    NUMERIC_FEATURES,
+    NumericFeature,
+    example_listing,
+)
 from pyfunc.validation import validate
 
 KNOWN = {"type": ["casa", "departamento"], "sector": ["las condes", "nunoa", "vitacura"]}
@@ -35,10 +41,17 @@ def refused(frame: pd.DataFrame, **kwargs: object) -> ValidationError:
 def bounds_message(name: str, value: float, row: int = BAD_ROW) -> str:
     feature = NUMERIC_BY_NAME[name]
     unit = f" {feature.unit}" if feature.unit else ""
+    unreported = "" if feature.unreported is None else ", or 0 if not reported"
     return (
-        f"{name} must be from {feature.minimum:g} to {feature.maximum:g}{unit} "
+        f"{name} must be from {feature.minimum:g} to {feature.maximum:g}{unit}{unreported} "
         f"(row {row}, got {value:g})"
     )
+
+
+def below(feature: NumericFeature) -> float:
+    """A value under the feature's bounds and its "not reported" value."""
+    floor = feature.minimum if feature.unreported is None else min(feature.minimum, 0)
+    return floor - 1
 
 
 def test_valid_frame_passes_with_normalized_categories() -> None:
@@ -113,9 +126,9 @@ BAD_VALUES = [
     ),
     *(
         pytest.param(
-            {f.name: f.minimum - 1},
+            {f.name: below(f)},
             f.name,
-            bounds_message(f.name, f.minimum - 1),
+            bounds_message(f.name, below(f)),
             id=f"{f.name}-below-minimum",
         )
         for f in NUMERIC_FEATURES
@@ -331,6 +344,53 @@ def test_training_range_edges_are_inside() -> None:
     checked = validate(frame, KNOWN, {"net_usable_area": (50.0, 200.0)})
 
     assert checked.flags == ["", ""]
+
+
+def test_unreported_bathrooms_and_net_area_are_priced_and_flagged() -> None:
+    frame = listings(4)
+    frame["n_bathroom"] = [2.0, 0.0, 2.0, 0]
+    frame["net_area"] = [170.0, 170.0, 0.0, 0]
+
+    checked = validate(frame, KNOWN, WIDE)
+
+    assert checked.flags == ["", "n_bathroom", "net_area", "net_area,n_bathroom"]
+    assert checked.frame["n_bathroom"].tolist() == [2.0, 0.0, 2.0, 0.0]
+    assert checked.frame["net_area"].tolist() == [170.0, 170.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "message"),
+    [
+        pytest.param(
+            {"net_usable_area": 0.0},
+            "net_usable_area",
+            f"net_usable_area must be from 10 to 5000 m2 (row {BAD_ROW}, got 0)",
+            id="no-usable-area",
+        ),
+        pytest.param(
+            {"net_usable_area": 0.0, "net_area": 0.0},
+            "net_usable_area",
+            f"net_usable_area must be from 10 to 5000 m2 (row {BAD_ROW}, got 0)",
+            id="both-areas-zero",
+        ),
+        pytest.param(
+            {"net_area": 5.0},
+            "net_area",
+            f"net_area must be from 10 to 200000 m2, or 0 if not reported (row {BAD_ROW}, got 5)",
+            id="net-area-neither-zero-nor-in-bounds",
+        ),
+        pytest.param(
+            {"n_bathroom": -1},
+            "n_bathroom",
+            f"n_bathroom must be from 1 to 20, or 0 if not reported (row {BAD_ROW}, got -1)",
+            id="negative-bathrooms",
+        ),
+    ],
+)
+def test_absurd_areas_and_counts_are_still_refused(bad: dict, field: str, message: str) -> None:
+    error = refused(listings(3, **bad))
+
+    assert error.errors == [FieldError(field, BAD_ROW, message)]
 
 
 def test_rooms_and_bathrooms_are_whole_numbers_sent_as_ints_or_floats() -> None:

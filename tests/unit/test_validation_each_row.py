@@ -122,7 +122,7 @@ def test_expected_reasons_for_some_problems() -> None:
         3: f"n_rooms must be from {rooms.allowed()} (got -1)",
         4: "sector 'Marte' is unknown; known: las condes, nunoa, vitacura",
         5: "type must be a string (got float 1.5)",
-        6: f"n_bathroom must be from {bathrooms.allowed()} (got 21); "
+        6: f"n_bathroom must be from {bathrooms.allowed()}, or 0 if not reported (got 21); "
         "sector must be a string (got int 5)",
         7: "n_rooms must be a whole number (got 2.5)",
     }

@@ -134,14 +134,15 @@ def spellings(draw: st.DrawFn, canonical: str) -> str:
 
 
 def out_of_bounds(name: str) -> st.SearchStrategy[float | int]:
-    """Finite numbers outside the physical bounds of numeric feature `name`."""
+    """Finite numbers outside the physical bounds of numeric feature `name`, other than its
+    "not reported" value."""
     feature = NUMERIC_BY_NAME[name]
     below = st.one_of(
         st.floats(
             max_value=feature.minimum, exclude_max=True, allow_nan=False, allow_infinity=False
         ),
         st.integers(max_value=math.ceil(feature.minimum) - 1),
-    )
+    ).filter(lambda value: value != feature.unreported)
     above = st.one_of(
         st.floats(
             min_value=feature.maximum, exclude_min=True, allow_nan=False, allow_infinity=False
