@@ -69,12 +69,10 @@ def summary(errors: Sequence[FieldError]) -> str:
 
 
 def outside_bounds(feature: NumericFeature, values):
-    """Where values lie outside the feature's physical bounds and are not its "not reported"
-    value (NaN does not). Like `fractional`, works elementwise on a number, a numpy array or a
-    pandas column."""
-    return ((values < feature.minimum) | (values > feature.maximum)) & (
-        values != feature.unreported
-    )
+    """Where values lie outside the feature's physical bounds, other than its "not reported"
+    value (NaN does not). Like `fractional`, elementwise on a number, array or pandas column."""
+    outside = (values < feature.minimum) | (values > feature.maximum)
+    return outside & (values != feature.unreported)
 
 
 def fractional(feature: NumericFeature, values):
@@ -158,13 +156,9 @@ def not_finite(name: str, row: int | None, value: float) -> str:
 
 def out_of_bounds(feature: NumericFeature, row: int | None, value: float) -> str:
     unit = f" {feature.unit}" if feature.unit else ""
-    unreported = (
-        "" if feature.unreported is None else f", or {feature.unreported:g} if not reported"
-    )
-    return (
-        f"{feature.name} must be from {feature.allowed()}{unit}{unreported} "
-        f"{_got(row, f'{value:g}')}"
-    )
+    if feature.unreported is not None:
+        unit += f", or {feature.unreported:g} if not reported"
+    return f"{feature.name} must be from {feature.allowed()}{unit} {_got(row, f'{value:g}')}"
 
 
 def not_whole(feature: NumericFeature, row: int | None, value: float) -> str:

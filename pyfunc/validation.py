@@ -96,17 +96,8 @@ def _inspect(
 ) -> _Findings:
     findings = _Findings(pd.DataFrame(index=pd.RangeIndex(len(frame))), each_row)
     if on_unknown_category not in UNKNOWN_CATEGORY_POLICIES:
-        findings.refuse_batch(
-            [
-                FieldError(
-                    "on_unknown_category",
-                    None,
-                    contract.not_one_of(
-                        "on_unknown_category", UNKNOWN_CATEGORY_POLICIES, on_unknown_category
-                    ),
-                )
-            ]
-        )
+        policies = ("on_unknown_category", UNKNOWN_CATEGORY_POLICIES, on_unknown_category)
+        findings.refuse_batch([FieldError(policies[0], None, contract.not_one_of(*policies))])
         return findings
     if frame.empty:
         findings.refuse_batch([FieldError("rows", None, contract.NO_ROWS)])
@@ -153,12 +144,9 @@ def unreliable(
 def joined_flags(rows: int, flagged: list[tuple[str, np.ndarray]]) -> list[str]:
     """Per row, the names of the features flagged there, joined by commas, in order."""
     flags = [""] * rows
-    flagged = [(name, mask) for name, mask in flagged if mask.any()]
-    if flagged:
-        names = [name for name, _ in flagged]
-        matrix = np.column_stack([mask for _, mask in flagged])
-        for row in np.flatnonzero(matrix.any(axis=1)):
-            flags[row] = ",".join(names[j] for j in np.flatnonzero(matrix[row]))
+    for name, mask in flagged:
+        for row in np.flatnonzero(mask):
+            flags[row] = f"{flags[row]},{name}" if flags[row] else name
     return flags
 
 
@@ -169,15 +157,10 @@ def _as_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if pd.api.types.is_numeric_dtype(column):
         return column.to_numpy(dtype="float64", na_value=np.nan), np.zeros(len(column), bool)
     objects = column.to_numpy(dtype=object)
-    not_number = np.array([not (v is None or _is_real_number(v)) for v in objects], dtype=bool)
-    values = np.array(
-        [
-            np.nan if bad or v is None else _float(v)
-            for v, bad in zip(objects, not_number, strict=True)
-        ],
-        dtype="float64",
-    )
-    return values, not_number
+    number = np.array([_is_real_number(v) for v in objects], dtype=bool)
+    given = np.array([v is not None for v in objects], dtype=bool)
+    values = [_float(v) if ok else np.nan for v, ok in zip(objects, number, strict=True)]
+    return np.array(values, dtype="float64"), given & ~number
 
 
 def _is_real_number(value: object) -> bool:

@@ -88,14 +88,6 @@ def _numeric(column: pd.Series, name: str, where: str) -> pd.Series:
     return converted.astype("float64")
 
 
-def _missing(frame: pd.DataFrame) -> pd.Series:
-    return frame[list(COLUMNS)].isna().any(axis=1)
-
-
-def _duplicate(frame: pd.DataFrame) -> pd.Series:
-    return frame.duplicated(keep="first")
-
-
 # The contract's value rules, each dropping rows under f"{column}_{rule}".
 VALUE_RULES: tuple[tuple[str, Callable[[pd.DataFrame], pd.Series]], ...] = (
     *(
@@ -145,28 +137,23 @@ def clean(
     """
     report = CleaningReport(rows_read=len(frame))
     frame = frame.reset_index(drop=True)
-    frame = _drop(frame, "missing_value", _missing, report)
+    frame = _drop(frame, "missing_value", lambda f: f[list(COLUMNS)].isna().any(axis=1), report)
     frame = _respell_categories(frame, report)
     frame = _unswap_coordinates(frame, report)
     for reason, rule in VALUE_RULES:
         frame = _drop(frame, reason, rule, report)
-    frame = _drop(frame, "duplicate", _duplicate, report)
+    frame = _drop(frame, "duplicate", pd.DataFrame.duplicated, report)
     for name, known in (known_categories or {}).items():
         frame = _drop(
             frame, f"{name}_unseen_in_train", lambda f, n=name, k=known: ~f[n].isin(k), report
         )
-    _flag_unreliable(frame, report)
-    report.rows_kept = len(frame)
-    return frame.reset_index(drop=True), report
-
-
-def _flag_unreliable(frame: pd.DataFrame, report: CleaningReport) -> None:
-    """Count the kept rows the model prices with a flag: a value the schema reads as "not
-    reported" (`n_bathroom_unreported`), a usable area larger than a reported total area."""
+    # Kept, priced with a flag: a value not reported, a usable area over a reported total area.
     flags = {f"{f.name}_unreported": f.is_unreported(frame[f.name]) for f in NUMERIC_FEATURES}
     over = (frame["net_usable_area"] > frame["net_area"]) & ~flags["net_area_unreported"]
     flags["usable_area_exceeds_total_area"] = over
     report.flagged |= {reason: int(rows.sum()) for reason, rows in flags.items() if rows.any()}
+    report.rows_kept = len(frame)
+    return frame.reset_index(drop=True), report
 
 
 def _drop(frame: pd.DataFrame, reason: str, rule, report: CleaningReport) -> pd.DataFrame:
