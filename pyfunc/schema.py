@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class NumericFeature:
     def allowed(self) -> str:
         return f"{self.minimum:g} to {self.maximum:g}"
 
-    def is_unreported(self, values):
+    def is_unreported(self, values: Any) -> Any:
         """Where values are the feature's "not reported" value (elementwise; never if none)."""
         return values == self.unreported
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -127,7 +128,7 @@ def _accepted(
 
 
 def unreliable(
-    columns, training_ranges: Mapping[str, tuple[float, float]]
+    columns: Mapping[str, Any] | pd.DataFrame, training_ranges: Mapping[str, tuple[float, float]]
 ) -> list[tuple[str, np.ndarray]]:
     """Per numeric feature, the mask of values priced with little support: outside the
     feature's training range (if it has one), or its "not reported" value."""
