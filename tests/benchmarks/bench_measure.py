@@ -17,6 +17,7 @@ from tests.benchmarks.bench_client import Batch, Connection, prepare_post, price
 logger = logging.getLogger(__name__)
 
 IN_PROCESS, MODEL_SERVER, GATEWAY = "in-process", "model server", "gateway"
+BASELINE = "one-hop baseline"
 FAST_PATH, PIPELINE = "fast path (pyfunc predict)", "fitted pipeline predict"
 
 

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyfunc.serve import server_env
 from pyfunc.settings import PROJECT_DIR
 from tests.support.gateway import ALICE_KEY, RunningGateway, running_gateway
-from tests.support.processes import VENV_BIN, stop_process_group
+from tests.support.processes import VENV_BIN, free_port, running, stop_process_group
 from tests.support.stack import ModelServer, store_env
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,39 @@ def gateway(
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """The one-hop baseline app (`baseline_app`) started by `baseline`."""
+
+    port: int
+    pid: int
+
+
+@contextlib.contextmanager
+def baseline(workdir: Path, env: dict[str, str], timeout: float = 180) -> Iterator[Baseline]:
+    """uvicorn (1 worker) serving `baseline_app` on a free port until the block ends, with the
+    model server's environment (one OpenMP thread, the same model URI)."""
+    port = free_port()
+    command = [
+        str(VENV_BIN / "uvicorn"),
+        "tests.benchmarks.baseline_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--log-level",
+        "warning",
+    ]
+    started = server_env({**env, "BASELINE_MODEL_URI": MODEL_URI})
+    started["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_DIR), env.get("PYTHONPATH")]))
+    url = f"http://127.0.0.1:{port}/ping"
+    log = workdir / "baseline.log"
+    with running(command, url, log, env=started, timeout=timeout) as process:
+        yield Baseline(port, process.pid)
+
+
+@dataclass(frozen=True)
 class Process:
     pid: int
     ppid: int
@@ -175,6 +209,8 @@ def describe(process: Process, leader: int, group: list[Process]) -> str:
         return "gunicorn master" if process.pid == leader else "gunicorn worker"
     if process.pid == leader:
         return "mlflow models serve (launcher)"
+    if "baseline_app" in args:
+        return "uvicorn (one-hop baseline)"
     if "uvicorn" in args:
         return "uvicorn supervisor" if process.pid in parents else "uvicorn (scoring server)"
     if "multiprocessing" in args:

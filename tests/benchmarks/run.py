@@ -196,8 +196,15 @@ def benchmark(
         gateway = running.enter_context(
             stack.gateway(workdir, server.url, settings["GATEWAY_WORKERS"], env)
         )
-        groups = {"model server": server.process.pid, "gateway": gateway.pid}
-        results = measure_all(env, server.port, gateway.port, plan, clients, groups)
+        logger.info("starting the one-hop baseline (FastAPI, uvicorn, 1 worker)")
+        one_hop = running.enter_context(stack.baseline(workdir, env))
+        groups = {
+            "model server": server.process.pid,
+            "gateway": gateway.pid,
+            measure.BASELINE: one_hop.pid,
+        }
+        ports = {measure.MODEL_SERVER: server.port, measure.GATEWAY: gateway.port}
+        results = measure_all(env, ports | {measure.BASELINE: one_hop.port}, plan, clients, groups)
     results["pipeline"] = pipeline
     results["pool"] = pool
     results["meta"] = {
@@ -235,19 +242,22 @@ def train(workdir: Path, env: dict[str, str], quick: bool, reuse: bool) -> dict[
 
 def measure_all(
     env: dict[str, str],
-    model_port: int,
-    gateway_port: int,
+    ports: dict[str, int],
     plan: dict[str, Any],
     clients: int,
     groups: dict[str, int],
 ) -> dict[str, Any]:
-    """In-process vs model server vs gateway: sequential, then concurrent."""
+    """In-process vs model server vs gateway vs the one-hop baseline: sequential, then
+    concurrent."""
     model = load_model(env)
     batches = listings_batches(model)
     routes = [
         measure.InProcess(model),
-        measure.Http(measure.MODEL_SERVER, "127.0.0.1", model_port),
-        measure.Http(measure.GATEWAY, "127.0.0.1", gateway_port, {"X-API-Key": stack.API_KEY}),
+        measure.Http(measure.MODEL_SERVER, "127.0.0.1", ports[measure.MODEL_SERVER]),
+        measure.Http(
+            measure.GATEWAY, "127.0.0.1", ports[measure.GATEWAY], {"X-API-Key": stack.API_KEY}
+        ),
+        measure.Http(measure.BASELINE, "127.0.0.1", ports[measure.BASELINE]),
     ]
     results: dict[str, Any] = {"model": describe_model(model)}
     results["agreement"] = measure.agreement(routes, batches[100][0])
