@@ -84,18 +84,24 @@ def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def check(
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | Mapping[str, np.ndarray],
     known_categories: Mapping[str, Sequence[str]],
     training_ranges: Mapping[str, tuple[float, float]],
     on_unknown_category: str = "reject",
     known_sets: Mapping[str, frozenset[str]] | None = None,
 ) -> CheckedInput | None:
-    """The listings if they are clean, exactly as `validate` would accept and flag them;
-    None when anything is off, so that `validate` says what (it is the only one that does)."""
-    if on_unknown_category not in UNKNOWN_CATEGORY_POLICIES or frame.empty:
-        return None
-    names = list(frame.columns)
-    if len(names) != len(FEATURE_NAMES) or set(names) != _FEATURE_SET:
+    """The listings (a DataFrame, or columns as MLflow parses an `inputs` body) if they are
+    clean, exactly as `validate` would accept and flag them; None when anything is off, so
+    that `validate` says what (it is the only one that does)."""
+    names = list(frame.keys())
+    if (
+        on_unknown_category not in UNKNOWN_CATEGORY_POLICIES
+        or len(names) != len(FEATURE_NAMES)
+        or set(names) != _FEATURE_SET
+        or any(np.ndim(frame[n]) != 1 for n in names)
+        or len({len(frame[n]) for n in names}) != 1
+        or len(frame[names[0]]) == 0
+    ):
         return None
     columns: dict[str, np.ndarray] = {}
     for name in NUMERIC_NAMES:
@@ -115,14 +121,17 @@ def check(
                 return None
             flagged.append((name, unknown))
     flagged += unreliable(columns, training_ranges)
-    return CheckedInput(columns, joined_flags(len(frame), flagged))
+    return CheckedInput(columns, joined_flags(len(columns[NUMERIC_NAMES[0]]), flagged))
 
 
-def _clean_numbers(column: pd.Series, name: str) -> np.ndarray | None:
+def _clean_numbers(column: pd.Series | np.ndarray, name: str) -> np.ndarray | None:
     """float64 values if the column is numeric and every value passes the contract's rules."""
     if column.dtype.kind not in "iuf":  # not bool, object, complex...: `validate` decides
         return None
-    values = column.to_numpy(dtype="float64", na_value=np.nan)
+    if isinstance(column, pd.Series):
+        values = column.to_numpy(dtype="float64", na_value=np.nan)
+    else:
+        values = np.asarray(column, dtype="float64")
     feature = NUMERIC_BY_NAME[name]
     ok = (
         np.isfinite(values).all()
@@ -133,10 +142,10 @@ def _clean_numbers(column: pd.Series, name: str) -> np.ndarray | None:
 
 
 def _clean_categories(
-    column: pd.Series, known: frozenset[str]
+    column: pd.Series | np.ndarray, known: frozenset[str]
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Normalized strings and a mask of unknown ones; None if a value is not a string."""
-    raw = column.to_numpy(dtype=object)
+    raw = column.to_numpy(dtype=object) if isinstance(column, pd.Series) else column.astype(object)
     normalized = [_normalize(v) if isinstance(v, str) else None for v in raw]
     if None in normalized:
         return None

@@ -20,11 +20,9 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from pyfunc import contract, fastpath
 from pyfunc.contract import INVALID_ROW_POLICIES, FieldError, ValidationError
 from pyfunc.schema import (
-    CATEGORICAL_NAMES,
     FEATURE_NAMES,
     FLAG_COLUMN,
     INVALID_COLUMN,
-    NUMERIC_NAMES,
     PREDICTION_COLUMN,
 )
 from pyfunc.validation import validate, validate_each_row
@@ -83,35 +81,44 @@ class PropertyValuationModel(PythonModel):
         # pipeline) if its shape is unknown or it disagrees with the pipeline on probe rows.
         self._fast = fastpath.compile_pipeline(self._pipeline, self._categories, self._ranges)
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+    def predict(self, context, model_input, params: dict | None = None):
         """Prices and flags. With params on_invalid_row="report", a bad row does not refuse the
-        batch: it gets no price and its reason in `invalid_reason` (batch scoring)."""
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        batch: it gets no price and its reason in `invalid_reason` (batch scoring).
+
+        `model_input` is a DataFrame, or the columns MLflow parses from an `inputs` body
+        (name -> numpy array): those are priced without building a DataFrame when clean, and
+        answered as records (a list of dicts), which MLflow writes as they are: the same JSON
+        as a DataFrame's, without pandas on the way in or out."""
+        if isinstance(model_input, dict):
+            data = {name: np.asarray(values) for name, values in model_input.items()}
+        else:
+            data = (
+                model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+            )
         params = params or {}
         policy = params.get("on_unknown_category", "reject")
         on_invalid_row = params.get("on_invalid_row", "reject")
         if on_invalid_row not in INVALID_ROW_POLICIES:
             message = contract.not_one_of("on_invalid_row", INVALID_ROW_POLICIES, on_invalid_row)
             raise InvalidInputError(ValidationError([FieldError("on_invalid_row", None, message)]))
-        checked, reasons = self._validate(frame, policy, each_row=on_invalid_row == "report")
+        checked, reasons = self._validate(data, policy, each_row=on_invalid_row == "report")
         if on_invalid_row == "reject":
-            return pd.DataFrame(
-                {PREDICTION_COLUMN: self._prices(checked), FLAG_COLUMN: checked.flags}
-            )
-        priced = np.setdiff1d(np.arange(len(frame)), list(reasons))
-        prices = np.full(len(frame), np.nan)
-        flags = [""] * len(frame)
+            answer = {PREDICTION_COLUMN: self._prices(checked), FLAG_COLUMN: checked.flags}
+            return records(answer) if isinstance(data, dict) else pd.DataFrame(answer)
+        rows = len(checked.flags) + len(reasons)
+        priced = np.setdiff1d(np.arange(rows), list(reasons))
+        prices = np.full(rows, np.nan)
+        flags = [""] * rows
         if len(priced):
             prices[priced] = self._prices(checked)
             for row, flag in zip(priced.tolist(), checked.flags, strict=True):
                 flags[row] = flag
-        return pd.DataFrame(
-            {
-                PREDICTION_COLUMN: prices,
-                FLAG_COLUMN: flags,
-                INVALID_COLUMN: [reasons.get(r, "") for r in range(len(frame))],
-            }
-        )
+        answer = {
+            PREDICTION_COLUMN: prices,
+            FLAG_COLUMN: flags,
+            INVALID_COLUMN: [reasons.get(r, "") for r in range(rows)],
+        }
+        return records(answer) if isinstance(data, dict) else pd.DataFrame(answer)
 
     def _prices(self, checked: fastpath.CheckedInput) -> np.ndarray:
         if self._fast is not None:
@@ -119,14 +126,15 @@ class PropertyValuationModel(PythonModel):
         return self._pipeline.predict(checked.frame())
 
     def _validate(
-        self, frame: pd.DataFrame, policy: str, each_row: bool
+        self, data: pd.DataFrame | dict, policy: str, each_row: bool
     ) -> tuple[fastpath.CheckedInput, dict[int, str]]:
         """A clean request passes the fast path's checks; anything else gets the validator's
         verdict: with `each_row`, the valid rows and the reason of each invalid one."""
-        checked = fastpath.check(frame, self._categories, self._ranges, policy, self._known)
+        checked = fastpath.check(data, self._categories, self._ranges, policy, self._known)
         if checked is not None:
             return checked, {}
         try:
+            frame = as_frame(data)
             if each_row:
                 valid, reasons = validate_each_row(frame, self._categories, self._ranges, policy)
             else:
@@ -136,25 +144,47 @@ class PropertyValuationModel(PythonModel):
         return fastpath.CheckedInput.from_validated(valid), reasons
 
 
+def records(columns: dict[str, np.ndarray | list]) -> list[dict]:
+    """Columns as one dict per row, with Python values (what `DataFrame.to_dict("records")`
+    gives)."""
+    names = list(columns)
+    values = [np.asarray(column).tolist() for column in columns.values()]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+
+
+def as_frame(data: pd.DataFrame | dict[str, np.ndarray]) -> pd.DataFrame:
+    """The listings as a DataFrame; columns (an `inputs` body) of scalars are one row."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    columns = {n: v.astype(object) if v.dtype.kind == "U" else v for n, v in data.items()}
+    if columns and all(values.ndim == 0 for values in columns.values()):
+        columns = {name: values.reshape(1) for name, values in columns.items()}
+    try:
+        return pd.DataFrame(columns)
+    except ValueError:
+        message = "inputs must hold one list of values per feature, all of the same length"
+        raise ValidationError([FieldError("inputs", None, message)]) from None
+
+
 def signature() -> ModelSignature:
-    """Columns are optional in the signature so that the model's validator, not MLflow's,
-    answers a missing column with a message naming it."""
-    columns: list[ColSpec | TensorSpec] = [
-        *(ColSpec("string", name, required=False) for name in CATEGORICAL_NAMES),
-        *(ColSpec("double", name, required=False) for name in NUMERIC_NAMES),
-    ]
+    """Params and outputs; no input schema, so that MLflow hands the request's columns to
+    `predict` as parsed, without casting or rebuilding them (a third of a one-row request's
+    cost), and the model's validator, the only one that names field, row and allowed values,
+    sees what was sent: MLflow's enforcement would coerce "0.5" to a number and drop unknown
+    columns silently. The features are documented by the logged input example and
+    `pyfunc.schema`; MLflow still checks the params' types and fills their defaults."""
     answer: list[ColSpec | TensorSpec] = [
         ColSpec("double", PREDICTION_COLUMN),
         ColSpec("string", FLAG_COLUMN),
     ]
-    inputs, outputs = Schema(columns), Schema(answer)
+    outputs = Schema(answer)
     params = ParamSchema(
         [
             ParamSpec("on_unknown_category", "string", "reject"),
             ParamSpec("on_invalid_row", "string", "reject"),
         ]
     )
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+    return ModelSignature(inputs=None, outputs=outputs, params=params)
 
 
 def pip_requirements() -> list[str]:

@@ -247,6 +247,60 @@ def test_a_missing_column_is_named_by_the_model_not_by_mlflow(
     assert caught.value.message == "Invalid input (net_area): net_area is a required column"
 
 
+def parsed_inputs(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The columns as MLflow's scoring server parses an `inputs` body (no input schema)."""
+    return {name: np.array(rows[name].tolist()) for name in rows.columns}
+
+
+def test_columns_of_an_inputs_body_are_answered_as_the_frame_records(
+    model: PyFuncModel, listings: pd.DataFrame
+) -> None:
+    rows = features(listings.sample(5, random_state=2))
+
+    answer = model.predict(parsed_inputs(rows))
+
+    assert answer == model.predict(rows).to_dict(orient="records")
+    assert all(type(r[PREDICTION_COLUMN]) is float for r in answer)
+
+
+def test_bad_columns_of_an_inputs_body_get_the_validators_message(
+    model: PyFuncModel, listings: pd.DataFrame
+) -> None:
+    columns = parsed_inputs(features(listings.head(2)))
+    columns["n_rooms"] = np.array(["3", "x"])  # strings are not coerced to numbers
+
+    with pytest.raises(MlflowException) as caught:
+        model.predict(columns)
+
+    assert [e["field"] for e in caught.value.json_kwargs["errors"]] == ["n_rooms", "n_rooms"]
+
+
+def test_inputs_columns_of_different_lengths_are_refused_by_name(
+    model: PyFuncModel, listings: pd.DataFrame
+) -> None:
+    columns = parsed_inputs(features(listings.head(2)))
+    columns["net_area"] = columns["net_area"][:1]
+
+    with pytest.raises(MlflowException) as caught:
+        model.predict(columns)
+
+    assert caught.value.message == (
+        "Invalid input (inputs): inputs must hold one list of values per feature, "
+        "all of the same length"
+    )
+
+
+def test_inputs_columns_of_single_values_are_one_listing(
+    model: PyFuncModel, listings: pd.DataFrame
+) -> None:
+    row = features(listings.head(1))
+    scalars = {name: np.array(row[name].iloc[0]) for name in row.columns}
+
+    answer = model.predict(scalars)
+
+    assert answer == model.predict(row).to_dict(orient="records")
+
+
 def test_invalid_input_error_keeps_its_message_when_reassigned(
     model: PyFuncModel, listings: pd.DataFrame
 ) -> None:
