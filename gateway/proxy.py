@@ -1,9 +1,11 @@
 """POST /invocations: check the body, forward what was checked to the model server, answer.
 
 The request path does the minimum: content type, size, one orjson parse, a column-wise shape
-check, the upstream call. The model server gets the parsed body serialized again, not the
-client's bytes: when a key appears twice in an object, two JSON parsers may keep different
-values, and the model must see the one the gateway checked. The model's answer is passed
+check, the upstream call. The model server gets what was checked, serialized again, not the
+client's bytes (when a key appears twice in an object, two JSON parsers may keep different
+values, and the model must see the one the gateway checked): whatever the client's format, the
+features as `inputs` columns, which MLflow hands to the model as arrays without building or
+casting a DataFrame, and the params. The model's answer is passed
 through byte for byte; it is parsed later, on the request-log thread, for the price
 histogram, the drift window and the logged predictions.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -24,7 +25,7 @@ from gateway.drift import DriftMonitor
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.pool import Pool
-from gateway.validation import Columns, validate_payload
+from gateway.validation import INPUTS, PARAMS, Columns, validate_payload
 from pyfunc.schema import FLAG_COLUMN, PREDICTION_COLUMN
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def _count_invalid_fields(metrics: GatewayMetrics, error: GatewayError) -> None:
 
 
 def prediction_fields(
-    columns: Callable[[], Columns],
+    columns: Columns,
     answer: bytes,
     metrics: GatewayMetrics,
     drift: DriftMonitor,
@@ -55,12 +56,11 @@ def prediction_fields(
     metrics.observe_prices([p for p in prices if isinstance(p, (int, float)) and math.isfinite(p)])
     if not (log_payloads or drift.active):
         return {}
-    features = columns()
-    drift.observe(features)
+    drift.observe(columns)
     if not log_payloads:
         return {}
     return {
-        "features": features,
+        "features": columns,
         "predictions": prices,
         FLAG_COLUMN: [r.get(FLAG_COLUMN, "") for r in rows],
     }
@@ -88,8 +88,10 @@ def init_app(
             _count_invalid_fields(metrics, error)
             raise
         record.rows = batch.rows
+        columns = batch.columns()
+        forwarded = {INPUTS: columns} | ({PARAMS: payload[PARAMS]} if PARAMS in payload else {})
         answer, record.model_version = pool.predict(
-            orjson.dumps(payload), content_type, record.request_id
+            orjson.dumps(forwarded), content_type, record.request_id
         )
         record.upstream_latency_ms = round(answer.seconds * 1000, 3)
         metrics.upstream_duration.observe(answer.seconds)
@@ -99,7 +101,7 @@ def init_app(
             raise failure
         metrics.rows_predicted.inc(batch.rows)
         record.extra = partial(
-            prediction_fields, batch.columns, answer.body, metrics, drift, log_payloads
+            prediction_fields, columns, answer.body, metrics, drift, log_payloads
         )
         return Response(answer.body, status=200, content_type=answer.content_type)
 

@@ -47,7 +47,7 @@ class Batch:
     data: Any
 
     def columns(self) -> Columns:
-        """The features as columns, built on demand (by the request log's thread)."""
+        """The features as columns: what the model server is sent, and the request log."""
         if self.format == DF_SPLIT:
             return _split_to_columns(self.data)
         if isinstance(self.data, dict):

@@ -67,7 +67,7 @@ def make_app(tmp_path, reference: dict | None, **env: str):
 
 def _stub_predict(body: bytes, content_type: str, request_id: str) -> UpstreamAnswer:
     """A model server that prices every row at 10,000 UF."""
-    rows = len(orjson.loads(body)["dataframe_split"]["data"])
+    rows = len(orjson.loads(body)["inputs"]["type"])
     answer = {"predictions": [{"price": 10_000.0, "outside_training_range": ""}] * rows}
     return UpstreamAnswer(200, orjson.dumps(answer), "application/json", 0.001)
 

@@ -104,7 +104,7 @@ def test_chunked_body_under_limit_is_read(client, upstream_calls):
         environ_overrides=TERMINATED,
     )
     assert response.status_code == 200
-    assert upstream_calls[0][0] == body
+    assert orjson.loads(upstream_calls[0][0]) == {"inputs": {k: [v] for k, v in ROW.items()}}
 
 
 @pytest.mark.parametrize(
@@ -367,7 +367,9 @@ def test_validation_errors_are_counted_by_field(app, client):
         {"dataframe_records": [ROW, ROW], "params": {"on_unknown_category": "flag"}},
     ],
 )
-def test_valid_body_is_forwarded_unchanged(tmp_path, app, client, upstream_calls, body):
+def test_valid_body_is_forwarded_as_columns(tmp_path, app, client, upstream_calls, body):
+    """Whatever the client's format, the model server gets the checked features as `inputs`
+    columns (MLflow hands them to the model without building a DataFrame), and the params."""
     write_model_info(tmp_path / "served-model.json", version="7")
     gateway_of(app).model_info.refresh(force=True)
     raw = orjson.dumps(body)
@@ -376,7 +378,12 @@ def test_valid_body_is_forwarded_unchanged(tmp_path, app, client, upstream_calls
     assert response.json["predictions"][1]["price"] == 2000.0
     assert response.headers["X-Request-ID"] == "client-id-1"
     assert response.headers["X-Model-Version"] == "7"
-    assert upstream_calls == [(raw, "application/json", "client-id-1")]
+    [(forwarded, content_type, request_id)] = upstream_calls
+    columns = {k: [v, v] for k, v in ROW.items()}
+    assert orjson.loads(forwarded) == {"inputs": columns} | (
+        {"params": body["params"]} if "params" in body else {}
+    )
+    assert (content_type, request_id) == ("application/json", "client-id-1")
     assert sample(app, "gateway_rows_predicted_total") == 2
 
 
@@ -491,4 +498,4 @@ def test_the_model_server_gets_the_values_the_gateway_checked(client, upstream_c
     assert response.status_code == 200, response.json
     forwarded = upstream_calls[0][0]
     assert forwarded.count(b'"net_area"') == 1
-    assert orjson.loads(forwarded) == {"dataframe_records": [ROW]}
+    assert orjson.loads(forwarded) == {"inputs": {k: [v] for k, v in ROW.items()}}
