@@ -205,12 +205,12 @@ def process_group(leader: int) -> list[Process]:
 def describe(process: Process, leader: int, group: list[Process]) -> str:
     """A readable role for a process of the model server's or the gateway's group."""
     args, parents = process.command, {p.ppid for p in group}
+    if "baseline_app" in args:
+        return "uvicorn (one-hop baseline)"
     if "gunicorn" in args:
         return "gunicorn master" if process.pid == leader else "gunicorn worker"
     if process.pid == leader:
         return "mlflow models serve (launcher)"
-    if "baseline_app" in args:
-        return "uvicorn (one-hop baseline)"
     if "uvicorn" in args:
         return "uvicorn supervisor" if process.pid in parents else "uvicorn (scoring server)"
     if "multiprocessing" in args:
