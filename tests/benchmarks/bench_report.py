@@ -120,7 +120,7 @@ def baseline_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     ratio = results["ratios"]
     pool = ratio["req/s concurrent gateway with the pool / one-hop"]
     latency = ratio["latency_p50 gateway / one-hop baseline"]
-    server = cpu_per_row(results, MODEL_SERVER, MODEL_SERVER)
+    server = cpu_per_row(results, GATEWAY, MODEL_SERVER)  # the body the gateway sends it
     gateway = cpu_per_row(results, GATEWAY, GATEWAY)
     return [
         {
@@ -136,7 +136,8 @@ def baseline_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             "pass": latency <= LATENCY_VS_BASELINE_TARGET,
         },
         {
-            "name": f"model server CPU per one-row request <= {MODEL_SERVER_CPU_MS:g} ms",
+            "name": f"model server CPU per one-row request via the gateway <= "
+            f"{MODEL_SERVER_CPU_MS:g} ms",
             "value": round(server, 3),
             "unit": "ms",
             "pass": server <= MODEL_SERVER_CPU_MS,
