@@ -91,6 +91,8 @@ class PropertyValuationModel(PythonModel):
         as a DataFrame's, without pandas on the way in or out."""
         if isinstance(model_input, dict):
             data = {name: np.asarray(values) for name, values in model_input.items()}
+        elif isinstance(model_input, list):  # records of an `inputs` body: 0-d arrays
+            data = pd.DataFrame([scalars(r) if isinstance(r, dict) else r for r in model_input])
         else:
             data = (
                 model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -142,6 +144,13 @@ class PropertyValuationModel(PythonModel):
         except ValidationError as error:
             raise InvalidInputError(error) from None
         return fastpath.CheckedInput.from_validated(valid), reasons
+
+
+def scalars(record: dict) -> dict:
+    """A record with MLflow's 0-d arrays (an `inputs` list of records) as plain values."""
+    return {
+        k: v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v for k, v in record.items()
+    }
 
 
 def records(columns: dict[str, np.ndarray | list]) -> list[dict]:

@@ -263,6 +263,17 @@ def test_columns_of_an_inputs_body_are_answered_as_the_frame_records(
     assert all(type(r[PREDICTION_COLUMN]) is float for r in answer)
 
 
+def test_records_of_an_inputs_body_are_priced_like_the_frame(
+    model: PyFuncModel, listings: pd.DataFrame
+) -> None:
+    rows = features(listings.sample(3, random_state=3))
+    parsed = [{k: np.array(v) for k, v in r.items()} for r in rows.to_dict(orient="records")]
+
+    answer = model.predict(parsed)
+
+    pd.testing.assert_frame_equal(answer, model.predict(rows))
+
+
 def test_bad_columns_of_an_inputs_body_get_the_validators_message(
     model: PyFuncModel, listings: pd.DataFrame
 ) -> None:
