@@ -89,7 +89,7 @@ def init_app(
             raise
         record.rows = batch.rows
         columns = batch.columns()
-        forwarded = {INPUTS: columns} | ({PARAMS: payload[PARAMS]} if PARAMS in payload else {})
+        forwarded = {INPUTS: columns} | ({PARAMS: batch.params} if batch.params is not None else {})
         answer, record.model_version = pool.predict(
             orjson.dumps(forwarded), content_type, record.request_id
         )

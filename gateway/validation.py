@@ -40,11 +40,13 @@ Columns = dict[str, Sequence[Any]]
 
 @dataclass(frozen=True)
 class Batch:
-    """A well-shaped request: its format, row count and the format's value as parsed."""
+    """A well-shaped request: its format, row count, the format's value as parsed, and the
+    params object if it has one."""
 
     format: str
     rows: int
     data: Any
+    params: dict[str, Any] | None = None
 
     def columns(self) -> Columns:
         """The features as columns: what the model server is sent, and the request log."""
@@ -94,7 +96,7 @@ def validate_payload(payload: object) -> Batch:
         rows = _check_records(data, fmt)
     if rows == 0:
         raise _fail("rows", None, contract.NO_ROWS)
-    return Batch(fmt, rows, data)
+    return Batch(fmt, rows, data, payload.get(PARAMS))
 
 
 def _format_key(payload: dict) -> str:

@@ -6,6 +6,7 @@ import json
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import joblib
 import mlflow
@@ -153,7 +154,7 @@ def scalars(record: dict) -> dict:
     }
 
 
-def records(columns: dict[str, np.ndarray | list]) -> list[dict]:
+def records(columns: dict[str, Any]) -> list[dict]:
     """Columns as one dict per row, with Python values (what `DataFrame.to_dict("records")`
     gives)."""
     names = list(columns)
@@ -162,12 +163,10 @@ def records(columns: dict[str, np.ndarray | list]) -> list[dict]:
 
 
 def as_frame(data: pd.DataFrame | dict[str, np.ndarray]) -> pd.DataFrame:
-    """The listings as a DataFrame; columns (an `inputs` body) of scalars are one row."""
+    """The listings as a DataFrame (numpy's strings as Python's, for the messages)."""
     if isinstance(data, pd.DataFrame):
         return data
     columns = {n: v.astype(object) if v.dtype.kind == "U" else v for n, v in data.items()}
-    if columns and all(values.ndim == 0 for values in columns.values()):
-        columns = {name: values.reshape(1) for name, values in columns.items()}
     try:
         return pd.DataFrame(columns)
     except ValueError:

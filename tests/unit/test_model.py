@@ -301,15 +301,16 @@ def test_inputs_columns_of_different_lengths_are_refused_by_name(
     )
 
 
-def test_inputs_columns_of_single_values_are_one_listing(
+def test_inputs_columns_of_single_values_are_refused_by_name(
     model: PyFuncModel, listings: pd.DataFrame
 ) -> None:
     row = features(listings.head(1))
     scalars = {name: np.array(row[name].iloc[0]) for name in row.columns}
 
-    answer = model.predict(scalars)
+    with pytest.raises(MlflowException) as caught:
+        model.predict(scalars)
 
-    assert answer == model.predict(row).to_dict(orient="records")
+    assert caught.value.json_kwargs["errors"][0]["field"] == "inputs"
 
 
 def test_invalid_input_error_keeps_its_message_when_reassigned(
