@@ -63,7 +63,7 @@ sys.meta_path.insert(0, Block())
 class Model(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        rows = len(payload["dataframe_records"])
+        rows = len(next(iter(payload["inputs"].values())))  # the checked columns
         body = json.dumps({"predictions": [{"price": 5000.0, "outside_training_range": ""}] * rows})
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
