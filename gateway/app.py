@@ -114,6 +114,7 @@ def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
 
     @app.before_request
     def begin() -> None:
+        gateway.metrics.in_flight.inc()
         g.record = _new_record()
         gateway.model_info.refresh()  # a new pool takes effect before this request is sent
 
@@ -125,10 +126,17 @@ def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
         record.model_version = record.model_version or gateway.model_info.version
         response.headers["X-Request-ID"] = record.request_id
         response.headers["X-Model-Version"] = record.model_version
-        gateway.metrics.observe_request(endpoint, response.status_code, seconds)
+        gateway.metrics.observe_request(
+            endpoint, response.status_code, seconds, record.model_version
+        )
         gateway.request_log.emit(partial(record.fields, response.status_code, seconds * 1000))
         body.discard_unread()
         return response
+
+    @app.teardown_request
+    def end(_error: BaseException | None) -> None:
+        if "record" in g:  # counted in flight by begin()
+            gateway.metrics.in_flight.dec()
 
 
 def _new_record() -> RequestRecord:

@@ -28,44 +28,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from pyfunc.drift import DRIFT_THRESHOLD
 from pyfunc.schema import FEATURE_NAMES
 
-LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
-PRICE_BUCKETS_UF = (
-    1_000,
-    2_000,
-    3_000,
-    4_000,
-    5_000,
-    7_500,
-    10_000,
-    12_500,
-    15_000,
-    20_000,
-    25_000,
-    30_000,
-    40_000,
-    50_000,
-    75_000,
-    100_000,
-    150_000,
-    200_000,
-    300_000,
-)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENCY_BUCKETS += (10.0, 30.0)
+PRICE_BUCKETS_UF = (1_000, 2_000, 3_000, 4_000, 5_000, 7_500, 10_000, 12_500, 15_000, 20_000)
+PRICE_BUCKETS_UF += (25_000, 30_000, 40_000, 50_000, 75_000, 100_000, 150_000, 200_000, 300_000)
 OTHER = "other"
 AUTH_FAILURE_REASONS = ("missing", "invalid")  # what gateway.auth reports
 _FIELDS = frozenset(FEATURE_NAMES)
@@ -83,22 +49,30 @@ class GatewayMetrics:
             ["endpoint", "status"],
             registry=r,
         )
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight",
+            "Requests being answered now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.request_duration = Histogram(
             "gateway_request_duration_seconds",
-            "Time to answer a request, in the gateway.",
-            ["endpoint"],
+            "Time to answer a request, in the gateway, by route and served model version.",
+            ["endpoint", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.upstream_duration = Histogram(
             "gateway_upstream_duration_seconds",
-            "Time the model server took for /invocations.",
+            "Time the model server took for /invocations, by model version.",
+            ["version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.predicted_price = Histogram(
             "gateway_predicted_price_uf",
-            "Predicted prices, in UF.",
+            "Predicted prices, in UF, by model version.",
+            ["version"],
             buckets=PRICE_BUCKETS_UF,
             registry=r,
         )
@@ -158,10 +132,10 @@ class GatewayMetrics:
         for field in (*FEATURE_NAMES, OTHER):
             self.validation_errors.labels(field)
 
-    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        """Count one answered request and its duration."""
+    def observe_request(self, endpoint: str, status: int, seconds: float, version: str) -> None:
+        """Count one answered request and its duration under the model version it got."""
         self.requests.labels(endpoint, str(status)).inc()
-        self.request_duration.labels(endpoint).observe(seconds)
+        self.request_duration.labels(endpoint, version).observe(seconds)
 
     def count_validation_errors(self, fields: Iterable[str]) -> None:
         """Count one rejected request under each field it got wrong (names outside the schema
@@ -169,10 +143,11 @@ class GatewayMetrics:
         for field in {field if field in _FIELDS else OTHER for field in fields}:
             self.validation_errors.labels(field).inc()
 
-    def observe_prices(self, prices: Sequence[float]) -> None:
-        """Add a batch of predicted prices to the price histogram."""
+    def observe_prices(self, prices: Sequence[float], version: str) -> None:
+        """Add a batch of prices predicted by model `version` to the price histogram."""
+        histogram = self.predicted_price.labels(version)
         for price in prices:
-            self.predicted_price.observe(price)
+            histogram.observe(price)
 
     def pool_state(self, healthy: int, total: int) -> None:
         """Set gateway_pool_servers{state="healthy"|"total"}."""

@@ -62,6 +62,7 @@ class Pool:
         self._lock = threading.Lock()
         self._turn = itertools.count()
         self._current = Generation((), "")
+        self._reported = (-1, -1)
 
     @property
     def urls(self) -> list[str]:
@@ -85,6 +86,7 @@ class Pool:
         """POST /invocations to one server (another one if the first gave no answer);
         returns the answer and the version of the server that gave it."""
         generation = self._current
+        self._report()  # a server whose time out of rotation ended is back in the count
         tried: set[Member] = set()
         while True:
             member = self._choose(generation.members, tried)
@@ -136,6 +138,10 @@ class Pool:
         self._report()
 
     def _report(self) -> None:
+        """Tell `on_state` the pool's size and servers in rotation when they changed."""
         now = time.monotonic()
         members = self._current.members
-        self._on_state(sum(m.in_rotation(now) for m in members), len(members))
+        state = (sum(m.in_rotation(now) for m in members), len(members))
+        if state != self._reported:
+            self._reported = state
+            self._on_state(*state)

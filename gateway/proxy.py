@@ -39,13 +39,14 @@ def _count_invalid_fields(metrics: GatewayMetrics, error: GatewayError) -> None:
 def prediction_fields(
     columns: Columns,
     answer: bytes,
+    version: str,
     metrics: GatewayMetrics,
     drift: DriftMonitor,
     log_payloads: bool,
 ) -> dict[str, Any]:
-    """Parse the model's answer: observe the prices, add the rows to the drift window; the
-    features and predictions to log when `log_payloads` (GATEWAY_LOG_PAYLOADS). Runs on the
-    log's thread."""
+    """Parse the answer of model `version`: observe the prices, add the rows to the drift
+    window; the features and predictions to log when `log_payloads` (GATEWAY_LOG_PAYLOADS).
+    Runs on the log's thread."""
     try:
         predictions = orjson.loads(answer)["predictions"]
         rows = [p if isinstance(p, dict) else {PREDICTION_COLUMN: p} for p in predictions]
@@ -53,7 +54,8 @@ def prediction_fields(
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         logger.warning("could not read the model's predictions: %r", exc)
         return {"payload_error": "unreadable predictions"}
-    metrics.observe_prices([p for p in prices if isinstance(p, (int, float)) and math.isfinite(p)])
+    finite = [p for p in prices if type(p) in (int, float) and math.isfinite(p)]
+    metrics.observe_prices(finite, version)
     if not (log_payloads or drift.active):
         return {}
     drift.observe(columns)
@@ -94,14 +96,20 @@ def init_app(
             orjson.dumps(forwarded), content_type, record.request_id
         )
         record.upstream_latency_ms = round(answer.seconds * 1000, 3)
-        metrics.upstream_duration.observe(answer.seconds)
+        metrics.upstream_duration.labels(record.model_version).observe(answer.seconds)
         if answer.status != 200:
             failure = upstream.failure(answer)
             _count_invalid_fields(metrics, failure)
             raise failure
         metrics.rows_predicted.inc(batch.rows)
         record.extra = partial(
-            prediction_fields, columns, answer.body, metrics, drift, log_payloads
+            prediction_fields,
+            columns,
+            answer.body,
+            record.model_version,
+            metrics,
+            drift,
+            log_payloads,
         )
         return Response(answer.body, status=200, content_type=answer.content_type)
 

@@ -403,8 +403,8 @@ def test_success_is_logged_with_features_and_prices(tmp_path, app, client, upstr
     assert line["features"] == {name: [ROW[name], ROW[name]] for name in FEATURE_NAMES}
     assert line["predictions"] == [1000.0, 2000.0]
     assert line["outside_training_range"] == ["", ""]
-    assert sample(app, "gateway_predicted_price_uf_count") == 2
-    assert sample(app, "gateway_predicted_price_uf_sum") == 3000.0
+    assert sample(app, "gateway_predicted_price_uf_count", version="unknown") == 2
+    assert sample(app, "gateway_predicted_price_uf_sum", version="unknown") == 3000.0
 
 
 def test_payloads_are_not_logged_when_disabled(tmp_path, monkeypatch):
@@ -417,7 +417,7 @@ def test_payloads_are_not_logged_when_disabled(tmp_path, monkeypatch):
     assert "features" not in line
     assert "predictions" not in line
     registry = gateway_of(app).metrics.registry
-    assert registry.get_sample_value("gateway_predicted_price_uf_count") == 1
+    assert registry.get_sample_value("gateway_predicted_price_uf_count", {"version": "3"}) == 1
 
 
 def test_upstream_down_is_503(tmp_path, app, client):

@@ -147,17 +147,22 @@ def test_a_benched_server_comes_back_after_the_out_of_rotation_time(monkeypatch)
     clock = [1000.0]
     monkeypatch.setattr(pool_module.time, "monotonic", lambda: clock[0])
     seen: list[str] = []
+    states: list[tuple[int, int]] = []
     with servers(server("broken", status=503, seen=seen), server("good", seen=seen)) as urls:
-        pool = make_pool(urls, out_seconds=5.0)
+        pool = make_pool(urls, out_seconds=5.0, states=states)
         for n in range(2):
             predict(pool, f"r{n}")
         for n in range(4):
             predict(pool, f"s{n}")
         assert seen.count("broken") == 1
+        assert states == [(2, 2), (1, 2)]  # reported once per change
         clock[0] += 5.0
-        for n in range(4):
+        predict(pool, "t0")  # reported back in rotation before it is tried
+        assert states[2] == (2, 2)
+        for n in range(1, 4):
             predict(pool, f"t{n}")
     assert seen.count("broken") == 2  # back once, still failing: out again
+    assert states == [(2, 2), (1, 2), (2, 2), (1, 2)]
 
 
 def test_a_read_timeout_is_never_retried():
