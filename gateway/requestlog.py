@@ -1,18 +1,25 @@
-"""The request log: one JSON line per request, whatever its outcome.
+"""The request log: one JSON line per request, whatever its outcome, to a file or to stdout.
 
 The request path only hands a record to a `QueueHandler`; a `QueueListener` thread per worker
 renders it (`JsonLineFormatter`, parsing the model's answer when payloads are logged) and
-appends it (`AppendHandler`). Each line goes out in one `write` on a file opened with
-O_APPEND, so gunicorn workers never interleave or lose each other's lines. When the file
-cannot be written, requests are still served: the lost lines are counted and the failure is
-logged to stderr at most once a minute; half a line left by a disk filling up mid-write is cut
-off. `close()` (gunicorn's worker_exit hook, or atexit) writes what is queued.
+writes it (`LineHandler`) in one piece, so gunicorn workers never interleave or lose each
+other's lines:
+- to a file: one `write` on the file opened with O_APPEND for each line. Opening it by name
+  each time lets logrotate (or any rename) rotate it with no line lost or cut: the next line
+  creates a new file.
+- to stdout (GATEWAY_REQUEST_LOG=-, the image's default; the container runtime collects and
+  rotates it): under an exclusive lock on stdout (`fcntl.lockf`, held by one process at a
+  time), since a pipe keeps only writes of up to 4 KiB whole.
+When a line cannot be written, requests are still served: the lost lines are counted and the
+failure is logged to stderr at most once a minute; half a line left by a disk filling up
+mid-write is cut off. `close()` (gunicorn's worker_exit hook, or atexit) writes what is queued.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import logging
 import os
 import queue
@@ -22,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 from typing import Any
@@ -31,6 +39,9 @@ import orjson
 logger = logging.getLogger(__name__)
 
 COMPLAINT_INTERVAL_SECONDS = 60.0
+STDOUT = Path("-")  # GATEWAY_REQUEST_LOG's value for standard output
+_STDOUT_FD = 1
+_STDOUT_THREADS = threading.Lock()  # fcntl locks exclude processes, not threads
 
 Fields = Callable[[], dict[str, Any]]
 
@@ -85,19 +96,20 @@ class JsonLineFormatter(logging.Formatter):
         return orjson.dumps(fields()).decode()
 
 
-class AppendHandler(logging.Handler):
-    """Appends each record as one line to `path`; `on_lost(1)` for each line lost."""
+class LineHandler(logging.Handler):
+    """Writes each record as one line to `path` (or stdout); `on_lost(1)` for each line lost."""
 
     def __init__(self, path: Path, on_lost: Callable[[int], None]):
         super().__init__()
         self.path = path
+        self._write = _write_stdout if path == STDOUT else partial(_append, path)
         self._on_lost = on_lost
         self._lost = 0
         self._complained_at = float("-inf")
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            _append(self.path, (self.format(record) + "\n").encode())
+            self._write((self.format(record) + "\n").encode())
         except Exception:
             self.handleError(record)
 
@@ -124,11 +136,12 @@ class _Enqueue(QueueHandler):
 
 
 class RequestLog:
-    """Appends lines to `path` from a background thread; `on_lost(n)` counts lost lines."""
+    """Writes lines to `path` (STDOUT: standard output) from a background thread;
+    `on_lost(n)` counts lost lines."""
 
     def __init__(self, path: Path, on_lost: Callable[[int], None]):
         self.path = path
-        self._writer = AppendHandler(path, on_lost)
+        self._writer = LineHandler(path, on_lost)
         self._writer.setFormatter(JsonLineFormatter())
         self._queue: queue.Queue = queue.Queue()
         self._enqueue = _Enqueue(self._queue)
@@ -157,24 +170,39 @@ class RequestLog:
 
 
 def _append(path: Path, data: bytes) -> None:
-    """Write `data` at the end of `path` in one O_APPEND write; on a short write (a full disk)
-    cut off what made it, so that the file never keeps half a line."""
+    """Write `data` at the end of `path` in one O_APPEND write."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
     try:
         fd = os.open(path, flags, 0o644)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, flags, 0o644)
+    try:
+        _write_whole(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _write_stdout(data: bytes) -> None:
+    """Write `data` to stdout while holding it locked against the other workers."""
+    with _STDOUT_THREADS:
+        fcntl.lockf(_STDOUT_FD, fcntl.LOCK_EX)
+        try:
+            _write_whole(_STDOUT_FD, data)
+        finally:
+            fcntl.lockf(_STDOUT_FD, fcntl.LOCK_UN)
+
+
+def _write_whole(fd: int, data: bytes) -> None:
+    """Write all of `data`; on a short write (a full disk) cut off what made it, so that a
+    file never keeps half a line."""
     written = 0
     try:
-        written = os.write(fd, data)
-        while written < len(data):  # only on a nearly full disk
+        while written < len(data):  # one write, but for a pipe's reader or a nearly full disk
             written += os.write(fd, data[written:])
     except OSError:
         _cut_partial_line(fd, written)
         raise
-    finally:
-        os.close(fd)
 
 
 def _cut_partial_line(fd: int, written: int) -> None:

@@ -1,9 +1,11 @@
-"""The Grafana dashboard against a real Prometheus: every panel's query returns data.
+"""The Grafana dashboard and the alerting rules against a real Prometheus.
 
 No Grafana here, so the dashboard is checked through what it would ask: a real Prometheus
-(Debian package) scrapes a real gateway (gunicorn, 2 workers, multiprocess metrics) in front of
-the real model server every second; after varied traffic, each `expr` of
-docker/grafana/dashboards/gateway.json goes through Prometheus' HTTP API.
+(Debian package) scrapes every second a real gateway (gunicorn, 2 workers, multiprocess
+metrics) and the real rollout controller serving the champion from a pool of one model
+server; after varied traffic, each `expr` of docker/grafana/dashboards/gateway.json (panels and
+annotations) goes through Prometheus' HTTP API, and every rule of
+docker/prometheus/alerts.yml evaluates without error.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ from pyfunc.schema import FEATURE_NAMES
 from pyfunc.settings import PROJECT_DIR
 from tests.support.gateway import ALICE_KEY, RunningGateway, running_gateway
 from tests.support.processes import free_port, running
+from tests.support.promql import GRAFANA_VARIABLES, with_grafana_values
+from tests.support.rollout import running_controller
+from tests.support.stack import store_env
 
 pytestmark = pytest.mark.integration
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 INSTALL = "apt-get update && apt-get install -y prometheus"
 DASHBOARD = PROJECT_DIR / "docker" / "grafana" / "dashboards" / "gateway.json"
-# Grafana fills these in; Prometheus would refuse them. None is used today (test_docker).
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+RULES = PROJECT_DIR / "docker" / "prometheus" / "alerts.yml"
 SCRAPE_SECONDS = 1
 ALICE = {"X-API-Key": ALICE_KEY}
 SINGLE_ROWS, BATCH_ROWS, BATCHES = 20, 60, 12
@@ -38,29 +42,40 @@ ROWS = SINGLE_ROWS + BATCH_ROWS * BATCHES  # every one of them priced
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title, expr) of every query of every panel, collapsed rows included."""
+    """(panel title, expr) of every query of every panel, collapsed rows included, as
+    Grafana sends it."""
     board = json.loads(DASHBOARD.read_text())
     found = []
     for panel in board["panels"]:
         for inner in [panel, *panel.get("panels", [])]:
             for target in inner.get("targets", []):
-                expr = target["expr"]
-                for variable, value in GRAFANA_VARIABLES.items():
-                    expr = expr.replace(variable, value)
-                found.append((inner["title"], expr))
+                found.append((inner["title"], with_grafana_values(target["expr"])))
     return found
 
 
+def annotation_query(name: str) -> str:
+    (annotation,) = [
+        a for a in json.loads(DASHBOARD.read_text())["annotations"]["list"] if a["name"] == name
+    ]
+    return with_grafana_values(annotation["expr"])
+
+
 @contextlib.contextmanager
-def running_prometheus(workdir: Path, target: str) -> Iterator[str]:
-    """Prometheus scraping `target` (host:port) every second; its URL, stopped at the end."""
+def running_prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[str]:
+    """Prometheus scraping each job's target (host:port) every second and evaluating the
+    alerting rules; its URL, stopped at the end."""
     if not PROMETHEUS.is_file():
         pytest.fail(f"Prometheus is not installed ({PROMETHEUS} is missing): {INSTALL}")
     config = workdir / "prometheus.yml"
     config.write_text(
         f"global:\n  scrape_interval: {SCRAPE_SECONDS}s\n  scrape_timeout: {SCRAPE_SECONDS}s\n"
-        f"scrape_configs:\n  - job_name: gateway\n    static_configs:\n"
-        f"      - targets: ['{target}']\n"
+        f"  evaluation_interval: {SCRAPE_SECONDS}s\n"
+        f"rule_files: ['{RULES}']\n"
+        "scrape_configs:\n"
+        + "".join(
+            f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+            for job, target in targets.items()
+        )
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -160,50 +175,117 @@ def send_traffic(gateway: RunningGateway) -> int:
     return len(calls) + 1
 
 
-def test_every_dashboard_query_returns_data(model_server, tmp_path):
-    started = time.monotonic()
+def first_scrape(prometheus: str, job: str) -> float:
+    """The time of the first sample Prometheus scraped from `job`."""
+    (series,) = requests.get(
+        f"{prometheus}/api/v1/query", params={"query": f'up{{job="{job}"}}[1h]'}, timeout=5
+    ).json()["data"]["result"]
+    return float(series["values"][0][0])
+
+
+def test_every_dashboard_query_returns_data_and_every_rule_evaluates(trained_store, tmp_path):
     queries = dashboard_queries()
     assert any("gateway_feature_drift" in expr for _, expr in queries)
     assert ROWS >= 2 * MIN_ROWS  # one of the 2 workers at least gets enough to score
-    with (
-        running_gateway(
-            tmp_path / "gateway", model_server.url, info_path=model_server.info_path, workers=2
-        ) as gateway,
-        running_prometheus(tmp_path, f"127.0.0.1:{gateway.port}") as prometheus,
-    ):
-        wait_for(prometheus, 'up{job="gateway"} == 1', timeout=15)
-        invocations = send_traffic(gateway)
-        # Every count scraped, then three more scrapes: the drift monitor scores its last
-        # rows within a second, and every rate() has samples on both sides of the traffic.
-        wait_for(prometheus, f"sum(gateway_rows_predicted_total) == {ROWS}", timeout=15)
-        wait_for(
-            prometheus,
-            f'sum(gateway_requests_total{{endpoint="/invocations"}}) == {invocations}',
-            timeout=15,
-        )
-        wait_for(
-            prometheus,
-            f'count_over_time(up{{job="gateway"}}[1h]) >= {scrapes(prometheus) + 3}',
-            timeout=15,
-        )
-
-        empty = [(title, expr) for title, expr in queries if not query(prometheus, expr)]
-        assert not empty, "panels without data:\n" + "\n".join(map(": ".join, empty))
-        assert value(prometheus, "sum(rate(gateway_rows_predicted_total[5m]))") > 0
-        assert value(prometheus, "sum(rate(gateway_auth_failures_total[5m]))") > 0
-        assert by_label(prometheus, "gateway_auth_failures_total > 0", "reason") == {
-            "missing": 1,
-            "invalid": 2,
-        }
-        assert by_label(prometheus, "gateway_validation_errors_total > 0", "field") == {
-            "net_area": 2,
-            "sector": 1,
-        }
-        served = json.loads(model_server.info_path.read_text())["version"]
-        assert [s["metric"]["version"] for s in query(prometheus, "gateway_model_info == 1")] == [
-            served
-        ]
-        drift = by_label(prometheus, "gateway_feature_drift", "feature")
-        assert set(drift) == set(FEATURE_NAMES)
-        assert all(score >= 0 for score in drift.values()), drift
+    controller_env = store_env(trained_store, MODEL_SERVERS="1", ROLLOUT_POLL_SECONDS="1")
+    with running_controller(tmp_path / "controller", controller_env) as controller:
+        served = controller.wait_served("1")["version"]
+        started = time.monotonic()
+        with (
+            running_gateway(
+                tmp_path / "gateway",
+                f"http://127.0.0.1:{free_port()}",  # the controller's file replaces it
+                info_path=controller.info_path,
+                workers=2,
+            ) as gateway,
+            running_prometheus(
+                tmp_path,
+                {
+                    "gateway": f"127.0.0.1:{gateway.port}",
+                    "controller": f"127.0.0.1:{controller.env['CONTROLLER_METRICS_PORT']}",
+                },
+            ) as prometheus,
+        ):
+            check_stack(prometheus, gateway, queries, served)
     assert time.monotonic() - started < 60
+
+
+def check_stack(
+    prometheus: str, gateway: RunningGateway, queries: list[tuple[str, str]], served: str
+) -> None:
+    """Traffic through the gateway, then every panel, annotation and rule on what Prometheus
+    scraped."""
+    wait_for(prometheus, 'up{job="gateway"} == 1', timeout=15)
+    wait_for(prometheus, 'up{job="controller"} == 1', timeout=15)
+    invocations = send_traffic(gateway)
+    # Every count scraped, then three more scrapes: the drift monitor scores its last
+    # rows within a second, and every rate() has samples on both sides of the traffic.
+    wait_for(prometheus, f"sum(gateway_rows_predicted_total) == {ROWS}", timeout=15)
+    wait_for(
+        prometheus,
+        f'sum(gateway_requests_total{{endpoint="/invocations"}}) == {invocations}',
+        timeout=15,
+    )
+    wait_for(
+        prometheus,
+        f'count_over_time(up{{job="gateway"}}[1h]) >= {scrapes(prometheus) + 3}',
+        timeout=15,
+    )
+
+    empty = [(title, expr) for title, expr in queries if not query(prometheus, expr)]
+    assert not empty, "panels without data:\n" + "\n".join(map(": ".join, empty))
+    assert value(prometheus, "sum(rate(gateway_rows_predicted_total[5m]))") > 0
+    assert value(prometheus, "sum(rate(gateway_auth_failures_total[5m]))") > 0
+    assert by_label(prometheus, "gateway_auth_failures_total > 0", "reason") == {
+        "missing": 1,
+        "invalid": 2,
+    }
+    assert by_label(prometheus, "gateway_validation_errors_total > 0", "field") == {
+        "net_area": 2,
+        "sector": 1,
+    }
+    assert [s["metric"]["version"] for s in query(prometheus, "gateway_model_info == 1")] == [
+        served
+    ]
+    assert by_label(prometheus, "model_rollouts_total", "result") == {
+        "served": 1,
+        "refused": 0,
+        "failed": 0,
+    }
+    assert by_label(prometheus, "max by (state) (gateway_pool_servers)", "state") == {
+        "healthy": 1,
+        "total": 1,
+    }
+    assert set(by_label(prometheus, "gateway_predicted_price_uf_count", "version")) == {served}
+    drift = by_label(prometheus, "gateway_feature_drift", "feature")
+    assert set(drift) == set(FEATURE_NAMES)
+    assert all(score >= 0 for score in drift.values()), drift
+    check_served_version_annotation(prometheus, served)
+    check_rules_evaluate(prometheus)
+
+
+def check_served_version_annotation(prometheus: str, served: str) -> None:
+    """The annotation marks the version once, when the gateway began serving it."""
+    changed = annotation_query("Served model version")
+    began = first_scrape(prometheus, "gateway")
+    interval = float(GRAFANA_VARIABLES["$__interval"].removesuffix("s"))
+    wait_for(prometheus, f'count_over_time(up{{job="gateway"}}[1h]) >= {interval + 3}', 15)
+
+    def at(moment: float) -> list[str]:
+        answer = requests.get(
+            f"{prometheus}/api/v1/query", params={"query": changed, "time": moment}, timeout=5
+        ).json()
+        assert answer["status"] == "success", answer
+        return [s["metric"]["version"] for s in answer["data"]["result"]]
+
+    assert at(began) == [served]
+    assert at(began + interval + 2) == []
+
+
+def check_rules_evaluate(prometheus: str) -> None:
+    """Every alerting rule evaluated on the real series without error, and none fires."""
+    groups = requests.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) >= 9
+    assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+    assert [r["name"] for r in rules if r["state"] == "firing"] == []

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from gateway.requestlog import STDOUT
 from pyfunc.settings import Settings
 from tests.support.lock import locked_closure, pins
 from tests.support.promql import (
@@ -684,12 +685,15 @@ def test_model_info_is_shared_read_only_with_the_gateway(services, defaults):
     assert folder in DOCKERFILE.read_text(), "the image must create it owned by the app user"
 
 
-def test_request_log_is_on_a_named_volume(services):
-    log = environment(services["gateway"])["GATEWAY_REQUEST_LOG"]
-    folder = str(PurePosixPath(log).parent)
-    sources = {target: source for source, target, _ in mounts(services["gateway"])}
-    assert folder in sources and not is_bind(sources[folder])
-    assert folder in DOCKERFILE.read_text(), "the image must create it owned by the app user"
+def test_request_log_goes_to_stdout_where_the_runtime_rotates_it(services):
+    env = " ".join(args for keyword, args in final_stage() if keyword == "ENV").split()
+    assert "GATEWAY_REQUEST_LOG=-" in env  # the image's default
+    gateway = services["gateway"]
+    assert environment(gateway)["GATEWAY_REQUEST_LOG"] == "-"
+    assert Settings.from_env({"GATEWAY_REQUEST_LOG": "-"}).gateway_request_log == STDOUT
+    options = gateway["logging"]["options"]
+    assert gateway["logging"]["driver"] == "json-file"
+    assert int(options["max-file"]) >= 2 and options["max-size"].endswith("m")
 
 
 # ---------------------------------------------------------------------------- Prometheus

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 
 from gateway.app import create_app, gateway_of
 from gateway.requestlog import RequestLog, RequestRecord, _cut_partial_line, iso_utc
+from pyfunc.settings import PROJECT_DIR
 from tests.support.gateway import gateway_settings, read_log
 
 FIELDS = {
@@ -148,3 +152,66 @@ def test_a_line_that_cannot_be_rendered_is_counted_lost(tmp_path):
     log.close()
     assert lost == [1]
     assert read_log(tmp_path / "requests.jsonl") == [{"n": 1}]
+
+
+def test_a_renamed_file_is_rotated_with_no_line_lost_or_cut(tmp_path):
+    """logrotate renames the file: the next line starts a new one, as long as lines come."""
+    path = tmp_path / "requests.jsonl"
+    log = RequestLog(path, lambda n: None)
+    for n in range(3):
+        log.emit(lambda n=n: {"n": n})
+    log.flush()
+    path.rename(tmp_path / "requests.jsonl.1")
+    for n in range(3, 5):
+        log.emit(lambda n=n: {"n": n})
+    log.close()
+    assert [line["n"] for line in read_log(tmp_path / "requests.jsonl.1")] == [0, 1, 2]
+    assert [line["n"] for line in read_log(path)] == [3, 4]
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from gateway.requestlog import RequestLog, STDOUT
+
+log = RequestLog(STDOUT, lambda n: sys.exit("line lost"))
+for i in range(int(sys.argv[2])):
+    log.emit(lambda i=i: {"writer": sys.argv[1], "i": i, "features": "x" * 300_000})
+log.close()
+"""
+
+
+def test_stdout_lines_of_several_processes_on_one_pipe_stay_whole(tmp_path):
+    """Gunicorn's workers share the container's stdout, a pipe: lines of 300 kB (a pipe holds
+    64 kB, and keeps only writes of up to 4 kB whole) from three processes at once come out
+    whole, none lost. Without the lock, lines come out cut into one another."""
+    writers, lines_each = 3, 30
+    read_end, write_end = os.pipe()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(n), str(lines_each)],
+            stdout=write_end,
+            cwd=PROJECT_DIR,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},
+        )
+        for n in range(writers)
+    ]
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        output = pipe.read()
+    assert [process.wait(60) for process in processes] == [0] * writers
+    lines = [json.loads(line) for line in output.splitlines()]  # each line whole JSON
+    assert sorted((line["writer"], line["i"]) for line in lines) == sorted(
+        (str(n), i) for n in range(writers) for i in range(lines_each)
+    )
+
+
+def test_gateway_logs_each_request_as_one_json_line_on_stdout(tmp_path, capfd):
+    app = create_app(gateway_settings(tmp_path, GATEWAY_REQUEST_LOG="-"))
+    response = app.test_client().get("/health", headers={"X-Request-ID": "to-stdout"})
+    gateway_of(app).close()
+    (line,) = [json.loads(text) for text in capfd.readouterr().out.splitlines()]
+    assert (line["request_id"], line["path"], line["status"]) == ("to-stdout", "/health", 200)
+    assert set(line) >= FIELDS
+    assert response.status_code == 200
+    assert not (tmp_path / "-").exists()
