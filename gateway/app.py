@@ -123,12 +123,10 @@ def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
         record = g.get("record") or _new_record()
         seconds = time.perf_counter() - record.started
         endpoint = request.url_rule.rule if request.url_rule else OTHER_ENDPOINT
-        record.model_version = record.model_version or gateway.model_info.version
+        version = record.model_version = record.model_version or gateway.model_info.version
         response.headers["X-Request-ID"] = record.request_id
-        response.headers["X-Model-Version"] = record.model_version
-        gateway.metrics.observe_request(
-            endpoint, response.status_code, seconds, record.model_version
-        )
+        response.headers["X-Model-Version"] = version
+        gateway.metrics.observe_request(endpoint, response.status_code, seconds, version)
         gateway.request_log.emit(partial(record.fields, response.status_code, seconds * 1000))
         body.discard_unread()
         return response

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from functools import partial
 
 from flask import Blueprint, Flask, Response
 from prometheus_client import (
@@ -41,84 +42,71 @@ class GatewayMetrics:
     """The gateway's metric objects, registered in their own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "gateway_requests",
-            "Requests answered, by route and status.",
-            ["endpoint", "status"],
-            registry=r,
+        r = self.registry = registry or CollectorRegistry()
+        counter, gauge = partial(Counter, registry=r), partial(Gauge, registry=r)
+        histogram = partial(Histogram, registry=r)
+        self.requests = counter(
+            "gateway_requests", "Requests answered, by route and status.", ["endpoint", "status"]
         )
-        self.in_flight = Gauge(
+        self.in_flight = gauge(
             "gateway_requests_in_flight",
             "Requests being answered now.",
-            registry=r,
             multiprocess_mode="livesum",
         )
-        self.request_duration = Histogram(
+        self.request_duration = histogram(
             "gateway_request_duration_seconds",
             "Time to answer a request, in the gateway, by route and served model version.",
             ["endpoint", "version"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = histogram(
             "gateway_upstream_duration_seconds",
             "Time the model server took for /invocations, by model version.",
             ["version"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.predicted_price = Histogram(
+        self.predicted_price = histogram(
             "gateway_predicted_price_uf",
             "Predicted prices, in UF, by model version.",
             ["version"],
             buckets=PRICE_BUCKETS_UF,
-            registry=r,
         )
-        self.rows_predicted = Counter(
-            "gateway_rows_predicted", "Rows priced successfully.", registry=r
-        )
-        self.validation_errors = Counter(
+        self.rows_predicted = counter("gateway_rows_predicted", "Rows priced successfully.")
+        self.validation_errors = counter(
             "gateway_validation_errors",
             "Requests refused for invalid features, by field.",
             ["field"],
-            registry=r,
         )
-        self.auth_failures = Counter(
-            "gateway_auth_failures", "Refused requests, by reason.", ["reason"], registry=r
+        self.auth_failures = counter(
+            "gateway_auth_failures", "Refused requests, by reason.", ["reason"]
         )
-        self.upstream_up = Gauge(
+        self.upstream_up = gauge(
             "gateway_upstream_up",
             "1 when the model server answered the last call, else 0.",
-            registry=r,
             multiprocess_mode="livemostrecent",
         )
-        self.pool_servers = Gauge(
+        self.pool_servers = gauge(
             "gateway_pool_servers",
             "Model servers in the pool: all, and those in rotation.",
             ["state"],
-            registry=r,
             multiprocess_mode="livemostrecent",
         )
-        self.model_info = Gauge(
+        self.model_info = gauge(
             "gateway_model_info",
             "1 for the model version being served.",
             ["version"],
-            registry=r,
             multiprocess_mode="mostrecent",
         )
-        self.feature_drift = Gauge(
+        self.feature_drift = gauge(
             "gateway_feature_drift",
             f"PSI of the recent rows against the training data, by feature: 0 = like the "
             f"training data, above {DRIFT_THRESHOLD:g} a significant shift; -1 = not measured "
             f"yet for the served model. Maximum over the workers.",
             ["feature"],
-            registry=r,
             multiprocess_mode="livemax",
         )
-        self.request_log_errors = Counter(
-            "gateway_request_log_errors", "Request-log lines that could not be written.", registry=r
+        self.request_log_errors = counter(
+            "gateway_request_log_errors", "Request-log lines that could not be written."
         )
         self._start_at_zero()
         self._exposed = _exposition_registry(self.registry)

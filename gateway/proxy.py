@@ -77,6 +77,9 @@ def init_app(
 ) -> None:
     """Serve POST /invocations through the model server `pool`."""
     blueprint = Blueprint("proxy", __name__)
+    read_answer = partial(
+        prediction_fields, metrics=metrics, drift=drift, log_payloads=log_payloads
+    )
 
     @blueprint.post("/invocations", endpoint="invocations")
     def invocations() -> Response:
@@ -102,15 +105,7 @@ def init_app(
             _count_invalid_fields(metrics, failure)
             raise failure
         metrics.rows_predicted.inc(batch.rows)
-        record.extra = partial(
-            prediction_fields,
-            columns,
-            answer.body,
-            record.model_version,
-            metrics,
-            drift,
-            log_payloads,
-        )
+        record.extra = partial(read_answer, columns, answer.body, record.model_version)
         return Response(answer.body, status=200, content_type=answer.content_type)
 
     app.register_blueprint(blueprint)

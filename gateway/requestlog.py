@@ -1,18 +1,12 @@
 """The request log: one JSON line per request, whatever its outcome, to a file or to stdout.
 
 The request path only hands a record to a `QueueHandler`; a `QueueListener` thread per worker
-renders it (`JsonLineFormatter`, parsing the model's answer when payloads are logged) and
-writes it (`LineHandler`) in one piece, so gunicorn workers never interleave or lose each
-other's lines:
-- to a file: one `write` on the file opened with O_APPEND for each line. Opening it by name
-  each time lets logrotate (or any rename) rotate it with no line lost or cut: the next line
-  creates a new file.
-- to stdout (GATEWAY_REQUEST_LOG=-, the image's default; the container runtime collects and
-  rotates it): under an exclusive lock on stdout (`fcntl.lockf`, held by one process at a
-  time), since a pipe keeps only writes of up to 4 KiB whole.
-When a line cannot be written, requests are still served: the lost lines are counted and the
-failure is logged to stderr at most once a minute; half a line left by a disk filling up
-mid-write is cut off. `close()` (gunicorn's worker_exit hook, or atexit) writes what is queued.
+renders it (`JsonLineFormatter`) and writes it whole (`LineHandler`), so gunicorn workers never
+interleave or lose each other's lines: in a file, one O_APPEND write, the file opened by name
+for each line (a rename rotates it, nothing lost); on stdout (GATEWAY_REQUEST_LOG=-), under a
+lock (`fcntl.lockf`) held by one process at a time, as a pipe keeps only 4 KiB writes whole.
+Lost lines are counted and logged to stderr at most once a minute; half a line left by a disk
+filling up is cut off. `close()` (gunicorn's worker_exit hook, or atexit) writes what is queued.
 """
 
 from __future__ import annotations
@@ -136,11 +130,9 @@ class _Enqueue(QueueHandler):
 
 
 class RequestLog:
-    """Writes lines to `path` (STDOUT: standard output) from a background thread;
-    `on_lost(n)` counts lost lines."""
+    """Lines to `path` (or STDOUT) from a background thread; `on_lost(n)` counts lost lines."""
 
     def __init__(self, path: Path, on_lost: Callable[[int], None]):
-        self.path = path
         self._writer = LineHandler(path, on_lost)
         self._writer.setFormatter(JsonLineFormatter())
         self._queue: queue.Queue = queue.Queue()

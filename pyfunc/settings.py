@@ -114,9 +114,8 @@ class GatewaySettings(BaseModel):
     )
     gateway_request_log: Path = Field(
         default_factory=lambda data: data["state_dir"] / "logs" / "requests.jsonl",
-        description="JSON-lines request log: a file (rotate it by renaming, e.g. logrotate "
-        "without copytruncate) or - for stdout (default: STATE_DIR/logs/requests.jsonl; "
-        "the image: -)",
+        description="JSON-lines request log: a file (rotate it by renaming) or - for stdout "
+        "(default: STATE_DIR/logs/requests.jsonl; the image's: -)",
     )
     gateway_log_payloads: bool = Field(True, description="log features and predictions")
     gateway_max_body_bytes: int = Field(8 << 20, gt=0, description="largest request body (413)")

@@ -23,18 +23,19 @@ PROMQL_WORDS = {
 
 
 def metric_families(*sources: Path) -> dict[str, str]:
-    """{name: type} of the metrics created (Counter("name", ...)) in each source file."""
+    """{name: type} of the metrics created in each source file: `Counter("name", ...)`, or
+    `counter("name", ...)` through a partial of the class."""
     families = {}
     for source in sources or METRIC_SOURCES:
         for node in ast.walk(ast.parse(source.read_text())):
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Name)
-                and node.func.id in {"Counter", "Gauge", "Histogram", "Summary"}
+                and node.func.id.capitalize() in {"Counter", "Gauge", "Histogram", "Summary"}
                 and node.args
                 and isinstance(node.args[0], ast.Constant)
             ):
-                families[node.args[0].value] = node.func.id
+                families[node.args[0].value] = node.func.id.capitalize()
     return families
 
 
