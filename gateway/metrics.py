@@ -29,10 +29,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from pyfunc.drift import DRIFT_THRESHOLD
 from pyfunc.schema import FEATURE_NAMES
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-LATENCY_BUCKETS += (10.0, 30.0)
-PRICE_BUCKETS_UF = (1_000, 2_000, 3_000, 4_000, 5_000, 7_500, 10_000, 12_500, 15_000, 20_000)
-PRICE_BUCKETS_UF += (25_000, 30_000, 40_000, 50_000, 75_000, 100_000, 150_000, 200_000, 300_000)
+LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+LATENCY_BUCKETS += (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+PRICE_BUCKETS_UF: tuple[int, ...] = (1_000, 2_000, 3_000, 4_000, 5_000, 7_500, 10_000, 12_500)
+PRICE_BUCKETS_UF += (15_000, 20_000, 25_000, 30_000, 40_000, 50_000, 75_000, 100_000, 150_000)
+PRICE_BUCKETS_UF += (200_000, 300_000)
 OTHER = "other"
 AUTH_FAILURE_REASONS = ("missing", "invalid")  # what gateway.auth reports
 _FIELDS = frozenset(FEATURE_NAMES)

@@ -54,7 +54,7 @@ def prediction_fields(
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         logger.warning("could not read the model's predictions: %r", exc)
         return {"payload_error": "unreadable predictions"}
-    finite = [p for p in prices if type(p) in (int, float) and math.isfinite(p)]
+    finite = [p for p in prices if isinstance(p, (int, float)) and math.isfinite(p)]
     metrics.observe_prices(finite, version)
     if not (log_payloads or drift.active):
         return {}

@@ -273,7 +273,7 @@ def check_served_version_annotation(prometheus: str, served: str) -> None:
 
     def at(moment: float) -> list[str]:
         answer = requests.get(
-            f"{prometheus}/api/v1/query", params={"query": changed, "time": moment}, timeout=5
+            f"{prometheus}/api/v1/query", params={"query": changed, "time": str(moment)}, timeout=5
         ).json()
         assert answer["status"] == "success", answer
         return [s["metric"]["version"] for s in answer["data"]["result"]]

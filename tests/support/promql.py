@@ -34,6 +34,7 @@ def metric_families(*sources: Path) -> dict[str, str]:
                 and node.func.id.capitalize() in {"Counter", "Gauge", "Histogram", "Summary"}
                 and node.args
                 and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
             ):
                 families[node.args[0].value] = node.func.id.capitalize()
     return families
