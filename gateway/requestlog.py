@@ -162,13 +162,9 @@ class RequestLog:
 
 
 def _append(path: Path, data: bytes) -> None:
-    """Write `data` at the end of `path` in one O_APPEND write."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-    try:
-        fd = os.open(path, flags, 0o644)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, flags, 0o644)
+    """Write `data` at the end of `path` in one O_APPEND write, creating what is missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         _write_whole(fd, data)
     finally:
