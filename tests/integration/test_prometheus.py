@@ -10,12 +10,9 @@ docker/prometheus/alerts.yml evaluates without error.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -24,18 +21,15 @@ from pyfunc.drift import MIN_ROWS
 from pyfunc.schema import FEATURE_NAMES
 from pyfunc.settings import PROJECT_DIR
 from tests.support.gateway import ALICE_KEY, RunningGateway, running_gateway
-from tests.support.processes import free_port, running
+from tests.support.processes import free_port
+from tests.support.prometheus import query, running_prometheus, wait_for
 from tests.support.promql import GRAFANA_VARIABLES, with_grafana_values
 from tests.support.rollout import running_controller
 from tests.support.stack import store_env
 
 pytestmark = pytest.mark.integration
 
-PROMETHEUS = Path("/usr/bin/prometheus")
-INSTALL = "apt-get update && apt-get install -y prometheus"
 DASHBOARD = PROJECT_DIR / "docker" / "grafana" / "dashboards" / "gateway.json"
-RULES = PROJECT_DIR / "docker" / "prometheus" / "alerts.yml"
-SCRAPE_SECONDS = 1
 ALICE = {"X-API-Key": ALICE_KEY}
 SINGLE_ROWS, BATCH_ROWS, BATCHES = 20, 60, 12
 ROWS = SINGLE_ROWS + BATCH_ROWS * BATCHES  # every one of them priced
@@ -58,52 +52,6 @@ def annotation_query(name: str) -> str:
         a for a in json.loads(DASHBOARD.read_text())["annotations"]["list"] if a["name"] == name
     ]
     return with_grafana_values(annotation["expr"])
-
-
-@contextlib.contextmanager
-def running_prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[str]:
-    """Prometheus scraping each job's target (host:port) every second and evaluating the
-    alerting rules; its URL, stopped at the end."""
-    if not PROMETHEUS.is_file():
-        pytest.fail(f"Prometheus is not installed ({PROMETHEUS} is missing): {INSTALL}")
-    config = workdir / "prometheus.yml"
-    config.write_text(
-        f"global:\n  scrape_interval: {SCRAPE_SECONDS}s\n  scrape_timeout: {SCRAPE_SECONDS}s\n"
-        f"  evaluation_interval: {SCRAPE_SECONDS}s\n"
-        f"rule_files: ['{RULES}']\n"
-        "scrape_configs:\n"
-        + "".join(
-            f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
-            for job, target in targets.items()
-        )
-    )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        str(PROMETHEUS),
-        f"--config.file={config}",
-        f"--storage.tsdb.path={workdir / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    with running(command, f"{url}/-/ready", workdir / "prometheus.log", timeout=30):
-        yield url
-
-
-def query(prometheus: str, expr: str) -> list[dict]:
-    """The instant vector (or scalar) `expr` evaluates to now; fails on a PromQL error."""
-    response = requests.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
-    answer = response.json()
-    assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
-    result = answer["data"]["result"]
-    return result if answer["data"]["resultType"] == "vector" else [{"value": result}]
-
-
-def wait_for(prometheus: str, expr: str, timeout: float) -> None:
-    """Wait until `expr` has a result (a filter such as `... == 3` holds)."""
-    deadline = time.monotonic() + timeout
-    while not query(prometheus, expr):
-        assert time.monotonic() < deadline, f"still no result after {timeout:.0f} s: {expr}"
-        time.sleep(SCRAPE_SECONDS / 4)
 
 
 def value(prometheus: str, expr: str) -> float:
@@ -272,11 +220,7 @@ def check_served_version_annotation(prometheus: str, served: str) -> None:
     wait_for(prometheus, f'count_over_time(up{{job="gateway"}}[1h]) >= {interval + 3}', 15)
 
     def at(moment: float) -> list[str]:
-        answer = requests.get(
-            f"{prometheus}/api/v1/query", params={"query": changed, "time": str(moment)}, timeout=5
-        ).json()
-        assert answer["status"] == "success", answer
-        return [s["metric"]["version"] for s in answer["data"]["result"]]
+        return [s["metric"]["version"] for s in query(prometheus, changed, at=moment)]
 
     assert at(began) == [served]
     assert at(began + interval + 2) == []
