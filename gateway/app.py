@@ -114,8 +114,8 @@ def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
 
     @app.before_request
     def begin() -> None:
-        gateway.metrics.in_flight.inc()
         g.record = _new_record()
+        gateway.metrics.in_flight.inc()
         gateway.model_info.refresh()  # a new pool takes effect before this request is sent
 
     @app.after_request
@@ -133,7 +133,7 @@ def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
 
     @app.teardown_request
     def end(_error: BaseException | None) -> None:
-        if "record" in g:  # counted in flight by begin()
+        if "record" in g:  # begin() counted it in flight
             gateway.metrics.in_flight.dec()
 
 
