@@ -686,8 +686,8 @@ def test_model_info_is_shared_read_only_with_the_gateway(services, defaults):
 
 
 def test_request_log_goes_to_stdout_where_the_runtime_rotates_it(services):
-    env = " ".join(args for keyword, args in final_stage() if keyword == "ENV").split()
-    assert "GATEWAY_REQUEST_LOG=-" in env  # the image's default
+    env = " ".join(args_of(target("gateway"), "ENV")).split()
+    assert "GATEWAY_REQUEST_LOG=-" in env  # the gateway image's default
     gateway = services["gateway"]
     assert environment(gateway)["GATEWAY_REQUEST_LOG"] == "-"
     assert Settings.from_env({"GATEWAY_REQUEST_LOG": "-"}).gateway_request_log == STDOUT
