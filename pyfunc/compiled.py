@@ -5,7 +5,8 @@ where scikit-learn spends one Python call (or one OpenMP team) per tree; for lar
 scikit-learn's own predict, one tree at a time over all rows, is faster and is used instead.
 `compile_regressor` knows the regressors the pipeline fits: random forests, extra trees,
 gradient boosting, histogram gradient boosting, and a VotingRegressor or StackingRegressor
-over them. It returns None for any other. `pyfunc.fastpath.compile_pipeline` uses the result
+over them (each member on the price or, with its own log target, on its log). It returns None
+for any other. `pyfunc.fastpath.compile_pipeline` uses the result
 only if it prices probe listings as the fitted pipeline does.
 """
 
@@ -75,8 +76,20 @@ def _trees(estimator) -> Predictor | None:
 
 
 def _members(ensemble) -> list[Predictor] | None:
-    members = [_trees(estimator) for estimator in ensemble.estimators_]
+    members = [_member(estimator) for estimator in ensemble.estimators_]
     return [m for m in members if m is not None] if None not in members else None
+
+
+def _member(estimator) -> Predictor | None:
+    """Trees, or trees fitted on the log of the price (a TransformedTargetRegressor of them)."""
+    from sklearn.compose import TransformedTargetRegressor
+
+    if not isinstance(estimator, TransformedTargetRegressor):
+        return _trees(estimator)
+    trees = _trees(estimator.regressor_)
+    if trees is None or estimator.func is not np.log or estimator.inverse_func is not np.exp:
+        return None
+    return lambda matrix: np.exp(trees(matrix))
 
 
 def _voting(voting) -> Predictor | None:

@@ -42,6 +42,7 @@ class Preset:
     log_target: bool
     candidates: tuple[Candidate, ...]
     monotonic: dict[str, int] = field(default_factory=dict)
+    ensemble: bool = False  # the average of the best configuration of each family competes too
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,12 @@ def _preset(name: str, raw: dict) -> Preset:
     )
     monotonic = {str(k): int(v) for k, v in (raw.get("monotonic") or {}).items()}
     return Preset(
-        name, bool(raw["engineered_features"]), bool(raw["log_target"]), candidates, monotonic
+        name,
+        bool(raw["engineered_features"]),
+        bool(raw["log_target"]),
+        candidates,
+        monotonic,
+        bool(raw.get("ensemble", False)),
     )
 
 

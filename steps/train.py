@@ -15,6 +15,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 from category_encoders import TargetEncoder
+from joblib import parallel_config
+from sklearn.base import clone
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.ensemble import (
     ExtraTreesRegressor,
@@ -22,7 +24,7 @@ from sklearn.ensemble import (
     HistGradientBoostingRegressor,
     RandomForestRegressor,
 )
-from sklearn.model_selection import KFold, ParameterGrid, RandomizedSearchCV
+from sklearn.model_selection import KFold, ParameterGrid, ParameterSampler
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
@@ -33,6 +35,7 @@ from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES, TARGE
 from pyfunc.settings import Settings
 from steps.ingest import CLEAN_TRAIN, SOURCE_OPTION, run_ingest
 from steps.params import Params, Preset, load_params
+from steps.selection import METRICS, Scored, select
 from steps.tracking import cli_errors, configure, load_frame, step_run
 
 logger = logging.getLogger(__name__)
@@ -43,44 +46,50 @@ ESTIMATOR_CLASSES = {
     "RandomForestRegressor": RandomForestRegressor,
     "ExtraTreesRegressor": ExtraTreesRegressor,
 }
-SCORING = {
-    "mae": "neg_mean_absolute_error",
-    "rmse": "neg_root_mean_squared_error",
-    "mape": "neg_mean_absolute_percentage_error",
-    "r2": "r2",
-}
 
 
 @dataclass(frozen=True)
 class TrainResult:
+    """The chosen pipeline fitted on all training rows, its CV scores and how they were made."""
+
     pipeline: Pipeline
     best_params: dict[str, object]
     cv_metrics: dict[str, float]
     cv_results: pd.DataFrame
+    cv: KFold  # the folds every candidate was scored on
+    cv_predictions: np.ndarray  # the chosen pipeline's out-of-fold predictions, row by row
 
 
-def build_pipeline(preset: Preset, seed: int) -> Pipeline:
+def build_pipeline(preset: Preset, seed: int, model=None) -> Pipeline:
     """Target-encode type and sector, pass every numeric feature through, then regress.
 
-    The estimator is a placeholder that the search replaces with each candidate.
+    Without `model`, the regressor is the preset's first candidate with default settings.
     """
     encode = ColumnTransformer(
         [("target_encoding", TargetEncoder(cols=list(CATEGORICAL_NAMES)), list(CATEGORICAL_NAMES))],
         remainder="passthrough",
         verbose_feature_names_out=False,
     )
-    first = preset.candidates[0]
-    model = ESTIMATOR_CLASSES[first.estimator](random_state=seed)
-    if preset.monotonic:
-        model.set_params(monotonic_cst=monotonic_constraints(preset))
-    if preset.log_target:
-        model = TransformedTargetRegressor(
-            regressor=model, func=np.log, inverse_func=np.exp, check_inverse=False
-        )
+    if model is None:
+        model = regressor(preset, preset.candidates[0].estimator, {}, seed)
     steps = [("encode", encode), ("model", model)]
     if preset.engineered_features:
         steps.insert(0, ("features", FunctionTransformer(add_engineered_features)))
     return Pipeline(steps)
+
+
+def regressor(preset: Preset, estimator: str, config: dict[str, object], seed: int):
+    """One configuration of a candidate: `log_target` in `config` overrides the preset's."""
+    settings = dict(config)
+    log_target = settings.pop("log_target", preset.log_target)
+    model = ESTIMATOR_CLASSES[estimator](random_state=seed, **settings)
+    if preset.monotonic:
+        model.set_params(monotonic_cst=monotonic_constraints(preset))
+    if log_target:
+        model = TransformedTargetRegressor(
+            regressor=model, func=np.log, inverse_func=np.exp, check_inverse=False
+        )
+    return model
 
 
 def model_features(preset: Preset) -> list[str]:
@@ -95,70 +104,47 @@ def monotonic_constraints(preset: Preset) -> list[int] | None:
     return [preset.monotonic.get(name, 0) for name in model_features(preset)]
 
 
-def search_space(preset: Preset, seed: int) -> list[dict[str, list]]:
-    """One grid per candidate family, in the pipeline's parameter names."""
-    prefix = "model__regressor" if preset.log_target else "model"
-    constraints = monotonic_constraints(preset)
-    fixed = {f"{prefix}__monotonic_cst": [constraints]} if constraints else {}
-    return [
-        {
-            prefix: [ESTIMATOR_CLASSES[c.estimator](random_state=seed)],
-            **fixed,
-            **{f"{prefix}__{name}": values for name, values in c.params.items()},
-        }
-        for c in preset.candidates
-    ]
+def candidates(preset: Preset, params: Params) -> list[tuple[str, dict, Pipeline]]:
+    """Per candidate, at most `search_iterations` configurations sampled from its grid."""
+    configured = []
+    for candidate in preset.candidates:
+        size = len(ParameterGrid(candidate.params))
+        sampled = ParameterSampler(
+            candidate.params, min(params.search_iterations, size), random_state=params.seed
+        )
+        for number, config in enumerate(sampled if candidate.params else [{}], start=1):
+            model = regressor(preset, candidate.estimator, config, params.seed)
+            name = f"{candidate.estimator}_{number}"
+            configured.append((name, config, build_pipeline(preset, params.seed, model)))
+    return configured
 
 
 def fit(train: pd.DataFrame, preset: Preset, params: Params) -> TrainResult:
-    """Random search (bounded by params.yaml) over the preset's candidates, K-fold CV on MAE."""
-    space = search_space(preset, params.seed)
-    search = RandomizedSearchCV(
-        build_pipeline(preset, params.seed),
-        space,
-        n_iter=min(params.search_iterations, len(ParameterGrid(space))),
-        scoring=SCORING,
-        refit="mae",
-        cv=KFold(params.cv_folds, shuffle=True, random_state=params.seed),
-        random_state=params.seed,
-        n_jobs=-1,
-        error_score="raise",
-    )
-    search.fit(train[list(FEATURE_NAMES)], train[TARGET.name])
-    results = _cv_table(search.cv_results_)
+    """Choose by K-fold CV MAE among the preset's candidates; refit the best on all rows."""
+    x, y = train[list(FEATURE_NAMES)], train[TARGET.name].to_numpy()
+    cv = KFold(params.cv_folds, shuffle=True, random_state=params.seed)
+    scored = select(candidates(preset, params), x, y, cv, preset.ensemble)
+    best = scored[0]
+    with parallel_config(n_jobs=-1):  # the forests' trees and the ensemble's members
+        pipeline = clone(best.pipeline).fit(x, y)
+    best_params = {"estimator": best.family, **best.config}
+    logger.info("chosen: %s %s, CV MAE %.0f UF", best.name, best.config, best.mae)
     return TrainResult(
-        search.best_estimator_,
-        _readable(search.best_params_),
-        _cv_metrics(results.iloc[0]),
-        results,
+        pipeline, best_params, _cv_metrics(best), _cv_table(scored), cv, best.predictions
     )
 
 
-def _cv_table(cv_results: dict) -> pd.DataFrame:
-    table = pd.DataFrame(cv_results)
-    keep = ["params"] + [f"{kind}_test_{m}" for m in SCORING for kind in ("mean", "std")]
-    table = table[keep].sort_values("mean_test_mae", ascending=False)
-    for metric in ("mae", "rmse", "mape"):
-        table[f"mean_test_{metric}"] = -table[f"mean_test_{metric}"]
-    table["params"] = table["params"].map(lambda p: str(_readable(p)))
-    return table.reset_index(drop=True)
+def _cv_table(scored: list[Scored]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"candidate": s.name, "params": str(s.config), **s.metrics, "seconds": s.seconds}
+        for s in scored
+    )
 
 
-def _cv_metrics(best: pd.Series) -> dict[str, float]:
-    return {f"cv_{m}": float(best[f"mean_test_{m}"]) for m in SCORING} | {
-        f"cv_{m}_std": float(best[f"std_test_{m}"]) for m in SCORING
+def _cv_metrics(best: Scored) -> dict[str, float]:
+    return {f"cv_{m}": best.metrics[f"mean_test_{m}"] for m in METRICS} | {
+        f"cv_{m}_std": best.metrics[f"std_test_{m}"] for m in METRICS
     }
-
-
-def _readable(best_params: dict) -> dict[str, object]:
-    """`model__regressor__max_iter` -> `max_iter`; the estimator object -> its class name."""
-    readable = {}
-    for key, value in best_params.items():
-        name = key.rsplit("__", 1)[-1] if "__" in key else "estimator"
-        readable["estimator" if name in ("model", "regressor") else name] = (
-            type(value).__name__ if hasattr(value, "fit") else value
-        )
-    return readable
 
 
 def run_train(

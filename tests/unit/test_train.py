@@ -14,19 +14,25 @@ import pandas as pd
 import pytest
 from category_encoders import TargetEncoder
 from sklearn.compose import TransformedTargetRegressor
-from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
-from sklearn.model_selection import ParameterGrid
+from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 
 from pyfunc.features import ENGINEERED_FEATURES
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES, TARGET
 from steps.params import Candidate, Params, Preset
-from steps.train import SCORING, TrainResult, build_pipeline, fit, search_space
+from steps.selection import METRICS
+from steps.train import TrainResult, build_pipeline, candidates, fit, regressor
 
 FOREST = Candidate("RandomForestRegressor", {"n_estimators": [8], "min_samples_leaf": [1, 4, 16]})
 PLAIN = Preset("plain", engineered_features=False, log_target=False, candidates=(FOREST,))
 LOGGED = Preset("logged", engineered_features=True, log_target=True, candidates=(FOREST,))
-CV_COLUMNS = ["params"] + [f"{kind}_test_{m}" for m in SCORING for kind in ("mean", "std")]
+CV_COLUMNS = [
+    "candidate",
+    "params",
+    *[f"mean_test_{m}" for m in METRICS],
+    *[f"std_test_{m}" for m in METRICS],
+    "seconds",
+]
 
 
 def features(frame: pd.DataFrame) -> pd.DataFrame:
@@ -113,22 +119,24 @@ def test_same_params_give_the_same_model(
 
     rows = features(listings.head(50))
     np.testing.assert_array_equal(again.pipeline.predict(rows), logged.pipeline.predict(rows))
-    pd.testing.assert_frame_equal(again.cv_results, logged.cv_results)
+    pd.testing.assert_frame_equal(
+        again.cv_results.drop(columns="seconds"), logged.cv_results.drop(columns="seconds")
+    )
     assert again.best_params == logged.best_params
 
 
 def test_fit_reports_cross_validated_metrics(plain: TrainResult) -> None:
-    assert set(plain.cv_metrics) == {f"cv_{m}{s}" for m in SCORING for s in ("", "_std")}
+    assert set(plain.cv_metrics) == {f"cv_{m}{s}" for m in METRICS for s in ("", "_std")}
     best = plain.cv_results.iloc[0]
     assert plain.cv_metrics == {
-        **{f"cv_{m}": best[f"mean_test_{m}"] for m in SCORING},
-        **{f"cv_{m}_std": best[f"std_test_{m}"] for m in SCORING},
+        **{f"cv_{m}": best[f"mean_test_{m}"] for m in METRICS},
+        **{f"cv_{m}_std": best[f"std_test_{m}"] for m in METRICS},
     }
     # Errors are reported as positive numbers, R² as is.
     assert 0 < plain.cv_metrics["cv_mae"] < plain.cv_metrics["cv_rmse"]
     assert 0 < plain.cv_metrics["cv_mape"] < 1
     assert 0 < plain.cv_metrics["cv_r2"] <= 1
-    assert all(plain.cv_metrics[f"cv_{m}_std"] > 0 for m in SCORING)
+    assert all(plain.cv_metrics[f"cv_{m}_std"] > 0 for m in METRICS)
 
 
 def test_cv_results_has_one_row_per_candidate_searched_best_first(
@@ -139,8 +147,10 @@ def test_cv_results_has_one_row_per_candidate_searched_best_first(
     assert list(table.columns) == CV_COLUMNS
     assert len(table) == tiny_params.search_iterations
     assert table["mean_test_mae"].is_monotonic_increasing
-    assert table["params"][0] == str(plain.best_params)
-    assert plain.best_params["estimator"] == "RandomForestRegressor"
+    assert table["candidate"].str.startswith("RandomForestRegressor_").all()
+    assert {"estimator": "RandomForestRegressor", **ast.literal_eval(table["params"][0])} == (
+        plain.best_params
+    )
     assert plain.best_params["min_samples_leaf"] in FOREST.params["min_samples_leaf"]
     assert plain.best_params["n_estimators"] == 8
 
@@ -160,35 +170,39 @@ def test_best_params_are_readable_for_log_target_presets(logged: TrainResult) ->
     assert logged.best_params["estimator"] == "RandomForestRegressor"
 
 
-@pytest.mark.parametrize(("preset", "prefix"), [(PLAIN, "model"), (LOGGED, "model__regressor")])
-def test_search_space_names_the_pipeline_parameters(preset: Preset, prefix: str) -> None:
-    space = search_space(preset, seed=11)
-
-    assert len(space) == 1
-    assert set(space[0]) == {prefix, f"{prefix}__n_estimators", f"{prefix}__min_samples_leaf"}
-    (estimator,) = space[0][prefix]
-    assert isinstance(estimator, RandomForestRegressor)
-    assert estimator.random_state == 11
-    assert space[0][f"{prefix}__min_samples_leaf"] == [1, 4, 16]
-    build_pipeline(preset, seed=11).set_params(**next(iter(ParameterGrid(space))))
-
-
-def test_search_space_has_one_grid_per_candidate(params: Params) -> None:
+def test_each_candidate_gives_at_most_search_iterations_configurations(
+    params: Params,
+) -> None:
     preset = params.preset("default")
 
-    space = search_space(preset, seed=params.seed)
+    configured = candidates(preset, params)
 
-    assert [type(grid["model__regressor"][0]).__name__ for grid in space] == [
-        c.estimator for c in preset.candidates
-    ]
-    assert all(grid["model__regressor"][0].random_state == params.seed for grid in space)
+    for candidate in preset.candidates:
+        names = [n for n, _, _ in configured if n.rsplit("_", 1)[0] == candidate.estimator]
+        assert 1 <= len(names) <= params.search_iterations
+    assert all(
+        type(_regressor(pipeline)).__name__ == name.rsplit("_", 1)[0]
+        and _regressor(pipeline).random_state == params.seed
+        for name, _, pipeline in configured
+    )
+
+
+def _regressor(pipeline: Pipeline):
+    model = pipeline.named_steps["model"]
+    return getattr(model, "regressor", model)
+
+
+@pytest.mark.parametrize(("config", "logged"), [({}, True), ({"log_target": False}, False)])
+def test_a_configuration_may_override_the_presets_target(config: dict, logged: bool) -> None:
+    model = regressor(LOGGED, "RandomForestRegressor", {"n_estimators": 3, **config}, seed=4)
+
+    assert isinstance(model, TransformedTargetRegressor) is logged
+    assert _regressor(Pipeline([("model", model)])).get_params()["n_estimators"] == 3
 
 
 def test_the_notebook_preset_is_the_notebook_model_fixed(params: Params) -> None:
     preset = params.preset("notebook")
-    (grid,) = ParameterGrid(search_space(preset, params.seed))
-
-    pipeline = build_pipeline(preset, params.seed).set_params(**grid)
+    ((_, _, pipeline),) = candidates(preset, params)
 
     assert [name for name, _ in pipeline.steps] == ["encode", "model"]
     encode, model = pipeline.named_steps["encode"], pipeline.named_steps["model"]
