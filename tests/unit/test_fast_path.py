@@ -42,12 +42,15 @@ FOREST = preset("forest", "RandomForestRegressor")
 EXTRA = preset("extra", "ExtraTreesRegressor")
 VOTING = preset("voting", "RandomForestRegressor")
 STACKING = preset("stacking", "RandomForestRegressor", log_target=False)
+MIXED = preset("mixed", "RandomForestRegressor", log_target=False)  # what the default preset fits
 RIDGE = preset("ridge", "RandomForestRegressor")
 
 
 def settings(name: str) -> dict:
     """Small versions of each family the pipeline can fit, full-depth trees included."""
+    from sklearn.compose import TransformedTargetRegressor
     from sklearn.ensemble import (
+        ExtraTreesRegressor,
         HistGradientBoostingRegressor,
         RandomForestRegressor,
         StackingRegressor,
@@ -73,6 +76,17 @@ def settings(name: str) -> dict:
         "voting": {"model__regressor": VotingRegressor(members(), weights=[2, 1])},
         "stacking": {"model": StackingRegressor(members(), RidgeCV(), cv=2, passthrough=True)},
         "ridge": {"model__regressor": VotingRegressor([("ridge", Ridge()), *members()])},
+        "mixed": {
+            "model": VotingRegressor(
+                [
+                    *[
+                        (n, TransformedTargetRegressor(m, func=np.log, inverse_func=np.exp))
+                        for n, m in members()
+                    ],
+                    ("extra", ExtraTreesRegressor(20, random_state=0)),
+                ]
+            )
+        },
     }[name]
 
 
@@ -117,7 +131,9 @@ def fits(listings: pd.DataFrame) -> Callable[[Preset], Pipeline]:
     return fit
 
 
-@pytest.fixture(params=[DEFAULT, NOTEBOOK, FOREST, EXTRA, VOTING, STACKING], ids=lambda p: p.name)
+@pytest.fixture(
+    params=[DEFAULT, NOTEBOOK, FOREST, EXTRA, VOTING, STACKING, MIXED], ids=lambda p: p.name
+)
 def pipeline(request: pytest.FixtureRequest, fits: Callable[[Preset], Pipeline]) -> Pipeline:
     return fits(request.param)
 

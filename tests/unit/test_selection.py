@@ -1,0 +1,156 @@
+"""steps.selection: CV scores per configuration, one progress line each, and the average of the
+families' best scored exactly as a VotingRegressor refitted on each fold would be."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.ensemble import VotingRegressor
+from sklearn.metrics import mean_absolute_error
+from sklearn.model_selection import KFold, cross_val_predict
+
+from pyfunc.schema import FEATURE_NAMES, TARGET
+from steps import selection
+from steps.params import Candidate, Params, Preset
+from steps.train import candidates, fit
+
+TWO_FAMILIES = Preset(
+    "two",
+    engineered_features=True,
+    log_target=True,
+    ensemble=True,
+    candidates=(
+        Candidate("RandomForestRegressor", {"n_estimators": [6], "min_samples_leaf": [1, 8]}),
+        Candidate("HistGradientBoostingRegressor", {"max_iter": [20], "log_target": [True, False]}),
+    ),
+)
+PROGRESS = re.compile(r"^(\w+) \{.*\}: CV MAE \d+ UF \(\d+\.\d s\)$")
+
+
+@pytest.fixture(scope="module")
+def data(listings: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    rows = listings.head(600)
+    return rows[list(FEATURE_NAMES)], rows[TARGET.name].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def cv() -> KFold:
+    return KFold(3, shuffle=True, random_state=1)
+
+
+@pytest.fixture(scope="module")
+def scored(
+    data: tuple[pd.DataFrame, np.ndarray], cv: KFold, tiny_params: Params
+) -> list[selection.Scored]:
+    x, y = data
+    return selection.select(candidates(TWO_FAMILIES, tiny_params), x, y, cv, ensemble=True)
+
+
+def test_every_configuration_and_the_average_are_scored_best_first(
+    scored: list[selection.Scored],
+) -> None:
+    names = sorted(s.name for s in scored)
+
+    assert names == [
+        "HistGradientBoostingRegressor_1",
+        "HistGradientBoostingRegressor_2",
+        "RandomForestRegressor_1",
+        "RandomForestRegressor_2",
+        "VotingRegressor",
+    ]
+    assert [s.mae for s in scored] == sorted(s.mae for s in scored)
+
+
+def test_the_average_is_of_the_best_configuration_of_each_family(
+    scored: list[selection.Scored],
+) -> None:
+    (voting,) = [s for s in scored if s.family == selection.ENSEMBLE]
+    singles = [s for s in scored if s.family != selection.ENSEMBLE]
+    best = {
+        family: min((s for s in singles if s.family == family), key=lambda s: s.mae).name
+        for family in ("RandomForestRegressor", "HistGradientBoostingRegressor")
+    }
+
+    assert voting.config == {"members": ", ".join(best.values())}
+    assert [name for name, _ in voting.pipeline.named_steps["model"].estimators] == list(
+        best.values()
+    )
+
+
+def test_the_average_scores_as_a_voting_regressor_cross_validated(
+    scored: list[selection.Scored], data: tuple[pd.DataFrame, np.ndarray], cv: KFold
+) -> None:
+    x, y = data
+    (voting,) = [s for s in scored if s.family == selection.ENSEMBLE]
+    assert isinstance(voting.pipeline.named_steps["model"], VotingRegressor)
+
+    refitted = cross_val_predict(voting.pipeline, x, y, cv=cv)
+
+    np.testing.assert_allclose(voting.predictions, refitted, rtol=1e-9)
+    folds = [test for _, test in cv.split(x)]
+    maes = [mean_absolute_error(y[i], refitted[i]) for i in folds]
+    assert voting.mae == pytest.approx(np.mean(maes), rel=1e-9)
+    assert voting.metrics["std_test_mae"] == pytest.approx(np.std(maes), rel=1e-9)
+
+
+def test_one_progress_line_per_candidate_with_its_cv_mae_and_seconds(
+    data: tuple[pd.DataFrame, np.ndarray],
+    cv: KFold,
+    tiny_params: Params,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    x, y = data
+    with caplog.at_level("INFO", logger=selection.__name__):
+        scored = selection.select(candidates(TWO_FAMILIES, tiny_params), x, y, cv, ensemble=True)
+
+    lines = [r.getMessage() for r in caplog.records if r.name == selection.__name__]
+    assert len(lines) == len(scored) == 5
+    for line in lines:
+        assert PROGRESS.match(line), line
+    by_name = {s.name: s for s in scored}
+    for line in lines:
+        name = PROGRESS.match(line).group(1)
+        assert f"CV MAE {by_name[name].mae:.0f} UF" in line
+
+
+def test_no_average_without_ensemble_or_with_one_family(
+    data: tuple[pd.DataFrame, np.ndarray], cv: KFold, tiny_params: Params
+) -> None:
+    x, y = data
+    one_family = replace(TWO_FAMILIES, candidates=TWO_FAMILIES.candidates[:1])
+
+    without = selection.select(candidates(TWO_FAMILIES, tiny_params), x, y, cv, ensemble=False)
+    alone = selection.select(candidates(one_family, tiny_params), x, y, cv, ensemble=True)
+
+    assert selection.ENSEMBLE not in {s.family for s in without + alone}
+
+
+def test_fit_refits_the_best_candidate_and_keeps_its_folds(
+    listings: pd.DataFrame, tiny_params: Params
+) -> None:
+    rows = listings.head(600)
+
+    result = fit(rows, TWO_FAMILIES, tiny_params)
+
+    best = result.cv_results.iloc[0]
+    assert (
+        result.cv_metrics["cv_mae"]
+        == best["mean_test_mae"]
+        == result.cv_results["mean_test_mae"].min()
+    )
+    assert result.best_params["estimator"] in best["candidate"]
+    assert result.cv.get_n_splits() == tiny_params.cv_folds
+    assert result.cv_predictions.shape == (len(rows),)
+    folds = [test for _, test in result.cv.split(rows)]
+    y = rows[TARGET.name].to_numpy()
+    assert np.mean(
+        [mean_absolute_error(y[i], result.cv_predictions[i]) for i in folds]
+    ) == pytest.approx(result.cv_metrics["cv_mae"], rel=1e-9)
+    assert type(result.pipeline.named_steps["model"]).__name__ in (
+        result.best_params["estimator"],
+        "TransformedTargetRegressor",
+    )
