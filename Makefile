@@ -160,6 +160,10 @@ test-slow: install system-deps ## the slow suites (load, soak, faults)
 bench: install ## benchmarks: in-process vs model server vs gateway; saves bench-results/bench.json
 	$(BIN)/python -m tests.benchmarks.run --output bench-results/bench.json
 
+.PHONY: model-table
+model-table: install ## test MAE of every candidate and baseline on two generated worlds (Markdown)
+	$(BIN)/python -m tests.benchmarks.models --variant realistic --variant noisy
+
 .PHONY: bench-batch
 bench-batch: install system-deps ## batch scoring of 1,000,000 listings: pandas vs Spark (local)
 	$(BIN)/python -m tests.benchmarks.batch --output bench-results/batch.json
