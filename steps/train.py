@@ -164,7 +164,6 @@ def run_train(
         mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
         mlflow.log_metrics(result.cv_metrics)
         mlflow.log_table(result.cv_results, "cv_results.json")
-        logger.info("best %s: CV MAE %.0f UF", result.best_params, result.cv_metrics["cv_mae"])
         info = log_model(result.pipeline, build_profile(train), train.head(3), settings.model_name)
         version = str(info.registered_model_version)
         mlflow.set_tag("model_version", version)

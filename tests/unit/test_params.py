@@ -35,6 +35,7 @@ def test_committed_params_load_as_written(params: Params) -> None:
             (c["estimator"], c["params"]) for c in raw["candidates"]
         ]
         assert {c.estimator for c in preset.candidates} <= set(ESTIMATORS)
+        assert preset.ensemble is raw.get("ensemble", False)
 
 
 def test_committed_params_keep_the_notebook_baseline(params: Params) -> None:
