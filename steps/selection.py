@@ -83,7 +83,7 @@ def average(members: list[Scored], y: np.ndarray, cv: KFold) -> Scored:
     voting = VotingRegressor([(m.name, m.pipeline.named_steps["model"]) for m in members])
     pipeline = clone(members[0].pipeline).set_params(model=voting)
     predictions = np.mean([m.predictions for m in members], axis=0)
-    config = {"members": ", ".join(m.name for m in members)}
+    config: dict[str, object] = {"members": ", ".join(m.name for m in members)}
     seconds = time.perf_counter() - start
     scored = Scored(
         ENSEMBLE, ENSEMBLE, config, pipeline, predictions, fold_metrics(y, predictions, cv), seconds
@@ -116,7 +116,7 @@ def select(
     return sorted(scored, key=lambda s: s.mae)
 
 
-def _regressor(pipeline: Pipeline):
+def _regressor(pipeline: Pipeline) -> object:
     model = pipeline.named_steps["model"]
     return getattr(model, "regressor", model)
 

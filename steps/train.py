@@ -60,7 +60,7 @@ class TrainResult:
     cv_predictions: np.ndarray  # the chosen pipeline's out-of-fold predictions, row by row
 
 
-def build_pipeline(preset: Preset, seed: int, model=None) -> Pipeline:
+def build_pipeline(preset: Preset, seed: int, model: object = None) -> Pipeline:
     """Target-encode type and sector, pass every numeric feature through, then regress.
 
     Without `model`, the regressor is the preset's first candidate with default settings.
@@ -78,7 +78,7 @@ def build_pipeline(preset: Preset, seed: int, model=None) -> Pipeline:
     return Pipeline(steps)
 
 
-def regressor(preset: Preset, estimator: str, config: dict[str, object], seed: int):
+def regressor(preset: Preset, estimator: str, config: dict[str, object], seed: int) -> object:
     """One configuration of a candidate: `log_target` in `config` overrides the preset's."""
     settings = dict(config)
     log_target = settings.pop("log_target", preset.log_target)
