@@ -17,7 +17,9 @@ When the version changes (promote, rollback, the alias or the stage moved in the
    were sent, and are stopped.
 A dead server is replaced the same way. Servers run in sessions of their own: the controller
 dying never stops serving, and a restarted controller adopts the servers the file lists when
-their processes live and answer /ping. Metrics on CONTROLLER_METRICS_PORT:
+their processes live and answer /ping. Steps 2 to 4 are the executor's: ROLLOUT_EXECUTOR=
+kubernetes rolls the model server Deployment instead (pyfunc/deployment.py), after the same
+checks. Metrics on CONTROLLER_METRICS_PORT:
 `model_rollouts_total{result="served"|"refused"|"failed"}`.
 """
 
@@ -31,10 +33,13 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import click
+import mlflow
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import convert_input_example_to_serving_input
 from mlflow.pyfunc import PyFuncModel
@@ -74,6 +79,28 @@ class Serving:
         return str(self.info.get("version"))
 
 
+class Executor(Protocol):
+    """Runs the pool: model server processes here, or a Deployment on Kubernetes."""
+
+    def adopt(self) -> Serving | None:
+        """What an earlier controller left serving, if it still serves."""
+
+    def serve(
+        self, model: mlflow.pyfunc.PyFuncModel, info: dict[str, Any], old: Serving | None
+    ) -> Serving:
+        """Serve `info["uri"]`, every server checked against `model`, then retire `old`;
+        ServerError (and `old` still serving) when it cannot."""
+
+    def heal(self, serving: Serving, load: Callable[[], mlflow.pyfunc.PyFuncModel]) -> Serving:
+        """Replace dead servers; `load` gives the served model."""
+
+
+def canary(model: mlflow.pyfunc.PyFuncModel) -> tuple[bytes, pd.DataFrame]:
+    """The request every new server must price, and the prices `model` gives it here."""
+    example = model.input_example
+    return convert_input_example_to_serving_input(example).encode(), model.predict(example)
+
+
 class Controller:
     """Brings the pool to what MODEL_URI resolves to, one `poll()` at a time."""
 
@@ -81,12 +108,10 @@ class Controller:
         self,
         settings: Settings,
         params: Params,
-        host: str,
-        public_host: str,
+        executor: Executor,
         registry: CollectorRegistry | None = None,
     ):
-        self.settings, self.params = settings, params
-        self.host, self.public_host = host, public_host
+        self.settings, self.params, self.executor = settings, params, executor
         self.rollouts = Counter(
             "model_rollouts", "Model versions rolled out, by result.", ["result"], registry=registry
         )
@@ -97,39 +122,8 @@ class Controller:
         self._skip: str | None = None  # refused or failed: not tried again while targeted
 
     def adopt(self) -> None:
-        """Take over the servers the served-model file lists that live and answer /ping; stop
-        those an earlier controller was starting when it died."""
-        data = _read(self.settings.model_info_path)
-        pids = data.get("pids") or {}
-        listed = [Server(url, int(pids[url])) for url in data.get("servers") or () if url in pids]
-        orphans = _read(self._starting_path).get("pids") or {}
-        servers.stop(
-            [
-                Server(url, int(pid))
-                for url, pid in orphans.items()
-                if int(pid) not in pids.values() and servers.is_model_server(int(pid))
-            ]
-        )
-        self._starting_path.unlink(missing_ok=True)
-        live = tuple(
-            s
-            for s in listed
-            if servers.alive(s.pid) and servers.is_model_server(s.pid) and servers.ping(s.url)
-        )
-        if len(live) < len(listed):
-            logger.warning(
-                "not adopted (gone, or not answering /ping): %s",
-                ", ".join(s.url for s in listed if s not in live),
-            )
-        if live:
-            info = {k: v for k, v in data.items() if k not in ("servers", "pids")}
-            self.serving = Serving(info, live)
-            logger.info(
-                "adopted %d model server(s) of version %s: %s",
-                len(live),
-                self.serving.version,
-                ", ".join(f"{s.url} (pid {s.pid})" for s in live),
-            )
+        """Take over what an earlier controller left serving."""
+        self.serving = self.executor.adopt()
 
     def poll(self) -> None:
         """Resolve MODEL_URI; roll out a new version; replace dead servers."""
@@ -144,7 +138,7 @@ class Controller:
             elif target["version"] != self._skip:
                 self._roll_out(target)
         if self.serving is not None:
-            self._heal()
+            self.serving = self.executor.heal(self.serving, self._loaded)
 
     def _roll_out(self, target: dict[str, Any]) -> None:
         old = self.serving
@@ -166,29 +160,17 @@ class Controller:
                 old.version if old else "none",
             )
             return
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        info = {**target, "reference": training_reference(target["uri"]), "served_since": now}
         try:
-            started = self._start_checked(model, target["uri"], self.settings.model_servers)
+            self.serving = self.executor.serve(model, info, old)
         except ServerError as error:
             self._skip = target["version"]
             self.rollouts.labels("failed").inc()
             logger.error("version %s not served: %s", target["version"], error)
             return
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        info = {**target, "reference": training_reference(target["uri"]), "served_since": now}
         self._model = model
-        self._publish(Serving(info, started))
         self.rollouts.labels("served").inc()
-        logger.info(
-            "version %s takes traffic on %s", target["version"], ", ".join(s.url for s in started)
-        )
-        if old is not None:
-            drain = (
-                MODEL_INFO_CHECK_SECONDS
-                + DRAIN_MARGIN_SECONDS
-                + self.settings.gateway_read_timeout_seconds
-            )
-            time.sleep(drain)  # every gateway worker switched; what was sent is answered
-            servers.stop(old.servers)
 
     def _check(self, target: dict[str, Any], old: Serving | None) -> PyFuncModel:
         """The checks of promote; the loaded model, or Refused with the reason."""
@@ -215,12 +197,79 @@ class Controller:
     def _tags(self, target: dict[str, Any]) -> dict[str, str]:
         return lookup(model_uri(target["name"], target["version"])).tags
 
-    def _start_checked(self, model: PyFuncModel, uri: str, count: int) -> tuple[Server, ...]:
+    def _loaded(self) -> mlflow.pyfunc.PyFuncModel:
+        self._model = self._model or check_loadable(self.serving.info["uri"])
+        return self._model
+
+
+class Processes:
+    """The pool as single-worker model server processes started here, in sessions of their
+    own; the served-model file lists them for the gateway."""
+
+    def __init__(self, settings: Settings, host: str, public_host: str):
+        self.settings, self.host, self.public_host = settings, host, public_host
+
+    def adopt(self) -> Serving | None:
+        """The servers the served-model file lists that live and answer /ping; those an
+        earlier controller was starting when it died are stopped."""
+        data = _read(self.settings.model_info_path)
+        pids = data.get("pids") or {}
+        listed = [Server(url, int(pids[url])) for url in data.get("servers") or () if url in pids]
+        orphans = _read(self._starting_path).get("pids") or {}
+        servers.stop(
+            [
+                Server(url, int(pid))
+                for url, pid in orphans.items()
+                if int(pid) not in pids.values() and servers.is_model_server(int(pid))
+            ]
+        )
+        self._starting_path.unlink(missing_ok=True)
+        live = tuple(
+            s
+            for s in listed
+            if servers.alive(s.pid) and servers.is_model_server(s.pid) and servers.ping(s.url)
+        )
+        if len(live) < len(listed):
+            logger.warning(
+                "not adopted (gone, or not answering /ping): %s",
+                ", ".join(s.url for s in listed if s not in live),
+            )
+        if not live:
+            return None
+        info = {k: v for k, v in data.items() if k not in ("servers", "pids")}
+        serving = Serving(info, live)
+        logger.info(
+            "adopted %d model server(s) of version %s: %s",
+            len(live),
+            serving.version,
+            ", ".join(f"{s.url} (pid {s.pid})" for s in live),
+        )
+        return serving
+
+    def serve(
+        self, model: mlflow.pyfunc.PyFuncModel, info: dict[str, Any], old: Serving | None
+    ) -> Serving:
+        started = self._start_checked(model, info["uri"], self.settings.model_servers)
+        serving = self._publish(Serving(info, started))
+        logger.info(
+            "version %s takes traffic on %s", serving.version, ", ".join(s.url for s in started)
+        )
+        if old is not None:
+            drain = (
+                MODEL_INFO_CHECK_SECONDS
+                + DRAIN_MARGIN_SECONDS
+                + self.settings.gateway_read_timeout_seconds
+            )
+            time.sleep(drain)  # every gateway worker switched; what was sent is answered
+            servers.stop(old.servers)
+        return serving
+
+    def _start_checked(
+        self, model: mlflow.pyfunc.PyFuncModel, uri: str, count: int
+    ) -> tuple[Server, ...]:
         """`count` servers on `uri`, each answering /ping and pricing the canary like `model`;
         none left running on failure."""
-        example = model.input_example
-        canary = (convert_input_example_to_serving_input(example) or "").encode()
-        expected = model.predict(example)
+        body, expected = canary(model)
         started: list[Server] = []
         try:
             for _ in range(count):
@@ -230,7 +279,7 @@ class Controller:
                 )
             servers.wait_ready(started, self.settings.model_start_timeout_seconds)
             for server in started:
-                servers.check_canary(server, canary, expected)
+                servers.check_canary(server, body, expected)
         except BaseException:
             servers.stop(started)
             raise
@@ -238,41 +287,47 @@ class Controller:
             self._starting_path.unlink(missing_ok=True)
         return tuple(started)
 
-    def _heal(self) -> None:
+    def heal(self, serving: Serving, load: Callable[[], mlflow.pyfunc.PyFuncModel]) -> Serving:
         """Replace dead servers (and top the pool up to MODEL_SERVERS)."""
-        serving = self.serving
-        if serving is None:
-            return
         live = tuple(s for s in serving.servers if servers.alive(s.pid))
         missing = self.settings.model_servers - len(live)
         if len(live) == len(serving.servers) and missing <= 0:
-            return
+            return serving
         if len(live) < len(serving.servers):
             logger.warning(
                 "model server(s) died: %s",
                 ", ".join(s.url for s in serving.servers if s not in live),
             )
-            self._publish(dataclasses.replace(serving, servers=live))
+            serving = self._publish(dataclasses.replace(serving, servers=live))
         if missing > 0:
             try:
-                self._model = self._model or check_loadable(serving.info["uri"])
-                live += self._start_checked(self._model, serving.info["uri"], missing)
+                live += self._start_checked(load(), serving.info["uri"], missing)
             except (ServerError, StepError) as error:
                 logger.error("could not replace model servers: %s", error)
-            self._publish(dataclasses.replace(serving, servers=live))
+            serving = self._publish(dataclasses.replace(serving, servers=live))
+        return serving
 
     @property
     def _starting_path(self) -> Path:
         return self.settings.state_dir / STARTING_FILE
 
-    def _publish(self, serving: Serving) -> None:
+    def _publish(self, serving: Serving) -> Serving:
         """Write the served-model file: the gateway's workers follow it."""
         urls = [s.url for s in serving.servers]
         write_info(
             {**serving.info, "servers": urls, "pids": {s.url: s.pid for s in serving.servers}},
             self.settings.model_info_path,
         )
-        self.serving = serving
+        return serving
+
+
+def executor(settings: Settings, host: str, public_host: str) -> Executor:
+    """The executor ROLLOUT_EXECUTOR names."""
+    if settings.rollout_executor == "kubernetes":
+        from pyfunc.deployment import Deployment  # the `kubernetes` extra
+
+        return Deployment.connect(settings)
+    return Processes(settings, host, public_host or host)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -329,7 +384,8 @@ def main(host: str, public_host: str, stop_servers: bool) -> None:
         return
     configure(settings)
     registry = CollectorRegistry()
-    controller = Controller(settings, load_params(), host, public_host or host, registry)
+    pool = executor(settings, host, public_host)
+    controller = Controller(settings, load_params(), pool, registry)
     start_http_server(settings.controller_metrics_port, addr=host, registry=registry)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logger.info(

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import cast
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -82,6 +82,20 @@ class ControllerSettings(BaseModel):
         gt=0,
         lt=65536,
         description="the controller's Prometheus /metrics (model_rollouts_total{result})",
+    )
+    rollout_executor: Literal["process", "kubernetes"] = Field(
+        "process",
+        description="process: the pool is model server processes the controller starts; "
+        "kubernetes: it rolls the model server Deployment through the Kubernetes API",
+    )
+    kubernetes_namespace: str = Field("default", description="namespace of the Deployment")
+    model_server_deployment: str = Field(
+        "model-server", description="the model server Deployment (kubernetes executor)"
+    )
+    served_model_configmap: str = Field(
+        "served-model",
+        description="ConfigMap the controller writes the served-model file into, for the "
+        "gateway to mount (kubernetes executor)",
     )
 
 
