@@ -5,6 +5,7 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 VENV := .venv
+CHECKOV_VENV := .venv-checkov
 BIN := $(CURDIR)/$(VENV)/bin
 STATE := $(CURDIR)/.run
 LOGS := $(STATE)/logs
@@ -32,8 +33,8 @@ help: ## list the targets
 # project itself, editable.
 $(VENV)/.installed: pyproject.toml requirements/dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,spark,kubernetes]'
 	touch $@
 
 .PHONY: install
@@ -45,6 +46,14 @@ lock: install ## resolve uv.lock again from pyproject.toml; export requirements/
 	$(BIN)/uv export --frozen --no-emit-project --quiet -o requirements/gateway.txt
 	$(BIN)/uv export --frozen --no-emit-project --quiet --extra model -o requirements/model.txt
 	$(BIN)/uv export --frozen --no-emit-project --quiet --all-extras -o requirements/dev.txt
+
+$(CHECKOV_VENV)/.installed: docker/kubernetes/requirements-checkov.txt
+	test -d $(CHECKOV_VENV) || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet -r $<
+	touch $@
+
+.PHONY: checkov
+checkov: $(CHECKOV_VENV)/.installed ## checkov (Kubernetes manifests) in a venv of its own (.venv-checkov)
 
 .PHONY: system-deps
 system-deps: ## install what the tests run when missing: PostgreSQL, Prometheus (promtool), Alertmanager (amtool), Java (Spark)
@@ -149,7 +158,7 @@ lint: install ## ruff (rules and format), mypy, hadolint; .pre-commit-config.yam
 	$(BIN)/hadolint docker/Dockerfile
 
 .PHONY: test
-test: install system-deps ## the test suite: unit and integration (real servers on 127.0.0.1)
+test: install system-deps checkov ## the test suite: unit and integration (real servers on 127.0.0.1)
 	$(BIN)/pytest -m "not slow"
 
 .PHONY: test-slow
@@ -167,6 +176,17 @@ model-table: install ## test MAE of every candidate and baseline on two generate
 .PHONY: bench-batch
 bench-batch: install system-deps ## batch scoring of 1,000,000 listings: pandas vs Spark (local)
 	$(BIN)/python -m tests.benchmarks.batch --output bench-results/batch.json
+
+K8S_RULES := docker/kubernetes/base/prometheus-rule.yaml
+
+.PHONY: kubernetes-rules
+kubernetes-rules: install ## write the Kubernetes PrometheusRule from docker/prometheus/rules.yml
+	{ echo "# Written by make kubernetes-rules from docker/prometheus/rules.yml: edit that file."; \
+	  $(BIN)/python -c "import sys, yaml; yaml.safe_dump({'apiVersion': 'monitoring.coreos.com/v1', \
+	    'kind': 'PrometheusRule', 'metadata': {'name': 'property-friends', 'labels': \
+	    {'release': 'kube-prometheus-stack'}}, 'spec': {'groups': \
+	    yaml.safe_load(open('docker/prometheus/rules.yml'))['groups']}}, sys.stdout, sort_keys=False)"; \
+	} > $(K8S_RULES)
 
 .PHONY: clean
 clean: stop ## remove generated data, runs, models and state (keeps .venv)

@@ -22,8 +22,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from pyfunc import servers
-from pyfunc.rollout import Serving, canary
-from pyfunc.servers import Server, ServerError
+from pyfunc.servers import Server, ServerError, Serving, canary
 from pyfunc.settings import Settings
 
 logger = logging.getLogger(__name__)

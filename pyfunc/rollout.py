@@ -39,17 +39,14 @@ from typing import Any, Protocol
 
 import click
 import mlflow
-import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import convert_input_example_to_serving_input
-from mlflow.pyfunc import PyFuncModel
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from pyfunc import servers
 from pyfunc.errors import UserError
 from pyfunc.registry import lookup, model_uri, resolve
 from pyfunc.serve import training_reference, write_info
-from pyfunc.servers import Server, ServerError
+from pyfunc.servers import Server, ServerError, Serving, canary
 from pyfunc.settings import MODEL_INFO_CHECK_SECONDS, Settings
 from steps.evaluate import run_evaluate
 from steps.params import Params, load_params
@@ -67,18 +64,6 @@ class Refused(Exception):
     """The version fails the checks of promote."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Serving:
-    """What the pool serves: the served-model file's fields and the servers."""
-
-    info: dict[str, Any]
-    servers: tuple[Server, ...]
-
-    @property
-    def version(self) -> str:
-        return str(self.info.get("version"))
-
-
 class Executor(Protocol):
     """Runs the pool: model server processes here, or a Deployment on Kubernetes."""
 
@@ -93,12 +78,6 @@ class Executor(Protocol):
 
     def heal(self, serving: Serving, load: Callable[[], mlflow.pyfunc.PyFuncModel]) -> Serving:
         """Replace dead servers; `load` gives the served model."""
-
-
-def canary(model: mlflow.pyfunc.PyFuncModel) -> tuple[bytes, pd.DataFrame]:
-    """The request every new server must price, and the prices `model` gives it here."""
-    example = model.input_example
-    return convert_input_example_to_serving_input(example).encode(), model.predict(example)
 
 
 class Controller:

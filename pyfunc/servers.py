@@ -17,10 +17,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pandas as pd
 import urllib3
+from mlflow.models import convert_input_example_to_serving_input
+from mlflow.pyfunc import PyFuncModel
 
 from pyfunc.serve import serve_command, server_env
 from pyfunc.settings import Settings
@@ -43,6 +46,24 @@ class Server:
 
     url: str
     pid: int
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the pool serves: the served-model file's fields and the servers."""
+
+    info: dict[str, Any]
+    servers: tuple[Server, ...]
+
+    @property
+    def version(self) -> str:
+        return str(self.info.get("version"))
+
+
+def canary(model: PyFuncModel) -> tuple[bytes, pd.DataFrame]:
+    """The request every new server must price, and the prices `model` gives it here."""
+    example = model.input_example
+    return convert_input_example_to_serving_input(example).encode(), model.predict(example)
 
 
 def free_port(host: str) -> int:

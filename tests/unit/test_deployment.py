@@ -16,8 +16,8 @@ import pytest
 from kubernetes import client
 
 from pyfunc.deployment import INFO_KEY, Deployment
-from pyfunc.rollout import Processes, Serving, executor
-from pyfunc.servers import ServerError
+from pyfunc.rollout import Processes, executor
+from pyfunc.servers import ServerError, Serving
 from pyfunc.settings import Settings
 from tests.support.gateway import fake_upstream
 from tests.support.kubernetes import KUBERNETES, FakeCluster, find, render
