@@ -6,8 +6,8 @@ label); the Deployment replaces its pods, the old ones serving until new ones an
 version (MODEL_START_TIMEOUT_SECONDS per replica), prices the canary on each new pod like the
 model loaded in process, then writes the served-model file into the ConfigMap the gateway
 mounts (SERVED_MODEL_CONFIGMAP). A rollout that does not finish, or a canary priced wrong, is
-undone: the Deployment goes back to the version served before. Kubernetes replaces dead pods
-itself: there is nothing to heal.
+undone: the Deployment goes back to the version served before. Kubernetes replaces dead pods;
+a Deployment changed by hand is put back on the served version.
 """
 
 from __future__ import annotations
@@ -91,7 +91,13 @@ class Deployment:
         return Serving(info, ())
 
     def heal(self, serving: Serving, load: Callable[[], Any]) -> Serving:
-        return serving  # the Deployment replaces dead pods
+        """The Deployment replaces dead pods; one changed under the controller (an overlay
+        applied again resets its pinned version) is rolled back to the served version."""
+        running = _model_uri(self._read())
+        if running != serving.info["uri"]:
+            logger.warning("deployment/%s runs %s, not the served version", self.name, running)
+            self._roll(serving.info["uri"], serving.version)
+        return serving
 
     def _read(self) -> client.V1Deployment:
         return self.apps.read_namespaced_deployment(self.name, self.namespace)

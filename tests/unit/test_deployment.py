@@ -156,6 +156,17 @@ def test_adopts_what_the_configmap_says_when_the_deployment_runs_it(base_deploym
     assert pool.adopt() is None
 
 
+def test_a_deployment_changed_by_hand_is_put_back_on_the_served_version(base_deployment):
+    cluster = FakeCluster(base_deployment, NAMESPACE)
+    served = on_version(cluster, NEW)
+    pool = deployment(cluster, 5001)
+    assert pool.heal(served, Model) == served
+    assert len(cluster.patches) == 1  # the one that put NEW there
+    cluster.patch_namespaced_deployment("model-server", NAMESPACE, _patch(OLD))  # apply -k
+    assert pool.heal(served, Model) == served
+    assert cluster.served() == {"uri": NEW["uri"], "version": "4"}
+
+
 def test_the_executor_setting_picks_the_executor(monkeypatch):
     assert isinstance(executor(Settings.from_env({}), "127.0.0.1", ""), Processes)
     monkeypatch.setattr(Deployment, "connect", classmethod(lambda cls, settings: settings))
