@@ -180,13 +180,8 @@ bench-batch: install system-deps ## batch scoring of 1,000,000 listings: pandas 
 K8S_RULES := docker/kubernetes/base/prometheus-rule.yaml
 
 .PHONY: kubernetes-rules
-kubernetes-rules: install ## write the Kubernetes PrometheusRule from docker/prometheus/rules.yml
-	{ echo "# Written by make kubernetes-rules from docker/prometheus/rules.yml: edit that file."; \
-	  $(BIN)/python -c "import sys, yaml; yaml.safe_dump({'apiVersion': 'monitoring.coreos.com/v1', \
-	    'kind': 'PrometheusRule', 'metadata': {'name': 'property-friends', 'labels': \
-	    {'release': 'kube-prometheus-stack'}}, 'spec': {'groups': \
-	    yaml.safe_load(open('docker/prometheus/rules.yml'))['groups']}}, sys.stdout, sort_keys=False)"; \
-	} > $(K8S_RULES)
+kubernetes-rules: install ## write the Kubernetes PrometheusRule from docker/prometheus/alerts.yml
+	$(BIN)/python docker/kubernetes/prometheus-rule.py > $(K8S_RULES)
 
 .PHONY: clean
 clean: stop ## remove generated data, runs, models and state (keeps .venv)

@@ -6,6 +6,7 @@ servers, the controller's permissions and the alerting rules compose loads."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -21,7 +22,8 @@ from tests.support.kubernetes import KUBERNETES, OVERLAYS, ROOT, find, render
 
 KUBERNETES_VERSION = "1.31.0"  # the oldest minor still supported upstream when written
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator CRDs
-RULES_FILE = ROOT / "docker" / "prometheus" / "rules.yml"
+RULES_FILE = ROOT / "docker" / "prometheus" / "alerts.yml"
+PROMETHEUS_FILE = ROOT / "docker" / "prometheus" / "prometheus.yml"  # compose's
 CHECKOV = Path(os.environ.get("CHECKOV", ROOT / ".venv-checkov" / "bin" / "checkov"))
 PROJECT_IMAGE = "property-friends"
 # What a project container may set besides the settings: the tracking server's own variables
@@ -57,7 +59,7 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(manifests):
 
 
 def test_a_misspelt_field_fails_validation(manifests):
-    gateway = find(manifests, "Deployment", "gateway")
+    gateway = copy.deepcopy(find(manifests, "Deployment", "gateway"))
     gateway["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(gateway, KUBERNETES_VERSION, strict=True)
@@ -168,3 +170,5 @@ def test_the_prometheus_rule_holds_the_rules_compose_loads(manifests):
     rule = find(manifests, "PrometheusRule", "property-friends")
     expected = yaml.safe_load(RULES_FILE.read_text())["groups"]
     assert rule["spec"]["groups"] == expected, "run `make kubernetes-rules`"
+    loaded = yaml.safe_load(PROMETHEUS_FILE.read_text()).get("rule_files")
+    assert loaded is None or [Path(f).name for f in loaded] == [RULES_FILE.name]
