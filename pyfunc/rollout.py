@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import click
-import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PyFuncModel
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from pyfunc import servers
@@ -70,13 +70,11 @@ class Executor(Protocol):
     def adopt(self) -> Serving | None:
         """What an earlier controller left serving, if it still serves."""
 
-    def serve(
-        self, model: mlflow.pyfunc.PyFuncModel, info: dict[str, Any], old: Serving | None
-    ) -> Serving:
+    def serve(self, model: PyFuncModel, info: dict[str, Any], old: Serving | None) -> Serving:
         """Serve `info["uri"]`, every server checked against `model`, then retire `old`;
         ServerError (and `old` still serving) when it cannot."""
 
-    def heal(self, serving: Serving, load: Callable[[], mlflow.pyfunc.PyFuncModel]) -> Serving:
+    def heal(self, serving: Serving, load: Callable[[], PyFuncModel]) -> Serving:
         """Replace dead servers; `load` gives the served model."""
 
 
@@ -176,8 +174,11 @@ class Controller:
     def _tags(self, target: dict[str, Any]) -> dict[str, str]:
         return lookup(model_uri(target["name"], target["version"])).tags
 
-    def _loaded(self) -> mlflow.pyfunc.PyFuncModel:
-        self._model = self._model or check_loadable(self.serving.info["uri"])
+    def _loaded(self) -> PyFuncModel:
+        """The served version, loaded once."""
+        if self._model is None:
+            assert self.serving is not None  # heal runs only while a version is served
+            self._model = check_loadable(self.serving.info["uri"])
         return self._model
 
 
@@ -225,9 +226,7 @@ class Processes:
         )
         return serving
 
-    def serve(
-        self, model: mlflow.pyfunc.PyFuncModel, info: dict[str, Any], old: Serving | None
-    ) -> Serving:
+    def serve(self, model: PyFuncModel, info: dict[str, Any], old: Serving | None) -> Serving:
         started = self._start_checked(model, info["uri"], self.settings.model_servers)
         serving = self._publish(Serving(info, started))
         logger.info(
@@ -243,9 +242,7 @@ class Processes:
             servers.stop(old.servers)
         return serving
 
-    def _start_checked(
-        self, model: mlflow.pyfunc.PyFuncModel, uri: str, count: int
-    ) -> tuple[Server, ...]:
+    def _start_checked(self, model: PyFuncModel, uri: str, count: int) -> tuple[Server, ...]:
         """`count` servers on `uri`, each answering /ping and pricing the canary like `model`;
         none left running on failure."""
         body, expected = canary(model)
@@ -266,7 +263,7 @@ class Processes:
             self._starting_path.unlink(missing_ok=True)
         return tuple(started)
 
-    def heal(self, serving: Serving, load: Callable[[], mlflow.pyfunc.PyFuncModel]) -> Serving:
+    def heal(self, serving: Serving, load: Callable[[], PyFuncModel]) -> Serving:
         """Replace dead servers (and top the pool up to MODEL_SERVERS)."""
         live = tuple(s for s in serving.servers if servers.alive(s.pid))
         missing = self.settings.model_servers - len(live)

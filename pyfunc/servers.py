@@ -63,7 +63,10 @@ class Serving:
 def canary(model: PyFuncModel) -> tuple[bytes, pd.DataFrame]:
     """The request every new server must price, and the prices `model` gives it here."""
     example = model.input_example
-    return convert_input_example_to_serving_input(example).encode(), model.predict(example)
+    body = convert_input_example_to_serving_input(example)
+    if body is None:
+        raise ServerError("the model has no input example to price as the canary")
+    return body.encode(), model.predict(example)
 
 
 def free_port(host: str) -> int:
