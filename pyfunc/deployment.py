@@ -20,6 +20,7 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from mlflow.pyfunc import PyFuncModel
 
 from pyfunc import servers
 from pyfunc.servers import Server, ServerError, Serving, canary
@@ -72,7 +73,7 @@ class Deployment:
         logger.info("adopted deployment/%s on version %s", self.name, info.get("version"))
         return Serving(info, ())
 
-    def serve(self, model: Any, info: dict[str, Any], old: Serving | None) -> Serving:
+    def serve(self, model: PyFuncModel, info: dict[str, Any], old: Serving | None) -> Serving:
         try:
             self._roll(info["uri"], info["version"])
             try:
@@ -90,7 +91,7 @@ class Deployment:
         logger.info("version %s takes traffic on deployment/%s", info["version"], self.name)
         return Serving(info, ())
 
-    def heal(self, serving: Serving, load: Callable[[], Any]) -> Serving:
+    def heal(self, serving: Serving, load: Callable[[], PyFuncModel]) -> Serving:
         """The Deployment replaces dead pods; one changed under the controller (an overlay
         applied again resets its pinned version) is rolled back to the served version."""
         running = _model_uri(self._read())
