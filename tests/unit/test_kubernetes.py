@@ -172,3 +172,13 @@ def test_the_prometheus_rule_holds_the_rules_compose_loads(manifests):
     assert rule["spec"]["groups"] == expected, "run `make kubernetes-rules`"
     loaded = yaml.safe_load(PROMETHEUS_FILE.read_text()).get("rule_files")
     assert loaded is None or [Path(f).name for f in loaded] == [RULES_FILE.name]
+
+
+def test_production_reads_the_tracking_store_from_the_secret():
+    mlflow = containers(render(KUBERNETES / "overlays" / "production"))["mlflow"]
+    env = {e["name"]: e for e in mlflow["env"]}
+    secret = {"name": "property-friends", "key": "mlflow-backend-store-uri"}
+    assert env["MLFLOW_BACKEND_STORE_URI"] == {
+        "name": "MLFLOW_BACKEND_STORE_URI",
+        "valueFrom": {"secretKeyRef": secret},
+    }
