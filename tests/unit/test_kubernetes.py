@@ -25,7 +25,7 @@ OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator CRD
 RULES_FILE = ROOT / "docker" / "prometheus" / "alerts.yml"
 PROMETHEUS_FILE = ROOT / "docker" / "prometheus" / "prometheus.yml"  # compose's
 CHECKOV = Path(os.environ.get("CHECKOV", ROOT / ".venv-checkov" / "bin" / "checkov"))
-PROJECT_IMAGE = "property-friends"
+IMAGES = {"gateway": "property-friends-gateway"}  # the others run the model image
 # What a project container may set besides the settings: the tracking server's own variables
 # and HOME (on the writable /tmp: the root filesystem is read-only).
 OTHER_VARIABLES = {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_SERVER_ALLOWED_HOSTS", "HOME"}
@@ -96,7 +96,8 @@ def test_checkov_fails_no_check_and_every_skip_gives_its_reason(manifests, tmp_p
 def test_containers_set_only_settings_the_project_declares(manifests):
     declared = {name.upper() for name in Settings.model_fields} | OTHER_VARIABLES
     for name, container in containers(manifests).items():
-        assert container["image"].split("/")[-1].startswith(f"{PROJECT_IMAGE}:"), name
+        image = IMAGES.get(name, "property-friends")
+        assert container["image"].rsplit("/", 1)[-1].split(":")[0] == image, name
         assert {e["name"] for e in container["env"]} <= declared, name
 
 
