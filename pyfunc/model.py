@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from pyfunc.contract import INVALID_ROW_POLICIES, FieldError, ValidationError
 from pyfunc.schema import (
     FEATURE_NAMES,
     FLAG_COLUMN,
+    HIGH_COLUMN,
     INVALID_COLUMN,
+    LOW_COLUMN,
     PREDICTION_COLUMN,
 )
 from pyfunc.validation import validate, validate_each_row
@@ -42,6 +45,23 @@ RUNTIME_PACKAGES = (
     "threadpoolctl",
     "treelite",
 )
+
+
+@dataclass(frozen=True)
+class PriceInterval:
+    """The price range: from price * exp(log_low) to price * exp(log_high), meant to hold
+    `coverage` of real prices (multiplicative: the error grows with the price)."""
+
+    coverage: float
+    log_low: float
+    log_high: float
+
+    def bounds(self, prices: np.ndarray) -> dict[str, np.ndarray]:
+        """The low and high columns of `prices` (NaN where the price is NaN)."""
+        return {
+            LOW_COLUMN: prices * np.exp(self.log_low),
+            HIGH_COLUMN: prices * np.exp(self.log_high),
+        }
 
 
 class InvalidInputError(MlflowException):
@@ -78,13 +98,14 @@ class PropertyValuationModel(PythonModel):
         self._categories = profile["categories"]
         self._known = {name: frozenset(values) for name, values in self._categories.items()}
         self._ranges = {name: tuple(bounds) for name, bounds in profile["ranges"].items()}
+        self._interval = PriceInterval(**context.model_config["interval"])
         # The pipeline's arithmetic without pandas and per-tree thread start-up; None (use the
         # pipeline) if its shape is unknown or it disagrees with the pipeline on probe rows.
         self._fast = fastpath.compile_pipeline(self._pipeline, self._categories, self._ranges)
 
     def predict(self, context, model_input, params: dict | None = None):
-        """Prices and flags. With params on_invalid_row="report", a bad row does not refuse the
-        batch: it gets no price and its reason in `invalid_reason` (batch scoring).
+        """Prices, their ranges and flags. With params on_invalid_row="report", a bad row does
+        not refuse the batch: it gets no price (nor range) and its reason in `invalid_reason`.
 
         `model_input` is a DataFrame, or the columns MLflow parses from an `inputs` body
         (name -> numpy array): those are priced without building a DataFrame when clean, and
@@ -106,7 +127,7 @@ class PropertyValuationModel(PythonModel):
             raise InvalidInputError(ValidationError([FieldError("on_invalid_row", None, message)]))
         checked, reasons = self._validate(data, policy, each_row=on_invalid_row == "report")
         if on_invalid_row == "reject":
-            answer = {PREDICTION_COLUMN: self._prices(checked), FLAG_COLUMN: checked.flags}
+            answer = self._answer(self._prices(checked), checked.flags)
             return records(answer) if isinstance(data, dict) else pd.DataFrame(answer)
         rows = len(checked.flags) + len(reasons)
         priced = np.setdiff1d(np.arange(rows), list(reasons))
@@ -116,12 +137,12 @@ class PropertyValuationModel(PythonModel):
             prices[priced] = self._prices(checked)
             for row, flag in zip(priced.tolist(), checked.flags, strict=True):
                 flags[row] = flag
-        answer = {
-            PREDICTION_COLUMN: prices,
-            FLAG_COLUMN: flags,
-            INVALID_COLUMN: [reasons.get(r, "") for r in range(rows)],
-        }
+        answer = self._answer(prices, flags)
+        answer[INVALID_COLUMN] = [reasons.get(r, "") for r in range(rows)]
         return records(answer) if isinstance(data, dict) else pd.DataFrame(answer)
+
+    def _answer(self, prices: np.ndarray, flags: list[str]) -> dict[str, Any]:
+        return {PREDICTION_COLUMN: prices, **self._interval.bounds(prices), FLAG_COLUMN: flags}
 
     def _prices(self, checked: fastpath.CheckedInput) -> np.ndarray:
         if self._fast is not None:
@@ -182,7 +203,7 @@ def signature() -> ModelSignature:
     columns silently. The features are documented by the logged input example and
     `pyfunc.schema`; MLflow still checks the params' types and fills their defaults."""
     answer: list[ColSpec | TensorSpec] = [
-        ColSpec("double", PREDICTION_COLUMN),
+        *(ColSpec("double", name) for name in (PREDICTION_COLUMN, LOW_COLUMN, HIGH_COLUMN)),
         ColSpec("string", FLAG_COLUMN),
     ]
     outputs = Schema(answer)
@@ -199,8 +220,15 @@ def pip_requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in RUNTIME_PACKAGES]
 
 
-def log_model(pipeline, profile: dict, input_example: pd.DataFrame, registered_model_name: str):
-    """Log the pipeline as a pyfunc model in the active run and register a new version."""
+def log_model(
+    pipeline,
+    profile: dict,
+    input_example: pd.DataFrame,
+    registered_model_name: str,
+    interval: PriceInterval,
+):
+    """Log the pipeline as a pyfunc model in the active run and register a new version; the
+    price range goes in the model's configuration."""
     with tempfile.TemporaryDirectory() as tmp:
         pipeline_path, profile_path = Path(tmp) / "pipeline.joblib", Path(tmp) / "profile.json"
         joblib.dump(pipeline, pipeline_path)
@@ -210,6 +238,7 @@ def log_model(pipeline, profile: dict, input_example: pd.DataFrame, registered_m
             python_model=str(Path(__file__).with_name("served.py")),
             artifacts={PIPELINE_ARTIFACT: str(pipeline_path), PROFILE_ARTIFACT: str(profile_path)},
             code_paths=[str(Path(__file__).parent)],
+            model_config={"interval": asdict(interval)},
             signature=signature(),
             input_example=input_example[list(FEATURE_NAMES)],
             pip_requirements=pip_requirements(),

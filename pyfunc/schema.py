@@ -78,6 +78,8 @@ NUMERIC_NAMES: tuple[str, ...] = tuple(f.name for f in NUMERIC_FEATURES)
 NUMERIC_BY_NAME: dict[str, NumericFeature] = {f.name: f for f in NUMERIC_FEATURES}
 
 PREDICTION_COLUMN = "price"
+LOW_COLUMN = "price_low"  # the price range (80% by default, params.yaml `interval`)
+HIGH_COLUMN = "price_high"
 # Per row, the features priced with little support: outside the training range, or unreported.
 FLAG_COLUMN = "outside_training_range"
 INVALID_COLUMN = "invalid_reason"  # only with on_invalid_row="report" (batch scoring)

@@ -55,6 +55,7 @@ class Params:
     presets: dict[str, Preset]
     promotion_tolerance: float
     importance_rows: int
+    interval_coverage: float
 
     def preset(self, name: str | None) -> Preset:
         chosen = name or self.default_preset
@@ -77,6 +78,7 @@ def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
             presets={n: _preset(n, p) for n, p in raw["presets"].items()},
             promotion_tolerance=float(raw["promotion"]["tolerance"]),
             importance_rows=int(raw["evaluation"]["importance_rows"]),
+            interval_coverage=float(raw["interval"]["coverage"]),
         )
     except FileNotFoundError:
         raise ParamsError(f"params file not found: {path}") from None
@@ -121,6 +123,8 @@ def _check(params: Params, path: Path) -> None:
         raise ParamsError(f"{path}: cv.folds must be >= 2 and cv.search_iterations >= 1")
     if params.promotion_tolerance < 0:
         raise ParamsError(f"{path}: promotion.tolerance must be >= 0")
+    if not 0 < params.interval_coverage < 1:
+        raise ParamsError(f"{path}: interval.coverage must be between 0 and 1")
     params.preset(params.default_preset)
     for preset in params.presets.values():
         _check_monotonic(preset, path)

@@ -2,7 +2,8 @@
 
 Reads:  clean/train.parquet of an ingest run (`--ingest-run-id`; empty runs ingest first).
 Writes: params, CV metrics (cv_mae, cv_rmse, cv_mape, cv_r2 and their std), cv_results.csv,
-        the pyfunc model with its training profile, and a new version of the registered model.
+        the pyfunc model with its training profile and price range (steps/intervals.py), and
+        a new version of the registered model.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pyfunc.profile import build_profile
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES, TARGET
 from pyfunc.settings import Settings
 from steps.ingest import CLEAN_TRAIN, SOURCE_OPTION, run_ingest
+from steps.intervals import run_calibration
 from steps.params import Params, Preset, load_params
 from steps.selection import METRICS, Scored, select
 from steps.tracking import cli_errors, configure, load_frame, step_run
@@ -164,7 +166,10 @@ def run_train(
         mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
         mlflow.log_metrics(result.cv_metrics)
         mlflow.log_table(result.cv_results, "cv_results.json")
-        info = log_model(result.pipeline, build_profile(train), train.head(3), settings.model_name)
+        interval = run_calibration(result.pipeline, train, params)
+        info = log_model(
+            result.pipeline, build_profile(train), train.head(3), settings.model_name, interval
+        )
         version = str(info.registered_model_version)
         mlflow.set_tag("model_version", version)
         return run.info.run_id, version

@@ -7,6 +7,7 @@ which share the conftest that builds a Store, do not pay for them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,18 @@ if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
     from sklearn.pipeline import Pipeline
 
+    from pyfunc.model import PriceInterval
+
+
+# The range of the models tests log without calibrating it: from 0.8 to 1.25 times the price.
+LOW_FACTOR, HIGH_FACTOR = 0.8, 1.25
+
+
+def stated_interval() -> PriceInterval:
+    from pyfunc.model import PriceInterval
+
+    return PriceInterval(0.8, math.log(LOW_FACTOR), math.log(HIGH_FACTOR))
+
 
 @dataclasses.dataclass(frozen=True)
 class Store:
@@ -26,14 +39,15 @@ class Store:
     experiment_id: str
 
     def register(self, pipeline: Pipeline, train: pd.DataFrame, name: str) -> ModelInfo:
-        """Log `pipeline` (profiled on `train`) in a new run; registers a version of `name`."""
+        """Log `pipeline` (profiled on `train`, with `stated_interval()`) in a new run;
+        registers a version of `name`."""
         import mlflow
 
         from pyfunc.model import log_model
         from pyfunc.profile import build_profile
 
         with mlflow.start_run(experiment_id=self.experiment_id):
-            return log_model(pipeline, build_profile(train), train.head(3), name)
+            return log_model(pipeline, build_profile(train), train.head(3), name, stated_interval())
 
     def client(self) -> MlflowClient:
         from mlflow import MlflowClient

@@ -21,12 +21,15 @@ from pyfunc.schema import (
     CATEGORICAL_NAMES,
     FEATURE_NAMES,
     FLAG_COLUMN,
+    HIGH_COLUMN,
+    LOW_COLUMN,
     NUMERIC_NAMES,
     PREDICTION_COLUMN,
     TARGET,
 )
 from steps.params import Candidate, Preset
 from steps.train import build_pipeline
+from tests.support.mlflow_store import HIGH_FACTOR, LOW_FACTOR
 
 if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
@@ -73,7 +76,7 @@ def known_sectors(listings: pd.DataFrame) -> str:
     return ", ".join(sorted(listings["sector"].unique()))
 
 
-def test_one_price_and_one_flag_per_row(
+def test_one_price_its_range_and_one_flag_per_row(
     model: PyFuncModel, pipeline: Pipeline, listings: pd.DataFrame
 ) -> None:
     rows = features(listings.sample(25, random_state=1))
@@ -82,12 +85,21 @@ def test_one_price_and_one_flag_per_row(
 
     assert (
         list(answer.columns)
-        == [PREDICTION_COLUMN, FLAG_COLUMN]
-        == ["price", "outside_training_range"]
+        == [PREDICTION_COLUMN, LOW_COLUMN, HIGH_COLUMN, FLAG_COLUMN]
+        == ["price", "price_low", "price_high", "outside_training_range"]
     )
     assert answer.index.tolist() == list(range(25))
-    np.testing.assert_allclose(answer[PREDICTION_COLUMN], pipeline.predict(rows))
+    prices = pipeline.predict(rows)
+    np.testing.assert_allclose(answer[PREDICTION_COLUMN], prices)
+    np.testing.assert_allclose(answer[LOW_COLUMN], prices * LOW_FACTOR)
+    np.testing.assert_allclose(answer[HIGH_COLUMN], prices * HIGH_FACTOR)
     assert answer[FLAG_COLUMN].tolist() == [""] * 25
+
+
+def test_the_signature_lists_the_range(model: PyFuncModel) -> None:
+    outputs = model.metadata.get_output_schema().input_names()
+
+    assert outputs == ["price", "price_low", "price_high", "outside_training_range"]
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,9 @@ from pyfunc.model import InvalidInputError
 from pyfunc.schema import (
     FEATURE_NAMES,
     FLAG_COLUMN,
+    HIGH_COLUMN,
     INVALID_COLUMN,
+    LOW_COLUMN,
     NUMERIC_BY_NAME,
     PREDICTION_COLUMN,
 )
@@ -96,8 +98,8 @@ def test_a_report_has_one_row_per_listing_in_order(
 
     assert (
         list(answer.columns)
-        == [PREDICTION_COLUMN, FLAG_COLUMN, INVALID_COLUMN]
-        == ["price", "outside_training_range", "invalid_reason"]
+        == [PREDICTION_COLUMN, LOW_COLUMN, HIGH_COLUMN, FLAG_COLUMN, INVALID_COLUMN]
+        == ["price", "price_low", "price_high", "outside_training_range", "invalid_reason"]
     )
     assert answer.index.tolist() == list(range(ROWS))
     invalid = answer[INVALID_COLUMN] != ""
@@ -112,9 +114,10 @@ def test_valid_rows_are_priced_as_if_sent_alone(
     answer = priced_by.predict(spoiled(clean), params=REPORT)
 
     valid = answer.loc[VALID].reset_index(drop=True)
-    np.testing.assert_array_equal(
-        valid[PREDICTION_COLUMN].to_numpy(), alone[PREDICTION_COLUMN].to_numpy()
-    )
+    for column in (PREDICTION_COLUMN, LOW_COLUMN, HIGH_COLUMN):
+        np.testing.assert_array_equal(valid[column].to_numpy(), alone[column].to_numpy())
+    assert (valid[LOW_COLUMN] < valid[PREDICTION_COLUMN]).all()
+    assert (valid[PREDICTION_COLUMN] < valid[HIGH_COLUMN]).all()
     assert valid[FLAG_COLUMN].tolist() == alone[FLAG_COLUMN].tolist()
     assert "net_usable_area" in valid[FLAG_COLUMN].tolist()  # row 6, above the training range
     assert valid[INVALID_COLUMN].tolist() == [""] * len(VALID)
@@ -129,7 +132,7 @@ def test_invalid_rows_have_no_price_and_a_reason_naming_the_field(
     answer = priced_by.predict(spoiled(clean), params=REPORT)
 
     for row, (column, _) in SPOILED.items():
-        assert np.isnan(answer.loc[row, PREDICTION_COLUMN]), row
+        assert answer.loc[row, [PREDICTION_COLUMN, LOW_COLUMN, HIGH_COLUMN]].isna().all(), row
         assert answer.loc[row, FLAG_COLUMN] == "", row
         reason = answer.loc[row, INVALID_COLUMN]
         assert reason.startswith(f"{column} "), (row, reason)
@@ -149,7 +152,7 @@ def test_a_clean_batch_is_priced_as_in_reject_mode(
     answer = priced_by.predict(clean, params=REPORT)
 
     assert answer[INVALID_COLUMN].tolist() == [""] * ROWS
-    pd.testing.assert_frame_equal(answer[[PREDICTION_COLUMN, FLAG_COLUMN]], rejected)
+    pd.testing.assert_frame_equal(answer.drop(columns=INVALID_COLUMN), rejected)
     assert answer.loc[6, FLAG_COLUMN] == "net_usable_area"
 
 
