@@ -2,9 +2,12 @@
 
 Reads:  the model version (`--model-version`, default the newest) and clean/test.parquet of the
         ingest run its training used (or `--ingest-run-id`).
-Writes: metrics test_mae, test_rmse, test_mape, test_r2 and test_mae_<sector>; plots
-        (predicted vs actual, residuals by sector, permutation importance); and tags on the
-        model version: the same metrics, the champion's MAE on the same rows and a verdict.
+Writes: metrics test_mae, test_rmse, test_mape, test_r2, test_interval_coverage (share of
+        prices inside their range), test_interval_width (median width / price), and per sector
+        test_mae_<sector>, test_interval_coverage_<sector>, test_interval_width_<sector>;
+        plots (predicted vs actual, residuals and price ranges by sector, permutation
+        importance); and tags on the model version: the same metrics (per sector: the range's
+        only), the champion's MAE on the same rows and a verdict.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from sklearn.metrics import (
 )
 
 from pyfunc import registry
-from pyfunc.schema import FEATURE_NAMES, PREDICTION_COLUMN, TARGET
+from pyfunc.schema import FEATURE_NAMES, LOW_COLUMN, PREDICTION_COLUMN, TARGET
 from pyfunc.settings import Settings
 from steps import plots
 from steps.ingest import CLEAN_TEST
+from steps.intervals import interval_hits
 from steps.params import Params, load_params
 from steps.tracking import StepError, cli_errors, configure, load_frame, step_run
 
@@ -67,12 +71,34 @@ def predict_prices(model, frame: pd.DataFrame) -> np.ndarray:
 
 
 def evaluate(model, test: pd.DataFrame) -> Evaluation:
-    predictions = predict_prices(model, test)
-    errors = pd.DataFrame(
-        {"sector": test["sector"], "abs_error": np.abs(test[TARGET.name].to_numpy() - predictions)}
-    )
-    by_sector = errors.groupby("sector")["abs_error"].agg(mae="mean", rows="size").reset_index()
-    return Evaluation(regression_metrics(test[TARGET.name], predictions), by_sector, predictions)
+    """Metrics overall and by sector; those of the price range when the model answers one."""
+    answer = model.predict(test[list(FEATURE_NAMES)])
+    actual, predictions = test[TARGET.name].to_numpy(), answer[PREDICTION_COLUMN].to_numpy()
+    rows = pd.DataFrame({"sector": test["sector"].to_numpy(), "mae": np.abs(actual - predictions)})
+    aggregates = {"mae": ("mae", "mean"), "rows": ("mae", "size")}
+    metrics = regression_metrics(actual, predictions)
+    if LOW_COLUMN in answer.columns:  # versions from before price ranges have none
+        rows = pd.concat([rows, interval_hits(actual, answer)], axis=1)
+        aggregates |= {
+            "interval_coverage": ("interval_coverage", "mean"),
+            "interval_width": ("interval_width", "median"),
+        }
+        metrics |= {
+            "test_interval_coverage": float(rows["interval_coverage"].mean()),
+            "test_interval_width": float(rows["interval_width"].median()),
+        }
+    by_sector = rows.groupby("sector").agg(**aggregates).reset_index()
+    return Evaluation(metrics, by_sector, predictions)
+
+
+def sector_metrics(by_sector: pd.DataFrame) -> dict[str, float]:
+    """`test_<column>_<sector>` for every column of `by_sector` but the row count."""
+    table = by_sector.set_index("sector").drop(columns="rows")
+    return {
+        f"test_{column}_{sector.replace(' ', '_')}": float(value)
+        for column, values in table.items()
+        for sector, value in values.items()
+    }
 
 
 def verdict(mae: float, champion_mae: float | None, tolerance: float) -> str:
@@ -150,8 +176,11 @@ def run_evaluate(
         mlflow.set_tags(
             {"model_version": version, "ingest_run_id": ingest_run_id, "verdict": outcome}
         )
+        interval_by_sector = {
+            k: v for k, v in sector_metrics(result.by_sector).items() if "interval" in k
+        }
         tags = {
-            **{k: f"{v:.6g}" for k, v in result.metrics.items()},
+            **{k: f"{v:.6g}" for k, v in (result.metrics | interval_by_sector).items()},
             "verdict": outcome,
             "evaluated_by_run": run.info.run_id,
         }
@@ -169,10 +198,13 @@ def run_evaluate(
 
 
 def _log(result: Evaluation, model, test: pd.DataFrame, params: Params) -> None:
-    mlflow.log_metrics(result.metrics)
-    sectors = result.by_sector.set_index("sector")["mae"]
-    mlflow.log_metrics({f"test_mae_{s.replace(' ', '_')}": m for s, m in sectors.items()})
+    mlflow.log_metrics(result.metrics | sector_metrics(result.by_sector))
     mlflow.log_table(result.by_sector, "mae_by_sector.json")
+    if "interval_coverage" in result.by_sector:
+        coverage = model.model_config["interval"]["coverage"]
+        mlflow.log_figure(
+            plots.intervals_by_sector(result.by_sector, coverage), "plots/intervals_by_sector.png"
+        )
     mlflow.log_figure(
         plots.predicted_vs_actual(test[TARGET.name], result.predictions),
         "plots/predicted_vs_actual.png",

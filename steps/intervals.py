@@ -10,6 +10,8 @@ quantiles of log(actual / predicted) over those rows, applied to the served pric
 
 from __future__ import annotations
 
+import math
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -22,18 +24,18 @@ from steps.params import Params
 
 
 def log_ratio_interval(actual: np.ndarray, predicted: np.ndarray, coverage: float) -> PriceInterval:
-    """The quantiles of log(actual / predicted) that leave (1 - coverage) / 2 of the rows on
-    each side (the outer order statistics, so the range never holds less than asked)."""
+    """The order statistics of log(actual / predicted) that split-conformal prediction takes
+    for a new row: the floor(t (n + 1))-th and ceil((1 - t) (n + 1))-th smallest of n ratios,
+    t = (1 - coverage) / 2 (clipped to the smallest and largest)."""
     if not 0 < coverage < 1:
         raise ValueError(f"coverage must be between 0 and 1, got {coverage}")
     # A price at or below zero has no ratio; one UF stands for it (no priced listing is there).
-    ratios = np.log(np.asarray(actual, float) / np.maximum(np.asarray(predicted, float), 1.0))
-    tail = (1 - coverage) / 2
-    return PriceInterval(
-        coverage,
-        float(np.quantile(ratios, tail, method="lower")),
-        float(np.quantile(ratios, 1 - tail, method="higher")),
-    )
+    predicted = np.maximum(np.asarray(predicted, float), 1.0)
+    ratios = np.sort(np.log(np.asarray(actual, float) / predicted))
+    tail, n = (1 - coverage) / 2, len(ratios)
+    low = math.floor(round(tail * (n + 1), 9)) - 1
+    high = math.ceil(round((1 - tail) * (n + 1), 9)) - 1
+    return PriceInterval(coverage, float(ratios[max(low, 0)]), float(ratios[min(high, n - 1)]))
 
 
 def calibrate(pipeline, train: pd.DataFrame, params: Params) -> PriceInterval:
@@ -61,9 +63,14 @@ def run_calibration(pipeline, train: pd.DataFrame, params: Params) -> PriceInter
     return interval
 
 
-def interval_quality(actual: np.ndarray, answer: pd.DataFrame) -> dict[str, float]:
-    """Share of actual prices inside their range, and the median width relative to the price."""
+def interval_hits(actual: np.ndarray, answer: pd.DataFrame) -> pd.DataFrame:
+    """Per row: 1.0 if the actual price is inside its range (else 0.0), and the range's width
+    relative to the price."""
     actual = np.asarray(actual, float)
-    inside = (answer[LOW_COLUMN] <= actual) & (actual <= answer[HIGH_COLUMN])
-    width = (answer[HIGH_COLUMN] - answer[LOW_COLUMN]) / answer[PREDICTION_COLUMN]
-    return {"coverage": float(inside.mean()), "width": float(width.median())}
+    low, high = answer[LOW_COLUMN].to_numpy(), answer[HIGH_COLUMN].to_numpy()
+    return pd.DataFrame(
+        {
+            "interval_coverage": ((low <= actual) & (actual <= high)).astype(float),
+            "interval_width": (high - low) / answer[PREDICTION_COLUMN].to_numpy(),
+        }
+    )

@@ -46,3 +46,18 @@ def feature_importance(importances: pd.Series) -> Figure:
     axes.set(xlabel="increase of MAE when shuffled (UF)", title="Permutation importance")
     figure.tight_layout()
     return figure
+
+
+def intervals_by_sector(by_sector: pd.DataFrame, coverage: float) -> Figure:
+    """Share of test prices inside their range, and its median relative width, per sector."""
+    figure = Figure(figsize=(9, 4))
+    inside, width = figure.subplots(1, 2)
+    inside.bar(by_sector["sector"], by_sector["interval_coverage"])
+    inside.axhline(coverage, color="black", linewidth=1)
+    inside.set(ylim=(0, 1), ylabel="share of prices inside the range", title="Coverage, test")
+    width.bar(by_sector["sector"], by_sector["interval_width"])
+    width.set(ylabel="(high - low) / price, median", title="Width of the range, test")
+    for axes in (inside, width):
+        axes.tick_params(axis="x", labelrotation=30)
+    figure.tight_layout()
+    return figure

@@ -146,6 +146,12 @@ def test_train_logs_cv_mae_and_the_model_with_signature_and_input_example(
     example = pd.read_json(files / "input_example.json", orient="split")
     assert list(example.columns) == list(FEATURE_NAMES)
     assert len(example) >= 1
+    stored = info.flavors["python_function"]["config"]["interval"]
+    logged = {k: float(v) for k, v in train.data.params.items() if k.startswith("interval_")}
+    assert stored["coverage"] == logged["interval_coverage"] == PARAMS["interval"]["coverage"]
+    assert stored["log_low"] == pytest.approx(logged["interval_log_low"], abs=1e-6)
+    assert stored["log_high"] == pytest.approx(logged["interval_log_high"], abs=1e-6)
+    assert stored["log_low"] < 0 < stored["log_high"]
 
 
 def test_version_is_tagged_with_test_metrics_and_becomes_champion(main_run: MainRun) -> None:
@@ -157,6 +163,13 @@ def test_version_is_tagged_with_test_metrics_and_becomes_champion(main_run: Main
             main_run.steps["evaluate"].data.metrics[name], rel=1e-5
         )
     assert 0 < float(tags["test_r2"]) <= 1
+    assert 0.5 < float(tags["test_interval_coverage"]) < 1
+    assert 0 < float(tags["test_interval_width"]) < 2
+    sectors = [k for k in tags if k.startswith("test_interval_coverage_")]
+    assert "test_interval_coverage_las_condes" in sectors and len(sectors) >= 3
+    evaluate = main_run.steps["evaluate"].info.run_id
+    plots = {a.path for a in main_run.client.list_artifacts(evaluate, "plots")}
+    assert "plots/intervals_by_sector.png" in plots
     assert tags["verdict"] == "no_champion"
     assert str(main_run.client.get_model_version_by_alias(MODEL, "champion").version) == "1"
     assert version.current_stage == "Production"

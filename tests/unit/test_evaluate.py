@@ -9,9 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pyfunc.schema import FEATURE_NAMES, FLAG_COLUMN, PREDICTION_COLUMN, TARGET
+from pyfunc.schema import (
+    FEATURE_NAMES,
+    FLAG_COLUMN,
+    HIGH_COLUMN,
+    LOW_COLUMN,
+    PREDICTION_COLUMN,
+    TARGET,
+)
 from pyfunc.settings import Settings
-from steps.evaluate import champion_mae, evaluate, regression_metrics, verdict
+from steps.evaluate import champion_mae, evaluate, regression_metrics, sector_metrics, verdict
 from steps.tracking import StepError
 
 if TYPE_CHECKING:
@@ -74,13 +81,16 @@ def test_all_nonpositive_prices_leave_nothing_to_evaluate() -> None:
 class _Fixed:
     """A pyfunc-like model answering fixed prices; remembers the columns it was sent."""
 
-    def __init__(self, prices: list[float]):
+    def __init__(self, prices: list[float], ranges: dict[str, list[float]] | None = None):
         self.prices = prices
+        self.ranges = ranges or {}
         self.columns: list[str] = []
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         self.columns = list(frame.columns)
-        return pd.DataFrame({PREDICTION_COLUMN: self.prices, FLAG_COLUMN: [""] * len(frame)})
+        return pd.DataFrame(
+            {PREDICTION_COLUMN: self.prices, **self.ranges, FLAG_COLUMN: [""] * len(frame)}
+        )
 
 
 def test_evaluate_scores_by_sector_and_never_sends_the_price(listings: pd.DataFrame) -> None:
@@ -95,6 +105,31 @@ def test_evaluate_scores_by_sector_and_never_sends_the_price(listings: pd.DataFr
     pd.testing.assert_frame_equal(
         result.by_sector,
         pd.DataFrame({"sector": ["nunoa", "vitacura"], "mae": [5.0, 60.0], "rows": [2, 2]}),
+    )
+
+
+def test_evaluate_measures_the_range_overall_and_by_sector(listings: pd.DataFrame) -> None:
+    test = listings.head(4).assign(sector=["nunoa", "vitacura", "nunoa", "vitacura"], price=TRUE)
+    # TRUE is 100, 200, 400, 500: inside, below, on the high bound, inside.
+    ranges = {LOW_COLUMN: [90.0, 210.0, 300.0, 450.0], HIGH_COLUMN: [130.0, 250.0, 400.0, 720.0]}
+
+    result = evaluate(_Fixed(PREDICTED, ranges), test)
+
+    # Widths (high - low) / price: 40/110, 40/180, 100/400, 270/600.
+    widths = [40 / 110, 40 / 180, 100 / 400, 270 / 600]
+    assert result.metrics == pytest.approx(
+        EXPECTED | {"test_interval_coverage": 0.75, "test_interval_width": np.median(widths)}
+    )
+    assert result.by_sector["interval_coverage"].tolist() == [1.0, 0.5]
+    assert sector_metrics(result.by_sector) == pytest.approx(
+        {
+            "test_mae_nunoa": 5.0,
+            "test_mae_vitacura": 60.0,
+            "test_interval_coverage_nunoa": 1.0,
+            "test_interval_coverage_vitacura": 0.5,
+            "test_interval_width_nunoa": (widths[0] + widths[2]) / 2,
+            "test_interval_width_vitacura": (widths[1] + widths[3]) / 2,
+        }
     )
 
 

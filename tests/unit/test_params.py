@@ -22,6 +22,7 @@ def test_committed_params_load_as_written(params: Params) -> None:
     assert params.search_iterations == COMMITTED["cv"]["search_iterations"]
     assert params.promotion_tolerance == COMMITTED["promotion"]["tolerance"]
     assert params.importance_rows == COMMITTED["evaluation"]["importance_rows"]
+    assert params.interval_coverage == COMMITTED["interval"]["coverage"] == 0.8
     assert params.default_preset == COMMITTED["preset"]
     assert list(params.presets) == list(COMMITTED["presets"])
     for name, raw in COMMITTED["presets"].items():
@@ -121,6 +122,16 @@ BROKEN = [
         _set("promotion.tolerance", -0.01),
         says("PATH: promotion.tolerance must be >= 0"),
         id="negative-tolerance",
+    ),
+    pytest.param(
+        _set("interval.coverage", 1.0),
+        says("PATH: interval.coverage must be between 0 and 1"),
+        id="coverage-1",
+    ),
+    pytest.param(
+        _set("interval.coverage", 0),
+        says("PATH: interval.coverage must be between 0 and 1"),
+        id="coverage-0",
     ),
     pytest.param(_delete("seed"), says("PATH: missing or invalid entry ('seed')"), id="no-seed"),
     pytest.param(
