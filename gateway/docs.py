@@ -79,6 +79,15 @@ def _features(spec: dict[str, Any]) -> str:
     return _table(["Feature", "Type", "Min", "Max", "Description", "Example"], rows)
 
 
+def _answer_fields(spec: dict[str, Any]) -> str:
+    prediction = spec["components"]["schemas"]["Predictions"]["properties"]["predictions"]
+    rows = [
+        [f"<code>{escape(name)}</code>", escape(field["type"]), escape(field["description"])]
+        for name, field in prediction["items"]["properties"].items()
+    ]
+    return _table(["Field", "Type", "Description"], rows)
+
+
 def _errors(spec: dict[str, Any]) -> str:
     rows = []
     for response in spec["components"]["responses"].values():
@@ -125,7 +134,8 @@ def render_docs(spec: dict[str, Any], base_url: str) -> str:
         "<h2>Authentication</h2><p>Send your key in <code>X-API-Key: &lt;key&gt;</code> or "
         "<code>Authorization: Bearer &lt;key&gt;</code>. Missing key: 401, wrong key: 403.</p>"
         f"<h2>Try it</h2><pre>{_curl(spec, base_url)}</pre>"
-        f"<p>Answer:</p><pre>{_pretty(predictions)}</pre>"
+        f"<p>Answer, one record per listing:</p><pre>{_pretty(predictions)}</pre>"
+        f"{_answer_fields(spec)}"
         f"<h2>Endpoints</h2>{_endpoints(spec)}"
         f"<h2>Features</h2><p>One listing per row; bounds are inclusive.</p>{_features(spec)}"
         f"<h2>Request formats</h2>{_formats(spec)}"

@@ -13,6 +13,8 @@ from pyfunc.schema import (
     CATEGORICAL_FEATURES,
     FEATURE_NAMES,
     FLAG_COLUMN,
+    HIGH_COLUMN,
+    LOW_COLUMN,
     NUMERIC_FEATURES,
     PREDICTION_COLUMN,
     TARGET,
@@ -39,10 +41,19 @@ INVOCATION_ERRORS = (400, 401, 403, 405, 413, 415, 502, 503, 504)
 DESCRIPTION = (
     "Prices residential properties in Santiago, Chile, in UF (Unidad de Fomento). "
     "The gateway checks the API key, the body's size, content type and shape, forwards the "
-    "request to the MLflow model server and answers its predictions. Every answer carries "
+    "request to the MLflow model server and answers its predictions: each price with a range "
+    "meant to hold 80% of real prices (`price_low` to `price_high`). Every answer carries "
     "`X-Request-ID` (yours if you sent a sane one) and `X-Model-Version`. Every failure is "
     'JSON: `{"error_code", "message", "errors"?, "request_id"}`.'
 )
+
+
+PREDICTION_EXAMPLE = {
+    PREDICTION_COLUMN: TARGET.example,
+    LOW_COLUMN: 11_165.0,
+    HIGH_COLUMN: 18_850.0,
+    FLAG_COLUMN: "",
+}
 
 
 def _package_version() -> str:
@@ -174,6 +185,12 @@ def _other_schemas() -> dict[str, Any]:
                 "type": "number",
                 "description": f"{TARGET.description} Unit: {TARGET.unit}.",
             },
+            LOW_COLUMN: {
+                "type": "number",
+                "description": "Low end of the price range (UF): the range holds the real price "
+                "of 80% of listings like this one (the model's calibrated coverage).",
+            },
+            HIGH_COLUMN: {"type": "number", "description": "High end of the price range (UF)."},
             FLAG_COLUMN: {
                 "type": "string",
                 "description": "Comma-separated features whose value the price has little "
@@ -188,7 +205,7 @@ def _other_schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["predictions"],
             "properties": {"predictions": {"type": "array", "items": prediction}},
-            "example": {"predictions": [{PREDICTION_COLUMN: TARGET.example, FLAG_COLUMN: ""}]},
+            "example": {"predictions": [PREDICTION_EXAMPLE]},
         },
         "Error": {
             "type": "object",

@@ -26,7 +26,7 @@ from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.pool import Pool
 from gateway.validation import INPUTS, PARAMS, Columns, validate_payload
-from pyfunc.schema import FLAG_COLUMN, PREDICTION_COLUMN
+from pyfunc.schema import FLAG_COLUMN, HIGH_COLUMN, LOW_COLUMN, PREDICTION_COLUMN
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,11 @@ def prediction_fields(
     drift.observe(columns)
     if not log_payloads:
         return {}
+    ranges = {name: [r.get(name) for r in rows] for name in (LOW_COLUMN, HIGH_COLUMN)}
     return {
         "features": columns,
         "predictions": prices,
+        **ranges,
         FLAG_COLUMN: [r.get(FLAG_COLUMN, "") for r in rows],
     }
 

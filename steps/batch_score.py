@@ -3,8 +3,9 @@
 Reads:  --input, a .csv or .parquet file, or (pandas engine) a SQLAlchemy URL with --table;
         the model --model-uri names (default MODEL_URI: the champion), pinned to its version.
 Writes: --output (.parquet or .csv; with Spark, a folder of part files): every input row, in
-        order, with `price` (UF), `outside_training_range`, `invalid_reason` and
-        `model_version`. A row that fails validation gets no price and its reason instead: one
+        order, with `price` (UF), its range `price_low` and `price_high`,
+        `outside_training_range`, `invalid_reason` and `model_version`. A row that fails
+        validation gets no price (nor range) and its reason instead: one
         bad row never sinks the batch, and rows in = rows out. An input `price` column is kept
         as `actual_price`. Both engines read the input alike (numbers that do not parse are
         nulls, categories are text), so they give the same prices and the same reasons.

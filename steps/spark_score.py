@@ -19,7 +19,9 @@ from pyfunc.schema import (
     CATEGORICAL_NAMES,
     FEATURE_NAMES,
     FLAG_COLUMN,
+    HIGH_COLUMN,
     INVALID_COLUMN,
+    LOW_COLUMN,
     NUMERIC_NAMES,
     PREDICTION_COLUMN,
     TARGET,
@@ -27,7 +29,10 @@ from pyfunc.schema import (
 from steps.batch_job import ACTUAL_PRICE, VERSION_COLUMN, Job
 from steps.tracking import StepError
 
-RESULT_TYPE = f"{PREDICTION_COLUMN} double, {FLAG_COLUMN} string, {INVALID_COLUMN} string"
+RESULT_TYPE = ", ".join(
+    [f"{name} double" for name in (PREDICTION_COLUMN, LOW_COLUMN, HIGH_COLUMN)]
+    + [f"{name} string" for name in (FLAG_COLUMN, INVALID_COLUMN)]
+)
 SCORED = "_scored"
 
 

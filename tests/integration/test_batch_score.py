@@ -17,7 +17,8 @@ from tests.support.stack import run_step, store_env
 
 pytestmark = pytest.mark.integration
 
-OUTPUTS = ["price", "outside_training_range", "invalid_reason"]
+OUTPUTS = ["price", "price_low", "price_high", "outside_training_range", "invalid_reason"]
+PRICES = ["price", "price_low", "price_high"]
 HAND_MADE = [  # (listing changes, a part of its reason; "" for a valid row)
     ({"sector": "marte"}, "sector 'marte' is unknown; known:"),
     ({"net_area": "abc"}, "net_area must be a finite number (got nan)"),
@@ -82,8 +83,12 @@ def test_invalid_rows_have_a_reason_and_no_price_valid_rows_a_price(
     pandas_scored: pd.DataFrame,
 ) -> None:
     invalid = pandas_scored["invalid_reason"] != ""
-    assert pandas_scored.loc[invalid, "price"].isna().all()
+    assert pandas_scored.loc[invalid, PRICES].isna().all().all()
     assert pandas_scored.loc[~invalid, "price"].between(100, 2_000_000).all()
+    valid = pandas_scored[~invalid]
+    assert (valid["price_low"] < valid["price"]).all() and (
+        valid["price"] < valid["price_high"]
+    ).all()
     # the generator's dirt (zero and absurd areas, 0 bathrooms, swapped coordinates) is there
     assert 20 <= invalid[:2_000].sum() <= 200
     tail = pandas_scored.tail(len(HAND_MADE)).reset_index(drop=True)
@@ -121,7 +126,9 @@ def test_parquet_and_sql_inputs_score_like_the_csv(
     for name, spec in inputs.items():
         output = listings_csv.with_name(f"from-{name}.csv")
         batch_score(trained_store, "--input", *spec, "--output", str(output))
-        scored = pd.read_csv(output, keep_default_na=False, na_values={"price": [""]})
+        scored = pd.read_csv(
+            output, keep_default_na=False, na_values={name: [""] for name in PRICES}
+        )
         pd.testing.assert_frame_equal(
             scored[OUTPUTS], pandas_scored[OUTPUTS], check_dtype=False, rtol=1e-12, obj=name
         )

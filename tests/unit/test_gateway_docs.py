@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from html import escape
 
 import pytest
 
@@ -177,3 +178,21 @@ def test_docs_page_shows_fields_bounds_and_a_curl_example(app):
     assert "curl -s http://localhost/invocations" in page
     for code in ERROR_CODES:
         assert f"<code>{code}</code>" in page
+
+
+def test_the_answer_documents_each_price_with_its_range(spec, app):
+    answer = resolve(
+        spec,
+        spec["paths"]["/invocations"]["post"]["responses"]["200"]["content"]["application/json"][
+            "schema"
+        ]["$ref"],
+    )
+    fields = answer["properties"]["predictions"]["items"]["properties"]
+    assert list(fields) == ["price", "price_low", "price_high", "outside_training_range"]
+    assert "80%" in fields["price_low"]["description"]
+    example = answer["example"]["predictions"][0]
+    assert example["price_low"] < example["price"] < example["price_high"]
+    page = app.test_client().get("/docs").get_data(as_text=True)
+    for name in fields:
+        assert f"<code>{name}</code>" in page
+    assert escape(fields["price_low"]["description"]) in page

@@ -36,7 +36,8 @@ def client(app):
 
 @pytest.fixture
 def upstream_calls(app, monkeypatch):
-    """Replace the model server by a stub that prices every row at 1000 * (row + 1) UF."""
+    """Replace the model server by a stub that prices every row at 1000 * (row + 1) UF, from
+    0.8 to 1.25 times that."""
     calls = []
 
     def predict(body: bytes, content_type: str, request_id: str) -> UpstreamAnswer:
@@ -45,7 +46,13 @@ def upstream_calls(app, monkeypatch):
         rows = _row_count(payload)
         answer = {
             "predictions": [
-                {"price": 1000.0 * (i + 1), "outside_training_range": ""} for i in range(rows)
+                {
+                    "price": 1000.0 * (i + 1),
+                    "price_low": 800.0 * (i + 1),
+                    "price_high": 1250.0 * (i + 1),
+                    "outside_training_range": "",
+                }
+                for i in range(rows)
             ]
         }
         return UpstreamAnswer(200, orjson.dumps(answer), "application/json", 0.002)
@@ -375,7 +382,12 @@ def test_valid_body_is_forwarded_as_columns(tmp_path, app, client, upstream_call
     raw = orjson.dumps(body)
     response = post(client, raw, headers={"X-Request-ID": "client-id-1"})
     assert response.status_code == 200
-    assert response.json["predictions"][1]["price"] == 2000.0
+    assert response.json["predictions"][1] == {
+        "price": 2000.0,
+        "price_low": 1600.0,
+        "price_high": 2500.0,
+        "outside_training_range": "",
+    }
     assert response.headers["X-Request-ID"] == "client-id-1"
     assert response.headers["X-Model-Version"] == "7"
     [(forwarded, content_type, request_id)] = upstream_calls
@@ -402,6 +414,8 @@ def test_success_is_logged_with_features_and_prices(tmp_path, app, client, upstr
     assert line["upstream_latency_ms"] == 2.0
     assert line["features"] == {name: [ROW[name], ROW[name]] for name in FEATURE_NAMES}
     assert line["predictions"] == [1000.0, 2000.0]
+    assert line["price_low"] == [800.0, 1600.0]
+    assert line["price_high"] == [1250.0, 2500.0]
     assert line["outside_training_range"] == ["", ""]
     assert sample(app, "gateway_predicted_price_uf_count", version="unknown") == 2
     assert sample(app, "gateway_predicted_price_uf_sum", version="unknown") == 3000.0
