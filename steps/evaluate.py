@@ -6,8 +6,8 @@ Writes: metrics test_mae, test_rmse, test_mape, test_r2, test_interval_coverage 
         prices inside their range), test_interval_width (median width / price), and per sector
         test_mae_<sector>, test_interval_coverage_<sector>, test_interval_width_<sector>;
         plots (predicted vs actual, residuals and price ranges by sector, permutation
-        importance); and tags on the model version: the same metrics (per sector: the range's
-        only), the champion's MAE on the same rows and a verdict.
+        importance); and tags on the model version: the same metrics, the champion's MAE on
+        the same rows and a verdict.
 """
 
 from __future__ import annotations
@@ -176,11 +176,9 @@ def run_evaluate(
         mlflow.set_tags(
             {"model_version": version, "ingest_run_id": ingest_run_id, "verdict": outcome}
         )
-        interval_by_sector = {
-            k: v for k, v in sector_metrics(result.by_sector).items() if "interval" in k
-        }
+        metrics = result.metrics | sector_metrics(result.by_sector)
         tags = {
-            **{k: f"{v:.6g}" for k, v in (result.metrics | interval_by_sector).items()},
+            **{k: f"{v:.6g}" for k, v in metrics.items()},
             "verdict": outcome,
             "evaluated_by_run": run.info.run_id,
         }

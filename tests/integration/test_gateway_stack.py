@@ -75,6 +75,8 @@ def test_predictions_equal_the_model_servers(model_server, gateway, fmt):
     assert direct.status_code == 200, direct.text
     assert through.status_code == 200, through.text
     assert through.json() == direct.json()
+    for answer in through.json()["predictions"]:
+        assert answer["price_low"] < answer["price"] < answer["price_high"]
     version = json.loads(model_server.info_path.read_text())["version"]
     assert through.headers["X-Model-Version"] == str(version)
     assert len(through.headers["X-Request-ID"]) == 32
@@ -206,6 +208,13 @@ def test_burst_is_logged_and_counted_exactly(gateway):
     assert len({line["request_id"] for line in new}) == 60
     assert all(line["rows"] == 2 and line["key_id"] == "alice" for line in new)
     assert all(len(line["predictions"]) == 2 for line in new)
+    assert all(
+        low < price < high
+        for line in new
+        for low, price, high in zip(
+            line["price_low"], line["predictions"], line["price_high"], strict=True
+        )
+    )
     assert requests_total(gateway) - before_count == 60
 
 

@@ -36,12 +36,14 @@ def test_served_predictions_equal_in_process_predictions(model_server):
     rows = listings(5)
     response = invoke(model_server, {"dataframe_records": rows})
     assert response.status_code == 200, response.text
-    served = [p["price"] for p in response.json()["predictions"]]
+    answer = pd.DataFrame(response.json()["predictions"])
+    served = answer["price"].tolist()
     info = json.loads(model_server.info_path.read_text())
     mlflow.set_tracking_uri(model_server.env["MLFLOW_TRACKING_URI"])
     model = mlflow.pyfunc.load_model(info["uri"])
-    local = model.predict(pd.DataFrame(rows)[list(FEATURE_NAMES)])["price"].tolist()
-    assert served == pytest.approx(local, rel=1e-9)
+    local = model.predict(pd.DataFrame(rows)[list(FEATURE_NAMES)])
+    pd.testing.assert_frame_equal(answer, local, rtol=1e-9)
+    assert list(answer.columns) == ["price", "price_low", "price_high", "outside_training_range"]
     assert served == sorted(served), "more usable area must not lower the price"
 
 

@@ -299,6 +299,7 @@ def check_curl(readme: Readme, command: str) -> None:
     answer = json.loads(readme.run(command).stdout)
     (prediction,) = answer["predictions"]
     assert prediction["price"] > 1000
+    assert prediction["price_low"] < prediction["price"] < prediction["price_high"]
     assert prediction["outside_training_range"] == ""
 
 

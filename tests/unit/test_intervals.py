@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from pyfunc.model import PriceInterval
 from pyfunc.schema import FEATURE_NAMES, HIGH_COLUMN, LOW_COLUMN, PREDICTION_COLUMN, TARGET
-from steps.generate import generate_splits
+from steps.generate import VARIANTS, generate_splits
 from steps.intervals import calibrate, interval_hits, log_ratio_interval
 from steps.params import Candidate, Params, Preset
 from steps.train import build_pipeline
@@ -93,7 +93,7 @@ def test_calibration_uses_prices_of_rows_the_model_did_not_fit(
     assert interval.log_low < -0.1 and interval.log_high > 0.1
 
 
-@pytest.mark.parametrize("variant", ["realistic", "noisy"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_the_80_percent_range_covers_77_to_83_percent_of_test_rows(
     params: Params, variant: str
 ) -> None:
