@@ -28,7 +28,7 @@ from tests.benchmarks import bench_stack as stack
 logger = logging.getLogger(__name__)
 
 ENGINES = ("pandas", "spark")
-OUTPUTS = ["price", "outside_training_range", "invalid_reason"]
+OUTPUTS = ["price", "price_low", "price_high", "outside_training_range", "invalid_reason"]
 TRAINING_SOURCE = "synthetic:train_rows=8000,test_rows=2000"
 
 
