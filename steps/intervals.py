@@ -1,8 +1,8 @@
 """Price ranges: calibrated on predictions of rows the model did not fit, and measured on test.
 
-`calibrate` refits the chosen (unfitted) pipeline on the training folds of the same K-fold
-split the search used and predicts each held-out fold (`cross_val_predict`): every training
-row gets a price from a model that never saw it. The range is the (1-c)/2 and (1+c)/2
+Train calibrates on the chosen candidate's out-of-fold predictions from the search (each
+training row priced by a model fitted on the other folds); `calibrate` makes such
+predictions for any pipeline (`cross_val_predict`). The range is the (1-c)/2 and (1+c)/2
 quantiles of log(actual / predicted) over those rows, applied to the served price as factors
 (prices are heteroscedastic: the error grows with the price). The served model applies it
 (`pyfunc.model.PriceInterval`); `train` logs it as params and stores it with the version.
@@ -49,10 +49,10 @@ def calibrate(pipeline, train: pd.DataFrame, params: Params) -> PriceInterval:
     return log_ratio_interval(actual, predicted, params.interval_coverage)
 
 
-def run_calibration(pipeline, train: pd.DataFrame, params: Params) -> PriceInterval:
-    """`calibrate`, logged as params of the active run (interval_coverage, interval_log_low,
-    interval_log_high)."""
-    interval = calibrate(pipeline, train, params)
+def run_calibration(actual: np.ndarray, out_of_fold: np.ndarray, params: Params) -> PriceInterval:
+    """The range from out-of-fold predictions, logged as params of the active run
+    (interval_coverage, interval_log_low, interval_log_high)."""
+    interval = log_ratio_interval(actual, out_of_fold, params.interval_coverage)
     mlflow.log_params(
         {
             "interval_coverage": interval.coverage,

@@ -166,7 +166,7 @@ def run_train(
         mlflow.log_params({f"best_{k}": v for k, v in result.best_params.items()})
         mlflow.log_metrics(result.cv_metrics)
         mlflow.log_table(result.cv_results, "cv_results.json")
-        interval = run_calibration(result.pipeline, train, params)
+        interval = run_calibration(train[TARGET.name].to_numpy(), result.cv_predictions, params)
         info = log_model(
             result.pipeline, build_profile(train), train.head(3), settings.model_name, interval
         )

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from pyfunc import serve
 from pyfunc.errors import UserError
 from pyfunc.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, model_uri, move_champion
-from pyfunc.rollout import Controller
+from pyfunc.rollout import Controller, Processes
 from pyfunc.settings import Settings
 from steps.promote import check_loadable, gate, promote
 from steps.rollback import rollback
@@ -244,12 +244,9 @@ def test_a_version_logged_with_other_package_versions_is_refused_in_one_line(
     assert "Traceback" not in started.output
 
     metrics = CollectorRegistry()
+    settings = Settings.from_env({"MODEL_URI": uri, "STATE_DIR": str(tmp_path)})
     controller = Controller(
-        Settings.from_env({"MODEL_URI": uri, "STATE_DIR": str(tmp_path)}),
-        params,
-        "127.0.0.1",
-        "127.0.0.1",
-        metrics,
+        settings, params, Processes(settings, "127.0.0.1", "127.0.0.1"), metrics
     )
     with caplog.at_level(logging.WARNING, logger="pyfunc.rollout"):
         controller.poll()
