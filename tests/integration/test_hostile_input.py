@@ -131,7 +131,9 @@ NASTY: dict[str, Nasty] = {
     "integer-beyond-int64": Nasty(
         raw_value("net_area", "1" + "0" * 30), 400, BAD_FEATURES, "net_area"
     ),
-    "negative-zero-area": Nasty(raw_value("net_area", "-0.0"), 400, BAD_FEATURES, "net_area"),
+    "negative-zero-area": Nasty(
+        raw_value("net_usable_area", "-0.0"), 400, BAD_FEATURES, "net_usable_area"
+    ),
     "half-a-room": Nasty(records({**ROW, "n_rooms": 2.5}), 400, BAD_FEATURES, "n_rooms"),
     # numbers as strings, nulls, nesting
     "number-as-string": Nasty(records({**ROW, "net_area": "170"}), 400, BAD_FEATURES, "net_area"),
