@@ -105,10 +105,12 @@ controller: install ## start the rollout controller and its pool of model server
 	@$(MAKE) --no-print-directory stop-one NAME=controller
 	mkdir -p $(LOGS)
 	setsid nohup $(BIN)/python -m pyfunc.rollout > $(LOGS)/controller.log 2>&1 & echo $$! > $(STATE)/controller.pid
-	@for i in $$(seq 1 $$(( $(STARTUP_SECONDS) * 3 ))); do \
-	  if grep -qs '"servers"' $(STATE)/served-model.json; then echo "model server pool is up"; exit 0; fi; \
+	@target=$$($(BIN)/python -c "from pyfunc.registry import resolve; from pyfunc.settings import Settings; print(resolve(Settings.from_env().model_uri)['version'])" 2>/dev/null); \
+	for i in $$(seq 1 $$(( $(STARTUP_SECONDS) * 3 ))); do \
+	  if grep -qs '"servers"' $(STATE)/served-model.json && grep -qs "\"version\": \"$$target\"" $(STATE)/served-model.json; then \
+	    echo "model server pool is up on version $$target"; exit 0; fi; \
 	  if ! kill -0 $$(cat $(STATE)/controller.pid) 2>/dev/null; then break; fi; sleep 1; done; \
-	echo "no model server pool; last lines of $(LOGS)/controller.log:"; tail -20 $(LOGS)/controller.log; exit 1
+	echo "no model server pool on version $$target; last lines of $(LOGS)/controller.log:"; tail -20 $(LOGS)/controller.log; exit 1
 
 .PHONY: gateway
 gateway: install $(API_KEY_FILE) ## start the gateway (gunicorn) in the background

@@ -103,7 +103,9 @@ class PropertyValuationModel(PythonModel):
         # pipeline) if its shape is unknown or it disagrees with the pipeline on probe rows.
         self._fast = fastpath.compile_pipeline(self._pipeline, self._categories, self._ranges)
 
-    def predict(self, context, model_input, params: dict | None = None):
+    # The DataFrame hint keeps MLflow from validating or converting the input itself (it does
+    # neither for a DataFrame hint); columns (a dict) and records (a list) come in too.
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         """Prices, their ranges and flags. With params on_invalid_row="report", a bad row does
         not refuse the batch: it gets no price (nor range) and its reason in `invalid_reason`.
 
