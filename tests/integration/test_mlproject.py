@@ -230,7 +230,6 @@ def _defaults_cases() -> list:
         "batch_score",
         {"engine": "spark", "output": "spark.parquet"},
         id="batch_score-spark",
-        marks=pytest.mark.slow,
     )
     return [*cases, spark]
 

@@ -381,7 +381,6 @@ CHECKS: dict[str, Callable[[Readme, str], None]] = {
     "python -m steps.monitor --fail-on-drift": check_monitor_module,
     "cp docker/.env.example docker/.env": check_copy_env,
 }
-SLOW = {"engine=spark"}
 
 
 def normalized(command: str) -> str:
@@ -389,8 +388,8 @@ def normalized(command: str) -> str:
 
 
 def _param(command: str):
-    marks = [pytest.mark.slow] if any(word in command for word in SLOW) else []
-    return pytest.param(command, marks=marks, id=normalized(command)[:60])
+    # Not slow-marked: every command runs on the state the commands before it left.
+    return pytest.param(command, id=normalized(command)[:60])
 
 
 @pytest.mark.parametrize("command", [_param(c) for c in COMMANDS])
