@@ -1,8 +1,7 @@
 """Price ranges: calibrated on predictions of rows the model did not fit, and measured on test.
 
 Train calibrates on the chosen candidate's out-of-fold predictions from the search (each
-training row priced by a model fitted on the other folds); `calibrate` makes such
-predictions for any pipeline (`cross_val_predict`). The range is the (1-c)/2 and (1+c)/2
+training row priced by a model fitted on the other folds). The range is the (1-c)/2 and (1+c)/2
 quantiles of log(actual / predicted) over those rows, applied to the served price as factors
 (prices are heteroscedastic: the error grows with the price). The served model applies it
 (`pyfunc.model.PriceInterval`); `train` logs it as params and stores it with the version.
@@ -15,11 +14,9 @@ import math
 import mlflow
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
-from sklearn.model_selection import KFold, cross_val_predict
 
 from pyfunc.model import PriceInterval
-from pyfunc.schema import FEATURE_NAMES, HIGH_COLUMN, LOW_COLUMN, PREDICTION_COLUMN, TARGET
+from pyfunc.schema import HIGH_COLUMN, LOW_COLUMN, PREDICTION_COLUMN
 from steps.params import Params
 
 
@@ -36,17 +33,6 @@ def log_ratio_interval(actual: np.ndarray, predicted: np.ndarray, coverage: floa
     low = math.floor(round(tail * (n + 1), 9)) - 1
     high = math.ceil(round((1 - tail) * (n + 1), 9)) - 1
     return PriceInterval(coverage, float(ratios[max(low, 0)]), float(ratios[min(high, n - 1)]))
-
-
-def calibrate(pipeline, train: pd.DataFrame, params: Params) -> PriceInterval:
-    """The range of `params.interval_coverage`, from out-of-fold prices of a clone of the
-    fitted `pipeline` (same folds and seed as the search)."""
-    folds = KFold(params.cv_folds, shuffle=True, random_state=params.seed)
-    actual = train[TARGET.name].to_numpy()
-    predicted = cross_val_predict(
-        clone(pipeline), train[list(FEATURE_NAMES)], actual, cv=folds, n_jobs=-1
-    )
-    return log_ratio_interval(actual, predicted, params.interval_coverage)
 
 
 def run_calibration(actual: np.ndarray, out_of_fold: np.ndarray, params: Params) -> PriceInterval:

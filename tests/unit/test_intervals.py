@@ -9,14 +9,28 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
+from sklearn.model_selection import KFold, cross_val_predict
 from threadpoolctl import threadpool_limits
 
 from pyfunc.model import PriceInterval
 from pyfunc.schema import FEATURE_NAMES, HIGH_COLUMN, LOW_COLUMN, PREDICTION_COLUMN, TARGET
 from steps.generate import VARIANTS, generate_splits
-from steps.intervals import calibrate, interval_hits, log_ratio_interval
+from steps.intervals import interval_hits, log_ratio_interval
 from steps.params import Candidate, Params, Preset
 from steps.train import build_pipeline, regressor
+
+
+def calibrate(pipeline, train: pd.DataFrame, params: Params) -> PriceInterval:
+    """The range from out-of-fold prices of a clone of `pipeline`, as train gets them from
+    the search."""
+    folds = KFold(params.cv_folds, shuffle=True, random_state=params.seed)
+    actual = train[TARGET.name].to_numpy()
+    predicted = cross_val_predict(
+        clone(pipeline), train[list(FEATURE_NAMES)], actual, cv=folds, n_jobs=-1
+    )
+    return log_ratio_interval(actual, predicted, params.interval_coverage)
+
 
 logger = logging.getLogger(__name__)
 
