@@ -27,16 +27,16 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _pretty(value: object) -> str:
-    return escape(_layout(value, 0))
+def _code(text: str) -> str:
+    return f"<code>{escape(text)}</code>"
 
 
-def _layout(value: object, depth: int) -> str:
+def _pretty(value: object, depth: int = 0) -> str:
     """JSON with one row per line: objects near the top and lists of rows are expanded."""
     pad, end = "  " * (depth + 1), "  " * depth
     if isinstance(value, dict) and depth < 2:
         items = [
-            f"{pad}{orjson.dumps(k).decode()}: {_layout(v, depth + 1)}" for k, v in value.items()
+            f"{pad}{orjson.dumps(k).decode()}: {_pretty(v, depth + 1)}" for k, v in value.items()
         ]
         return "{\n" + ",\n".join(items) + f"\n{end}}}"
     if isinstance(value, list) and value and isinstance(value[0], (dict, list)):
@@ -45,76 +45,63 @@ def _layout(value: object, depth: int) -> str:
 
 
 def _endpoints(spec: dict[str, Any]) -> str:
-    rows = []
-    for path, operations in spec["paths"].items():
-        for method, op in operations.items():
-            needs_key = op.get("security", spec["security"]) != []
-            rows.append(
-                [
-                    f"<code>{method.upper()}</code>",
-                    f"<code>{escape(path)}</code>",
-                    escape(op["summary"]),
-                    "API key" if needs_key else "public",
-                    escape(", ".join(op["responses"])),
-                ]
-            )
+    rows = [
+        [
+            _code(method.upper()),
+            _code(path),
+            escape(op["summary"]),
+            "public" if op.get("security", spec["security"]) == [] else "API key",
+            escape(", ".join(op["responses"])),
+        ]
+        for path, operations in spec["paths"].items()
+        for method, op in operations.items()
+    ]
     return _table(["Method", "Path", "What", "Auth", "Statuses"], rows)
 
 
 def _features(spec: dict[str, Any]) -> str:
-    listing = spec["components"]["schemas"]["Listing"]
     rows = []
-    for name, field in listing["properties"].items():
+    for name, field in spec["components"]["schemas"]["Listing"]["properties"].items():
         bounds = field.get("anyOf", [field])[0]  # a "not reported" value: in the description
-        rows.append(
-            [
-                f"<code>{escape(name)}</code>",
-                escape(field["type"]),
-                escape(f"{bounds['minimum']:g}") if "minimum" in bounds else "",
-                escape(f"{bounds['maximum']:g}") if "maximum" in bounds else "",
-                escape(field["description"]),
-                f"<code>{escape(str(field['example']))}</code>",
-            ]
-        )
+        low, high = (f"{bounds[k]:g}" if k in bounds else "" for k in ("minimum", "maximum"))
+        text = [field["type"], low, high, field["description"]]
+        rows.append([_code(name), *map(escape, text), _code(str(field["example"]))])
     return _table(["Feature", "Type", "Min", "Max", "Description", "Example"], rows)
 
 
 def _answer_fields(spec: dict[str, Any]) -> str:
     prediction = spec["components"]["schemas"]["Predictions"]["properties"]["predictions"]
     rows = [
-        [f"<code>{escape(name)}</code>", escape(field["type"]), escape(field["description"])]
+        [_code(name), escape(field["type"]), escape(field["description"])]
         for name, field in prediction["items"]["properties"].items()
     ]
     return _table(["Field", "Type", "Description"], rows)
 
 
 def _errors(spec: dict[str, Any]) -> str:
-    rows = []
-    for response in spec["components"]["responses"].values():
-        examples = response["content"]["application/json"]["examples"]
-        for code, example in examples.items():
-            rows.append(
-                [
-                    str(response["x-status"]),
-                    f"<code>{escape(code)}</code>",
-                    escape(example["summary"]),
-                ]
-            )
+    rows = [
+        [str(response["x-status"]), _code(code), escape(example["summary"])]
+        for response in spec["components"]["responses"].values()
+        for code, example in response["content"]["application/json"]["examples"].items()
+    ]
     return _table(["Status", "error_code", "Meaning"], rows)
 
 
-def _formats(spec: dict[str, Any]) -> str:
+def _examples(spec: dict[str, Any]) -> dict[str, Any]:
     body = spec["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]
-    parts = []
-    for example in body["examples"].values():
-        parts.append(f"<h3>{escape(example['summary'])}</h3><pre>{_pretty(example['value'])}</pre>")
-    return "".join(parts)
+    return body["examples"]
+
+
+def _formats(spec: dict[str, Any]) -> str:
+    return "".join(
+        f"<h3>{escape(example['summary'])}</h3><pre>{escape(_pretty(example['value']))}</pre>"
+        for example in _examples(spec).values()
+    )
 
 
 def _curl(spec: dict[str, Any], base_url: str) -> str:
-    body = spec["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]
-    example = body["examples"]["dataframe_records"]["value"]
-    data = orjson.dumps({"dataframe_records": example["dataframe_records"][:1]}).decode()
+    rows = _examples(spec)["dataframe_records"]["value"]["dataframe_records"]
+    data = orjson.dumps({"dataframe_records": rows[:1]}).decode()
     return escape(
         f"curl -s {base_url.rstrip('/')}/invocations \\\n"
         f"  -H \"X-API-Key: $API_KEY\" -H 'Content-Type: application/json' \\\n"
@@ -134,7 +121,7 @@ def render_docs(spec: dict[str, Any], base_url: str) -> str:
         "<h2>Authentication</h2><p>Send your key in <code>X-API-Key: &lt;key&gt;</code> or "
         "<code>Authorization: Bearer &lt;key&gt;</code>. Missing key: 401, wrong key: 403.</p>"
         f"<h2>Try it</h2><pre>{_curl(spec, base_url)}</pre>"
-        f"<p>Answer, one record per listing:</p><pre>{_pretty(predictions)}</pre>"
+        f"<p>Answer, one record per listing:</p><pre>{escape(_pretty(predictions))}</pre>"
         f"{_answer_fields(spec)}"
         f"<h2>Endpoints</h2>{_endpoints(spec)}"
         f"<h2>Features</h2><p>One listing per row; bounds are inclusive.</p>{_features(spec)}"

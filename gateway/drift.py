@@ -1,28 +1,17 @@
 """Feature drift of the live traffic: the gauge `gateway_feature_drift{feature}`, per worker.
 
-Each worker keeps the features of the last WINDOW_ROWS rows it priced (a bounded deque per
-feature), fed by `gateway.proxy.prediction_fields` on the request log's thread, never on the
-request path, whether or not payloads are logged. At most once per RESCORE_INTERVAL_SECONDS
-it scores the window against the served model's training reference with
-`pyfunc.drift.feature_drift` (PSI per feature, pure Python: about 1 ms for 2,000 rows) and
-sets the gauge; rows that come sooner are scored by a one-shot timer when the interval ends,
-so the gauge catches up even when the traffic stops. Features with fewer than
-`pyfunc.drift.MIN_ROWS` rows in the window get no value.
+Each worker keeps the last WINDOW_ROWS values of every feature it priced, fed on the request
+log's thread (never the request path), and at most once per RESCORE_INTERVAL_SECONDS scores
+them against the served model's training reference (`pyfunc.drift.feature_drift`: PSI, about
+1 ms for 2,000 rows; no value below `pyfunc.drift.MIN_ROWS` rows). Rows that come sooner are
+scored by a one-shot timer, so the gauge catches up when the traffic stops. A new served model
+or reference empties the window; a served-model file without one means no gauge, no error.
 
-The reference is the "reference" of the served-model file (see `gateway.modelinfo`); when the
-served model or its reference changes, the window is emptied. A file without one (written
-before drift existed) means no gauge and no error.
-
-Across gunicorn workers the gauge is "livemax". Each worker sees part of the traffic, and a
-keep-alive client stays on one worker, so a client that sends drifted rows moves one window:
-the maximum shows it where a sum or mean would dilute it and "mostrecent" would flicker
-between workers; on 2,000-row windows the sampling noise a maximum adds is small (an
-undrifted sample scores about 0.005). "live" forgets a dead worker (gunicorn's `child_exit`)
-instead of keeping its last values until the next restart.
-
-prometheus_client cannot remove a labelled series in multiprocess mode, so after the served
-model changes a worker reports NOT_MEASURED (-1, never a PSI) for the features it had scored,
-until it has MIN_ROWS rows of the new traffic; dashboards keep `gateway_feature_drift >= 0`.
+Across gunicorn workers the gauge is "livemax": a keep-alive client stays on one worker, so
+drifted rows move one window, which a maximum shows where a mean would dilute it (an undrifted
+window scores about 0.005, so little noise is added); "live" forgets dead workers. Multiprocess
+mode cannot remove a labelled series, so after a model change a worker reports NOT_MEASURED
+(-1, never a PSI) until it has MIN_ROWS new rows; dashboards keep `gateway_feature_drift >= 0`.
 """
 
 from __future__ import annotations
@@ -142,10 +131,7 @@ class DriftMonitor:
         return scores
 
 
-@functools.lru_cache(maxsize=1024)
-def _canonical(category: str) -> str:
-    """`normalize_category`, cached: a column holds few distinct categories."""
-    return normalize_category(category)
+_canonical = functools.lru_cache(maxsize=1024)(normalize_category)  # few distinct categories
 
 
 def usable_reference(reference: object) -> Reference:

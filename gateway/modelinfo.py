@@ -1,12 +1,7 @@
 """Which model is served, and by which servers: the JSON file the rollout controller (or the
-single-server launcher) writes atomically.
-
-The file is re-read when it changes, checked at most once a second, so the `X-Model-Version`
-header costs nothing on the request path. Its `servers` (the model server pool) and `version`
-are handed over together to `on_pool`; a file without `servers` names no pool (None: the
-gateway's own GATEWAY_UPSTREAM_URL); a missing file keeps the last pool. `GET /model` returns
-its public fields; the training reference (binned distribution of every feature, for the drift
-monitor) is kept apart and never sent.
+single-server launcher) writes atomically, re-read when it changes (stat at most once a second),
+so the `X-Model-Version` header costs nothing on the request path. `GET /model` returns its
+public fields; its training reference (for the drift monitor) is never sent.
 """
 
 from __future__ import annotations
@@ -36,7 +31,8 @@ class ModelInfo:
     """Cached view of the served-model file; `on_change(old, new)` hears version changes
     (`old` is "" on the first read), `on_reference(reference)` hears that the served model
     (uri and version) or its training reference changed (reference None: the file has none),
-    `on_pool(servers, version)` hears the pool and its version, first of all."""
+    `on_pool(servers, version)` hears the pool and its version, first of all: a file without
+    `servers` names no pool (None: GATEWAY_UPSTREAM_URL), a missing file keeps the last pool."""
 
     def __init__(
         self,
@@ -82,18 +78,15 @@ class ModelInfo:
             now = time.monotonic()
             if not force and now - self._checked_at < MODEL_INFO_CHECK_SECONDS:
                 return  # re-read by the thread this one waited for
-            self._reload_if_changed()
+            try:
+                stat = os.stat(self.path)
+            except OSError:
+                self._set(None, None)
+            else:
+                stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+                if stamp != self._stamp:
+                    self._set(stamp, _read(self.path))
             self._checked_at = now  # after the reload: a thread arriving meanwhile waits
-
-    def _reload_if_changed(self) -> None:
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            self._set(None, None)
-            return
-        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if stamp != self._stamp:
-            self._set(stamp, _read(self.path))
 
     def _set(self, stamp: tuple[int, int, int] | None, data: dict[str, Any] | None) -> None:
         old, old_model, old_reference = self._version, self._model(), self._reference

@@ -46,8 +46,6 @@ DESCRIPTION = (
     "`X-Request-ID` (yours if you sent a sane one) and `X-Model-Version`. Every failure is "
     'JSON: `{"error_code", "message", "errors"?, "request_id"}`.'
 )
-
-
 PREDICTION_EXAMPLE = {
     PREDICTION_COLUMN: TARGET.example,
     LOW_COLUMN: 11_165.0,
@@ -63,24 +61,24 @@ def _package_version() -> str:
         return "0.0.0"
 
 
-def feature_schema() -> dict[str, Any]:
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF + name}
+
+
+def _listing_schema() -> dict[str, Any]:
     """JSON Schema of one listing, straight from pyfunc.schema."""
-    properties: dict[str, Any] = {}
-    for cat in CATEGORICAL_FEATURES:
-        properties[cat.name] = {
-            "type": "string",
-            "description": cat.description,
-            "example": cat.example,
-        }
+    properties: dict[str, Any] = {
+        cat.name: {"type": "string", "description": cat.description, "example": cat.example}
+        for cat in CATEGORICAL_FEATURES
+    }
     for num in NUMERIC_FEATURES:
         unit = f" Unit: {num.unit}." if num.unit else ""
-        kind = "integer" if num.integral else "number"  # JSON Schema: 3.0 is an integer too
         bounds: dict[str, Any] = {"minimum": num.minimum, "maximum": num.maximum}
         if num.unreported is not None:
             bounds = {"anyOf": [bounds, {"const": num.unreported}]}
             unit += f" {num.unreported:g} means not reported: priced, and flagged in {FLAG_COLUMN}."
         properties[num.name] = {
-            "type": kind,
+            "type": "integer" if num.integral else "number",  # JSON Schema: 3.0 is an integer
             **bounds,
             "description": num.description + unit,
             "example": num.example,
@@ -94,113 +92,90 @@ def feature_schema() -> dict[str, Any]:
 
 
 def _format_schemas() -> dict[str, Any]:
-    listing = {"$ref": REF + "Listing"}
-    column = {"type": "array", "minItems": 1, "items": {}}
+    """One schema per body format of the MLflow scoring protocol, each with optional params."""
+    rows = {"type": "array", "minItems": 1, "items": _ref("Listing")}
+    split = {
+        "type": "object",
+        "required": ["columns", "data"],
+        "properties": {
+            "columns": {"type": "array", "items": {"type": "string", "enum": list(FEATURE_NAMES)}},
+            "data": {"type": "array", "minItems": 1, "items": {"type": "array"}},
+            "index": {"type": "array"},
+        },
+    }
+    columns = {
+        "type": "object",
+        "required": list(FEATURE_NAMES),
+        "additionalProperties": False,
+        "properties": {
+            name: {"type": "array", "minItems": 1, "items": _ref(f"Listing/properties/{name}")}
+            for name in FEATURE_NAMES
+        },
+    }
     params = {
         "type": "object",
         "description": "Model parameters, passed to the model as is, "
         'e.g. {"on_unknown_category": "flag"}.',
     }
-    return {
-        "DataframeSplit": _envelope(
-            DF_SPLIT,
-            {
-                "type": "object",
-                "required": ["columns", "data"],
-                "properties": {
-                    "columns": {
-                        "type": "array",
-                        "items": {"type": "string", "enum": list(FEATURE_NAMES)},
-                    },
-                    "data": {"type": "array", "minItems": 1, "items": {"type": "array"}},
-                    "index": {"type": "array"},
-                },
-            },
-            params,
-            "pandas `split` orientation.",
-        ),
-        "DataframeRecords": _envelope(
-            DF_RECORDS,
-            {"type": "array", "minItems": 1, "items": listing},
-            params,
-            "One object per row.",
-        ),
-        "Inputs": _envelope(
+    formats = {
+        "DataframeSplit": (DF_SPLIT, split, "pandas `split` orientation."),
+        "DataframeRecords": (DF_RECORDS, rows, "One object per row."),
+        "Inputs": (
             INPUTS,
-            {
-                "type": "object",
-                "required": list(FEATURE_NAMES),
-                "additionalProperties": False,
-                "properties": {
-                    name: {**column, "items": {"$ref": f"{REF}Listing/properties/{name}"}}
-                    for name in FEATURE_NAMES
-                },
-            },
-            params,
+            columns,
             "Columns: one list of values per feature, all of the same length.",
         ),
-        "Instances": _envelope(
-            INSTANCES,
-            {"type": "array", "minItems": 1, "items": listing},
-            params,
-            "TF-serving rows; same as dataframe_records.",
-        ),
+        "Instances": (INSTANCES, rows, "TF-serving rows; same as dataframe_records."),
     }
-
-
-def _envelope(key: str, body: dict[str, Any], params: dict, description: str) -> dict[str, Any]:
     return {
-        "type": "object",
-        "description": description,
-        "required": [key],
-        "additionalProperties": False,
-        "properties": {key: body, PARAMS: params},
+        name: {
+            "type": "object",
+            "description": description,
+            "required": [key],
+            "additionalProperties": False,
+            "properties": {key: body, PARAMS: params},
+        }
+        for name, (key, body, description) in formats.items()
     }
 
 
-def request_examples() -> dict[str, Any]:
+def _request_examples() -> dict[str, Any]:
     """One example body per format, built from the schema's example listing."""
     listing = example_listing()
-    second = {**listing, "type": "casa", "net_usable_area": 250.0, "net_area": 600.0}
-    rows = [listing, second]
-    table = [[r[n] for n in FEATURE_NAMES] for r in rows]
+    rows = [listing, {**listing, "type": "casa", "net_usable_area": 250.0, "net_area": 600.0}]
+    table = [[row[name] for name in FEATURE_NAMES] for row in rows]
+    columns = {name: [row[name] for row in rows] for name in FEATURE_NAMES}
     return {
         DF_SPLIT: {
             "summary": "dataframe_split",
             "value": {DF_SPLIT: {"columns": list(FEATURE_NAMES), "data": table}},
         },
         DF_RECORDS: {"summary": "dataframe_records", "value": {DF_RECORDS: rows}},
-        INPUTS: {
-            "summary": "inputs (columns)",
-            "value": {INPUTS: {n: [r[n] for r in rows] for n in FEATURE_NAMES}},
-        },
+        INPUTS: {"summary": "inputs (columns)", "value": {INPUTS: columns}},
     }
 
 
 def _other_schemas() -> dict[str, Any]:
-    prediction = {
-        "type": "object",
-        "properties": {
-            PREDICTION_COLUMN: {
-                "type": "number",
-                "description": f"{TARGET.description} Unit: {TARGET.unit}.",
-            },
-            LOW_COLUMN: {
-                "type": "number",
-                "description": "Low end of the price range (UF): the range holds the real price "
-                "of 80% of listings like this one (the model's calibrated coverage).",
-            },
-            HIGH_COLUMN: {"type": "number", "description": "High end of the price range (UF)."},
-            FLAG_COLUMN: {
-                "type": "string",
-                "description": "Comma-separated features whose value the price has little "
-                "support for: inside the physical bounds but outside the training data's range, "
-                "or not reported (0 bathrooms, 0 net area); empty if none.",
-            },
+    string, number = {"type": "string"}, {"type": "number"}
+    answer = {
+        PREDICTION_COLUMN: {**number, "description": f"{TARGET.description} Unit: {TARGET.unit}."},
+        LOW_COLUMN: {
+            **number,
+            "description": "Low end of the price range (UF): the range holds the real price "
+            "of 80% of listings like this one (the model's calibrated coverage).",
+        },
+        HIGH_COLUMN: {**number, "description": "High end of the price range (UF)."},
+        FLAG_COLUMN: {
+            **string,
+            "description": "Comma-separated features whose value the price has little "
+            "support for: inside the physical bounds but outside the training data's range, "
+            "or not reported (0 bathrooms, 0 net area); empty if none.",
         },
     }
+    prediction = {"type": "object", "properties": answer}
+    field_error = {"field": string, "row": {"type": ["integer", "null"]}, "message": string}
     return {
-        "Listing": feature_schema(),
+        "Listing": _listing_schema(),
         "Predictions": {
             "type": "object",
             "required": ["predictions"],
@@ -212,37 +187,20 @@ def _other_schemas() -> dict[str, Any]:
             "required": ["error_code", "message"],
             "properties": {
                 "error_code": {"type": "string", "enum": list(ERROR_CODES)},
-                "message": {"type": "string"},
-                "errors": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "field": {"type": "string"},
-                            "row": {"type": ["integer", "null"]},
-                            "message": {"type": "string"},
-                        },
-                    },
-                },
-                "request_id": {"type": "string"},
+                "message": string,
+                "errors": {"type": "array", "items": {"type": "object", "properties": field_error}},
+                "request_id": string,
             },
         },
         "ModelInfo": {
             "type": "object",
             "properties": {
-                "name": {"type": "string"},
-                "version": {"type": "string"},
-                "alias": {"type": "string"},
-                "uri": {"type": "string"},
-                "run_id": {"type": "string"},
-                "served_since": {"type": "string"},
-                "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                **{name: string for name in ("name", "version", "alias", "uri", "run_id")},
+                "served_since": string,
+                "metrics": {"type": "object", "additionalProperties": number},
             },
         },
-        "Status": {
-            "type": "object",
-            "properties": {"status": {"type": "string"}, "model_version": {"type": "string"}},
-        },
+        "Status": {"type": "object", "properties": {"status": string, "model_version": string}},
     }
 
 
@@ -250,18 +208,14 @@ def _error_responses() -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, name in ERROR_RESPONSES.items():
         codes = {code: text for code, (s, text) in ERROR_CODES.items() if s == status}
+        examples = {
+            code: {"summary": text, "value": {"error_code": code, "message": text}}
+            for code, text in codes.items()
+        }
         responses[name] = {
             "x-status": status,
             "description": " ".join(codes.values()) or name,
-            "content": {
-                "application/json": {
-                    "schema": {"$ref": REF + "Error"},
-                    "examples": {
-                        code: {"summary": text, "value": {"error_code": code, "message": text}}
-                        for code, text in codes.items()
-                    },
-                }
-            },
+            "content": {"application/json": {"schema": _ref("Error"), "examples": examples}},
         }
     return responses
 
@@ -270,127 +224,76 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): {"$ref": f"#/components/responses/{ERROR_RESPONSES[s]}"} for s in statuses}
 
 
-def _json_ok(schema: str, description: str) -> dict[str, Any]:
-    return {
-        "200": {
-            "description": description,
-            "content": {"application/json": {"schema": {"$ref": REF + schema}}},
-        }
-    }
+def _ok(description: str, schema: dict[str, Any], media: str = "application/json") -> dict:
+    return {"200": {"description": description, "content": {media: {"schema": schema}}}}
 
 
-def _paths(metrics_public: bool) -> dict[str, Any]:
-    public: list = []
-    ids = {
+def _get(
+    operation_id: str, summary: str, ok: dict, errors: tuple[int, ...] = (), public: bool = True
+) -> dict:
+    """A GET operation answering `ok` or the error responses of `errors` (statuses)."""
+    security: dict[str, Any] = {"security": []} if public else {}
+    operation = {"summary": summary, "operationId": operation_id, **security}
+    return {"get": {**operation, "responses": {**ok, **_errors(*errors)}}}
+
+
+def _invocations() -> dict[str, Any]:
+    request_id = {
         "name": "X-Request-ID",
         "in": "header",
         "required": False,
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
         "description": "Your id for this request; generated when absent or not sane.",
     }
-    answer_headers = {
-        "X-Request-ID": {"schema": {"type": "string"}},
-        "X-Model-Version": {"schema": {"type": "string"}},
+    formats = ("DataframeSplit", "DataframeRecords", "Inputs", "Instances")
+    body = {"schema": {"oneOf": [_ref(name) for name in formats]}, "examples": _request_examples()}
+    answer = {
+        "description": "One prediction per row, in UF.",
+        "headers": {
+            name: {"schema": {"type": "string"}} for name in ("X-Request-ID", "X-Model-Version")
+        },
+        "content": {"application/json": {"schema": _ref("Predictions")}},
     }
-    invocations = {
+    return {
         "post": {
             "summary": "Price listings",
             "operationId": "invocations",
-            "parameters": [ids],
+            "parameters": [request_id],
             "description": "MLflow scoring protocol: send exactly one of dataframe_split, "
             "dataframe_records, inputs (or instances). One prediction per row.",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                {"$ref": REF + n}
-                                for n in (
-                                    "DataframeSplit",
-                                    "DataframeRecords",
-                                    "Inputs",
-                                    "Instances",
-                                )
-                            ]
-                        },
-                        "examples": request_examples(),
-                    }
-                },
-            },
-            "responses": {
-                "200": {
-                    "description": "One prediction per row, in UF.",
-                    "headers": answer_headers,
-                    "content": {"application/json": {"schema": {"$ref": REF + "Predictions"}}},
-                },
-                **_errors(*INVOCATION_ERRORS),
-            },
+            "requestBody": {"required": True, "content": {"application/json": body}},
+            "responses": {"200": answer, **_errors(*INVOCATION_ERRORS)},
         }
     }
+
+
+def _paths(metrics_public: bool) -> dict[str, Any]:
+    text, status = {"type": "string"}, _ref("Status")
+    metrics_errors = () if metrics_public else (401, 403)
     return {
-        "/invocations": invocations,
-        "/model": {
-            "get": {
-                "summary": "The served model: name, version, alias, run, metrics",
-                "operationId": "model",
-                "responses": {
-                    **_json_ok("ModelInfo", "The served model."),
-                    **_errors(401, 403, 503),
-                },
-            }
-        },
-        "/health": {
-            "get": {
-                "summary": "The gateway is alive",
-                "operationId": "health",
-                "security": public,
-                "responses": _json_ok("Status", "Alive."),
-            }
-        },
-        "/ready": {
-            "get": {
-                "summary": "The model server answers",
-                "operationId": "ready",
-                "security": public,
-                "responses": {**_json_ok("Status", "Ready."), **_errors(503)},
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics (text exposition format)",
-                "operationId": "metrics",
-                **({"security": public} if metrics_public else {}),
-                "responses": {
-                    "200": {
-                        "description": "Metrics.",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    **({} if metrics_public else _errors(401, 403)),
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "operationId": "openapi",
-                "security": public,
-                "responses": {"200": {"description": "OpenAPI 3.1."}},
-            }
-        },
-        "/docs": {
-            "get": {
-                "summary": "Human-readable documentation (offline HTML)",
-                "operationId": "docs",
-                "security": public,
-                "responses": {
-                    "200": {
-                        "description": "HTML page.",
-                        "content": {"text/html": {"schema": {"type": "string"}}},
-                    }
-                },
-            }
-        },
+        "/invocations": _invocations(),
+        "/model": _get(
+            "model",
+            "The served model: name, version, alias, run, metrics",
+            _ok("The served model.", _ref("ModelInfo")),
+            (401, 403, 503),
+            public=False,
+        ),
+        "/health": _get("health", "The gateway is alive", _ok("Alive.", status)),
+        "/ready": _get("ready", "The model server answers", _ok("Ready.", status), (503,)),
+        "/metrics": _get(
+            "metrics",
+            "Prometheus metrics (text exposition format)",
+            _ok("Metrics.", text, "text/plain"),
+            metrics_errors,
+            public=metrics_public,
+        ),
+        "/openapi.json": _get("openapi", "This document", {"200": {"description": "OpenAPI 3.1."}}),
+        "/docs": _get(
+            "docs",
+            "Human-readable documentation (offline HTML)",
+            _ok("HTML page.", text, "text/html"),
+        ),
     }
 
 
