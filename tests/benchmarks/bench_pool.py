@@ -2,8 +2,8 @@
 a pool of 1 server and of MODEL_SERVERS servers in the same run (16-client req/s, p50/p99,
 single-client p50, and their ratio), then the longest gap between two successful answers
 while a rollout happens under 16 clients. Beside them, the floor: Flask under gunicorn with the
-gateway's workers and threads, answering at once (`floor_app`), and the ceiling of the pool's
-ratio that the measured CPU costs leave on this machine's cores.
+gateway's workers and threads, passing each body to one server (`floor_app`), and the ceiling
+of the pool's ratio that the measured CPU costs leave on this machine's cores.
 
 The rollout goes to a copy of the champion (a new version of the same model files and
 evaluation tags, registered in a second): what is measured is the switch, not a training.
@@ -86,28 +86,35 @@ def measure_pools(
             result["rss_mb"] = stack.rss_report(groups)
             results["sizes"][size] = result
             if size == max(sizes):
+                upstream = ctl.served()["servers"][0]
+                floor = measure_floor(
+                    workdir, env, batches, clients, plan, gateway_workers, upstream
+                )
+                results["floor"] = floor
                 results["rollout"] = rollout_gap(ctl, gateway, env, clients)
     small, large = results["sizes"][min(sizes)], results["sizes"][max(sizes)]
     results["ratio_req_per_s"] = large["requests_per_s"] / small["requests_per_s"]
     results["ratio_single_client_p50"] = (
         large["single_client_p50_ms"] / small["single_client_p50_ms"]
     )
-    results["floor"] = measure_floor(workdir, env, batches, clients, plan, gateway_workers)
     results["ceiling"] = ratio_ceiling(small, large, results["floor"])
     return results
 
 
 @contextlib.contextmanager
-def floor_app(workdir: Path, env: dict[str, str], workers: int) -> Iterator[tuple[int, int]]:
-    """`floor_app` under gunicorn as the gateway runs (gthread, workers, threads, keep-alive):
-    its port and process group."""
+def floor_app(
+    workdir: Path, env: dict[str, str], workers: int, upstream: str
+) -> Iterator[tuple[int, int]]:
+    """`floor_app` in front of `upstream` under gunicorn as the gateway runs (gthread, workers,
+    threads, keep-alive): its port and process group."""
     port = free_port()
     threads = env.get("GATEWAY_THREADS", "8")
     command = [str(VENV_BIN / "gunicorn"), "tests.benchmarks.floor_app:app", "--no-control-socket"]
     command += ["--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--keep-alive", "5"]
     command += ["--workers", str(workers), "--threads", threads, "--chdir", str(PROJECT_DIR)]
     url = f"http://127.0.0.1:{port}/ping"
-    with running(command, url, workdir / "floor.log", env=env) as process:
+    started = {**env, "FLOOR_UPSTREAM_URL": upstream}
+    with running(command, url, workdir / "floor.log", env=started) as process:
         yield port, process.pid
 
 
@@ -118,12 +125,14 @@ def measure_floor(
     clients: int,
     plan: dict[str, Any],
     workers: int,
+    upstream: str,
 ) -> dict[str, float]:
-    """CPU ms per request of the floor app, with `clients` clients and with one."""
-    with floor_app(workdir, env, workers) as (port, pid):
+    """CPU ms per request of the floor app in front of `upstream`, with `clients` clients and
+    with one."""
+    with floor_app(workdir, env, workers, upstream) as (port, pid):
         route = measure.Http("floor", "127.0.0.1", port)
         cpu = stack.CpuMeter({"floor": pid})
-        logger.info("Flask under gunicorn, answering at once: %d clients", clients)
+        logger.info("the floor: Flask under gunicorn in front of %s: %d clients", upstream, clients)
         many = measure.concurrent(route, batches, clients, plan["warmup"], plan["duration"], cpu)
         one = measure.concurrent(route, batches, 1, plan["warmup"], plan["duration"] / 2, cpu)
     return {
@@ -225,8 +234,9 @@ def render(pool: dict[str, Any]) -> list[str]:
         lines.append(
             f"  gateway CPU per request: {big['cpu_ms_per_request']['gateway']:.3f} ms "
             f"({big['clients']} clients), {big['single_client_cpu_ms']['gateway']:.3f} ms "
-            f"(1 client); Flask under gunicorn answering at once (floor_app, same workers and "
-            f"threads): {floor['clients']:.3f} / {floor['single']:.3f} ms"
+            f"(1 client); the floor, Flask under gunicorn passing the body to one server "
+            f"(floor_app, same workers and threads): {floor['clients']:.3f} / "
+            f"{floor['single']:.3f} ms"
         )
         lines.append(
             f"  req/s ratio that {ceiling['cores']} cores allow at the pool's CPU per request: "
