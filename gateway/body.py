@@ -20,7 +20,7 @@ import time
 from typing import IO
 
 import orjson
-from flask import request
+from flask import g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway import errors
@@ -71,6 +71,7 @@ def read_body() -> bytes:
         and request.environ["wsgi.input"].read(1)
     ):
         raise _too_large("the body is larger", limit)
+    g.body_read = True
     return data
 
 
@@ -83,6 +84,10 @@ def _too_large(what: str, limit: int) -> GatewayError:
 
 def discard_unread() -> None:
     """Read and drop what the request left of its body, before answering."""
+    if g.get("body_read") or not (
+        request.content_length or request.headers.get("Transfer-Encoding")
+    ):
+        return
     budget = LINGER_BODIES * (request.max_content_length or READ_CHUNK_BYTES)
     _discard(request.environ["wsgi.input"], request.environ.get("gunicorn.socket"), budget)
 

@@ -1,7 +1,9 @@
 """The model server pool in `make bench`: the rollout controller and the gateway, measured with
 a pool of 1 server and of MODEL_SERVERS servers in the same run (16-client req/s, p50/p99,
 single-client p50, and their ratio), then the longest gap between two successful answers
-while a rollout happens under 16 clients.
+while a rollout happens under 16 clients. Beside them, the floor: Flask under gunicorn with the
+gateway's workers and threads, passing each body to one server (`floor_app`), and the ceiling
+of the pool's ratio that the measured CPU costs leave on this machine's cores.
 
 The rollout goes to a copy of the champion (a new version of the same model files and
 evaluation tags, registered in a second): what is measured is the switch, not a training.
@@ -12,15 +14,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyfunc.settings import PROJECT_DIR
 from tests.benchmarks import bench_measure as measure
 from tests.benchmarks import bench_stack as stack
 from tests.support.gateway import LoadClients, RunningGateway, Shot, running_gateway
-from tests.support.processes import free_port
+from tests.support.processes import VENV_BIN, free_port, running
 from tests.support.rollout import ONE_LISTING, Controller, mlflow_client, running_controller
 
 logger = logging.getLogger(__name__)
@@ -78,16 +82,83 @@ def measure_pools(
                 route, batches, 1, plan["warmup"], plan["duration"] / 2, cpu
             )
             result["single_client_p50_ms"] = single.get("p50_ms")
+            result["single_client_cpu_ms"] = single["cpu_ms_per_request"]
             result["rss_mb"] = stack.rss_report(groups)
             results["sizes"][size] = result
             if size == max(sizes):
+                upstream = ctl.served()["servers"][0]
+                floor = measure_floor(
+                    workdir, env, batches, clients, plan, gateway_workers, upstream
+                )
+                results["floor"] = floor
                 results["rollout"] = rollout_gap(ctl, gateway, env, clients)
     small, large = results["sizes"][min(sizes)], results["sizes"][max(sizes)]
     results["ratio_req_per_s"] = large["requests_per_s"] / small["requests_per_s"]
     results["ratio_single_client_p50"] = (
         large["single_client_p50_ms"] / small["single_client_p50_ms"]
     )
+    results["ceiling"] = ratio_ceiling(small, large, results["floor"])
     return results
+
+
+@contextlib.contextmanager
+def floor_app(
+    workdir: Path, env: dict[str, str], workers: int, upstream: str
+) -> Iterator[tuple[int, int]]:
+    """`floor_app` in front of `upstream` under gunicorn as the gateway runs (gthread, workers,
+    threads, keep-alive): its port and process group."""
+    port = free_port()
+    threads = env.get("GATEWAY_THREADS", "8")
+    command = [str(VENV_BIN / "gunicorn"), "tests.benchmarks.floor_app:app", "--no-control-socket"]
+    command += ["--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--keep-alive", "5"]
+    command += ["--workers", str(workers), "--threads", threads, "--chdir", str(PROJECT_DIR)]
+    url = f"http://127.0.0.1:{port}/ping"
+    started = {**env, "FLOOR_UPSTREAM_URL": upstream}
+    with running(command, url, workdir / "floor.log", env=started) as process:
+        yield port, process.pid
+
+
+def measure_floor(
+    workdir: Path,
+    env: dict[str, str],
+    batches: Sequence,
+    clients: int,
+    plan: dict[str, Any],
+    workers: int,
+    upstream: str,
+) -> dict[str, float]:
+    """CPU ms per request of the floor app in front of `upstream`, with `clients` clients and
+    with one."""
+    with floor_app(workdir, env, workers, upstream) as (port, pid):
+        route = measure.Http("floor", "127.0.0.1", port)
+        cpu = stack.CpuMeter({"floor": pid})
+        logger.info("the floor: Flask under gunicorn in front of %s: %d clients", upstream, clients)
+        many = measure.concurrent(route, batches, clients, plan["warmup"], plan["duration"], cpu)
+        one = measure.concurrent(route, batches, 1, plan["warmup"], plan["duration"] / 2, cpu)
+    return {
+        "clients": many["cpu_ms_per_request"]["floor"],
+        "single": one["cpu_ms_per_request"]["floor"],
+    }
+
+
+def ratio_ceiling(
+    one: dict[str, Any], pool: dict[str, Any], floor: dict[str, float]
+) -> dict[str, float]:
+    """The largest req/s ratio of the pool over one server that this machine's cores allow at
+    the CPU the pool run spent per request (servers, gateway and clients together); also with
+    the gateway at the floor's cost."""
+    cores = os.cpu_count() or 1
+    spent = pool["cpu_ms_per_request"]
+    total = sum(spent.values())
+
+    def ceiling(cpu_ms: float) -> float:
+        return cores * 1000 / cpu_ms / one["requests_per_s"]
+
+    return {
+        "cores": cores,
+        "measured": ceiling(total),
+        "gateway_at_floor": ceiling(total - spent["gateway"] + floor["clients"]),
+    }
 
 
 def rollout_gap(
@@ -157,6 +228,21 @@ def render(pool: dict[str, Any]) -> list[str]:
         f"  req/s ratio, largest / 1 server: {pool['ratio_req_per_s']:.2f}; "
         f"1-client p50 ratio: {pool['ratio_single_client_p50']:.2f}"
     )
+    floor, ceiling = pool.get("floor"), pool.get("ceiling")
+    if floor and ceiling:
+        big = pool["sizes"][max(pool["sizes"])]
+        lines.append(
+            f"  gateway CPU per request: {big['cpu_ms_per_request']['gateway']:.3f} ms "
+            f"({big['clients']} clients), {big['single_client_cpu_ms']['gateway']:.3f} ms "
+            f"(1 client); the floor, Flask under gunicorn passing the body to one server "
+            f"(floor_app, same workers and threads): {floor['clients']:.3f} / "
+            f"{floor['single']:.3f} ms"
+        )
+        lines.append(
+            f"  req/s ratio that {ceiling['cores']} cores allow at the pool's CPU per request: "
+            f"{ceiling['measured']:.2f}; with a gateway that cost no more than the floor: "
+            f"{ceiling['gateway_at_floor']:.2f}"
+        )
     r = pool.get("rollout")
     if r:
         lines.append(
