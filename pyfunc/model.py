@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from pyfunc import contract, fastpath
 from pyfunc.contract import INVALID_ROW_POLICIES, FieldError, ValidationError
@@ -204,22 +204,11 @@ def signature() -> ModelSignature:
     sees what was sent: MLflow's enforcement would coerce "0.5" to a number and drop unknown
     columns silently. The features are documented by the logged input example and
     `pyfunc.schema`; MLflow still checks the params' types and fills their defaults."""
-    answer: list[ColSpec | TensorSpec] = [
-        *(ColSpec("double", name) for name in (PREDICTION_COLUMN, LOW_COLUMN, HIGH_COLUMN)),
-        ColSpec("string", FLAG_COLUMN),
-    ]
-    outputs = Schema(answer)
-    params = ParamSchema(
-        [
-            ParamSpec("on_unknown_category", "string", "reject"),
-            ParamSpec("on_invalid_row", "string", "reject"),
-        ]
-    )
+    prices = [ColSpec("double", name) for name in (PREDICTION_COLUMN, LOW_COLUMN, HIGH_COLUMN)]
+    outputs = Schema([*prices, ColSpec("string", FLAG_COLUMN)])
+    policies = ("on_unknown_category", "on_invalid_row")
+    params = ParamSchema([ParamSpec(name, "string", "reject") for name in policies])
     return ModelSignature(inputs=None, outputs=outputs, params=params)
-
-
-def pip_requirements() -> list[str]:
-    return [f"{package}=={version(package)}" for package in RUNTIME_PACKAGES]
 
 
 def log_model(
@@ -243,6 +232,6 @@ def log_model(
             model_config={"interval": asdict(interval)},
             signature=signature(),
             input_example=input_example[list(FEATURE_NAMES)],
-            pip_requirements=pip_requirements(),
+            pip_requirements=[f"{p}=={version(p)}" for p in RUNTIME_PACKAGES],
             registered_model_name=registered_model_name,
         )
