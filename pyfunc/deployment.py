@@ -1,13 +1,8 @@
 """The rollout controller's executor on Kubernetes: the pool is the model server Deployment.
 
-Serving a version patches the Deployment's MODEL_URI to that version (and its pods' version
-label); the Deployment replaces its pods, the old ones serving until new ones answer /ping
-(readiness probe, maxUnavailable 0). The controller waits until every replica runs the new
-version (MODEL_START_TIMEOUT_SECONDS per replica), prices the canary on each new pod like the
-model loaded in process, then writes the served-model file into the ConfigMap the gateway
-mounts (SERVED_MODEL_CONFIGMAP). A rollout that does not finish, or a canary priced wrong, is
-undone: the Deployment goes back to the version served before. Kubernetes replaces dead pods;
-a Deployment changed by hand is put back on the served version.
+Serving a version patches the Deployment's MODEL_URI, waits for every replica, prices the canary
+on each new pod, then writes the served-model file into SERVED_MODEL_CONFIGMAP; a rollout that
+fails is undone (README, "Kubernetes").
 """
 
 from __future__ import annotations
@@ -133,9 +128,8 @@ class Deployment:
                 for c in status.conditions or ()
                 if c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded"
             ]
-            deadline = deadline or time.monotonic() + (
-                self.settings.model_start_timeout_seconds * wanted
-            )
+            timeout = self.settings.model_start_timeout_seconds * wanted
+            deadline = deadline or time.monotonic() + timeout
             if stalled or time.monotonic() > deadline:
                 raise ServerError(
                     f"deployment/{self.name} did not roll out version {version}: "
