@@ -54,10 +54,9 @@ class Deployment:
 
     def adopt(self) -> Serving | None:
         """What the ConfigMap says is served, when the Deployment runs it."""
+        name = self.settings.served_model_configmap
         try:
-            data = self.core.read_namespaced_config_map(
-                self.settings.served_model_configmap, self.namespace
-            ).data
+            data = self.core.read_namespaced_config_map(name, self.namespace).data
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -104,9 +103,8 @@ class Deployment:
             "metadata": {"labels": {VERSION_LABEL: str(version)}},
             "spec": {"containers": [{"name": CONTAINER, "env": env}]},
         }
-        self.apps.patch_namespaced_deployment(
-            self.name, self.namespace, {"spec": {"template": template}}
-        )
+        patch = {"spec": {"template": template}}
+        self.apps.patch_namespaced_deployment(self.name, self.namespace, patch)
         logger.info("deployment/%s rolling to %s", self.name, uri)
 
     def _wait_rolled_out(self, version: str) -> None:

@@ -21,11 +21,8 @@ _FLOOR = 1e-4  # share given to an empty bin, so the logarithm stays finite
 
 def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
     """Population stability index of two share vectors over the same bins."""
-    total = 0.0
-    for e, a in zip(expected, actual, strict=True):
-        e, a = max(e, _FLOOR), max(a, _FLOOR)
-        total += (a - e) * math.log(a / e)
-    return total
+    pairs = [(max(e, _FLOOR), max(a, _FLOOR)) for e, a in zip(expected, actual, strict=True)]
+    return sum(((a - e) * math.log(a / e) for e, a in pairs), 0.0)
 
 
 def numeric_shares(values: Iterable[float], edges: Sequence[float]) -> list[float]:

@@ -54,14 +54,8 @@ def lookup(uri: str) -> ModelVersion:
             raise
         found = None
     if found is None:
-        what = (
-            f"alias {alias!r}"
-            if alias
-            else f"version {ref!r}"
-            if ref.isdigit()
-            else f"version in stage {ref!r}"
-        )
-        raise UserError(f"cannot resolve {uri}: model {name!r} has no {what}")
+        what = "alias" if alias else "version" if ref.isdigit() else "version in stage"
+        raise UserError(f"cannot resolve {uri}: model {name!r} has no {what} {alias or ref!r}")
     return found
 
 

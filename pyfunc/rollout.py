@@ -85,10 +85,6 @@ class Controller:
         self._model: PyFuncModel | None = None  # the serving version, loaded
         self._skip: str | None = None  # refused or failed: not tried again while targeted
 
-    def adopt(self) -> None:
-        """Take over what an earlier controller left serving."""
-        self.serving = self.executor.adopt()
-
     def poll(self) -> None:
         """Resolve MODEL_URI; roll out a new version; replace dead servers."""
         try:
@@ -169,6 +165,7 @@ class Processes:
 
     def __init__(self, settings: Settings, host: str, public_host: str):
         self.settings, self.host, self.public_host = settings, host, public_host
+        self._starting_path = settings.state_dir / STARTING_FILE
 
     def adopt(self) -> Serving | None:
         """The servers the served-model file lists that live and answer /ping; those an
@@ -185,28 +182,22 @@ class Processes:
             if servers.alive(s.pid) and servers.is_model_server(s.pid) and servers.ping(s.url)
         )
         if len(live) < len(listed):
-            logger.warning(
-                "not adopted (gone, or not answering /ping): %s",
-                ", ".join(s.url for s in listed if s not in live),
-            )
+            gone = ", ".join(s.url for s in listed if s not in live)
+            logger.warning("not adopted (gone, or not answering /ping): %s", gone)
         if not live:
             return None
-        info = {k: v for k, v in data.items() if k not in ("servers", "pids")}
-        serving = Serving(info, live)
+        serving = Serving({k: v for k, v in data.items() if k not in ("servers", "pids")}, live)
+        which = ", ".join(f"{s.url} (pid {s.pid})" for s in live)
         logger.info(
-            "adopted %d model server(s) of version %s: %s",
-            len(live),
-            serving.version,
-            ", ".join(f"{s.url} (pid {s.pid})" for s in live),
+            "adopted %d model server(s) of version %s: %s", len(live), serving.version, which
         )
         return serving
 
     def serve(self, model: PyFuncModel, info: dict[str, Any], old: Serving | None) -> Serving:
         started = self._start_checked(model, info["uri"], self.settings.model_servers)
         serving = self._publish(Serving(info, started))
-        logger.info(
-            "version %s takes traffic on %s", serving.version, ", ".join(s.url for s in started)
-        )
+        urls = ", ".join(s.url for s in started)
+        logger.info("version %s takes traffic on %s", serving.version, urls)
         if old is not None:
             # until every gateway worker switched and what was sent is answered
             answered = self.settings.gateway_read_timeout_seconds
@@ -238,13 +229,9 @@ class Processes:
         """Replace dead servers (and top the pool up to MODEL_SERVERS)."""
         live = tuple(s for s in serving.servers if servers.alive(s.pid))
         missing = self.settings.model_servers - len(live)
-        if len(live) == len(serving.servers) and missing <= 0:
-            return serving
         if len(live) < len(serving.servers):
-            logger.warning(
-                "model server(s) died: %s",
-                ", ".join(s.url for s in serving.servers if s not in live),
-            )
+            dead = ", ".join(s.url for s in serving.servers if s not in live)
+            logger.warning("model server(s) died: %s", dead)
             serving = self._publish(dataclasses.replace(serving, servers=live))
         if missing > 0:
             try:
@@ -254,16 +241,11 @@ class Processes:
             serving = self._publish(dataclasses.replace(serving, servers=live))
         return serving
 
-    @property
-    def _starting_path(self) -> Path:
-        return self.settings.state_dir / STARTING_FILE
-
     def _publish(self, serving: Serving) -> Serving:
         """Write the served-model file: the gateway's workers follow it."""
-        urls = [s.url for s in serving.servers]
+        pids = {s.url: s.pid for s in serving.servers}
         write_info(
-            {**serving.info, "servers": urls, "pids": {s.url: s.pid for s in serving.servers}},
-            self.settings.model_info_path,
+            {**serving.info, "servers": list(pids), "pids": pids}, self.settings.model_info_path
         )
         return serving
 
@@ -292,7 +274,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def run(controller: Controller, stop: threading.Event) -> None:
     """Adopt, then poll every ROLLOUT_POLL_SECONDS until `stop` is set."""
-    controller.adopt()
+    controller.serving = controller.executor.adopt()  # what an earlier controller left
     while not stop.is_set():
         try:
             controller.poll()

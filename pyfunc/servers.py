@@ -97,11 +97,8 @@ def start(settings: Settings, uri: str, host: str, public_host: str) -> Server:
 def alive(pid: int) -> bool:
     """Whether process `pid` runs (a dead child of ours is reaped on the way; a zombie that
     is not ours, whose parent does not reap it, counts as dead)."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:  # not our child: adopted from an earlier controller
-        pass
+    with contextlib.suppress(ChildProcessError):  # not our child: adopted from an earlier one
+        return os.waitpid(pid, os.WNOHANG)[0] == 0
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):

@@ -136,9 +136,8 @@ def unreliable(
     for feature in NUMERIC_FEATURES:
         values = np.asarray(columns[feature.name])
         low, high = training_ranges.get(feature.name, (-np.inf, np.inf))
-        masks.append(
-            (feature.name, (values < low) | (values > high) | feature.is_unreported(values))
-        )
+        outside = (values < low) | (values > high)
+        masks.append((feature.name, outside | feature.is_unreported(values)))
     return masks
 
 
@@ -201,9 +200,7 @@ def _categorical_column(
     ]
     known_set = set(known)
     unknown = np.array([v is not None and v not in known_set for v in normalized], dtype=bool)
-    null = np.array(
-        [v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) for v in raw], dtype=bool
-    )
+    null = pd.isna(raw)
     findings.add(name, null, lambda r, at: contract.null(name, at))
     findings.add(
         name, not_text & ~null, lambda r, at: contract.wrong_type(name, "a string", at, raw[r])
