@@ -115,11 +115,9 @@ class Deployment:
             deployment = self._read()
             wanted = deployment.spec.replicas or 1
             status = deployment.status
-            if (
-                (status.observed_generation or 0) >= (deployment.metadata.generation or 0)
-                and status.updated_replicas == status.replicas == wanted
-                and status.available_replicas == wanted
-            ):
+            observed = (status.observed_generation or 0) >= (deployment.metadata.generation or 0)
+            updated = status.updated_replicas == status.replicas == wanted
+            if observed and updated and status.available_replicas == wanted:
                 return
             stalled = [
                 c.message
@@ -139,9 +137,8 @@ class Deployment:
     def _pod_urls(self, version: str) -> list[str]:
         """The URLs of the running pods of `version`."""
         labels = {**self._read().spec.selector.match_labels, VERSION_LABEL: str(version)}
-        pods = self.core.list_namespaced_pod(
-            self.namespace, label_selector=",".join(f"{k}={v}" for k, v in labels.items())
-        ).items
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
         urls = [
             f"http://{pod.status.pod_ip}:{self.settings.model_port}"
             for pod in pods
@@ -159,10 +156,8 @@ class Deployment:
         except ApiException as error:
             if error.status != 404:
                 raise
-            self.core.create_namespaced_config_map(
-                self.namespace,
-                client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name), data=data),
-            )
+            config_map = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name), data=data)
+            self.core.create_namespaced_config_map(self.namespace, config_map)
 
 
 def _model_uri(deployment: client.V1Deployment) -> str | None:

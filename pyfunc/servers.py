@@ -69,15 +69,11 @@ def canary(model: PyFuncModel) -> tuple[bytes, pd.DataFrame]:
     return body.encode(), model.predict(example)
 
 
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def start(settings: Settings, uri: str, host: str, public_host: str) -> Server:
     """Start one single-worker server on `uri` on a free port; returns without waiting."""
-    port = free_port(host)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     command = serve_command(settings, uri, host, port, workers=1)

@@ -182,9 +182,8 @@ def _numeric_column(column: pd.Series, feature, findings: _Findings) -> np.ndarr
         outside = finite & contract.outside_bounds(feature, values)
         fractional = finite & ~outside & contract.fractional(feature, values)
     findings.add(name, not_number, lambda r, at: contract.wrong_type(name, "a number", at, raw[r]))
-    findings.add(
-        name, ~not_number & ~finite, lambda r, at: contract.not_finite(name, at, values[r])
-    )
+    nan_or_inf = ~not_number & ~finite
+    findings.add(name, nan_or_inf, lambda r, at: contract.not_finite(name, at, values[r]))
     findings.add(name, outside, lambda r, at: contract.out_of_bounds(feature, at, values[r]))
     findings.add(name, fractional, lambda r, at: contract.not_whole(feature, at, values[r]))
     return values
@@ -202,9 +201,8 @@ def _categorical_column(
     unknown = np.array([v is not None and v not in known_set for v in normalized], dtype=bool)
     null = pd.isna(raw)
     findings.add(name, null, lambda r, at: contract.null(name, at))
-    findings.add(
-        name, not_text & ~null, lambda r, at: contract.wrong_type(name, "a string", at, raw[r])
-    )
+    wrong_type = not_text & ~null
+    findings.add(name, wrong_type, lambda r, at: contract.wrong_type(name, "a string", at, raw[r]))
     if on_unknown == "flag":
         findings.flagged.append((name, unknown))
     else:
