@@ -199,7 +199,9 @@ def _categorical_column(
     ]
     known_set = set(known)
     unknown = np.array([v is not None and v not in known_set for v in normalized], dtype=bool)
-    null = pd.isna(raw)
+    null = np.array(
+        [v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) for v in raw], dtype=bool
+    )
     findings.add(name, null, lambda r, at: contract.null(name, at))
     wrong_type = not_text & ~null
     findings.add(name, wrong_type, lambda r, at: contract.wrong_type(name, "a string", at, raw[r]))
