@@ -82,7 +82,6 @@ def fractional(feature: NumericFeature, values):
 
 
 def cut(text: str) -> str:
-    """`text`, cut to CHARS_SHOWN characters."""
     return text if len(text) <= CHARS_SHOWN else text[: CHARS_SHOWN - 3] + "..."
 
 

@@ -135,7 +135,6 @@ class Deployment:
             time.sleep(self.check_seconds)
 
     def _pod_urls(self, version: str) -> list[str]:
-        """The URLs of the running pods of `version`."""
         labels = {**self._read().spec.selector.match_labels, VERSION_LABEL: str(version)}
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
         pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
