@@ -81,11 +81,7 @@ def fractional(feature: NumericFeature, values):
     return (values % 1 != 0) & feature.integral
 
 
-# Bounded size.
-
-
 def cut(text: str) -> str:
-    """`text`, cut to CHARS_SHOWN characters."""
     return text if len(text) <= CHARS_SHOWN else text[: CHARS_SHOWN - 3] + "..."
 
 
@@ -110,10 +106,8 @@ def errors_for_rows(
     return errors
 
 
-# The messages. A template given `row=None` leaves the row out (a per-row reason).
-
-
 def _got(row: int | None, got: object) -> str:
+    """The end of a message: a template given `row=None` leaves the row out (a per-row reason)."""
     return f"(got {got})" if row is None else f"(row {row}, got {got})"
 
 

@@ -1,13 +1,8 @@
 """The rollout controller's executor on Kubernetes: the pool is the model server Deployment.
 
-Serving a version patches the Deployment's MODEL_URI to that version (and its pods' version
-label); the Deployment replaces its pods, the old ones serving until new ones answer /ping
-(readiness probe, maxUnavailable 0). The controller waits until every replica runs the new
-version (MODEL_START_TIMEOUT_SECONDS per replica), prices the canary on each new pod like the
-model loaded in process, then writes the served-model file into the ConfigMap the gateway
-mounts (SERVED_MODEL_CONFIGMAP). A rollout that does not finish, or a canary priced wrong, is
-undone: the Deployment goes back to the version served before. Kubernetes replaces dead pods;
-a Deployment changed by hand is put back on the served version.
+Serving a version patches the Deployment's MODEL_URI, waits for every replica, prices the canary
+on each new pod, then writes the served-model file into SERVED_MODEL_CONFIGMAP; a rollout that
+fails is undone (README, "Kubernetes").
 """
 
 from __future__ import annotations
@@ -59,10 +54,9 @@ class Deployment:
 
     def adopt(self) -> Serving | None:
         """What the ConfigMap says is served, when the Deployment runs it."""
+        name = self.settings.served_model_configmap
         try:
-            data = self.core.read_namespaced_config_map(
-                self.settings.served_model_configmap, self.namespace
-            ).data
+            data = self.core.read_namespaced_config_map(name, self.namespace).data
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -109,9 +103,8 @@ class Deployment:
             "metadata": {"labels": {VERSION_LABEL: str(version)}},
             "spec": {"containers": [{"name": CONTAINER, "env": env}]},
         }
-        self.apps.patch_namespaced_deployment(
-            self.name, self.namespace, {"spec": {"template": template}}
-        )
+        patch = {"spec": {"template": template}}
+        self.apps.patch_namespaced_deployment(self.name, self.namespace, patch)
         logger.info("deployment/%s rolling to %s", self.name, uri)
 
     def _wait_rolled_out(self, version: str) -> None:
@@ -122,20 +115,17 @@ class Deployment:
             deployment = self._read()
             wanted = deployment.spec.replicas or 1
             status = deployment.status
-            if (
-                (status.observed_generation or 0) >= (deployment.metadata.generation or 0)
-                and status.updated_replicas == status.replicas == wanted
-                and status.available_replicas == wanted
-            ):
+            observed = (status.observed_generation or 0) >= (deployment.metadata.generation or 0)
+            updated = status.updated_replicas == status.replicas == wanted
+            if observed and updated and status.available_replicas == wanted:
                 return
             stalled = [
                 c.message
                 for c in status.conditions or ()
                 if c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded"
             ]
-            deadline = deadline or time.monotonic() + (
-                self.settings.model_start_timeout_seconds * wanted
-            )
+            timeout = self.settings.model_start_timeout_seconds * wanted
+            deadline = deadline or time.monotonic() + timeout
             if stalled or time.monotonic() > deadline:
                 raise ServerError(
                     f"deployment/{self.name} did not roll out version {version}: "
@@ -145,11 +135,9 @@ class Deployment:
             time.sleep(self.check_seconds)
 
     def _pod_urls(self, version: str) -> list[str]:
-        """The URLs of the running pods of `version`."""
         labels = {**self._read().spec.selector.match_labels, VERSION_LABEL: str(version)}
-        pods = self.core.list_namespaced_pod(
-            self.namespace, label_selector=",".join(f"{k}={v}" for k, v in labels.items())
-        ).items
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
         urls = [
             f"http://{pod.status.pod_ip}:{self.settings.model_port}"
             for pod in pods
@@ -167,10 +155,8 @@ class Deployment:
         except ApiException as error:
             if error.status != 404:
                 raise
-            self.core.create_namespaced_config_map(
-                self.namespace,
-                client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name), data=data),
-            )
+            config_map = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name), data=data)
+            self.core.create_namespaced_config_map(self.namespace, config_map)
 
 
 def _model_uri(deployment: client.V1Deployment) -> str | None:

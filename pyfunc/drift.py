@@ -21,20 +21,15 @@ _FLOOR = 1e-4  # share given to an empty bin, so the logarithm stays finite
 
 def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
     """Population stability index of two share vectors over the same bins."""
-    total = 0.0
-    for e, a in zip(expected, actual, strict=True):
-        e, a = max(e, _FLOOR), max(a, _FLOOR)
-        total += (a - e) * math.log(a / e)
-    return total
+    pairs = [(max(e, _FLOOR), max(a, _FLOOR)) for e, a in zip(expected, actual, strict=True)]
+    return sum(((a - e) * math.log(a / e) for e, a in pairs), 0.0)
 
 
 def numeric_shares(values: Iterable[float], edges: Sequence[float]) -> list[float]:
     """Share of `values` in each bin that `edges` (inner bin edges) make."""
-    counts = [0] * (len(edges) + 1)
-    for value in values:
-        counts[bisect_right(edges, value)] += 1
-    n = sum(counts)
-    return [c / n for c in counts] if n else [0.0] * len(counts)
+    counts = Counter(bisect_right(edges, value) for value in values)
+    n = sum(counts.values())
+    return [counts[b] / n if n else 0.0 for b in range(len(edges) + 1)]
 
 
 def categorical_shares(values: Iterable[str], categories: Sequence[str]) -> list[float]:
@@ -49,10 +44,8 @@ def categorical_shares(values: Iterable[str], categories: Sequence[str]) -> list
 def feature_drift(
     reference: Mapping[str, dict], columns: Mapping[str, Sequence]
 ) -> dict[str, float]:
-    """PSI per feature of `columns` (feature -> recent values) against the training reference.
-
-    Features with fewer than MIN_ROWS recent values are left out.
-    """
+    """PSI per feature of `columns` (feature -> recent values) against the training reference;
+    features with fewer than MIN_ROWS recent values are left out."""
     scores = {}
     for name, ref in reference.items():
         values = columns.get(name, ())

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from pyfunc import contract, fastpath
 from pyfunc.contract import INVALID_ROW_POLICIES, FieldError, ValidationError
@@ -58,10 +58,8 @@ class PriceInterval:
 
     def bounds(self, prices: np.ndarray) -> dict[str, np.ndarray]:
         """The low and high columns of `prices` (NaN where the price is NaN)."""
-        return {
-            LOW_COLUMN: prices * np.exp(self.log_low),
-            HIGH_COLUMN: prices * np.exp(self.log_high),
-        }
+        low, high = np.exp(self.log_low), np.exp(self.log_high)
+        return {LOW_COLUMN: prices * low, HIGH_COLUMN: prices * high}
 
 
 class InvalidInputError(MlflowException):
@@ -73,11 +71,8 @@ class InvalidInputError(MlflowException):
     """
 
     def __init__(self, error: ValidationError):
-        super().__init__(
-            str(error),
-            error_code=INVALID_PARAMETER_VALUE,
-            errors=[e.as_dict() for e in error.errors],
-        )
+        errors = [e.as_dict() for e in error.errors]
+        super().__init__(str(error), error_code=INVALID_PARAMETER_VALUE, errors=errors)
 
     @property
     def message(self) -> str:
@@ -134,12 +129,11 @@ class PropertyValuationModel(PythonModel):
         rows = len(checked.flags) + len(reasons)
         priced = np.setdiff1d(np.arange(rows), list(reasons))
         prices = np.full(rows, np.nan)
-        flags = [""] * rows
+        flags = np.full(rows, "", dtype=object)
         if len(priced):
             prices[priced] = self._prices(checked)
-            for row, flag in zip(priced.tolist(), checked.flags, strict=True):
-                flags[row] = flag
-        answer = self._answer(prices, flags)
+            flags[priced] = checked.flags
+        answer = self._answer(prices, list(flags))
         answer[INVALID_COLUMN] = [reasons.get(r, "") for r in range(rows)]
         return records(answer) if isinstance(data, dict) else pd.DataFrame(answer)
 
@@ -178,8 +172,7 @@ def scalars(record: dict) -> dict:
 
 
 def records(columns: dict[str, Any]) -> list[dict]:
-    """Columns as one dict per row, with Python values (what `DataFrame.to_dict("records")`
-    gives)."""
+    """Columns as one dict per row of Python values, like `DataFrame.to_dict("records")`."""
     names = list(columns)
     values = [np.asarray(column).tolist() for column in columns.values()]
     return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
@@ -204,22 +197,11 @@ def signature() -> ModelSignature:
     sees what was sent: MLflow's enforcement would coerce "0.5" to a number and drop unknown
     columns silently. The features are documented by the logged input example and
     `pyfunc.schema`; MLflow still checks the params' types and fills their defaults."""
-    answer: list[ColSpec | TensorSpec] = [
-        *(ColSpec("double", name) for name in (PREDICTION_COLUMN, LOW_COLUMN, HIGH_COLUMN)),
-        ColSpec("string", FLAG_COLUMN),
-    ]
-    outputs = Schema(answer)
-    params = ParamSchema(
-        [
-            ParamSpec("on_unknown_category", "string", "reject"),
-            ParamSpec("on_invalid_row", "string", "reject"),
-        ]
-    )
+    prices = [ColSpec("double", name) for name in (PREDICTION_COLUMN, LOW_COLUMN, HIGH_COLUMN)]
+    outputs = Schema([*prices, ColSpec("string", FLAG_COLUMN)])
+    policies = ("on_unknown_category", "on_invalid_row")
+    params = ParamSchema([ParamSpec(name, "string", "reject") for name in policies])
     return ModelSignature(inputs=None, outputs=outputs, params=params)
-
-
-def pip_requirements() -> list[str]:
-    return [f"{package}=={version(package)}" for package in RUNTIME_PACKAGES]
 
 
 def log_model(
@@ -243,6 +225,6 @@ def log_model(
             model_config={"interval": asdict(interval)},
             signature=signature(),
             input_example=input_example[list(FEATURE_NAMES)],
-            pip_requirements=pip_requirements(),
+            pip_requirements=[f"{p}=={version(p)}" for p in RUNTIME_PACKAGES],
             registered_model_name=registered_model_name,
         )

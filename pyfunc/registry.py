@@ -30,8 +30,7 @@ def model_uri(name: str, version: str | int | None = None, alias: str | None = N
 
 
 def _in_stage(client: MlflowClient, name: str, stage: str) -> ModelVersion | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still used
+    with warnings.catch_warnings(action="ignore", category=FutureWarning):  # stages: deprecated
         return next(iter(client.get_latest_versions(name, stages=[stage])), None)
 
 
@@ -55,14 +54,8 @@ def lookup(uri: str) -> ModelVersion:
             raise
         found = None
     if found is None:
-        what = (
-            f"alias {alias!r}"
-            if alias
-            else f"version {ref!r}"
-            if ref.isdigit()
-            else f"version in stage {ref!r}"
-        )
-        raise UserError(f"cannot resolve {uri}: model {name!r} has no {what}")
+        what = "alias" if alias else "version" if ref.isdigit() else "version in stage"
+        raise UserError(f"cannot resolve {uri}: model {name!r} has no {what} {alias or ref!r}")
     return found
 
 
@@ -87,14 +80,7 @@ def resolve(uri: str) -> dict:
     run and test metrics. A URI outside the registry (runs:/, a path) is served as it is."""
     match = _URI.match(uri)
     if not match:
-        return {
-            "name": None,
-            "version": "unregistered",
-            "alias": None,
-            "uri": uri,
-            "run_id": None,
-            "metrics": {},
-        }
+        return dict(name=None, version="unregistered", alias=None, uri=uri, run_id=None, metrics={})
     found = lookup(uri)
     return {
         "name": found.name,
@@ -148,8 +134,7 @@ def move_champion(name: str, alias: str, version: str) -> str | None:
     if previous and previous != version:
         client.set_registered_model_alias(name, PREVIOUS_ALIAS, previous)
     client.set_registered_model_alias(name, alias, version)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still used
+    with warnings.catch_warnings(action="ignore", category=FutureWarning):  # stages: deprecated
         client.transition_model_version_stage(
             name, version, PRODUCTION_STAGE, archive_existing_versions=True
         )

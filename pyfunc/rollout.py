@@ -3,24 +3,11 @@
     python -m pyfunc.rollout [--host 127.0.0.1] [--public-host NAME]    (make controller)
     python -m pyfunc.rollout --stop     stop the servers the served-model file lists (make stop)
 
-Every ROLLOUT_POLL_SECONDS it resolves MODEL_URI (alias, stage or version) in the registry.
-When the version changes (promote, rollback, the alias or the stage moved in the MLflow UI):
-1. the checks of `promote`: the version loads and prices its own input example, and its
-   evaluation verdict passes params.yaml's gate (a version never evaluated is evaluated first,
-   against the version being served). A version that fails is refused: logged with the
-   reason, counted, not served, not tried again until MODEL_URI points elsewhere;
-2. MODEL_SERVERS single-worker servers start on it beside the old ones; each must answer
-   /ping and price the canary (the input example) like the model loaded here;
-3. the served-model file is rewritten atomically with the new servers and version: every
-   gateway worker switches at its next look at the file (at most a second later);
-4. after that second plus the gateway's read timeout, the old servers have answered what they
-   were sent, and are stopped.
-A dead server is replaced the same way. Servers run in sessions of their own: the controller
-dying never stops serving, and a restarted controller adopts the servers the file lists when
-their processes live and answer /ping. Steps 2 to 4 are the executor's: ROLLOUT_EXECUTOR=
-kubernetes rolls the model server Deployment instead (pyfunc/deployment.py), after the same
-checks. Metrics on CONTROLLER_METRICS_PORT:
-`model_rollouts_total{result="served"|"refused"|"failed"}`.
+Every ROLLOUT_POLL_SECONDS it resolves MODEL_URI in the registry; a new version gets the checks
+of `promote`, then servers of its own beside the old ones, then the served-model file, and the
+old servers are drained and stopped (README, "How a promotion reaches traffic"). Servers outlive
+the controller; a restarted one adopts them. ROLLOUT_EXECUTOR=kubernetes rolls the model server
+Deployment instead (`pyfunc.deployment`).
 """
 
 from __future__ import annotations
@@ -98,10 +85,6 @@ class Controller:
         self._model: PyFuncModel | None = None  # the serving version, loaded
         self._skip: str | None = None  # refused or failed: not tried again while targeted
 
-    def adopt(self) -> None:
-        """Take over what an earlier controller left serving."""
-        self.serving = self.executor.adopt()
-
     def poll(self) -> None:
         """Resolve MODEL_URI; roll out a new version; replace dead servers."""
         try:
@@ -118,23 +101,17 @@ class Controller:
             self.serving = self.executor.heal(self.serving, self._loaded)
 
     def _roll_out(self, target: dict[str, Any]) -> None:
-        old = self.serving
-        logger.info(
-            "%s resolves to version %s (serving %s): checking it",
-            self.settings.model_uri,
-            target["version"],
-            old.version if old else "none",
-        )
+        old, version = self.serving, target["version"]
+        current = old.version if old else "none"
+        uri = self.settings.model_uri
+        logger.info("%s resolves to version %s (serving %s): checking it", uri, version, current)
         try:
             model = self._check(target, old)
         except Refused as refusal:
-            self._skip = target["version"]
+            self._skip = version
             self.rollouts.labels("refused").inc()
             logger.warning(
-                "version %s refused: %s; version %s keeps serving",
-                target["version"],
-                refusal,
-                old.version if old else "none",
+                "version %s refused: %s; version %s keeps serving", version, refusal, current
             )
             return
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -142,9 +119,9 @@ class Controller:
         try:
             self.serving = self.executor.serve(model, info, old)
         except ServerError as error:
-            self._skip = target["version"]
+            self._skip = version
             self.rollouts.labels("failed").inc()
-            logger.error("version %s not served: %s", target["version"], error)
+            logger.error("version %s not served: %s", version, error)
             return
         self._model = model
         self.rollouts.labels("served").inc()
@@ -188,6 +165,7 @@ class Processes:
 
     def __init__(self, settings: Settings, host: str, public_host: str):
         self.settings, self.host, self.public_host = settings, host, public_host
+        self._starting_path = settings.state_dir / STARTING_FILE
 
     def adopt(self) -> Serving | None:
         """The servers the served-model file lists that live and answer /ping; those an
@@ -195,14 +173,8 @@ class Processes:
         data = _read(self.settings.model_info_path)
         pids = data.get("pids") or {}
         listed = [Server(url, int(pids[url])) for url in data.get("servers") or () if url in pids]
-        orphans = _read(self._starting_path).get("pids") or {}
-        servers.stop(
-            [
-                Server(url, int(pid))
-                for url, pid in orphans.items()
-                if int(pid) not in pids.values() and servers.is_model_server(int(pid))
-            ]
-        )
+        orphans = _model_servers(_read(self._starting_path).get("pids") or {})
+        servers.stop([s for s in orphans if s.pid not in pids.values()])
         self._starting_path.unlink(missing_ok=True)
         live = tuple(
             s
@@ -210,35 +182,26 @@ class Processes:
             if servers.alive(s.pid) and servers.is_model_server(s.pid) and servers.ping(s.url)
         )
         if len(live) < len(listed):
-            logger.warning(
-                "not adopted (gone, or not answering /ping): %s",
-                ", ".join(s.url for s in listed if s not in live),
-            )
+            gone = ", ".join(s.url for s in listed if s not in live)
+            logger.warning("not adopted (gone, or not answering /ping): %s", gone)
         if not live:
             return None
-        info = {k: v for k, v in data.items() if k not in ("servers", "pids")}
-        serving = Serving(info, live)
+        serving = Serving({k: v for k, v in data.items() if k not in ("servers", "pids")}, live)
+        which = ", ".join(f"{s.url} (pid {s.pid})" for s in live)
         logger.info(
-            "adopted %d model server(s) of version %s: %s",
-            len(live),
-            serving.version,
-            ", ".join(f"{s.url} (pid {s.pid})" for s in live),
+            "adopted %d model server(s) of version %s: %s", len(live), serving.version, which
         )
         return serving
 
     def serve(self, model: PyFuncModel, info: dict[str, Any], old: Serving | None) -> Serving:
         started = self._start_checked(model, info["uri"], self.settings.model_servers)
         serving = self._publish(Serving(info, started))
-        logger.info(
-            "version %s takes traffic on %s", serving.version, ", ".join(s.url for s in started)
-        )
+        urls = ", ".join(s.url for s in started)
+        logger.info("version %s takes traffic on %s", serving.version, urls)
         if old is not None:
-            drain = (
-                MODEL_INFO_CHECK_SECONDS
-                + DRAIN_MARGIN_SECONDS
-                + self.settings.gateway_read_timeout_seconds
-            )
-            time.sleep(drain)  # every gateway worker switched; what was sent is answered
+            # until every gateway worker switched and what was sent is answered
+            answered = self.settings.gateway_read_timeout_seconds
+            time.sleep(MODEL_INFO_CHECK_SECONDS + DRAIN_MARGIN_SECONDS + answered)
             servers.stop(old.servers)
         return serving
 
@@ -250,9 +213,8 @@ class Processes:
         try:
             for _ in range(count):
                 started.append(servers.start(self.settings, uri, self.host, self.public_host))
-                self._starting_path.write_text(
-                    json.dumps({"pids": {s.url: s.pid for s in started}})
-                )
+                pids = {s.url: s.pid for s in started}
+                self._starting_path.write_text(json.dumps({"pids": pids}))
             servers.wait_ready(started, self.settings.model_start_timeout_seconds)
             for server in started:
                 servers.check_canary(server, body, expected)
@@ -267,13 +229,9 @@ class Processes:
         """Replace dead servers (and top the pool up to MODEL_SERVERS)."""
         live = tuple(s for s in serving.servers if servers.alive(s.pid))
         missing = self.settings.model_servers - len(live)
-        if len(live) == len(serving.servers) and missing <= 0:
-            return serving
         if len(live) < len(serving.servers):
-            logger.warning(
-                "model server(s) died: %s",
-                ", ".join(s.url for s in serving.servers if s not in live),
-            )
+            dead = ", ".join(s.url for s in serving.servers if s not in live)
+            logger.warning("model server(s) died: %s", dead)
             serving = self._publish(dataclasses.replace(serving, servers=live))
         if missing > 0:
             try:
@@ -283,16 +241,11 @@ class Processes:
             serving = self._publish(dataclasses.replace(serving, servers=live))
         return serving
 
-    @property
-    def _starting_path(self) -> Path:
-        return self.settings.state_dir / STARTING_FILE
-
     def _publish(self, serving: Serving) -> Serving:
         """Write the served-model file: the gateway's workers follow it."""
-        urls = [s.url for s in serving.servers]
+        pids = {s.url: s.pid for s in serving.servers}
         write_info(
-            {**serving.info, "servers": urls, "pids": {s.url: s.pid for s in serving.servers}},
-            self.settings.model_info_path,
+            {**serving.info, "servers": list(pids), "pids": pids}, self.settings.model_info_path
         )
         return serving
 
@@ -306,6 +259,11 @@ def executor(settings: Settings, host: str, public_host: str) -> Executor:
     return Processes(settings, host, public_host or host)
 
 
+def _model_servers(pids: dict[str, Any]) -> list[Server]:
+    """The servers of `pids` (url -> pid) whose process still runs a model server."""
+    return [Server(url, int(pid)) for url, pid in pids.items() if servers.is_model_server(int(pid))]
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -316,7 +274,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def run(controller: Controller, stop: threading.Event) -> None:
     """Adopt, then poll every ROLLOUT_POLL_SECONDS until `stop` is set."""
-    controller.adopt()
+    controller.serving = controller.executor.adopt()  # what an earlier controller left
     while not stop.is_set():
         try:
             controller.poll()
@@ -348,14 +306,7 @@ def main(host: str, public_host: str, stop_servers: bool) -> None:
     settings = Settings.from_env()
     if stop_servers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        data = _read(settings.model_info_path)
-        servers.stop(
-            [
-                Server(url, int(pid))
-                for url, pid in (data.get("pids") or {}).items()
-                if servers.is_model_server(int(pid))
-            ]
-        )
+        servers.stop(_model_servers(_read(settings.model_info_path).get("pids") or {}))
         settings.model_info_path.unlink(missing_ok=True)  # nothing is served any more
         return
     configure(settings)

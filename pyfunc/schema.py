@@ -68,10 +68,7 @@ NUMERIC_FEATURES: tuple[NumericFeature, ...] = (
 
 TARGET = NumericFeature("price", "Listing price.", 1_000, 1_000_000, 14_500.0, "UF")
 
-FEATURES: tuple[CategoricalFeature | NumericFeature, ...] = (
-    *CATEGORICAL_FEATURES,
-    *NUMERIC_FEATURES,
-)
+FEATURES = CATEGORICAL_FEATURES + NUMERIC_FEATURES
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 CATEGORICAL_NAMES: tuple[str, ...] = tuple(f.name for f in CATEGORICAL_FEATURES)
 NUMERIC_NAMES: tuple[str, ...] = tuple(f.name for f in NUMERIC_FEATURES)

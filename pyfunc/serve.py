@@ -1,10 +1,7 @@
 """Serve the model named by MODEL_URI with one `mlflow models serve`, pinned to one version.
 
-An alias or stage (`models:/property-friends@champion`, `.../Production`) is resolved once, here,
-to a version number; the server is started on exactly that version, and what it serves is
-written to MODEL_INFO_PATH for the gateway (`GET /model`, `X-Model-Version`). This single server
-does not follow promotions: the rollout controller (`pyfunc.rollout`) runs a pool that does,
-with the same resolution, file and command.
+An alias or stage is resolved once, here; what is served is written to MODEL_INFO_PATH for the
+gateway. This server does not follow promotions: the rollout controller (`pyfunc.rollout`) does.
 """
 
 from __future__ import annotations
@@ -47,36 +44,16 @@ def write_info(info: dict, path: Path) -> None:
 
 
 def serve_command(settings: Settings, uri: str, host: str, port: int, workers: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        uri,
-        "--env-manager",
-        "local",
-        "-h",
-        host,
-        "-p",
-        str(port),
-        "--workers",
-        str(workers),
-        "--timeout",
-        str(settings.model_timeout_seconds),
-    ]
+    options = ["--env-manager", "local", "-h", host, "-p", str(port), "--workers", str(workers)]
+    timeout = ["--timeout", str(settings.model_timeout_seconds)]
+    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, *options, *timeout]
 
 
 def server_env(environ: dict[str, str]) -> dict[str, str]:
     """The environment `mlflow models serve` needs: one OpenMP thread (one-row predictions pay
     for thread start-up on every tree; batches barely gain), this venv's `uvicorn` on PATH."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {
-        "OMP_NUM_THREADS": "1",
-        **environ,
-        "PATH": f"{bin_dir}{os.pathsep}{environ.get('PATH', '')}",
-    }
+    path = f"{Path(sys.executable).parent}{os.pathsep}{environ.get('PATH', '')}"
+    return {"OMP_NUM_THREADS": "1", **environ, "PATH": path}
 
 
 @click.command()
@@ -95,12 +72,9 @@ def main(host: str) -> None:
         raise click.ClickException(str(error)) from None
     info["reference"] = training_reference(info["uri"])
     write_info(info, settings.model_info_path)
-    logger.info(
-        "serving %s (from %s) on %s:%d", info["uri"], settings.model_uri, host, settings.model_port
-    )
-    command = serve_command(
-        settings, info["uri"], host, settings.model_port, settings.model_workers
-    )
+    port, workers = settings.model_port, settings.model_workers
+    logger.info("serving %s (from %s) on %s:%d", info["uri"], settings.model_uri, host, port)
+    command = serve_command(settings, info["uri"], host, port, workers)
     os.execvpe(command[0], command, server_env(dict(os.environ)))
 
 

@@ -69,15 +69,11 @@ def canary(model: PyFuncModel) -> tuple[bytes, pd.DataFrame]:
     return body.encode(), model.predict(example)
 
 
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def start(settings: Settings, uri: str, host: str, public_host: str) -> Server:
     """Start one single-worker server on `uri` on a free port; returns without waiting."""
-    port = free_port(host)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     command = serve_command(settings, uri, host, port, workers=1)
@@ -97,11 +93,8 @@ def start(settings: Settings, uri: str, host: str, public_host: str) -> Server:
 def alive(pid: int) -> bool:
     """Whether process `pid` runs (a dead child of ours is reaped on the way; a zombie that
     is not ours, whose parent does not reap it, counts as dead)."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:  # not our child: adopted from an earlier controller
-        pass
+    with contextlib.suppress(ChildProcessError):  # not our child: adopted from an earlier one
+        return os.waitpid(pid, os.WNOHANG)[0] == 0
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -147,26 +140,13 @@ def wait_ready(servers: Sequence[Server], timeout: float) -> None:
 
 def check_canary(server: Server, body: bytes, expected: pd.DataFrame) -> None:
     """POST the canary; ServerError unless the server prices it like the model in process."""
-    response = None
+    response, headers = None, {"Content-Type": "application/json"}
     try:
-        response = _http.request(
-            "POST",
-            f"{server.url}/invocations",
-            body=body,
-            headers={"Content-Type": "application/json"},
-        )
-        got = pd.DataFrame(orjson.loads(response.data)["predictions"])
-        pd.testing.assert_frame_equal(
-            got, expected.reset_index(drop=True), check_dtype=False, rtol=1e-9
-        )
-    except (
-        urllib3.exceptions.HTTPError,
-        orjson.JSONDecodeError,
-        KeyError,
-        TypeError,
-        ValueError,
-        AssertionError,
-    ) as error:
+        response = _http.request("POST", f"{server.url}/invocations", body=body, headers=headers)
+        got = pd.DataFrame(orjson.loads(response.data)["predictions"])  # ValueError: not JSON
+        expected = expected.reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-9)
+    except (urllib3.exceptions.HTTPError, KeyError, TypeError, ValueError, AssertionError) as error:
         raise ServerError(
             f"{server.url} did not price the canary like the model in process "
             f"(status {getattr(response, 'status', None)}): {error}"

@@ -114,9 +114,8 @@ class GatewaySettings(BaseModel):
     gateway_out_of_rotation_seconds: float = Field(
         5.0,
         gt=0,
-        description="how long a pool "
-        "server that refused a connection or "
-        "answered 5xx gets no requests",
+        description="how long a pool server that refused a connection or answered 5xx gets "
+        "no requests",
     )
     gateway_api_keys: str = Field(
         "",
@@ -181,10 +180,8 @@ class Settings(
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict safe to log: API keys are never shown."""
-        return {
-            **self.model_dump(),
-            "gateway_api_keys": "<set>" if self.gateway_api_keys else "<unset>",
-        }
+        keys = "<set>" if self.gateway_api_keys else "<unset>"
+        return {**self.model_dump(), "gateway_api_keys": keys}
 
 
 _TYPES = {"int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "true or false"}

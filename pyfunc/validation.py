@@ -136,9 +136,8 @@ def unreliable(
     for feature in NUMERIC_FEATURES:
         values = np.asarray(columns[feature.name])
         low, high = training_ranges.get(feature.name, (-np.inf, np.inf))
-        masks.append(
-            (feature.name, (values < low) | (values > high) | feature.is_unreported(values))
-        )
+        outside = (values < low) | (values > high)
+        masks.append((feature.name, outside | feature.is_unreported(values)))
     return masks
 
 
@@ -183,9 +182,8 @@ def _numeric_column(column: pd.Series, feature, findings: _Findings) -> np.ndarr
         outside = finite & contract.outside_bounds(feature, values)
         fractional = finite & ~outside & contract.fractional(feature, values)
     findings.add(name, not_number, lambda r, at: contract.wrong_type(name, "a number", at, raw[r]))
-    findings.add(
-        name, ~not_number & ~finite, lambda r, at: contract.not_finite(name, at, values[r])
-    )
+    nan_or_inf = ~not_number & ~finite
+    findings.add(name, nan_or_inf, lambda r, at: contract.not_finite(name, at, values[r]))
     findings.add(name, outside, lambda r, at: contract.out_of_bounds(feature, at, values[r]))
     findings.add(name, fractional, lambda r, at: contract.not_whole(feature, at, values[r]))
     return values
@@ -205,9 +203,8 @@ def _categorical_column(
         [v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) for v in raw], dtype=bool
     )
     findings.add(name, null, lambda r, at: contract.null(name, at))
-    findings.add(
-        name, not_text & ~null, lambda r, at: contract.wrong_type(name, "a string", at, raw[r])
-    )
+    wrong_type = not_text & ~null
+    findings.add(name, wrong_type, lambda r, at: contract.wrong_type(name, "a string", at, raw[r]))
     if on_unknown == "flag":
         findings.flagged.append((name, unknown))
     else:
