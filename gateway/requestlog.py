@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
@@ -78,7 +78,7 @@ class RequestRecord:
 
 def iso_utc(epoch_seconds: float) -> str:
     """ISO 8601 in UTC with milliseconds, e.g. 2025-01-31T12:00:00.123Z."""
-    moment = datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
+    moment = datetime.fromtimestamp(epoch_seconds, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -138,6 +138,6 @@ def move_champion(name: str, alias: str, version: str) -> str | None:
         client.transition_model_version_stage(
             name, version, PRODUCTION_STAGE, archive_existing_versions=True
         )
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     set_tags(name, version, {"promoted_at": now})
     return previous if previous != version else None

@@ -114,7 +114,7 @@ class Controller:
                 "version %s refused: %s; version %s keeps serving", version, refusal, current
             )
             return
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         info = {**target, "reference": training_reference(target["uri"]), "served_since": now}
         try:
             self.serving = self.executor.serve(model, info, old)

@@ -36,7 +36,7 @@ def write_info(info: dict, path: Path) -> None:
     """Write atomically, so a reader never sees half a file; `served_since` is now unless
     `info` has one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     served = {"served_since": now, **info}
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(served, indent=2))

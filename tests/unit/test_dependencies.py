@@ -10,12 +10,12 @@ from __future__ import annotations
 import ast
 import re
 import sys
+import tomllib
 from graphlib import CycleError, TopologicalSorter
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
-import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("steps", "pyfunc", "gateway")
