@@ -139,27 +139,22 @@ def _sites(n_rows: int, variant: Variant, rng: np.random.Generator) -> pd.DataFr
     group = rng.choice(len(WORLD), size=n_sites, p=WORLD["rows"] / WORLD["rows"].sum())
     where, building = WORLD.iloc[group], building[:n_sites]
     lat, lon = (
-        np.clip(
-            where[name] + rng.standard_normal(n_sites) * where[f"{name}_sd"], *bounds
-        ).to_numpy()
-        for name, bounds in (("lat", LATITUDE_RANGE), ("lon", LONGITUDE_RANGE))
+        np.clip(where[name] + rng.standard_normal(n_sites) * where[f"{name}_sd"], *box).to_numpy()
+        for name, box in (("lat", LATITUDE_RANGE), ("lon", LONGITUDE_RANGE))
     )
     mean, sd = (values[group] for values in _surface_scale(variant.length_scale))
-    return (
-        pd.DataFrame(
-            {
-                "site": np.arange(n_sites),
-                "group": group,
-                "latitude": np.where(building, lat.round(4), lat.round(6)),
-                "longitude": np.where(building, lon.round(4), lon.round(6)),
-                "location": (_surface(lat, lon, variant.length_scale) - mean) / sd,
-                "building": rng.standard_normal(n_sites),
-                "size": rng.standard_normal(n_sites),
-            }
-        )
-        .iloc[site]
-        .reset_index(drop=True)
+    sites = pd.DataFrame(
+        {
+            "site": np.arange(n_sites),
+            "group": group,
+            "latitude": np.where(building, lat.round(4), lat.round(6)),
+            "longitude": np.where(building, lon.round(4), lon.round(6)),
+            "location": (_surface(lat, lon, variant.length_scale) - mean) / sd,
+            "building": rng.standard_normal(n_sites),
+            "size": rng.standard_normal(n_sites),
+        }
     )
+    return sites.iloc[site].reset_index(drop=True)
 
 
 def _unit_groups(sites: pd.DataFrame, variant: Variant, rng: np.random.Generator) -> np.ndarray:
@@ -210,13 +205,8 @@ def _clean_listings(n_rows: int, variant: Variant, rng: np.random.Generator) -> 
         np.asarray(values)[plan] for values in (usable, total, rooms, baths, lot_effect, layout)
     )
     spread = variant.spread * group["spread"]
-    own_sd = np.sqrt(
-        np.clip(
-            (1 - variant.location_share - variant.building_share) * spread**2 - OTHER_VARIANCE,
-            0,
-            None,
-        )
-    )
+    own_share = 1 - variant.location_share - variant.building_share
+    own_sd = np.sqrt(np.clip(own_share * spread**2 - OTHER_VARIANCE, 0, None))
     effects = spread * (
         np.sqrt(variant.location_share) * sites["location"]
         + np.sqrt(variant.building_share) * sites["building"]
@@ -229,26 +219,22 @@ def _clean_listings(n_rows: int, variant: Variant, rng: np.random.Generator) -> 
         + lot_effect
         + layout
     )
-    frame = (
-        pd.DataFrame(
-            {
-                "type": group["type"],
-                "sector": group["sector"],
-                "net_usable_area": usable,
-                "net_area": total,
-                "n_rooms": rooms,
-                "n_bathroom": baths,
-                "latitude": sites["latitude"],
-                "longitude": sites["longitude"],
-                TARGET.name: np.clip(np.exp(log_uf_m2) * usable, TARGET.minimum, TARGET.maximum)
-                .round()
-                .astype(np.int64),
-            },
-            columns=list(COLUMNS),
-        )
-        .iloc[rng.permutation(n_rows)]
-        .reset_index(drop=True)
+    price = np.clip(np.exp(log_uf_m2) * usable, TARGET.minimum, TARGET.maximum).round()
+    frame = pd.DataFrame(
+        {
+            "type": group["type"],
+            "sector": group["sector"],
+            "net_usable_area": usable,
+            "net_area": total,
+            "n_rooms": rooms,
+            "n_bathroom": baths,
+            "latitude": sites["latitude"],
+            "longitude": sites["longitude"],
+            TARGET.name: price.astype(np.int64),
+        },
+        columns=list(COLUMNS),
     )
+    frame = frame.iloc[rng.permutation(n_rows)].reset_index(drop=True)
     frame[TARGET.name] += frame.groupby(list(COLUMNS)).cumcount()  # no unit listed twice
     return frame.astype({"type": "str", "sector": "str"})
 
