@@ -21,12 +21,6 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.inspection import permutation_importance
-from sklearn.metrics import (
-    mean_absolute_error,
-    mean_absolute_percentage_error,
-    r2_score,
-    root_mean_squared_error,
-)
 
 from pyfunc import registry
 from pyfunc.schema import FEATURE_NAMES, LOW_COLUMN, PREDICTION_COLUMN, TARGET
@@ -35,6 +29,7 @@ from steps import plots
 from steps.ingest import CLEAN_TEST
 from steps.intervals import interval_hits
 from steps.params import Params, load_params
+from steps.selection import METRICS
 from steps.tracking import StepError, cli_errors, configure, load_frame, step_run
 
 logger = logging.getLogger(__name__)
@@ -56,18 +51,11 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     if not scored.any():
         raise StepError("no test row has a positive price: nothing to evaluate")
     y_true, y_pred = y_true[scored], y_pred[scored]
-    return {
-        "test_rmse": float(root_mean_squared_error(y_true, y_pred)),
-        "test_mae": float(mean_absolute_error(y_true, y_pred)),
-        "test_mape": float(mean_absolute_percentage_error(y_true, y_pred)),
-        "test_r2": float(r2_score(y_true, y_pred)),
+    metrics = {f"test_{name}": float(f(y_true, y_pred)) for name, f in METRICS.items()}
+    return metrics | {
         "test_rows": int(scored.sum()),
         "test_rows_excluded_nonpositive_price": int((~scored).sum()),
     }
-
-
-def predict_prices(model, frame: pd.DataFrame) -> np.ndarray:
-    return model.predict(frame[list(FEATURE_NAMES)])[PREDICTION_COLUMN].to_numpy()
 
 
 def evaluate(model, test: pd.DataFrame) -> Evaluation:
@@ -120,7 +108,7 @@ class _PriceModel(RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return predict_prices(self.model, frame)
+        return self.model.predict(frame[list(FEATURE_NAMES)])[PREDICTION_COLUMN].to_numpy()
 
 
 def importance(model, test: pd.DataFrame, params: Params) -> pd.Series:
@@ -172,47 +160,36 @@ def run_evaluate(
         result = evaluate(model, test)
         champion_version, champion = champion_mae(settings, version, test, against)
         outcome = verdict(result.metrics["test_mae"], champion, params.promotion_tolerance)
-        _log(result, model, test, params)
+        metrics = result.metrics | sector_metrics(result.by_sector)
+        mlflow.log_metrics(metrics)
+        mlflow.log_table(result.by_sector, "mae_by_sector.json")
+        _log_figures(result, model, test, params)
         mlflow.set_tags(
             {"model_version": version, "ingest_run_id": ingest_run_id, "verdict": outcome}
         )
-        metrics = result.metrics | sector_metrics(result.by_sector)
-        tags = {
-            **{k: f"{v:.6g}" for k, v in metrics.items()},
-            "verdict": outcome,
-            "evaluated_by_run": run.info.run_id,
-        }
+        tags = {k: f"{v:.6g}" for k, v in metrics.items()}
+        tags |= {"verdict": outcome, "evaluated_by_run": run.info.run_id}
         if champion is not None:
             tags |= {"champion_version": champion_version, "champion_test_mae": f"{champion:.6g}"}
         registry.set_tags(settings.model_name, version, tags)
+        mae = result.metrics["test_mae"]
         logger.info(
-            "version %s: test MAE %.0f UF, champion %s, verdict %s",
-            version,
-            result.metrics["test_mae"],
-            champion,
-            outcome,
+            "version %s: test MAE %.0f UF, champion %s, verdict %s", version, mae, champion, outcome
         )
         return outcome
 
 
-def _log(result: Evaluation, model, test: pd.DataFrame, params: Params) -> None:
-    mlflow.log_metrics(result.metrics | sector_metrics(result.by_sector))
-    mlflow.log_table(result.by_sector, "mae_by_sector.json")
+def _log_figures(result: Evaluation, model, test: pd.DataFrame, params: Params) -> None:
+    figures = {
+        "predicted_vs_actual": plots.predicted_vs_actual(test[TARGET.name], result.predictions),
+        "residuals_by_sector": plots.residuals_by_sector(test, result.predictions),
+        "feature_importance": plots.feature_importance(importance(model, test, params)),
+    }
     if "interval_coverage" in result.by_sector:
         coverage = model.model_config["interval"]["coverage"]
-        mlflow.log_figure(
-            plots.intervals_by_sector(result.by_sector, coverage), "plots/intervals_by_sector.png"
-        )
-    mlflow.log_figure(
-        plots.predicted_vs_actual(test[TARGET.name], result.predictions),
-        "plots/predicted_vs_actual.png",
-    )
-    mlflow.log_figure(
-        plots.residuals_by_sector(test, result.predictions), "plots/residuals_by_sector.png"
-    )
-    mlflow.log_figure(
-        plots.feature_importance(importance(model, test, params)), "plots/feature_importance.png"
-    )
+        figures["intervals_by_sector"] = plots.intervals_by_sector(result.by_sector, coverage)
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, f"plots/{name}.png")
 
 
 @click.command()
