@@ -169,7 +169,7 @@ def run_evaluate(
         )
         tags = {k: f"{v:.6g}" for k, v in metrics.items()}
         tags |= {"verdict": outcome, "evaluated_by_run": run.info.run_id}
-        if champion is not None:
+        if champion_version is not None:  # and so is its MAE
             tags |= {"champion_version": champion_version, "champion_test_mae": f"{champion:.6g}"}
         registry.set_tags(settings.model_name, version, tags)
         mae = result.metrics["test_mae"]

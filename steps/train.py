@@ -17,14 +17,9 @@ import numpy as np
 import pandas as pd
 from category_encoders import TargetEncoder
 from joblib import parallel_config
+from sklearn import ensemble
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
-from sklearn.ensemble import (
-    ExtraTreesRegressor,
-    GradientBoostingRegressor,
-    HistGradientBoostingRegressor,
-    RandomForestRegressor,
-)
 from sklearn.model_selection import KFold, ParameterGrid, ParameterSampler
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -41,13 +36,6 @@ from steps.selection import METRICS, Scored, select
 from steps.tracking import cli_errors, configure, load_frame, step_run
 
 logger = logging.getLogger(__name__)
-
-ESTIMATOR_CLASSES = {
-    "GradientBoostingRegressor": GradientBoostingRegressor,
-    "HistGradientBoostingRegressor": HistGradientBoostingRegressor,
-    "RandomForestRegressor": RandomForestRegressor,
-    "ExtraTreesRegressor": ExtraTreesRegressor,
-}
 
 
 @dataclass(frozen=True)
@@ -81,10 +69,11 @@ def build_pipeline(preset: Preset, seed: int, model: object = None) -> Pipeline:
 
 
 def regressor(preset: Preset, estimator: str, config: dict[str, object], seed: int) -> object:
-    """One configuration of a candidate: `log_target` in `config` overrides the preset's."""
+    """One configuration of a candidate (an estimator of sklearn.ensemble named in
+    steps.params.ESTIMATORS): `log_target` in `config` overrides the preset's."""
     settings = dict(config)
     log_target = settings.pop("log_target", preset.log_target)
-    model = ESTIMATOR_CLASSES[estimator](random_state=seed, **settings)
+    model = getattr(ensemble, estimator)(random_state=seed, **settings)
     if preset.monotonic:
         model.set_params(monotonic_cst=monotonic_constraints(preset))
     if log_target:
@@ -94,16 +83,12 @@ def regressor(preset: Preset, estimator: str, config: dict[str, object], seed: i
     return model
 
 
-def model_features(preset: Preset) -> list[str]:
-    """The columns the regressor sees, in order: encoded categories, numeric, engineered."""
+def monotonic_constraints(preset: Preset) -> list[int]:
+    """The preset's direction (0: none) of each column the regressor sees, in order: encoded
+    categories, numeric, engineered."""
     engineered = ENGINEERED_FEATURES if preset.engineered_features else ()
-    return [*CATEGORICAL_NAMES, *NUMERIC_NAMES, *engineered]
-
-
-def monotonic_constraints(preset: Preset) -> list[int] | None:
-    if not preset.monotonic:
-        return None
-    return [preset.monotonic.get(name, 0) for name in model_features(preset)]
+    columns = (*CATEGORICAL_NAMES, *NUMERIC_NAMES, *engineered)
+    return [preset.monotonic.get(name, 0) for name in columns]
 
 
 def candidates(preset: Preset, params: Params) -> list[tuple[str, dict, Pipeline]]:
