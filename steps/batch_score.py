@@ -146,12 +146,12 @@ def score_with_pandas(job: Job, chunk_rows: int) -> tuple[int, int]:
             writer.write(scored)
             rows += len(scored)
             invalid += int((scored[INVALID_COLUMN] != "").sum())
-            seconds = time.perf_counter() - started
+            rate = rows / (time.perf_counter() - started)
             logger.info(
                 "scored %s rows (%s invalid), %s rows/s",
                 f"{rows:,}",
                 f"{invalid:,}",
-                f"{rows / seconds:,.0f}",
+                f"{rate:,.0f}",
             )
     finally:
         writer.close()
@@ -207,14 +207,8 @@ def main(
     configure(settings)
     check_paths(input_spec, output, engine, table)
     uri, version = pinned(model_uri or settings.model_uri)
-    job = Job(
-        input_spec,
-        Path(output),
-        uri,
-        version,
-        {"on_unknown_category": on_unknown_category, "on_invalid_row": "report"},
-        table,
-    )
+    params = {"on_unknown_category": on_unknown_category, "on_invalid_row": "report"}
+    job = Job(input_spec, Path(output), uri, version, params, table)
     job.output.parent.mkdir(parents=True, exist_ok=True)
     with step_run("batch_score"):
         mlflow.log_params(

@@ -81,13 +81,8 @@ def run_promote(version: str, force: bool, settings: Settings) -> Promotion:
     version = version or registry.latest_version(settings.model_name)
     with step_run("promote"):
         result = promote(settings, version, force)
-        mlflow.set_tags(
-            {
-                "model_version": version,
-                "promoted": str(result.promoted).lower(),
-                "reason": result.reason,
-            }
-        )
+        promoted = str(result.promoted).lower()
+        mlflow.set_tags({"model_version": version, "promoted": promoted, "reason": result.reason})
         return result
 
 
