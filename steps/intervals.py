@@ -39,12 +39,9 @@ def run_calibration(actual: np.ndarray, out_of_fold: np.ndarray, params: Params)
     """The range from out-of-fold predictions, logged as params of the active run
     (interval_coverage, interval_log_low, interval_log_high)."""
     interval = log_ratio_interval(actual, out_of_fold, params.interval_coverage)
+    low, high = round(interval.log_low, 6), round(interval.log_high, 6)
     mlflow.log_params(
-        {
-            "interval_coverage": interval.coverage,
-            "interval_log_low": round(interval.log_low, 6),
-            "interval_log_high": round(interval.log_high, 6),
-        }
+        {"interval_coverage": interval.coverage, "interval_log_low": low, "interval_log_high": high}
     )
     return interval
 

@@ -12,17 +12,12 @@ from pyfunc.schema import NUMERIC_NAMES
 from pyfunc.settings import PROJECT_DIR
 
 DEFAULT_PARAMS_PATH = PROJECT_DIR / "params.yaml"
-ESTIMATORS = (
-    "GradientBoostingRegressor",
-    "HistGradientBoostingRegressor",
-    "RandomForestRegressor",
-    "ExtraTreesRegressor",
-)
 MONOTONIC_ESTIMATORS = (
     "HistGradientBoostingRegressor",
     "RandomForestRegressor",
     "ExtraTreesRegressor",
 )
+ESTIMATORS = ("GradientBoostingRegressor", *MONOTONIC_ESTIMATORS)
 
 
 class ParamsError(UserError):
@@ -98,14 +93,8 @@ def _preset(name: str, raw: dict) -> Preset:
         for c in raw["candidates"]
     )
     monotonic = {str(k): int(v) for k, v in (raw.get("monotonic") or {}).items()}
-    return Preset(
-        name,
-        bool(raw["engineered_features"]),
-        bool(raw["log_target"]),
-        candidates,
-        monotonic,
-        bool(raw.get("ensemble", False)),
-    )
+    engineered, log_target = bool(raw["engineered_features"]), bool(raw["log_target"])
+    return Preset(name, engineered, log_target, candidates, monotonic, bool(raw.get("ensemble")))
 
 
 def _values(preset: str, param: str, values: object) -> list:
