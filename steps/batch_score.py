@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 
 from pyfunc.registry import resolve
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, INVALID_COLUMN, NUMERIC_NAMES, TARGET
-from pyfunc.settings import Settings
 from steps.batch_job import ACTUAL_PRICE, VERSION_COLUMN, Job
 from steps.sources import open_source
 from steps.tracking import StepError, cli_errors, configure, step_run
@@ -203,8 +202,7 @@ def main(
     spark_master: str,
 ) -> None:
     """Price every listing of a file or table; invalid rows get their reason, not a price."""
-    settings = Settings.from_env()
-    configure(settings)
+    settings = configure()
     check_paths(input_spec, output, engine, table)
     uri, version = pinned(model_uri or settings.model_uri)
     params = {"on_unknown_category": on_unknown_category, "on_invalid_row": "report"}

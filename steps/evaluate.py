@@ -202,8 +202,7 @@ def _log_figures(result: Evaluation, model, test: pd.DataFrame, params: Params) 
 @cli_errors
 def main(model_version: str, ingest_run_id: str) -> None:
     """Score a model version on the test split and tag it with the metrics and a verdict."""
-    settings = Settings.from_env()
-    configure(settings)
+    settings = configure()
     outcome = run_evaluate(model_version, ingest_run_id, load_params(), settings)
     click.echo(f"verdict: {outcome}")
 

@@ -17,7 +17,6 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pyfunc.schema import CATEGORICAL_NAMES
-from pyfunc.settings import Settings
 from steps.cleaning import COLUMNS, CleaningReport, DataError, check_schema, clean
 from steps.params import Params, load_params
 from steps.sources import DataSource, open_source
@@ -131,7 +130,7 @@ def source_options(command):
 @cli_errors
 def main(source: str, train_name: str, test_name: str) -> None:
     """Read, check and clean the listings; log the clean splits and the cleaning report."""
-    configure(Settings.from_env())
+    configure()
     run_id = run_ingest(source, train_name, test_name, load_params())
     click.echo(f"ingest run: {run_id}")
 

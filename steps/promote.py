@@ -108,8 +108,7 @@ def describe(result: Promotion, settings: Settings) -> str:
 @cli_errors
 def main(model_version: str, force: bool) -> None:
     """Move the champion alias to a version that passed evaluation."""
-    settings = Settings.from_env()
-    configure(settings)
+    settings = configure()
     click.echo(describe(run_promote(model_version, force, settings), settings))
 
 

@@ -25,8 +25,7 @@ def rollback(settings: Settings) -> Promotion:
 @cli_errors
 def main() -> None:
     """Point the champion alias back at the previous champion."""
-    settings = Settings.from_env()
-    configure(settings)
+    settings = configure()
     with step_run("rollback"):
         result = rollback(settings)
     click.echo(describe(result, settings))

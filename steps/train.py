@@ -171,8 +171,7 @@ def run_train(
 @cli_errors
 def main(ingest_run_id: str, preset: str, source: str) -> None:
     """Fit the model, log it with its CV scores and register a new version."""
-    settings = Settings.from_env()
-    configure(settings)
+    settings = configure()
     run_id, version = run_train(ingest_run_id, preset, source, load_params(), settings)
     click.echo(f"train run: {run_id}\nregistered: {settings.model_name} version {version}")
 
