@@ -370,12 +370,11 @@ def _write_csvs(frames: dict[str, pd.DataFrame], folder: Path) -> None:
         click.echo(f"wrote {len(frame)} rows to {path}")
 
 
-@click.command()
+@click.command(context_settings={"show_default": True})
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("data"),
-    show_default=True,
     help="Folder for train.csv and test.csv.",
 )
 @click.option(
@@ -383,28 +382,18 @@ def _write_csvs(frames: dict[str, pd.DataFrame], folder: Path) -> None:
     callback=_check_url,
     help="SQLAlchemy URL: write tables train and test there instead of CSV files.",
 )
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=42,
-    show_default=True,
-    help="Same seed, same files.",
-)
-@click.option("--train-rows", type=click.IntRange(min=1), default=16_212, show_default=True)
-@click.option("--test-rows", type=click.IntRange(min=1), default=6_949, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=42, help="Same seed, same files.")
+@click.option("--train-rows", type=click.IntRange(min=1), default=16_212)
+@click.option("--test-rows", type=click.IntRange(min=1), default=6_949)
 @click.option(
     "--variant",
     type=click.Choice(list(VARIANTS)),
     default="realistic",
-    show_default=True,
     help="Synthetic world: realistic (the client's market) or one "
     "that changes what a model must learn.",
 )
 @click.option(
-    "--dirty/--clean",
-    default=True,
-    show_default=True,
-    help="Add the dirty rows seen in the client's files.",
+    "--dirty/--clean", default=True, help="Add the dirty rows seen in the client's files."
 )
 def main(
     out: Path,
