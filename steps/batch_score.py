@@ -84,7 +84,6 @@ def typed(chunk: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_chunks(job: Job, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """The input in chunks of at most `chunk_rows` rows."""
     if "://" in job.input:
         frame = open_source(job.input, train=job.table, test="").read("train")
         for start in range(0, len(frame), chunk_rows):

@@ -66,11 +66,9 @@ def _ignored(raw: pd.DataFrame) -> list[str]:
 def report_metrics(reports: dict[str, CleaningReport]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for split, report in reports.items():
-        metrics[f"{split}_rows_read"] = report.rows_read
-        metrics[f"{split}_rows_kept"] = report.rows_kept
+        metrics |= {f"{split}_rows_read": report.rows_read, f"{split}_rows_kept": report.rows_kept}
         for kind in ("dropped", "repaired", "flagged"):
-            for reason, count in getattr(report, kind).items():
-                metrics[f"{split}_{kind}_{reason}"] = count
+            metrics |= {f"{split}_{kind}_{why}": n for why, n in getattr(report, kind).items()}
     return metrics
 
 

@@ -52,7 +52,6 @@ def step_run(step: str) -> Iterator[mlflow.ActiveRun]:
 
 
 def log_frame(frame: pd.DataFrame, artifact_path: str) -> None:
-    """Log `frame` as a parquet artifact at `artifact_path` (e.g. "clean/train.parquet")."""
     folder, name = os.path.split(artifact_path)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
