@@ -117,9 +117,8 @@ class ChunkWriter:
 
     def write(self, chunk: pd.DataFrame) -> None:
         if self.path.suffix.lower() == ".csv":
-            chunk.to_csv(
-                self.path, mode="a" if self._rows else "w", header=not self._rows, index=False
-            )
+            first = not self._rows
+            chunk.to_csv(self.path, mode="w" if first else "a", header=first, index=False)
         else:
             table = pa.Table.from_pandas(chunk, preserve_index=False)
             if self._parquet is None:

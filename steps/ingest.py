@@ -85,13 +85,9 @@ def run_ingest(source_spec: str, train_name: str, test_name: str, params: Params
         mlflow.log_metrics(report_metrics(result.reports))
         for split, report in result.reports.items():
             logger.info(
-                "%s: kept %d of %d rows; dropped %s; repaired %s; flagged %s",
-                split,
-                report.rows_kept,
-                report.rows_read,
-                report.dropped,
-                report.repaired,
-                report.flagged,
+                "%(split)s: kept %(rows_kept)d of %(rows_read)d rows; dropped %(dropped)s; "
+                "repaired %(repaired)s; flagged %(flagged)s",
+                {"split": split, **asdict(report)},
             )
         return run.info.run_id
 

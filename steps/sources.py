@@ -195,9 +195,7 @@ class SyntheticSource(DataSource):
         if self._splits is None:
             from steps.generate import generate_splits
 
-            train, test = generate_splits(
-                self.seed, self.train_rows, self.test_rows, variant=self.variant
-            )
+            train, test = generate_splits(**asdict(self))
             self._splits = {"train": train, "test": test}
         return self._splits[name].copy()
 
