@@ -67,14 +67,9 @@ def evaluate(model, test: pd.DataFrame) -> Evaluation:
     metrics = regression_metrics(actual, predictions)
     if LOW_COLUMN in answer.columns:  # versions from before price ranges have none
         rows = pd.concat([rows, interval_hits(actual, answer)], axis=1)
-        aggregates |= {
-            "interval_coverage": ("interval_coverage", "mean"),
-            "interval_width": ("interval_width", "median"),
-        }
-        metrics |= {
-            "test_interval_coverage": float(rows["interval_coverage"].mean()),
-            "test_interval_width": float(rows["interval_width"].median()),
-        }
+        ranges = {"interval_coverage": "mean", "interval_width": "median"}
+        aggregates |= {name: (name, how) for name, how in ranges.items()}
+        metrics |= {f"test_{name}": float(rows[name].agg(how)) for name, how in ranges.items()}
     by_sector = rows.groupby("sector").agg(**aggregates).reset_index()
     return Evaluation(metrics, by_sector, predictions)
 

@@ -95,10 +95,8 @@ def candidates(preset: Preset, params: Params) -> list[tuple[str, dict, Pipeline
     """Per candidate, at most `search_iterations` configurations sampled from its grid."""
     configured = []
     for candidate in preset.candidates:
-        size = len(ParameterGrid(candidate.params))
-        sampled = ParameterSampler(
-            candidate.params, min(params.search_iterations, size), random_state=params.seed
-        )
+        iterations = min(params.search_iterations, len(ParameterGrid(candidate.params)))
+        sampled = ParameterSampler(candidate.params, iterations, random_state=params.seed)
         for number, config in enumerate(sampled if candidate.params else [{}], start=1):
             model = regressor(preset, candidate.estimator, config, params.seed)
             name = f"{candidate.estimator}_{number}"
