@@ -11,8 +11,6 @@ Writes: --output (.parquet or .csv; with Spark, a folder of part files): every i
         nulls, categories are text), so they give the same prices and the same reasons.
 """
 
-from __future__ import annotations
-
 import logging
 import time
 from collections.abc import Iterator

@@ -5,8 +5,6 @@ counts of a split add up: rows_read == rows_kept + sum(dropped). The bounds, the
 of rooms and the wording of schema errors are the validation contract's (`pyfunc.contract`).
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 

@@ -10,8 +10,6 @@ Writes: metrics test_mae, test_rmse, test_mape, test_r2, test_interval_coverage 
         the same rows and a verdict.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 

@@ -8,8 +8,6 @@ spatial surface, a building's effect (its units share coordinates) and the unit'
 Train and test are split from one pool of listings, so a building can have units in both.
 """
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -6,8 +6,6 @@ Writes: run artifacts clean/train.parquet, clean/test.parquet and ingest_report.
         metrics `<split>_rows_read`, `<split>_rows_kept`, `<split>_dropped_<reason>`, ...
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import asdict, dataclass
 

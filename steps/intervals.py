@@ -7,8 +7,6 @@ quantiles of log(actual / predicted) over those rows, applied to the served pric
 (`pyfunc.model.PriceInterval`); `train` logs it as params and stores it with the version.
 """
 
-from __future__ import annotations
-
 import math
 
 import mlflow

@@ -4,8 +4,6 @@ Reads:  a data source (`--source`).
 Writes: the runs of each step; a new model version, promoted if the gate lets it through.
 """
 
-from __future__ import annotations
-
 import click
 import mlflow
 

@@ -6,8 +6,6 @@ Writes: drift_report.json (PSI per feature, drifted features, threshold) to `--o
         a run artifact; metrics drift_<feature>.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 from collections import deque

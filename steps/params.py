@@ -1,7 +1,5 @@
 """`params.yaml`, read into typed, validated objects."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass, field
 from pathlib import Path
 

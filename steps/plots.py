@@ -1,7 +1,5 @@
 """Evaluation figures, drawn off-screen."""
 
-from __future__ import annotations
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure

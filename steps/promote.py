@@ -6,8 +6,6 @@ Writes: alias `champion` -> the version (the former champion keeps alias `previo
 A version that cannot be loaded or cannot price its own input example is never promoted.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 

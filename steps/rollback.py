@@ -4,8 +4,6 @@ Reads:  alias `previous-champion` of the registered model.
 Writes: alias `champion` -> that version, `previous-champion` -> the one rolled back from.
 """
 
-from __future__ import annotations
-
 import click
 
 from pyfunc.registry import PREVIOUS_ALIAS, alias_version

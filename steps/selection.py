@@ -6,8 +6,6 @@ predictions are the average of its members' (a VotingRegressor fitted on a fold 
 members fitted on that fold), so it is scored without fitting anything again.
 """
 
-from __future__ import annotations
-
 import logging
 import time
 from dataclasses import dataclass, field

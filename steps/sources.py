@@ -6,8 +6,6 @@ without code changes. Sources only read: rows and columns come back as stored (e
 included); validating and cleaning them is the ingest step's job.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager

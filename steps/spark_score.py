@@ -5,8 +5,6 @@ Local mode (`local[*]`) by default; a cluster is one master URL away (--spark-ma
 imported only here, so the serving image stays small.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from pathlib import Path

@@ -1,7 +1,5 @@
 """What every step shares: MLflow set-up, step runs, run artifacts, clean CLI failures."""
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import logging

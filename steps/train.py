@@ -6,8 +6,6 @@ Writes: params, CV metrics (cv_mae, cv_rmse, cv_mape, cv_r2 and their std), cv_r
         a new version of the registered model.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 
