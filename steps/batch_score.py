@@ -44,11 +44,10 @@ def check_paths(input_spec: str, output: str, engine: str, table: str) -> None:
             )
         if not table:
             raise StepError("--table (a table name or a SELECT query) is required with a URL")
-    else:
-        if Path(input_spec).suffix.lower() not in FORMATS:
-            raise StepError(f"--input must end in {' or '.join(FORMATS)}, got {input_spec!r}")
-        if not Path(input_spec).exists():
-            raise StepError(f"--input {input_spec} does not exist")
+    elif Path(input_spec).suffix.lower() not in FORMATS:
+        raise StepError(f"--input must end in {' or '.join(FORMATS)}, got {input_spec!r}")
+    elif not Path(input_spec).exists():
+        raise StepError(f"--input {input_spec} does not exist")
     if Path(output).suffix.lower() not in FORMATS:
         raise StepError(f"--output must end in {' or '.join(FORMATS)}, got {output!r}")
 
