@@ -319,14 +319,12 @@ def generate_splits(
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
-    pool_stream, *dirt_streams = np.random.SeedSequence(seed).spawn(3)
-    pool = _clean_listings(
-        train_rows + test_rows, VARIANTS[variant], np.random.default_rng(pool_stream)
-    )
+    pool_rng, *dirt_rngs = map(np.random.default_rng, np.random.SeedSequence(seed).spawn(3))
+    pool = _clean_listings(train_rows + test_rows, VARIANTS[variant], pool_rng)
     splits = (pool.iloc[:train_rows], pool.iloc[train_rows:])
     return tuple(
-        add_dirt(split, np.random.default_rng(stream)) if dirty else split.reset_index(drop=True)
-        for split, stream in zip(splits, dirt_streams, strict=True)
+        add_dirt(split, rng) if dirty else split.reset_index(drop=True)
+        for split, rng in zip(splits, dirt_rngs, strict=True)
     )
 
 
