@@ -141,12 +141,7 @@ def score_with_pandas(job: Job, chunk_rows: int) -> tuple[int, int]:
             rows += len(scored)
             invalid += int((scored[INVALID_COLUMN] != "").sum())
             rate = rows / (time.perf_counter() - started)
-            logger.info(
-                "scored %s rows (%s invalid), %s rows/s",
-                f"{rows:,}",
-                f"{invalid:,}",
-                f"{rate:,.0f}",
-            )
+            logger.info("scored %s", f"{rows:,} rows ({invalid:,} invalid), {rate:,.0f} rows/s")
     finally:
         writer.close()
     if rows == 0:
