@@ -1,7 +1,5 @@
 """A batch scoring job, as both engines of batch_score (pandas, Spark) see it."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from pathlib import Path
 

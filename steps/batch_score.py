@@ -11,8 +11,6 @@ Writes: --output (.parquet or .csv; with Spark, a folder of part files): every i
         nulls, categories are text), so they give the same prices and the same reasons.
 """
 
-from __future__ import annotations
-
 import logging
 import time
 from collections.abc import Iterator
@@ -26,7 +24,6 @@ import pyarrow.parquet as pq
 
 from pyfunc.registry import resolve
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, INVALID_COLUMN, NUMERIC_NAMES, TARGET
-from pyfunc.settings import Settings
 from steps.batch_job import ACTUAL_PRICE, VERSION_COLUMN, Job
 from steps.sources import open_source
 from steps.tracking import StepError, cli_errors, configure, step_run
@@ -47,11 +44,10 @@ def check_paths(input_spec: str, output: str, engine: str, table: str) -> None:
             )
         if not table:
             raise StepError("--table (a table name or a SELECT query) is required with a URL")
-    else:
-        if Path(input_spec).suffix.lower() not in FORMATS:
-            raise StepError(f"--input must end in {' or '.join(FORMATS)}, got {input_spec!r}")
-        if not Path(input_spec).exists():
-            raise StepError(f"--input {input_spec} does not exist")
+    elif Path(input_spec).suffix.lower() not in FORMATS:
+        raise StepError(f"--input must end in {' or '.join(FORMATS)}, got {input_spec!r}")
+    elif not Path(input_spec).exists():
+        raise StepError(f"--input {input_spec} does not exist")
     if Path(output).suffix.lower() not in FORMATS:
         raise StepError(f"--output must end in {' or '.join(FORMATS)}, got {output!r}")
 
@@ -85,7 +81,6 @@ def typed(chunk: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_chunks(job: Job, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """The input in chunks of at most `chunk_rows` rows."""
     if "://" in job.input:
         frame = open_source(job.input, train=job.table, test="").read("train")
         for start in range(0, len(frame), chunk_rows):
@@ -119,9 +114,8 @@ class ChunkWriter:
 
     def write(self, chunk: pd.DataFrame) -> None:
         if self.path.suffix.lower() == ".csv":
-            chunk.to_csv(
-                self.path, mode="a" if self._rows else "w", header=not self._rows, index=False
-            )
+            first = not self._rows
+            chunk.to_csv(self.path, mode="w" if first else "a", header=first, index=False)
         else:
             table = pa.Table.from_pandas(chunk, preserve_index=False)
             if self._parquet is None:
@@ -146,13 +140,8 @@ def score_with_pandas(job: Job, chunk_rows: int) -> tuple[int, int]:
             writer.write(scored)
             rows += len(scored)
             invalid += int((scored[INVALID_COLUMN] != "").sum())
-            seconds = time.perf_counter() - started
-            logger.info(
-                "scored %s rows (%s invalid), %s rows/s",
-                f"{rows:,}",
-                f"{invalid:,}",
-                f"{rows / seconds:,.0f}",
-            )
+            rate = rows / (time.perf_counter() - started)
+            logger.info("scored %s", f"{rows:,} rows ({invalid:,} invalid), {rate:,.0f} rows/s")
     finally:
         writer.close()
     if rows == 0:
@@ -203,18 +192,11 @@ def main(
     spark_master: str,
 ) -> None:
     """Price every listing of a file or table; invalid rows get their reason, not a price."""
-    settings = Settings.from_env()
-    configure(settings)
+    settings = configure()
     check_paths(input_spec, output, engine, table)
     uri, version = pinned(model_uri or settings.model_uri)
-    job = Job(
-        input_spec,
-        Path(output),
-        uri,
-        version,
-        {"on_unknown_category": on_unknown_category, "on_invalid_row": "report"},
-        table,
-    )
+    params = {"on_unknown_category": on_unknown_category, "on_invalid_row": "report"}
+    job = Job(input_spec, Path(output), uri, version, params, table)
     job.output.parent.mkdir(parents=True, exist_ok=True)
     with step_run("batch_score"):
         mlflow.log_params(

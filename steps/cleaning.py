@@ -5,8 +5,6 @@ counts of a split add up: rows_read == rows_kept + sum(dropped). The bounds, the
 of rooms and the wording of schema errors are the validation contract's (`pyfunc.contract`).
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -115,14 +113,12 @@ def _respell_categories(frame: pd.DataFrame, report: CleaningReport) -> pd.DataF
 def _unswap_coordinates(frame: pd.DataFrame, report: CleaningReport) -> pd.DataFrame:
     """Latitude and longitude given the wrong way round are swapped back."""
     lat, lon = NUMERIC_BY_NAME["latitude"], NUMERIC_BY_NAME["longitude"]
-    swapped = frame["latitude"].between(lon.minimum, lon.maximum) & frame["longitude"].between(
-        lat.minimum, lat.maximum
-    )
+    swapped = frame["latitude"].between(lon.minimum, lon.maximum)
+    swapped &= frame["longitude"].between(lat.minimum, lat.maximum)
     if swapped.any():
         report.repaired["coordinates_swapped"] = int(swapped.sum())
-        frame.loc[swapped, ["latitude", "longitude"]] = frame.loc[
-            swapped, ["longitude", "latitude"]
-        ].to_numpy()
+        place = ["latitude", "longitude"]
+        frame.loc[swapped, place] = frame.loc[swapped, place[::-1]].to_numpy()
     return frame
 
 

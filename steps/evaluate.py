@@ -10,8 +10,6 @@ Writes: metrics test_mae, test_rmse, test_mape, test_r2, test_interval_coverage 
         the same rows and a verdict.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 
@@ -21,12 +19,6 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.inspection import permutation_importance
-from sklearn.metrics import (
-    mean_absolute_error,
-    mean_absolute_percentage_error,
-    r2_score,
-    root_mean_squared_error,
-)
 
 from pyfunc import registry
 from pyfunc.schema import FEATURE_NAMES, LOW_COLUMN, PREDICTION_COLUMN, TARGET
@@ -35,6 +27,7 @@ from steps import plots
 from steps.ingest import CLEAN_TEST
 from steps.intervals import interval_hits
 from steps.params import Params, load_params
+from steps.selection import METRICS
 from steps.tracking import StepError, cli_errors, configure, load_frame, step_run
 
 logger = logging.getLogger(__name__)
@@ -56,18 +49,11 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     if not scored.any():
         raise StepError("no test row has a positive price: nothing to evaluate")
     y_true, y_pred = y_true[scored], y_pred[scored]
-    return {
-        "test_rmse": float(root_mean_squared_error(y_true, y_pred)),
-        "test_mae": float(mean_absolute_error(y_true, y_pred)),
-        "test_mape": float(mean_absolute_percentage_error(y_true, y_pred)),
-        "test_r2": float(r2_score(y_true, y_pred)),
+    metrics = {f"test_{name}": float(f(y_true, y_pred)) for name, f in METRICS.items()}
+    return metrics | {
         "test_rows": int(scored.sum()),
         "test_rows_excluded_nonpositive_price": int((~scored).sum()),
     }
-
-
-def predict_prices(model, frame: pd.DataFrame) -> np.ndarray:
-    return model.predict(frame[list(FEATURE_NAMES)])[PREDICTION_COLUMN].to_numpy()
 
 
 def evaluate(model, test: pd.DataFrame) -> Evaluation:
@@ -79,14 +65,9 @@ def evaluate(model, test: pd.DataFrame) -> Evaluation:
     metrics = regression_metrics(actual, predictions)
     if LOW_COLUMN in answer.columns:  # versions from before price ranges have none
         rows = pd.concat([rows, interval_hits(actual, answer)], axis=1)
-        aggregates |= {
-            "interval_coverage": ("interval_coverage", "mean"),
-            "interval_width": ("interval_width", "median"),
-        }
-        metrics |= {
-            "test_interval_coverage": float(rows["interval_coverage"].mean()),
-            "test_interval_width": float(rows["interval_width"].median()),
-        }
+        ranges = {"interval_coverage": "mean", "interval_width": "median"}
+        aggregates |= {name: (name, how) for name, how in ranges.items()}
+        metrics |= {f"test_{name}": float(rows[name].agg(how)) for name, how in ranges.items()}
     by_sector = rows.groupby("sector").agg(**aggregates).reset_index()
     return Evaluation(metrics, by_sector, predictions)
 
@@ -120,7 +101,7 @@ class _PriceModel(RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return predict_prices(self.model, frame)
+        return self.model.predict(frame[list(FEATURE_NAMES)])[PREDICTION_COLUMN].to_numpy()
 
 
 def importance(model, test: pd.DataFrame, params: Params) -> pd.Series:
@@ -172,47 +153,36 @@ def run_evaluate(
         result = evaluate(model, test)
         champion_version, champion = champion_mae(settings, version, test, against)
         outcome = verdict(result.metrics["test_mae"], champion, params.promotion_tolerance)
-        _log(result, model, test, params)
+        metrics = result.metrics | sector_metrics(result.by_sector)
+        mlflow.log_metrics(metrics)
+        mlflow.log_table(result.by_sector, "mae_by_sector.json")
+        _log_figures(result, model, test, params)
         mlflow.set_tags(
             {"model_version": version, "ingest_run_id": ingest_run_id, "verdict": outcome}
         )
-        metrics = result.metrics | sector_metrics(result.by_sector)
-        tags = {
-            **{k: f"{v:.6g}" for k, v in metrics.items()},
-            "verdict": outcome,
-            "evaluated_by_run": run.info.run_id,
-        }
-        if champion is not None:
+        tags = {k: f"{v:.6g}" for k, v in metrics.items()}
+        tags |= {"verdict": outcome, "evaluated_by_run": run.info.run_id}
+        if champion_version is not None:  # and so is its MAE
             tags |= {"champion_version": champion_version, "champion_test_mae": f"{champion:.6g}"}
         registry.set_tags(settings.model_name, version, tags)
+        mae = result.metrics["test_mae"]
         logger.info(
-            "version %s: test MAE %.0f UF, champion %s, verdict %s",
-            version,
-            result.metrics["test_mae"],
-            champion,
-            outcome,
+            "version %s: test MAE %.0f UF, champion %s, verdict %s", version, mae, champion, outcome
         )
         return outcome
 
 
-def _log(result: Evaluation, model, test: pd.DataFrame, params: Params) -> None:
-    mlflow.log_metrics(result.metrics | sector_metrics(result.by_sector))
-    mlflow.log_table(result.by_sector, "mae_by_sector.json")
+def _log_figures(result: Evaluation, model, test: pd.DataFrame, params: Params) -> None:
+    figures = {
+        "predicted_vs_actual": plots.predicted_vs_actual(test[TARGET.name], result.predictions),
+        "residuals_by_sector": plots.residuals_by_sector(test, result.predictions),
+        "feature_importance": plots.feature_importance(importance(model, test, params)),
+    }
     if "interval_coverage" in result.by_sector:
         coverage = model.model_config["interval"]["coverage"]
-        mlflow.log_figure(
-            plots.intervals_by_sector(result.by_sector, coverage), "plots/intervals_by_sector.png"
-        )
-    mlflow.log_figure(
-        plots.predicted_vs_actual(test[TARGET.name], result.predictions),
-        "plots/predicted_vs_actual.png",
-    )
-    mlflow.log_figure(
-        plots.residuals_by_sector(test, result.predictions), "plots/residuals_by_sector.png"
-    )
-    mlflow.log_figure(
-        plots.feature_importance(importance(model, test, params)), "plots/feature_importance.png"
-    )
+        figures["intervals_by_sector"] = plots.intervals_by_sector(result.by_sector, coverage)
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, f"plots/{name}.png")
 
 
 @click.command()
@@ -225,8 +195,7 @@ def _log(result: Evaluation, model, test: pd.DataFrame, params: Params) -> None:
 @cli_errors
 def main(model_version: str, ingest_run_id: str) -> None:
     """Score a model version on the test split and tag it with the metrics and a verdict."""
-    settings = Settings.from_env()
-    configure(settings)
+    settings = configure()
     outcome = run_evaluate(model_version, ingest_run_id, load_params(), settings)
     click.echo(f"verdict: {outcome}")
 

@@ -8,8 +8,6 @@ spatial surface, a building's effect (its units share coordinates) and the unit'
 Train and test are split from one pool of listings, so a building can have units in both.
 """
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,27 +137,22 @@ def _sites(n_rows: int, variant: Variant, rng: np.random.Generator) -> pd.DataFr
     group = rng.choice(len(WORLD), size=n_sites, p=WORLD["rows"] / WORLD["rows"].sum())
     where, building = WORLD.iloc[group], building[:n_sites]
     lat, lon = (
-        np.clip(
-            where[name] + rng.standard_normal(n_sites) * where[f"{name}_sd"], *bounds
-        ).to_numpy()
-        for name, bounds in (("lat", LATITUDE_RANGE), ("lon", LONGITUDE_RANGE))
+        np.clip(where[name] + rng.standard_normal(n_sites) * where[f"{name}_sd"], *box).to_numpy()
+        for name, box in (("lat", LATITUDE_RANGE), ("lon", LONGITUDE_RANGE))
     )
     mean, sd = (values[group] for values in _surface_scale(variant.length_scale))
-    return (
-        pd.DataFrame(
-            {
-                "site": np.arange(n_sites),
-                "group": group,
-                "latitude": np.where(building, lat.round(4), lat.round(6)),
-                "longitude": np.where(building, lon.round(4), lon.round(6)),
-                "location": (_surface(lat, lon, variant.length_scale) - mean) / sd,
-                "building": rng.standard_normal(n_sites),
-                "size": rng.standard_normal(n_sites),
-            }
-        )
-        .iloc[site]
-        .reset_index(drop=True)
+    sites = pd.DataFrame(
+        {
+            "site": np.arange(n_sites),
+            "group": group,
+            "latitude": np.where(building, lat.round(4), lat.round(6)),
+            "longitude": np.where(building, lon.round(4), lon.round(6)),
+            "location": (_surface(lat, lon, variant.length_scale) - mean) / sd,
+            "building": rng.standard_normal(n_sites),
+            "size": rng.standard_normal(n_sites),
+        }
     )
+    return sites.iloc[site].reset_index(drop=True)
 
 
 def _unit_groups(sites: pd.DataFrame, variant: Variant, rng: np.random.Generator) -> np.ndarray:
@@ -210,13 +203,8 @@ def _clean_listings(n_rows: int, variant: Variant, rng: np.random.Generator) -> 
         np.asarray(values)[plan] for values in (usable, total, rooms, baths, lot_effect, layout)
     )
     spread = variant.spread * group["spread"]
-    own_sd = np.sqrt(
-        np.clip(
-            (1 - variant.location_share - variant.building_share) * spread**2 - OTHER_VARIANCE,
-            0,
-            None,
-        )
-    )
+    own_share = 1 - variant.location_share - variant.building_share
+    own_sd = np.sqrt(np.clip(own_share * spread**2 - OTHER_VARIANCE, 0, None))
     effects = spread * (
         np.sqrt(variant.location_share) * sites["location"]
         + np.sqrt(variant.building_share) * sites["building"]
@@ -229,26 +217,22 @@ def _clean_listings(n_rows: int, variant: Variant, rng: np.random.Generator) -> 
         + lot_effect
         + layout
     )
-    frame = (
-        pd.DataFrame(
-            {
-                "type": group["type"],
-                "sector": group["sector"],
-                "net_usable_area": usable,
-                "net_area": total,
-                "n_rooms": rooms,
-                "n_bathroom": baths,
-                "latitude": sites["latitude"],
-                "longitude": sites["longitude"],
-                TARGET.name: np.clip(np.exp(log_uf_m2) * usable, TARGET.minimum, TARGET.maximum)
-                .round()
-                .astype(np.int64),
-            },
-            columns=list(COLUMNS),
-        )
-        .iloc[rng.permutation(n_rows)]
-        .reset_index(drop=True)
+    price = np.clip(np.exp(log_uf_m2) * usable, TARGET.minimum, TARGET.maximum).round()
+    frame = pd.DataFrame(
+        {
+            "type": group["type"],
+            "sector": group["sector"],
+            "net_usable_area": usable,
+            "net_area": total,
+            "n_rooms": rooms,
+            "n_bathroom": baths,
+            "latitude": sites["latitude"],
+            "longitude": sites["longitude"],
+            TARGET.name: price.astype(np.int64),
+        },
+        columns=list(COLUMNS),
     )
+    frame = frame.iloc[rng.permutation(n_rows)].reset_index(drop=True)
     frame[TARGET.name] += frame.groupby(list(COLUMNS)).cumcount()  # no unit listed twice
     return frame.astype({"type": "str", "sector": "str"})
 
@@ -335,14 +319,12 @@ def generate_splits(
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
-    pool_stream, *dirt_streams = np.random.SeedSequence(seed).spawn(3)
-    pool = _clean_listings(
-        train_rows + test_rows, VARIANTS[variant], np.random.default_rng(pool_stream)
-    )
+    pool_rng, *dirt_rngs = map(np.random.default_rng, np.random.SeedSequence(seed).spawn(3))
+    pool = _clean_listings(train_rows + test_rows, VARIANTS[variant], pool_rng)
     splits = (pool.iloc[:train_rows], pool.iloc[train_rows:])
     return tuple(
-        add_dirt(split, np.random.default_rng(stream)) if dirty else split.reset_index(drop=True)
-        for split, stream in zip(splits, dirt_streams, strict=True)
+        add_dirt(split, rng) if dirty else split.reset_index(drop=True)
+        for split, rng in zip(splits, dirt_rngs, strict=True)
     )
 
 
@@ -384,12 +366,11 @@ def _write_csvs(frames: dict[str, pd.DataFrame], folder: Path) -> None:
         click.echo(f"wrote {len(frame)} rows to {path}")
 
 
-@click.command()
+@click.command(context_settings={"show_default": True})
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("data"),
-    show_default=True,
     help="Folder for train.csv and test.csv.",
 )
 @click.option(
@@ -397,28 +378,18 @@ def _write_csvs(frames: dict[str, pd.DataFrame], folder: Path) -> None:
     callback=_check_url,
     help="SQLAlchemy URL: write tables train and test there instead of CSV files.",
 )
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=42,
-    show_default=True,
-    help="Same seed, same files.",
-)
-@click.option("--train-rows", type=click.IntRange(min=1), default=16_212, show_default=True)
-@click.option("--test-rows", type=click.IntRange(min=1), default=6_949, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=42, help="Same seed, same files.")
+@click.option("--train-rows", type=click.IntRange(min=1), default=16_212)
+@click.option("--test-rows", type=click.IntRange(min=1), default=6_949)
 @click.option(
     "--variant",
     type=click.Choice(list(VARIANTS)),
     default="realistic",
-    show_default=True,
     help="Synthetic world: realistic (the client's market) or one "
     "that changes what a model must learn.",
 )
 @click.option(
-    "--dirty/--clean",
-    default=True,
-    show_default=True,
-    help="Add the dirty rows seen in the client's files.",
+    "--dirty/--clean", default=True, help="Add the dirty rows seen in the client's files."
 )
 def main(
     out: Path,

@@ -6,8 +6,6 @@ Writes: run artifacts clean/train.parquet, clean/test.parquet and ingest_report.
         metrics `<split>_rows_read`, `<split>_rows_kept`, `<split>_dropped_<reason>`, ...
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import asdict, dataclass
 
@@ -17,7 +15,6 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pyfunc.schema import CATEGORICAL_NAMES
-from pyfunc.settings import Settings
 from steps.cleaning import COLUMNS, CleaningReport, DataError, check_schema, clean
 from steps.params import Params, load_params
 from steps.sources import DataSource, open_source
@@ -67,11 +64,9 @@ def _ignored(raw: pd.DataFrame) -> list[str]:
 def report_metrics(reports: dict[str, CleaningReport]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for split, report in reports.items():
-        metrics[f"{split}_rows_read"] = report.rows_read
-        metrics[f"{split}_rows_kept"] = report.rows_kept
+        metrics |= {f"{split}_rows_read": report.rows_read, f"{split}_rows_kept": report.rows_kept}
         for kind in ("dropped", "repaired", "flagged"):
-            for reason, count in getattr(report, kind).items():
-                metrics[f"{split}_{kind}_{reason}"] = count
+            metrics |= {f"{split}_{kind}_{why}": n for why, n in getattr(report, kind).items()}
     return metrics
 
 
@@ -88,13 +83,9 @@ def run_ingest(source_spec: str, train_name: str, test_name: str, params: Params
         mlflow.log_metrics(report_metrics(result.reports))
         for split, report in result.reports.items():
             logger.info(
-                "%s: kept %d of %d rows; dropped %s; repaired %s; flagged %s",
-                split,
-                report.rows_kept,
-                report.rows_read,
-                report.dropped,
-                report.repaired,
-                report.flagged,
+                "%(split)s: kept %(rows_kept)d of %(rows_read)d rows; dropped %(dropped)s; "
+                "repaired %(repaired)s; flagged %(flagged)s",
+                {"split": split, **asdict(report)},
             )
         return run.info.run_id
 
@@ -131,7 +122,7 @@ def source_options(command):
 @cli_errors
 def main(source: str, train_name: str, test_name: str) -> None:
     """Read, check and clean the listings; log the clean splits and the cleaning report."""
-    configure(Settings.from_env())
+    configure()
     run_id = run_ingest(source, train_name, test_name, load_params())
     click.echo(f"ingest run: {run_id}")
 

@@ -7,8 +7,6 @@ quantiles of log(actual / predicted) over those rows, applied to the served pric
 (`pyfunc.model.PriceInterval`); `train` logs it as params and stores it with the version.
 """
 
-from __future__ import annotations
-
 import math
 
 import mlflow
@@ -39,12 +37,9 @@ def run_calibration(actual: np.ndarray, out_of_fold: np.ndarray, params: Params)
     """The range from out-of-fold predictions, logged as params of the active run
     (interval_coverage, interval_log_low, interval_log_high)."""
     interval = log_ratio_interval(actual, out_of_fold, params.interval_coverage)
+    low, high = round(interval.log_low, 6), round(interval.log_high, 6)
     mlflow.log_params(
-        {
-            "interval_coverage": interval.coverage,
-            "interval_log_low": round(interval.log_low, 6),
-            "interval_log_high": round(interval.log_high, 6),
-        }
+        {"interval_coverage": interval.coverage, "interval_log_low": low, "interval_log_high": high}
     )
     return interval
 

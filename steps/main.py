@@ -4,12 +4,9 @@ Reads:  a data source (`--source`).
 Writes: the runs of each step; a new model version, promoted if the gate lets it through.
 """
 
-from __future__ import annotations
-
 import click
 import mlflow
 
-from pyfunc.settings import Settings
 from steps.evaluate import run_evaluate
 from steps.ingest import run_ingest, source_options
 from steps.params import load_params
@@ -31,8 +28,7 @@ from steps.train import run_train
 @cli_errors
 def main(source: str, train_name: str, test_name: str, preset: str, force_promote: bool) -> None:
     """Run every step; the new version becomes champion only if the gate lets it through."""
-    settings, params = Settings.from_env(), load_params()
-    configure(settings)
+    settings, params = configure(), load_params()
     with step_run("main"):
         ingest_run_id = run_ingest(source, train_name, test_name, params)
         _, version = run_train(ingest_run_id, preset, source, params, settings)

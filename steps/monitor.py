@@ -6,8 +6,6 @@ Writes: drift_report.json (PSI per feature, drifted features, threshold) to `--o
         a run artifact; metrics drift_<feature>.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 from collections import deque
@@ -93,8 +91,7 @@ def main(
     request_log: str, model_uri: str, last_rows: int, output: Path, fail_on_drift: bool
 ) -> None:
     """Compare recent traffic with the training data, feature by feature (PSI)."""
-    settings = Settings.from_env()
-    configure(settings)
+    settings = configure()
     model_uri = model_uri or served_model_uri(settings)
     columns = recent_columns(Path(request_log or settings.gateway_request_log), last_rows)
     report = drift_report(load_reference(model_uri), columns, model_uri)

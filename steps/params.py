@@ -1,7 +1,5 @@
 """`params.yaml`, read into typed, validated objects."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,17 +10,12 @@ from pyfunc.schema import NUMERIC_NAMES
 from pyfunc.settings import PROJECT_DIR
 
 DEFAULT_PARAMS_PATH = PROJECT_DIR / "params.yaml"
-ESTIMATORS = (
-    "GradientBoostingRegressor",
-    "HistGradientBoostingRegressor",
-    "RandomForestRegressor",
-    "ExtraTreesRegressor",
-)
 MONOTONIC_ESTIMATORS = (
     "HistGradientBoostingRegressor",
     "RandomForestRegressor",
     "ExtraTreesRegressor",
 )
+ESTIMATORS = ("GradientBoostingRegressor", *MONOTONIC_ESTIMATORS)
 
 
 class ParamsError(UserError):
@@ -98,14 +91,8 @@ def _preset(name: str, raw: dict) -> Preset:
         for c in raw["candidates"]
     )
     monotonic = {str(k): int(v) for k, v in (raw.get("monotonic") or {}).items()}
-    return Preset(
-        name,
-        bool(raw["engineered_features"]),
-        bool(raw["log_target"]),
-        candidates,
-        monotonic,
-        bool(raw.get("ensemble", False)),
-    )
+    engineered, log_target = bool(raw["engineered_features"]), bool(raw["log_target"])
+    return Preset(name, engineered, log_target, candidates, monotonic, bool(raw.get("ensemble")))
 
 
 def _values(preset: str, param: str, values: object) -> list:

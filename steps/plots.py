@@ -1,7 +1,5 @@
 """Evaluation figures, drawn off-screen."""
 
-from __future__ import annotations
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -15,13 +13,8 @@ def predicted_vs_actual(actual: pd.Series, predicted: np.ndarray) -> Figure:
     axes.scatter(actual, predicted, s=4, alpha=0.3)
     low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
     axes.plot([low, high], [low, high], color="black", linewidth=1)
-    axes.set(
-        xscale="log",
-        yscale="log",
-        xlabel="actual price (UF)",
-        ylabel="predicted price (UF)",
-        title="Predicted vs actual, test split",
-    )
+    axes.set(xscale="log", yscale="log", title="Predicted vs actual, test split")
+    axes.set(xlabel="actual price (UF)", ylabel="predicted price (UF)")
     return figure
 
 

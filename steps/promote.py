@@ -6,8 +6,6 @@ Writes: alias `champion` -> the version (the former champion keeps alias `previo
 A version that cannot be loaded or cannot price its own input example is never promoted.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 
@@ -81,13 +79,8 @@ def run_promote(version: str, force: bool, settings: Settings) -> Promotion:
     version = version or registry.latest_version(settings.model_name)
     with step_run("promote"):
         result = promote(settings, version, force)
-        mlflow.set_tags(
-            {
-                "model_version": version,
-                "promoted": str(result.promoted).lower(),
-                "reason": result.reason,
-            }
-        )
+        promoted = str(result.promoted).lower()
+        mlflow.set_tags({"model_version": version, "promoted": promoted, "reason": result.reason})
         return result
 
 
@@ -113,8 +106,7 @@ def describe(result: Promotion, settings: Settings) -> str:
 @cli_errors
 def main(model_version: str, force: bool) -> None:
     """Move the champion alias to a version that passed evaluation."""
-    settings = Settings.from_env()
-    configure(settings)
+    settings = configure()
     click.echo(describe(run_promote(model_version, force, settings), settings))
 
 

@@ -4,8 +4,6 @@ Reads:  alias `previous-champion` of the registered model.
 Writes: alias `champion` -> that version, `previous-champion` -> the one rolled back from.
 """
 
-from __future__ import annotations
-
 import click
 
 from pyfunc.registry import PREVIOUS_ALIAS, alias_version
@@ -25,8 +23,7 @@ def rollback(settings: Settings) -> Promotion:
 @cli_errors
 def main() -> None:
     """Point the champion alias back at the previous champion."""
-    settings = Settings.from_env()
-    configure(settings)
+    settings = configure()
     with step_run("rollback"):
         result = rollback(settings)
     click.echo(describe(result, settings))

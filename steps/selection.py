@@ -6,8 +6,6 @@ predictions are the average of its members' (a VotingRegressor fitted on a fold 
 members fitted on that fold), so it is scored without fitting anything again.
 """
 
-from __future__ import annotations
-
 import logging
 import time
 from dataclasses import dataclass, field
@@ -68,7 +66,8 @@ def score(
     """The configuration's out-of-fold predictions (folds in parallel) and scores, logged."""
     start = time.perf_counter()
     predictions = cross_val_predict(pipeline, x, y, cv=cv, n_jobs=-1)
-    family = type(_regressor(pipeline)).__name__
+    model = pipeline.named_steps["model"]
+    family = type(getattr(model, "regressor", model)).__name__  # unwrapped from a log target
     scored = Scored(
         name, family, config, pipeline, predictions, fold_metrics(y, predictions, cv),
         time.perf_counter() - start,
@@ -114,11 +113,6 @@ def select(
     if ensemble and len(families) > 1:
         scored.append(average(families, y, cv))
     return sorted(scored, key=lambda s: s.mae)
-
-
-def _regressor(pipeline: Pipeline) -> object:
-    model = pipeline.named_steps["model"]
-    return getattr(model, "regressor", model)
 
 
 def _progress(scored: Scored) -> None:

@@ -6,11 +6,10 @@ without code changes. Sources only read: rows and columns come back as stored (e
 included); validating and cleaning them is the ingest step's job.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +21,6 @@ from sqlalchemy.pool import NullPool
 from pyfunc.errors import UserError
 
 SPLITS = ("train", "test")
-SYNTHETIC_KEYS = ("variant", "seed", "train_rows", "test_rows")
 _QUERY = re.compile(r"\s*(select|with)\b", re.IGNORECASE)
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:).*@")
 
@@ -38,7 +36,6 @@ class DataSource:
         self.names = {"train": train, "test": test}
 
     def has_split(self, split: str) -> bool:
-        """Whether the source provides `split` ("train" or "test")."""
         return bool(self._name(split))
 
     def read(self, split: str) -> pd.DataFrame:
@@ -54,9 +51,6 @@ class DataSource:
     def describe(self) -> str:
         """A one-line description safe for logs (no secrets)."""
         raise NotImplementedError
-
-    def _listing(self) -> str:
-        return ", ".join(f"{split}={name}" for split, name in self.names.items() if name)
 
     def _read(self, name: str) -> pd.DataFrame:
         raise NotImplementedError
@@ -112,7 +106,8 @@ class SqlSource(DataSource):
         self.safe_url = self.url.render_as_string(hide_password=True)
 
     def describe(self) -> str:
-        return f"SQL database {self.safe_url} ({self._listing()})"
+        splits = ", ".join(f"{split}={name}" for split, name in self.names.items() if name)
+        return f"SQL database {self.safe_url} ({splits})"
 
     def _what(self, name: str) -> str:
         return f"{'query' if _QUERY.match(name) else 'table'} {name!r}"
@@ -177,32 +172,28 @@ class SqlSource(DataSource):
         return f"{doing} {self.safe_url}: {reason}"
 
 
+@dataclass(eq=False)  # compared by identity, like the other sources
 class SyntheticSource(DataSource):
     """Realistic generated listings (steps.generate), deterministic from the seed."""
 
-    def __init__(
-        self,
-        seed: int = 42,
-        train_rows: int = 16_212,
-        test_rows: int = 6_949,
-        variant: str = "realistic",
-    ) -> None:
+    variant: str = "realistic"
+    seed: int = 42
+    train_rows: int = 16_212
+    test_rows: int = 6_949
+
+    def __post_init__(self) -> None:
         super().__init__()
-        self.seed, self.train_rows, self.test_rows = seed, train_rows, test_rows
-        self.variant = variant
         self._splits: dict[str, pd.DataFrame] | None = None
 
     def describe(self) -> str:
-        options = ", ".join(f"{key}={getattr(self, key)}" for key in SYNTHETIC_KEYS)
+        options = ", ".join(f"{key}={value}" for key, value in asdict(self).items())
         return f"synthetic data ({options})"
 
     def _read(self, name: str) -> pd.DataFrame:
         if self._splits is None:
             from steps.generate import generate_splits
 
-            train, test = generate_splits(
-                self.seed, self.train_rows, self.test_rows, variant=self.variant
-            )
+            train, test = generate_splits(**asdict(self))
             self._splits = {"train": train, "test": test}
         return self._splits[name].copy()
 
@@ -224,11 +215,11 @@ def _synthetic_options(text: str) -> dict[str, int | str]:
     from steps.generate import VARIANTS
 
     options: dict[str, int | str] = {}
+    keys = [option.name for option in fields(SyntheticSource)]
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = (part.strip() for part in item.partition("="))
-        if key not in SYNTHETIC_KEYS:
-            allowed = ", ".join(SYNTHETIC_KEYS)
-            raise SourceError(f"unknown synthetic option {key!r}; allowed: {allowed}")
+        if key not in keys:
+            raise SourceError(f"unknown synthetic option {key!r}; allowed: {', '.join(keys)}")
         if key == "variant" and value not in VARIANTS:
             raise SourceError(
                 f"unknown synthetic variant {value!r}; allowed: {', '.join(VARIANTS)}"

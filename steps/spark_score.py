@@ -5,8 +5,6 @@ Local mode (`local[*]`) by default; a cluster is one master URL away (--spark-ma
 imported only here, so the serving image stays small.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from pathlib import Path
@@ -60,8 +58,7 @@ def read(spark: SparkSession, path: str) -> DataFrame:
     missing = [name for name in FEATURE_NAMES if name not in frame.columns]
     if missing:
         raise StepError(f"the listings lack column(s) {', '.join(missing)}")
-    if TARGET.name in frame.columns:
-        frame = frame.withColumnRenamed(TARGET.name, ACTUAL_PRICE)
+    frame = frame.withColumnRenamed(TARGET.name, ACTUAL_PRICE)  # a no-op without a price column
     return frame.withColumns(
         {
             name: F.col(name).try_cast("double")

@@ -1,7 +1,5 @@
 """What every step shares: MLflow set-up, step runs, run artifacts, clean CLI failures."""
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import logging
@@ -25,11 +23,13 @@ class StepError(UserError):
     """A step cannot go on; the message says why and what to do."""
 
 
-def configure(settings: Settings) -> None:
-    """Point MLflow at the settings' tracking store and experiment.
+def configure(settings: Settings | None = None) -> Settings:
+    """Point MLflow at the tracking store and experiment of `settings` (default: read from the
+    environment), and return them.
 
     Under `mlflow run` the run already exists (MLFLOW_RUN_ID): its experiment is kept.
     """
+    settings = settings or Settings.from_env()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -37,6 +37,7 @@ def configure(settings: Settings) -> None:
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     if not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(settings.mlflow_experiment_name)
+    return settings
 
 
 @contextlib.contextmanager
@@ -49,7 +50,6 @@ def step_run(step: str) -> Iterator[mlflow.ActiveRun]:
 
 
 def log_frame(frame: pd.DataFrame, artifact_path: str) -> None:
-    """Log `frame` as a parquet artifact at `artifact_path` (e.g. "clean/train.parquet")."""
     folder, name = os.path.split(artifact_path)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name

@@ -6,8 +6,6 @@ Writes: params, CV metrics (cv_mae, cv_rmse, cv_mape, cv_r2 and their std), cv_r
         a new version of the registered model.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 
@@ -17,14 +15,9 @@ import numpy as np
 import pandas as pd
 from category_encoders import TargetEncoder
 from joblib import parallel_config
+from sklearn import ensemble
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
-from sklearn.ensemble import (
-    ExtraTreesRegressor,
-    GradientBoostingRegressor,
-    HistGradientBoostingRegressor,
-    RandomForestRegressor,
-)
 from sklearn.model_selection import KFold, ParameterGrid, ParameterSampler
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -41,13 +34,6 @@ from steps.selection import METRICS, Scored, select
 from steps.tracking import cli_errors, configure, load_frame, step_run
 
 logger = logging.getLogger(__name__)
-
-ESTIMATOR_CLASSES = {
-    "GradientBoostingRegressor": GradientBoostingRegressor,
-    "HistGradientBoostingRegressor": HistGradientBoostingRegressor,
-    "RandomForestRegressor": RandomForestRegressor,
-    "ExtraTreesRegressor": ExtraTreesRegressor,
-}
 
 
 @dataclass(frozen=True)
@@ -81,10 +67,11 @@ def build_pipeline(preset: Preset, seed: int, model: object = None) -> Pipeline:
 
 
 def regressor(preset: Preset, estimator: str, config: dict[str, object], seed: int) -> object:
-    """One configuration of a candidate: `log_target` in `config` overrides the preset's."""
+    """One configuration of a candidate (an estimator of sklearn.ensemble named in
+    steps.params.ESTIMATORS): `log_target` in `config` overrides the preset's."""
     settings = dict(config)
     log_target = settings.pop("log_target", preset.log_target)
-    model = ESTIMATOR_CLASSES[estimator](random_state=seed, **settings)
+    model = getattr(ensemble, estimator)(random_state=seed, **settings)
     if preset.monotonic:
         model.set_params(monotonic_cst=monotonic_constraints(preset))
     if log_target:
@@ -94,26 +81,20 @@ def regressor(preset: Preset, estimator: str, config: dict[str, object], seed: i
     return model
 
 
-def model_features(preset: Preset) -> list[str]:
-    """The columns the regressor sees, in order: encoded categories, numeric, engineered."""
+def monotonic_constraints(preset: Preset) -> list[int]:
+    """The preset's direction (0: none) of each column the regressor sees, in order: encoded
+    categories, numeric, engineered."""
     engineered = ENGINEERED_FEATURES if preset.engineered_features else ()
-    return [*CATEGORICAL_NAMES, *NUMERIC_NAMES, *engineered]
-
-
-def monotonic_constraints(preset: Preset) -> list[int] | None:
-    if not preset.monotonic:
-        return None
-    return [preset.monotonic.get(name, 0) for name in model_features(preset)]
+    columns = (*CATEGORICAL_NAMES, *NUMERIC_NAMES, *engineered)
+    return [preset.monotonic.get(name, 0) for name in columns]
 
 
 def candidates(preset: Preset, params: Params) -> list[tuple[str, dict, Pipeline]]:
     """Per candidate, at most `search_iterations` configurations sampled from its grid."""
     configured = []
     for candidate in preset.candidates:
-        size = len(ParameterGrid(candidate.params))
-        sampled = ParameterSampler(
-            candidate.params, min(params.search_iterations, size), random_state=params.seed
-        )
+        iterations = min(params.search_iterations, len(ParameterGrid(candidate.params)))
+        sampled = ParameterSampler(candidate.params, iterations, random_state=params.seed)
         for number, config in enumerate(sampled if candidate.params else [{}], start=1):
             model = regressor(preset, candidate.estimator, config, params.seed)
             name = f"{candidate.estimator}_{number}"
@@ -186,8 +167,7 @@ def run_train(
 @cli_errors
 def main(ingest_run_id: str, preset: str, source: str) -> None:
     """Fit the model, log it with its CV scores and register a new version."""
-    settings = Settings.from_env()
-    configure(settings)
+    settings = configure()
     run_id, version = run_train(ingest_run_id, preset, source, load_params(), settings)
     click.echo(f"train run: {run_id}\nregistered: {settings.model_name} version {version}")
 
