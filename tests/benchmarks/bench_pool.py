@@ -50,6 +50,7 @@ def pool_stack(
             workers=gateway_workers,
             extra_env=passed,
         ) as gateway:
+            stack.wait_for_workers(gateway.pid, gateway_workers)
             yield controller, gateway
 
 
@@ -115,6 +116,7 @@ def floor_app(
     url = f"http://127.0.0.1:{port}/ping"
     started = {**env, "FLOOR_UPSTREAM_URL": upstream}
     with running(command, url, workdir / "floor.log", env=started) as process:
+        stack.wait_for_workers(process.pid, workers)
         yield port, process.pid
 
 

@@ -3,7 +3,7 @@ costs, before any of the gateway's own work.
 
 `POST /invocations` parses the JSON body and sends it to one model server (FLOOR_UPSTREAM_URL)
 on a keep-alive `http.client` connection per thread, and returns its answer: no key, no check,
-no log, no metric, no pool, no retry. `make bench` starts it with the gateway's worker class,
+no log, no metric, no pool. `make bench` starts it with the gateway's worker class,
 workers, threads and keep-alive; what the gateway spends above it is the gateway's own.
 """
 
@@ -38,6 +38,14 @@ def invocations() -> Response:
     body = request.get_data()
     orjson.loads(body)
     upstream = _connection()
-    upstream.request("POST", "/invocations", body, {"Content-Type": "application/json"})
-    answer = upstream.getresponse()
+    try:
+        answer = _send(upstream, body)
+    except ConnectionError:  # the model server closed the idle connection: once more, anew
+        upstream.close()
+        answer = _send(upstream, body)
     return Response(answer.read(), answer.status, content_type="application/json")
+
+
+def _send(upstream: http.client.HTTPConnection, body: bytes) -> http.client.HTTPResponse:
+    upstream.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+    return upstream.getresponse()
