@@ -42,8 +42,7 @@ class Gateway:
     drift: DriftMonitor
 
     def close(self) -> None:
-        """Flush the request log, then stop the drift monitor (gunicorn's worker_exit hook
-        calls this)."""
+        """Flush the request log, then stop the drift monitor (gunicorn's worker_exit hook)."""
         self.request_log.close()
         self.drift.close()
 
@@ -72,7 +71,19 @@ def create_app(settings: Settings | None = None) -> Flask:
 def _build(settings: Settings) -> Gateway:
     gauges = GatewayMetrics()
     drift = DriftMonitor(gauges.feature_drift)
-    pool = _pool(settings, gauges)
+
+    def client(url: str) -> Upstream:
+        return Upstream(
+            url,
+            settings.gateway_connect_timeout_seconds,
+            settings.gateway_read_timeout_seconds,
+            pool_size=max(1, settings.gateway_threads),
+            on_reachable=lambda up: gauges.upstream_up.set(1 if up else 0),
+        )
+
+    # The model servers: GATEWAY_UPSTREAM_URL until the served-model file names some.
+    pool = Pool(client, settings.gateway_out_of_rotation_seconds, on_state=gauges.pool_state)
+    pool.use([settings.gateway_upstream_url], modelinfo.UNKNOWN)
 
     def use_pool(servers: list[str] | None, version: str) -> None:
         pool.use(servers or [settings.gateway_upstream_url], version)
@@ -90,23 +101,6 @@ def _build(settings: Settings) -> Gateway:
         request_log=RequestLog(settings.gateway_request_log, on_lost=gauges.request_log_errors.inc),
         drift=drift,
     )
-
-
-def _pool(settings: Settings, gauges: GatewayMetrics) -> Pool:
-    """The model server pool, on GATEWAY_UPSTREAM_URL until the served-model file names one."""
-
-    def client(url: str) -> Upstream:
-        return Upstream(
-            url,
-            settings.gateway_connect_timeout_seconds,
-            settings.gateway_read_timeout_seconds,
-            pool_size=max(1, settings.gateway_threads),
-            on_reachable=lambda up: gauges.upstream_up.set(1 if up else 0),
-        )
-
-    pool = Pool(client, settings.gateway_out_of_rotation_seconds, on_state=gauges.pool_state)
-    pool.use([settings.gateway_upstream_url], modelinfo.UNKNOWN)
-    return pool
 
 
 def _install_request_hooks(app: Flask, gateway: Gateway) -> None:

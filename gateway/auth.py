@@ -49,10 +49,8 @@ class ApiKeys:
     def parse(cls, raw: str) -> ApiKeys:
         """Parse GATEWAY_API_KEYS; a malformed entry raises SettingsError naming it by position
         (and by id when the id is well formed), never echoing the key."""
-        digests: list[tuple[str, bytes]] = []
-        for position, entry in enumerate(raw.split(","), start=1):
-            if entry.strip():
-                digests.append(_parse_entry(entry.strip(), position))
+        entries = enumerate(map(str.strip, raw.split(",")), start=1)
+        digests = [_parse_entry(entry, position) for position, entry in entries if entry]
         ids = [key_id for key_id, _ in digests]
         duplicated = sorted({key_id for key_id in ids if ids.count(key_id) > 1})
         if duplicated:
@@ -116,24 +114,15 @@ def presented_key() -> str | None:
     return None
 
 
-def _needs_key(settings: Settings) -> Callable[[], bool]:
-    public = PUBLIC_ENDPOINTS | ({METRICS_ENDPOINT} if settings.gateway_metrics_public else set())
-
-    def needs_key() -> bool:
-        # No rule matched: let routing answer 404/405 without revealing anything else.
-        return request.url_rule is not None and request.endpoint not in public
-
-    return needs_key
-
-
 def init_app(app: Flask, settings: Settings, on_failure: Callable[[str], None]) -> None:
     """Check the key of every non-public request; `on_failure(reason)` counts refusals."""
     keys = load_keys(settings)
-    needs_key = _needs_key(settings)
+    public = PUBLIC_ENDPOINTS | ({METRICS_ENDPOINT} if settings.gateway_metrics_public else set())
 
     @app.before_request
     def authenticate() -> None:
-        if not needs_key():
+        # No rule matched: let routing answer 404/405 without revealing anything else.
+        if request.url_rule is None or request.endpoint in public:
             return
         if not keys:
             g.record.key_id = ANONYMOUS

@@ -15,9 +15,7 @@ LINGER_BODIES times the limit and LINGER_SECONDS; past either, gunicorn closes t
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
-from typing import IO
 
 import orjson
 from flask import g, request
@@ -65,11 +63,8 @@ def read_body() -> bytes:
         data = request.get_data(cache=False)
     except RequestEntityTooLarge:
         raise _too_large(f"Content-Length is {request.content_length} bytes", limit) from None
-    if (
-        request.content_length is None
-        and len(data) >= limit
-        and request.environ["wsgi.input"].read(1)
-    ):
+    at_limit = request.content_length is None and len(data) >= limit
+    if at_limit and request.environ["wsgi.input"].read(1):
         raise _too_large("the body is larger", limit)
     g.body_read = True
     return data
@@ -89,10 +84,7 @@ def discard_unread() -> None:
     ):
         return
     budget = LINGER_BODIES * (request.max_content_length or READ_CHUNK_BYTES)
-    _discard(request.environ["wsgi.input"], request.environ.get("gunicorn.socket"), budget)
-
-
-def _discard(stream: IO[bytes], sock: socket.socket | None, budget: int) -> None:
+    stream, sock = request.environ["wsgi.input"], request.environ.get("gunicorn.socket")
     deadline = time.monotonic() + LINGER_SECONDS
     timeout = sock.gettimeout() if sock is not None else None
     try:

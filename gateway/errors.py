@@ -73,7 +73,6 @@ class GatewayError(Exception):
 
 
 def json_response(payload: object, status: int = 200, headers: dict | None = None) -> Response:
-    """A JSON response serialised with orjson."""
     return Response(orjson.dumps(payload), status=status, mimetype=JSON, headers=headers)
 
 

@@ -1,24 +1,15 @@
-"""gunicorn configuration of the gateway.
+"""gunicorn configuration of the gateway:
 
     gunicorn -c gateway/gunicorn.conf.py 'gateway.app:create_app()'
 
-Everything comes from `Settings.from_env()` (pyfunc/settings.py): bind GATEWAY_HOST:GATEWAY_PORT,
-GATEWAY_WORKERS processes of GATEWAY_THREADS threads.
-
-Worker class gthread: the gateway is an I/O-bound proxy; a request spends almost all of its
-time waiting for the model server. Threads let one small process overlap many such waits
-(and keep client and upstream connections alive) without a process per concurrent request,
-which `sync` would need, and without the monkey-patching of gevent/eventlet, which would have
-to patch urllib3 and is not installed. The CPU part (parse, check, log) is short and the GIL
-is released while waiting on sockets. Processes still give parallelism across cores.
-
-Settings are checked here, in the master, before any worker starts: a malformed
-GATEWAY_API_KEYS (or none without GATEWAY_ALLOW_NO_AUTH=true) stops gunicorn at once with a
-one-line message instead of a crash loop of workers.
-
-Prometheus multiprocess mode: PROMETHEUS_MULTIPROC_DIR is set here, before any worker imports
-prometheus_client (the app is not preloaded), to a directory of its own under STATE_DIR,
-emptied when gunicorn starts; `child_exit` marks dead workers so live gauges drop them.
+Everything comes from `Settings.from_env()`: bind GATEWAY_HOST:GATEWAY_PORT, GATEWAY_WORKERS
+processes of GATEWAY_THREADS threads. gthread, because the gateway is an I/O-bound proxy: threads
+overlap the waits on the model server (the GIL is released meanwhile) without a process per
+concurrent request (`sync`) or the monkey-patching of gevent/eventlet (not installed).
+Settings, API keys included, are checked here, in the master: a bad value stops gunicorn with
+one line instead of a crash loop of workers. PROMETHEUS_MULTIPROC_DIR is set here, before any
+worker imports prometheus_client, to a directory under STATE_DIR emptied at start; `child_exit`
+marks dead workers so that live gauges drop them.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response
 
-from gateway import errors
-from gateway.errors import GatewayError, json_response
+from gateway.errors import UPSTREAM_UNAVAILABLE, GatewayError, json_response
 from gateway.modelinfo import ModelInfo
 from gateway.pool import Pool
 
@@ -21,7 +20,7 @@ def init_app(app: Flask, pool: Pool, info: ModelInfo) -> None:
     @blueprint.get("/ready", endpoint="ready")
     def ready() -> Response:
         if not pool.ping():
-            raise GatewayError(errors.UPSTREAM_UNAVAILABLE, "the model server does not answer")
+            raise GatewayError(UPSTREAM_UNAVAILABLE, "the model server does not answer")
         return json_response({"status": "ready", "model_version": info.version})
 
     app.register_blueprint(blueprint)

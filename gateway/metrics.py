@@ -109,17 +109,17 @@ class GatewayMetrics:
         self.request_log_errors = counter(
             "gateway_request_log_errors", "Request-log lines that could not be written."
         )
-        self._start_at_zero()
-        self._exposed = _exposition_registry(self.registry)
-
-    def _start_at_zero(self) -> None:
-        """Expose the known label values of the refusal counters at 0 from the start:
-        `rate()` only sees an increase from a value it has scraped, so a counter that appears
-        at 1 would hide the first refusal from every panel and alert."""
+        # The refusal counters' known labels start at 0: `rate()` only sees an increase from a
+        # value it has scraped, so a counter that appears at 1 would hide the first refusal from
+        # every panel and alert.
         for reason in AUTH_FAILURE_REASONS:
             self.auth_failures.labels(reason)
         for field in (*FEATURE_NAMES, OTHER):
             self.validation_errors.labels(field)
+        self._exposed = self.registry
+        if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # merged over the workers
+            self._exposed = CollectorRegistry()
+            MultiProcessCollector(self._exposed, path=directory)
 
     def observe_request(self, endpoint: str, status: int, seconds: float, version: str) -> None:
         """Count one answered request and its duration under the model version it got."""
@@ -133,18 +133,15 @@ class GatewayMetrics:
             self.validation_errors.labels(field).inc()
 
     def observe_prices(self, prices: Sequence[float], version: str) -> None:
-        """Add a batch of prices predicted by model `version` to the price histogram."""
         histogram = self.predicted_price.labels(version)
         for price in prices:
             histogram.observe(price)
 
     def pool_state(self, healthy: int, total: int) -> None:
-        """Set gateway_pool_servers{state="healthy"|"total"}."""
         self.pool_servers.labels("healthy").set(healthy)
         self.pool_servers.labels("total").set(total)
 
     def model_version_changed(self, old: str, new: str) -> None:
-        """Point gateway_model_info at the new version."""
         if old:
             self.model_info.labels(old).set(0)
         self.model_info.labels(new).set(1)
@@ -152,15 +149,6 @@ class GatewayMetrics:
     def exposition(self) -> bytes:
         """The text exposition: merged over workers in multiprocess mode."""
         return generate_latest(self._exposed)
-
-
-def _exposition_registry(own: CollectorRegistry) -> CollectorRegistry:
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory:
-        return own
-    merged = CollectorRegistry()
-    MultiProcessCollector(merged, path=directory)
-    return merged
 
 
 def init_app(app: Flask, metrics: GatewayMetrics) -> None:

@@ -3,11 +3,10 @@
 The request path does the minimum: content type, size, one orjson parse, a column-wise shape
 check, the upstream call. The model server gets what was checked, serialized again, not the
 client's bytes (when a key appears twice in an object, two JSON parsers may keep different
-values, and the model must see the one the gateway checked): whatever the client's format, the
-features as `inputs` columns, which MLflow hands to the model as arrays without building or
-casting a DataFrame, and the params. The model's answer is passed
-through byte for byte; it is parsed later, on the request-log thread, for the price
-histogram, the drift window and the logged predictions.
+values, and the model must see the one the gateway checked): the features as `inputs` columns,
+which MLflow hands to the model as arrays without building or casting a DataFrame, and the
+params. The answer is passed through byte for byte and parsed later, on the request-log thread,
+for the price histogram, the drift window and the logged predictions.
 """
 
 from __future__ import annotations

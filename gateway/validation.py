@@ -22,13 +22,8 @@ from pyfunc import contract
 from pyfunc.contract import ROWS_SHOWN_PER_PROBLEM, FieldError, first_names
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES
 
-DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES = (
-    "dataframe_split",
-    "dataframe_records",
-    "inputs",
-    "instances",
-)
-FORMATS = (DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES)
+FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
+DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES = FORMATS
 PARAMS = "params"
 _KINDS = {
     **{name: ("a string", frozenset({str})) for name in CATEGORICAL_NAMES},
@@ -51,10 +46,12 @@ class Batch:
     def columns(self) -> Columns:
         """The features as columns: what the model server is sent, and the request log."""
         if self.format == DF_SPLIT:
-            return _split_to_columns(self.data)
+            names, rows = self.data["columns"], self.data["data"]
+            transposed = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+            return dict(zip(names, transposed, strict=True))
         if isinstance(self.data, dict):
             return {name: self.data[name] for name in FEATURE_NAMES}
-        return _records_to_columns(self.data)
+        return {name: [record[name] for record in self.data] for name in FEATURE_NAMES}
 
 
 def invalid(problems: list[FieldError]) -> GatewayError:
@@ -62,11 +59,6 @@ def invalid(problems: list[FieldError]) -> GatewayError:
     return GatewayError(
         errors.INVALID_FEATURES, contract.summary(problems), [p.as_dict() for p in problems]
     )
-
-
-def _refuse(problems: list[FieldError]) -> None:
-    if problems:
-        raise invalid(problems)
 
 
 def _fail(field: str, row: int | None, message: str) -> GatewayError:
@@ -126,7 +118,8 @@ def _check_types(column: Callable[[str], Iterable[Any]]) -> None:
     for name, (kind, types) in _KINDS.items():
         if set(map(type, column(name))) - types:
             problems += _bad_values(name, list(column(name)), kind, types)
-    _refuse(problems)
+    if problems:
+        raise invalid(problems)
 
 
 def _check_split(data: object) -> int:
@@ -161,17 +154,12 @@ def _check_split(data: object) -> int:
         )
     if set(map(type, names)) - {str} or len(set(names)) != len(names):
         raise _fail(DF_SPLIT, None, "dataframe_split.columns must be distinct strings")
-    _refuse(contract.column_problems(names))
+    if problems := contract.column_problems(names):
+        raise invalid(problems)
     _check_rows(rows, list, len(names), DF_SPLIT)
     where = {name: i for i, name in enumerate(names)}
     _check_types(lambda name: map(operator.itemgetter(where[name]), rows))
     return len(rows)
-
-
-def _split_to_columns(data: dict) -> Columns:
-    names, rows = data["columns"], data["data"]
-    transposed = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-    return dict(zip(names, transposed, strict=True))
 
 
 def _check_rows(rows: list, kind: type, width: int, fmt: str) -> None:
@@ -187,7 +175,8 @@ def _check_rows(rows: list, kind: type, width: int, fmt: str) -> None:
 
 
 def _check_columnar(data: dict) -> int:
-    _refuse(contract.column_problems(list(data)))
+    if problems := contract.column_problems(list(data)):
+        raise invalid(problems)
     for name in FEATURE_NAMES:
         if not isinstance(data[name], list):
             raise _fail(
@@ -217,10 +206,6 @@ def _check_records(data: object, fmt: str) -> int:
     except KeyError:
         raise _record_keys_error(data) from None
     return len(data)
-
-
-def _records_to_columns(records: list[dict]) -> Columns:
-    return {name: [record[name] for record in records] for name in FEATURE_NAMES}
 
 
 def _record_keys_error(records: list[dict]) -> GatewayError:
