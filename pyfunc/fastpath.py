@@ -1,19 +1,11 @@
 """The served model's hot path: the same numbers as the fitted pipeline, without its per-call cost.
 
-For one row, the fitted pipeline spends milliseconds in pandas and category_encoders, and a
-forest hundreds of Python calls (one per tree). Here the same fitted objects are read once, at
-load:
-
-- `check` validates the common, clean request with numpy in one pass per column and hands
-  anything else to `pyfunc.validation.validate`, which stays the only source of error messages;
-- `FastPipeline` computes the engineered feature inline, target-encodes with a dict built from
-  the fitted encoder itself, and evaluates the regressor compiled by treelite for small
-  batches, or the regressor itself on one thread for large ones (`pyfunc.compiled`).
-
-`compile_pipeline` refuses (returns None) any pipeline whose shape or regressor it does not
-know, and any whose fast predictions differ from `pipeline.predict` on probe rows: the model
-then falls back to the pipeline. tests/unit/test_fast_path.py checks the equality on generated
-listings for every model family the pipeline can fit.
+The fitted objects are read once, at load. `check` validates a clean request with numpy and
+leaves anything else to `pyfunc.validation.validate`, the only source of error messages;
+`FastPipeline` computes the engineered feature inline, target-encodes with tables made by the
+fitted encoder and runs the regressor compiled by `pyfunc.compiled`. `compile_pipeline` returns
+None (the model then uses the pipeline) for a pipeline it does not know, or whose fast
+predictions differ from `pipeline.predict` on probe rows (tests/unit/test_fast_path.py).
 """
 
 from __future__ import annotations
@@ -214,9 +206,7 @@ def build(pipeline) -> FastPipeline | None:
         and ENGINEERED_FEATURES == ("km_to_business_district",)
     ):
         return None
-    if not isinstance(encode, ColumnTransformer):
-        return None
-    encodings = _encodings(encode)
+    encodings = _encodings(encode) if isinstance(encode, ColumnTransformer) else None
     if encodings is None:
         return None
     layout = tuple(str(n) for n in encode.get_feature_names_out())
@@ -233,9 +223,7 @@ def build(pipeline) -> FastPipeline | None:
     compiled = None if hasattr(regressor, "feature_names_in_") else compile_regressor(regressor)
     if compiled is None:
         return None
-    return FastPipeline(
-        layout, encodings[0], encodings[1], compiled, inverse_exp, target_transformer
-    )
+    return FastPipeline(layout, *encodings, compiled, inverse_exp, target_transformer)
 
 
 def _encodings(encode) -> tuple[dict[str, dict[str, float]], dict[str, float]] | None:
@@ -311,18 +299,15 @@ def compile_pipeline(
 def probe_listings(
     known_categories: Mapping[str, Sequence[str]],
     training_ranges: Mapping[str, tuple[float, float]],
-    rows: int = PROBE_ROWS,
-    seed: int = 0,
 ) -> pd.DataFrame:
     """Listings spread over the known categories and the training ranges (unknown ones too)."""
-    rng = np.random.default_rng(seed)
+    rng, rows = np.random.default_rng(0), PROBE_ROWS
     frame: dict[str, Any] = {}
     for name in CATEGORICAL_NAMES:
         choices = [*known_categories[name], _UNKNOWN]
         frame[name] = [choices[i % len(choices)] for i in rng.permutation(rows)]
     for name in NUMERIC_NAMES:
         feature = NUMERIC_BY_NAME[name]
-        low, high = training_ranges.get(name, (feature.minimum, feature.maximum))
-        values = rng.uniform(low, high, rows)
+        values = rng.uniform(*training_ranges.get(name, (feature.minimum, feature.maximum)), rows)
         frame[name] = np.round(values) if feature.integral else values
     return pd.DataFrame(frame)[list(FEATURE_NAMES)]
