@@ -62,12 +62,8 @@ class CheckedInput:
 
     def frame(self) -> pd.DataFrame:
         """The features as `validate` returns them, for the fitted pipeline."""
-        return pd.DataFrame(
-            {
-                n: (self.columns[n] if n in NUMERIC_BY_NAME else self.columns[n].tolist())
-                for n in FEATURE_NAMES
-            }
-        )
+        categorical = {n: self.columns[n].tolist() for n in CATEGORICAL_NAMES}
+        return pd.DataFrame({n: categorical.get(n, self.columns[n]) for n in FEATURE_NAMES})
 
 
 def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -97,8 +93,7 @@ def check(
         return None
     columns: dict[str, np.ndarray] = {}
     for name in NUMERIC_NAMES:
-        values = _clean_numbers(frame[name], name)
-        if values is None:
+        if (values := _clean_numbers(frame[name], name)) is None:
             return None
         columns[name] = values
     flagged: list[tuple[str, np.ndarray]] = []
@@ -216,10 +211,8 @@ def build(pipeline) -> FastPipeline | None:
     inverse_exp, target_transformer, regressor = False, None, model
     if isinstance(model, TransformedTargetRegressor):
         regressor = model.regressor_
-        if model.func is np.log and model.inverse_func is np.exp:
-            inverse_exp = True
-        else:
-            target_transformer = model.transformer_
+        inverse_exp = model.func is np.log and model.inverse_func is np.exp
+        target_transformer = None if inverse_exp else model.transformer_
     compiled = None if hasattr(regressor, "feature_names_in_") else compile_regressor(regressor)
     if compiled is None:
         return None
@@ -241,8 +234,7 @@ def _encodings(encode) -> tuple[dict[str, dict[str, float]], dict[str, float]] |
     fitted = [(t, cols) for _, t, cols in encode.transformers_ if not passthrough(t)]
     if len(fitted) != 1 or type(fitted[0][0]) is not TargetEncoder:
         return None
-    encoder, cols = fitted[0]
-    cols = list(cols)
+    encoder, cols = fitted[0][0], list(fitted[0][1])
     if encoder.cols != cols or encoder.ordinal_encoder is None:
         return None
     known = {
