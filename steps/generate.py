@@ -391,8 +391,8 @@ def _write_csvs(frames: dict[str, pd.DataFrame], folder: Path) -> None:
 )
 def main(out: Path, url: str | None, **options: Any) -> None:
     """Write synthetic train and test listings as CSV files or database tables."""
-    train, test = generate_splits(**options)  # seed, rows, variant, dirty: its parameters
-    frames = {"train": train, "test": test}
+    # seed, train_rows, test_rows, variant, dirty: generate_splits' parameters
+    frames = dict(zip(("train", "test"), generate_splits(**options), strict=True))
     if url:
         _write_tables(frames, url)
     else:
