@@ -3,11 +3,8 @@
 treelite walks all trees row after row: for a few rows it answers in well under a millisecond
 where scikit-learn spends one Python call (or one OpenMP team) per tree; for larger batches
 scikit-learn's own predict, one tree at a time over all rows, is faster and is used instead.
-`compile_regressor` knows the regressors the pipeline fits: random forests, extra trees,
-gradient boosting, histogram gradient boosting, and a VotingRegressor or StackingRegressor
-over them (each member on the price or, with its own log target, on its log). It returns None
-for any other. `pyfunc.fastpath.compile_pipeline` uses the result
-only if it prices probe listings as the fitted pipeline does.
+`compile_regressor` knows forests, extra trees, (histogram) gradient boosting and a Voting or
+Stacking regressor over them (each member on the price or on its log); None for any other.
 """
 
 from __future__ import annotations
@@ -48,24 +45,14 @@ def compile_regressor(regressor) -> Predictor | None:
 
 def _trees(estimator) -> Predictor | None:
     import treelite
-    from sklearn.ensemble import (
-        ExtraTreesRegressor,
-        GradientBoostingRegressor,
-        HistGradientBoostingRegressor,
-        RandomForestRegressor,
-    )
+    from sklearn import ensemble as sk
 
-    families = (
-        ExtraTreesRegressor,
-        GradientBoostingRegressor,
-        HistGradientBoostingRegressor,
-        RandomForestRegressor,
-    )
-    if type(estimator) not in families:
+    families = (sk.ExtraTreesRegressor, sk.GradientBoostingRegressor, sk.RandomForestRegressor)
+    # scikit-learn's decision trees compare features as float32; histogram boosting as float64.
+    as_float32 = type(estimator) is not sk.HistGradientBoostingRegressor
+    if as_float32 and type(estimator) not in families:
         return None
     model = treelite.sklearn.import_model(estimator)
-    # scikit-learn's decision trees compare features as float32; histogram boosting as float64.
-    as_float32 = type(estimator) is not HistGradientBoostingRegressor
 
     def predict(matrix: np.ndarray) -> np.ndarray:
         if as_float32:
@@ -97,15 +84,8 @@ def _voting(voting) -> Predictor | None:
     members = _members(voting)
     if members is None:
         return None
-    weights = (
-        None
-        if voting.weights is None
-        else [
-            w
-            for (_, estimator), w in zip(voting.estimators, voting.weights, strict=True)
-            if estimator != "drop"
-        ]
-    )
+    kept = [estimator != "drop" for _, estimator in voting.estimators]
+    weights = None if voting.weights is None else np.compress(kept, voting.weights)
     return lambda matrix: np.average(
         np.column_stack([p(matrix) for p in members]), axis=1, weights=weights
     )

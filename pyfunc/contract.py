@@ -1,27 +1,20 @@
 """The validation contract: who checks what, the error record, its messages, the summary line.
 
-A listing is checked against `pyfunc.schema` (names, bounds, categories) by three layers that
-split the work and speak with one voice:
+Three layers check a listing against `pyfunc.schema` and speak with one voice:
 
-- the gateway (`gateway/validation.py`) checks the JSON shape and types of a request: one
-  format key, rows that are objects or lists, every feature and no other, strings and numbers
-  where they belong, no nulls. It forwards what it checked, and passes the model's refusals on
-  with their `errors` list.
-- the model (`pyfunc/validation.py`) checks values: finite numbers inside the physical bounds,
-  whole numbers of rooms and bathrooms, known categories; it flags values outside the training
-  range and the schema's "not reported" values (0 bathrooms, 0 net area). The fast path's
-  pre-check (`pyfunc/fastpath.py`) applies the same rules to let a clean request through;
-  anything else goes to the validator, which says what is wrong.
-- ingest (`steps/cleaning.py`) refuses a file whose columns or types are wrong, and cleans the
-  training data with the same bounds: it drops the rows they refuse and counts them by reason
-  (`n_rooms_out_of_bounds`, `n_rooms_not_whole`, ...).
+- the gateway (`gateway/validation.py`): the JSON shape and types of a request (one format key,
+  rows as objects or lists, every feature and no other, no nulls); it passes the model's
+  refusals on with their `errors` list.
+- the model (`pyfunc/validation.py`): values (finite, inside the physical bounds, whole rooms
+  and bathrooms, known categories); it flags values outside the training range and "not
+  reported" ones. The fast path's pre-check (`pyfunc/fastpath.py`) applies the same rules.
+- ingest (`steps/cleaning.py`): refuses a file with wrong columns or types and drops the
+  training rows the same bounds refuse, counted by reason (`n_rooms_out_of_bounds`, ...).
 
-All three describe a problem as a `FieldError` (field, 0-based row, message), word it with
-the templates below and sum up a refusal in one line (`summary`). Whatever was sent, the answer
-stays short: the first ROWS_SHOWN_PER_PROBLEM rows of a problem and a count of the rest, the
-first NAMES_SHOWN unknown names, each value cut to CHARS_SHOWN characters.
-
-Imports only the standard library and the schema: the gateway uses it on its request path.
+Each problem is a `FieldError` (field, 0-based row, message) worded with the templates below;
+`summary` sums a refusal up in one line, kept short whatever was sent (ROWS_SHOWN_PER_PROBLEM,
+NAMES_SHOWN, CHARS_SHOWN). Imports only the standard library and the schema: the gateway uses
+it on its request path.
 """
 
 from __future__ import annotations

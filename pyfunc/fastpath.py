@@ -1,19 +1,11 @@
 """The served model's hot path: the same numbers as the fitted pipeline, without its per-call cost.
 
-For one row, the fitted pipeline spends milliseconds in pandas and category_encoders, and a
-forest hundreds of Python calls (one per tree). Here the same fitted objects are read once, at
-load:
-
-- `check` validates the common, clean request with numpy in one pass per column and hands
-  anything else to `pyfunc.validation.validate`, which stays the only source of error messages;
-- `FastPipeline` computes the engineered feature inline, target-encodes with a dict built from
-  the fitted encoder itself, and evaluates the regressor compiled by treelite for small
-  batches, or the regressor itself on one thread for large ones (`pyfunc.compiled`).
-
-`compile_pipeline` refuses (returns None) any pipeline whose shape or regressor it does not
-know, and any whose fast predictions differ from `pipeline.predict` on probe rows: the model
-then falls back to the pipeline. tests/unit/test_fast_path.py checks the equality on generated
-listings for every model family the pipeline can fit.
+The fitted objects are read once, at load. `check` validates a clean request with numpy and
+leaves anything else to `pyfunc.validation.validate`, the only source of error messages;
+`FastPipeline` computes the engineered feature inline, target-encodes with tables made by the
+fitted encoder and runs the regressor compiled by `pyfunc.compiled`. `compile_pipeline` returns
+None (the model then uses the pipeline) for a pipeline it does not know, or whose fast
+predictions differ from `pipeline.predict` on probe rows (tests/unit/test_fast_path.py).
 """
 
 from __future__ import annotations
@@ -70,12 +62,8 @@ class CheckedInput:
 
     def frame(self) -> pd.DataFrame:
         """The features as `validate` returns them, for the fitted pipeline."""
-        return pd.DataFrame(
-            {
-                n: (self.columns[n] if n in NUMERIC_BY_NAME else self.columns[n].tolist())
-                for n in FEATURE_NAMES
-            }
-        )
+        categorical = {n: self.columns[n].tolist() for n in CATEGORICAL_NAMES}
+        return pd.DataFrame({n: categorical.get(n, self.columns[n]) for n in FEATURE_NAMES})
 
 
 def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -105,8 +93,7 @@ def check(
         return None
     columns: dict[str, np.ndarray] = {}
     for name in NUMERIC_NAMES:
-        values = _clean_numbers(frame[name], name)
-        if values is None:
+        if (values := _clean_numbers(frame[name], name)) is None:
             return None
         columns[name] = values
     flagged: list[tuple[str, np.ndarray]] = []
@@ -214,9 +201,7 @@ def build(pipeline) -> FastPipeline | None:
         and ENGINEERED_FEATURES == ("km_to_business_district",)
     ):
         return None
-    if not isinstance(encode, ColumnTransformer):
-        return None
-    encodings = _encodings(encode)
+    encodings = _encodings(encode) if isinstance(encode, ColumnTransformer) else None
     if encodings is None:
         return None
     layout = tuple(str(n) for n in encode.get_feature_names_out())
@@ -226,16 +211,12 @@ def build(pipeline) -> FastPipeline | None:
     inverse_exp, target_transformer, regressor = False, None, model
     if isinstance(model, TransformedTargetRegressor):
         regressor = model.regressor_
-        if model.func is np.log and model.inverse_func is np.exp:
-            inverse_exp = True
-        else:
-            target_transformer = model.transformer_
+        inverse_exp = model.func is np.log and model.inverse_func is np.exp
+        target_transformer = None if inverse_exp else model.transformer_
     compiled = None if hasattr(regressor, "feature_names_in_") else compile_regressor(regressor)
     if compiled is None:
         return None
-    return FastPipeline(
-        layout, encodings[0], encodings[1], compiled, inverse_exp, target_transformer
-    )
+    return FastPipeline(layout, *encodings, compiled, inverse_exp, target_transformer)
 
 
 def _encodings(encode) -> tuple[dict[str, dict[str, float]], dict[str, float]] | None:
@@ -253,8 +234,7 @@ def _encodings(encode) -> tuple[dict[str, dict[str, float]], dict[str, float]] |
     fitted = [(t, cols) for _, t, cols in encode.transformers_ if not passthrough(t)]
     if len(fitted) != 1 or type(fitted[0][0]) is not TargetEncoder:
         return None
-    encoder, cols = fitted[0]
-    cols = list(cols)
+    encoder, cols = fitted[0][0], list(fitted[0][1])
     if encoder.cols != cols or encoder.ordinal_encoder is None:
         return None
     known = {
@@ -311,18 +291,15 @@ def compile_pipeline(
 def probe_listings(
     known_categories: Mapping[str, Sequence[str]],
     training_ranges: Mapping[str, tuple[float, float]],
-    rows: int = PROBE_ROWS,
-    seed: int = 0,
 ) -> pd.DataFrame:
     """Listings spread over the known categories and the training ranges (unknown ones too)."""
-    rng = np.random.default_rng(seed)
+    rng, rows = np.random.default_rng(0), PROBE_ROWS
     frame: dict[str, Any] = {}
     for name in CATEGORICAL_NAMES:
         choices = [*known_categories[name], _UNKNOWN]
         frame[name] = [choices[i % len(choices)] for i in rng.permutation(rows)]
     for name in NUMERIC_NAMES:
         feature = NUMERIC_BY_NAME[name]
-        low, high = training_ranges.get(name, (feature.minimum, feature.maximum))
-        values = rng.uniform(low, high, rows)
+        values = rng.uniform(*training_ranges.get(name, (feature.minimum, feature.maximum)), rows)
         frame[name] = np.round(values) if feature.integral else values
     return pd.DataFrame(frame)[list(FEATURE_NAMES)]

@@ -66,8 +66,8 @@ def validate_each_row(
 
 @dataclass
 class _Findings:
-    """What `_inspect` saw: cleaned columns, flagged unknown categories, the errors to report
-    (capped) and, when `each_row`, every message about each bad row without its row number."""
+    """What `_inspect` saw; when `each_row`, every message about each bad row is kept too, without
+    its row number."""
 
     clean: pd.DataFrame
     each_row: bool

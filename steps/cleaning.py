@@ -103,15 +103,13 @@ VALUE_RULES: tuple[tuple[str, Callable[[pd.DataFrame], pd.Series]], ...] = (
 def _respell_categories(frame: pd.DataFrame, report: CleaningReport) -> pd.DataFrame:
     for name in CATEGORICAL_NAMES:
         respelled = frame[name].map(normalize_category)
-        changed = int((respelled != frame[name]).sum())
-        if changed:
+        if changed := int((respelled != frame[name]).sum()):
             report.repaired[f"{name}_respelled"] = changed
         frame[name] = respelled
     return frame
 
 
 def _unswap_coordinates(frame: pd.DataFrame, report: CleaningReport) -> pd.DataFrame:
-    """Latitude and longitude given the wrong way round are swapped back."""
     lat, lon = NUMERIC_BY_NAME["latitude"], NUMERIC_BY_NAME["longitude"]
     swapped = frame["latitude"].between(lon.minimum, lon.maximum)
     swapped &= frame["longitude"].between(lat.minimum, lat.maximum)

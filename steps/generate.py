@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -274,10 +275,7 @@ _DIRT: dict[str, tuple[list[str], Callable[[pd.DataFrame, np.random.Generator], 
 
 
 def dirt_counts(n_rows: int) -> dict[str, int]:
-    """Dirty rows of each kind for a frame of ``n_rows``: the client's counts, scaled.
-
-    Every kind appears at least once from 2,000 rows up.
-    """
+    """Dirty rows of each kind for a frame of ``n_rows``: the client's counts, scaled."""
     floor = 1 if n_rows >= 2_000 else 0
     return {
         kind: max(floor, round(count * n_rows / REFERENCE_ROWS))
@@ -391,18 +389,10 @@ def _write_csvs(frames: dict[str, pd.DataFrame], folder: Path) -> None:
 @click.option(
     "--dirty/--clean", default=True, help="Add the dirty rows seen in the client's files."
 )
-def main(
-    out: Path,
-    url: str | None,
-    seed: int,
-    train_rows: int,
-    test_rows: int,
-    variant: str,
-    dirty: bool,
-) -> None:
+def main(out: Path, url: str | None, **options: Any) -> None:
     """Write synthetic train and test listings as CSV files or database tables."""
-    train, test = generate_splits(seed, train_rows, test_rows, dirty, variant)
-    frames = {"train": train, "test": test}
+    # seed, train_rows, test_rows, variant, dirty: generate_splits' parameters
+    frames = dict(zip(("train", "test"), generate_splits(**options), strict=True))
     if url:
         _write_tables(frames, url)
     else:

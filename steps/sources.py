@@ -193,8 +193,7 @@ class SyntheticSource(DataSource):
         if self._splits is None:
             from steps.generate import generate_splits
 
-            train, test = generate_splits(**asdict(self))
-            self._splits = {"train": train, "test": test}
+            self._splits = dict(zip(SPLITS, generate_splits(**asdict(self)), strict=True))
         return self._splits[name].copy()
 
 
