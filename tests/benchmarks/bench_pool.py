@@ -50,7 +50,6 @@ def pool_stack(
             workers=gateway_workers,
             extra_env=passed,
         ) as gateway:
-            stack.wait_for_workers(gateway.pid, gateway_workers)
             yield controller, gateway
 
 

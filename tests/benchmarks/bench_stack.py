@@ -145,7 +145,6 @@ def gateway(
         workers=workers,
         extra_env=passed,
     ) as running:
-        wait_for_workers(running.pid, workers)
         yield running
 
 

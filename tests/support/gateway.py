@@ -18,7 +18,7 @@ from typing import Any
 import requests
 
 from pyfunc.settings import PROJECT_DIR, Settings
-from tests.support.processes import VENV_BIN, free_port, running, subprocess_env
+from tests.support.processes import VENV_BIN, free_port, running, subprocess_env, wait_until
 
 ALICE_KEY = "alice-0123456789abcdef"
 BOB_KEY = "bob-fedcba9876543210"
@@ -113,7 +113,13 @@ def running_gateway(
     with running(
         command, f"{url}/health", state_dir / "gunicorn.log", env=env, timeout=30
     ) as process:
-        yield RunningGateway(url, port, process.pid, state_dir, Path(env["GATEWAY_REQUEST_LOG"]))
+        gateway = RunningGateway(
+            url, port, process.pid, state_dir, Path(env["GATEWAY_REQUEST_LOG"])
+        )
+        # one worker answering is not all of them: a test comparing worker pids (or a CPU meter
+        # listing them) must see every worker from the start
+        wait_until(lambda: len(gateway.worker_pids()) >= workers, 30, f"{workers} gateway workers")
+        yield gateway
 
 
 def metric_samples(gateway: RunningGateway) -> dict[tuple[str, frozenset], float]:
