@@ -24,7 +24,7 @@ from pyfunc.settings import PROJECT_DIR
 from tests.benchmarks import bench_measure as measure
 from tests.benchmarks import bench_stack as stack
 from tests.support.gateway import LoadClients, RunningGateway, Shot, running_gateway
-from tests.support.processes import VENV_BIN, free_port, running
+from tests.support.processes import VENV_BIN, free_port, running, wait_for_children
 from tests.support.rollout import ONE_LISTING, Controller, mlflow_client, running_controller
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def floor_app(
     url = f"http://127.0.0.1:{port}/ping"
     started = {**env, "FLOOR_UPSTREAM_URL": upstream}
     with running(command, url, workdir / "floor.log", env=started) as process:
-        stack.wait_for_workers(process.pid, workers)
+        wait_for_children(process.pid, workers)
         yield port, process.pid
 
 

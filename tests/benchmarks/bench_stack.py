@@ -17,7 +17,7 @@ from pathlib import Path
 from pyfunc.serve import server_env
 from pyfunc.settings import PROJECT_DIR
 from tests.support.gateway import ALICE_KEY, RunningGateway, running_gateway
-from tests.support.processes import VENV_BIN, free_port, running, stop_process_group, wait_until
+from tests.support.processes import VENV_BIN, free_port, running, stop_process_group
 from tests.support.stack import ModelServer, store_env
 
 logger = logging.getLogger(__name__)
@@ -216,14 +216,6 @@ def describe(process: Process, leader: int, group: list[Process]) -> str:
     if "multiprocessing" in args:
         return "uvicorn worker (scoring server)"
     return args[:60]
-
-
-def wait_for_workers(leader: int, workers: int, timeout: float = 60) -> None:
-    """Until gunicorn's master `leader` has all its workers: one answering is not all of them,
-    and a CpuMeter made before the last one booted would not count it."""
-    wait_until(
-        lambda: len(process_group(leader)) > workers, timeout, f"{workers} workers of {leader}"
-    )
 
 
 def rss_report(groups: dict[str, int]) -> list[dict[str, object]]:

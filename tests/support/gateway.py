@@ -18,7 +18,14 @@ from typing import Any
 import requests
 
 from pyfunc.settings import PROJECT_DIR, Settings
-from tests.support.processes import VENV_BIN, free_port, running, subprocess_env, wait_until
+from tests.support.processes import (
+    VENV_BIN,
+    children,
+    free_port,
+    running,
+    subprocess_env,
+    wait_for_children,
+)
 
 ALICE_KEY = "alice-0123456789abcdef"
 BOB_KEY = "bob-fedcba9876543210"
@@ -80,8 +87,7 @@ class RunningGateway:
 
     def worker_pids(self) -> list[int]:
         """The pids of the master's children (the workers)."""
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
-        return [int(p) for p in children]
+        return children(self.pid)
 
     def metrics_text(self) -> str:
         """The text of GET /metrics."""
@@ -116,9 +122,7 @@ def running_gateway(
         gateway = RunningGateway(
             url, port, process.pid, state_dir, Path(env["GATEWAY_REQUEST_LOG"])
         )
-        # one worker answering is not all of them: a test comparing worker pids (or a CPU meter
-        # listing them) must see every worker from the start
-        wait_until(lambda: len(gateway.worker_pids()) >= workers, 30, f"{workers} gateway workers")
+        wait_for_children(process.pid, workers)
         yield gateway
 
 

@@ -32,6 +32,17 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
 
 
+def children(pid: int) -> list[int]:
+    """The pids of `pid`'s child processes (e.g. gunicorn's workers)."""
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def wait_for_children(pid: int, count: int, timeout: float = 30) -> None:
+    """Until `pid` has `count` children: gunicorn answers once one worker is up, and a test (or a
+    CPU meter) that lists the workers then would miss the others."""
+    wait_until(lambda: len(children(pid)) >= count, timeout, f"{count} children of {pid}")
+
+
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
