@@ -77,7 +77,7 @@ def _build(settings: Settings) -> Gateway:
             url,
             settings.gateway_connect_timeout_seconds,
             settings.gateway_read_timeout_seconds,
-            pool_size=max(1, settings.gateway_threads),
+            pool_size=settings.gateway_connections,
             on_reachable=lambda up: gauges.upstream_up.set(1 if up else 0),
         )
 

@@ -3,9 +3,10 @@
     gunicorn -c gateway/gunicorn.conf.py 'gateway.app:create_app()'
 
 Everything comes from `Settings.from_env()`: bind GATEWAY_HOST:GATEWAY_PORT, GATEWAY_WORKERS
-processes of GATEWAY_THREADS threads. gthread, because the gateway is an I/O-bound proxy: threads
-overlap the waits on the model server (the GIL is released meanwhile) without a process per
-concurrent request (`sync`) or the monkey-patching of gevent/eventlet (not installed).
+processes serving GATEWAY_CONNECTIONS client connections each. The worker is gevent's WSGI
+server (`gateway.worker`): the gateway is an I/O-bound proxy, and greenlets overlap the waits on
+the model servers for less CPU per request than gunicorn's threads (measured in README,
+Benchmarks).
 Settings, API keys included, are checked here, in the master: a bad value stops gunicorn with
 one line instead of a crash loop of workers. PROMETHEUS_MULTIPROC_DIR is set here, before any
 worker imports prometheus_client, to a directory under STATE_DIR emptied at start; `child_exit`
@@ -19,6 +20,7 @@ import os
 import sys
 
 from gateway.auth import load_keys
+from gateway.worker import GatewayWorker
 from pyfunc.settings import Settings, SettingsError
 
 try:
@@ -33,8 +35,8 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
 wsgi_app = "gateway.app:create_app()"
 bind = f"{_settings.gateway_host}:{_settings.gateway_port}"
 workers = _settings.gateway_workers
-worker_class = "gthread"
-threads = _settings.gateway_threads
+worker_class = GatewayWorker
+worker_connections = _settings.gateway_connections
 preload_app = False  # each worker imports prometheus_client after the variable above is set
 timeout = int(max(30, 2 * _settings.gateway_read_timeout_seconds + 5))  # worker heartbeat
 graceful_timeout = 15

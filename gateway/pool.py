@@ -4,7 +4,8 @@ The pool's members and the model version they serve come from the served-model f
 rollout controller writes `servers`; without it, GATEWAY_UPSTREAM_URL alone) and change
 together, so an answer is always labelled with the version of the server that gave it.
 Each server keeps its own keep-alive `Upstream`. A prediction goes to the server with the
-fewest requests outstanding (ties in turn); a server that refuses a connection or answers 5xx
+fewest requests outstanding, the first listed on a tie: at low load one server answers, with
+its caches warm, instead of each in turn; a server that refuses a connection or answers 5xx
 gets no request for GATEWAY_OUT_OF_ROTATION_SECONDS. A prediction that got no answer at all
 from the first server (the connection was refused, or dropped before any answer, as when a
 server dies) is sent once more to another server: predictions are idempotent, so a client
@@ -14,7 +15,6 @@ slow (read timeout) is never sent twice.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,7 +60,6 @@ class Pool:
         self._out_seconds = out_of_rotation_seconds
         self._on_state = on_state
         self._lock = threading.Lock()
-        self._turn = itertools.count()
         self._current = Generation((), "")
         self._reported = (-1, -1)
 
@@ -123,9 +122,7 @@ class Pool:
             or list(members)
         )
         with self._lock:
-            start = next(self._turn)
-            rotated = [candidates[(start + i) % len(candidates)] for i in range(len(candidates))]
-            member = min(rotated, key=lambda m: m.outstanding)
+            member = min(candidates, key=lambda m: m.outstanding)
             member.outstanding += 1
         return member
 

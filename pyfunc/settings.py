@@ -105,7 +105,9 @@ class GatewaySettings(BaseModel):
     gateway_host: str = Field("127.0.0.1", description="listen address (0.0.0.0 in a container)")
     gateway_port: int = Field(8000, gt=0, lt=65536, description="listen port")
     gateway_workers: int = Field(2, gt=0, description="gunicorn processes")
-    gateway_threads: int = Field(8, gt=0, description="threads per gunicorn process")
+    gateway_connections: int = Field(
+        100, gt=0, description="client connections one gunicorn process serves at once"
+    )
     gateway_upstream_url: str = Field(
         default_factory=lambda data: f"http://127.0.0.1:{data['model_port']}",
         description="the model server when the served-model file lists no pool (default: "

@@ -2,8 +2,8 @@
 a pool of 1 server and of MODEL_SERVERS servers in the same run (16-client req/s, p50/p99,
 single-client p50, and their ratio), then the longest gap between two successful answers
 while a rollout happens under 16 clients. Beside them, the floor: Flask under gunicorn with the
-gateway's workers and threads, passing each body to one server (`floor_app`), and the ceiling
-of the pool's ratio that the measured CPU costs leave on this machine's cores.
+gateway's worker class, workers and connections, passing each body to one server (`floor_app`),
+and the ceiling of the pool's ratio that the measured CPU costs leave on this machine's cores.
 
 The rollout goes to a copy of the champion (a new version of the same model files and
 evaluation tags, registered in a second): what is measured is the switch, not a training.
@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.worker import GatewayWorker
 from pyfunc.settings import PROJECT_DIR
 from tests.benchmarks import bench_measure as measure
 from tests.benchmarks import bench_stack as stack
@@ -30,6 +31,7 @@ from tests.support.rollout import ONE_LISTING, Controller, mlflow_client, runnin
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = "1"
+WORKER_CLASS = f"{GatewayWorker.__module__}.{GatewayWorker.__name__}"
 
 
 @contextlib.contextmanager
@@ -105,13 +107,14 @@ def measure_pools(
 def floor_app(
     workdir: Path, env: dict[str, str], workers: int, upstream: str
 ) -> Iterator[tuple[int, int]]:
-    """`floor_app` in front of `upstream` under gunicorn as the gateway runs (gthread, workers,
-    threads, keep-alive): its port and process group."""
+    """`floor_app` in front of `upstream` under gunicorn as the gateway runs (its worker class,
+    workers, connections, keep-alive): its port and process group."""
     port = free_port()
-    threads = env.get("GATEWAY_THREADS", "8")
+    connections = env.get("GATEWAY_CONNECTIONS", "100")
     command = [str(VENV_BIN / "gunicorn"), "tests.benchmarks.floor_app:app", "--no-control-socket"]
-    command += ["--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--keep-alive", "5"]
-    command += ["--workers", str(workers), "--threads", threads, "--chdir", str(PROJECT_DIR)]
+    command += ["--bind", f"127.0.0.1:{port}", "--worker-class", WORKER_CLASS, "--keep-alive", "5"]
+    command += ["--workers", str(workers), "--worker-connections", connections]
+    command += ["--chdir", str(PROJECT_DIR)]
     url = f"http://127.0.0.1:{port}/ping"
     started = {**env, "FLOOR_UPSTREAM_URL": upstream}
     with running(command, url, workdir / "floor.log", env=started) as process:
@@ -236,7 +239,7 @@ def render(pool: dict[str, Any]) -> list[str]:
             f"  gateway CPU per request: {big['cpu_ms_per_request']['gateway']:.3f} ms "
             f"({big['clients']} clients), {big['single_client_cpu_ms']['gateway']:.3f} ms "
             f"(1 client); the floor, Flask under gunicorn passing the body to one server "
-            f"(floor_app, same workers and threads): {floor['clients']:.3f} / "
+            f"(floor_app, same worker class, workers and connections): {floor['clients']:.3f} / "
             f"{floor['single']:.3f} ms"
         )
         lines.append(

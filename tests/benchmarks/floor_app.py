@@ -2,9 +2,10 @@
 costs, before any of the gateway's own work.
 
 `POST /invocations` parses the JSON body and sends it to one model server (FLOOR_UPSTREAM_URL)
-on a keep-alive `http.client` connection per thread, and returns its answer: no key, no check,
-no log, no metric, no pool. `make bench` starts it with the gateway's worker class,
-workers, threads and keep-alive; what the gateway spends above it is the gateway's own.
+on a keep-alive `http.client` connection per client connection (a greenlet under the gateway's
+worker), and returns its answer: no key, no check, no log, no metric, no pool. `make bench`
+starts it with the gateway's worker class, workers, connections and keep-alive; what the
+gateway spends above it is the gateway's own.
 """
 
 from __future__ import annotations

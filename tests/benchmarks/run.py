@@ -99,10 +99,10 @@ POOL = {1: 500, 100: 20, 10_000: 2}  # distinct batches of each size
     help="GATEWAY_WORKERS (gunicorn processes).",
 )
 @click.option(
-    "--gateway-threads",
-    type=click.IntRange(1, 256),
+    "--gateway-connections",
+    type=click.IntRange(1, 10_000),
     default=None,
-    help="GATEWAY_THREADS per worker (default: the environment's, else 8).",
+    help="GATEWAY_CONNECTIONS per worker (default: the environment's, else 100).",
 )
 @click.option(
     "--store",
@@ -125,7 +125,7 @@ def main(
     duration: float | None,
     model_workers: int | None,
     gateway_workers: int,
-    gateway_threads: int | None,
+    gateway_connections: int | None,
     store: Path | None,
     model_servers: int | None,
     only_pool: bool,
@@ -139,7 +139,7 @@ def main(
     settings = {
         "MODEL_WORKERS": model_workers or defaults.model_workers,
         "GATEWAY_WORKERS": gateway_workers,
-        "GATEWAY_THREADS": gateway_threads or defaults.gateway_threads,
+        "GATEWAY_CONNECTIONS": gateway_connections or defaults.gateway_connections,
         "MODEL_SERVERS": max(2, model_servers or defaults.model_servers),
     }
     workdir = store.resolve() if store else Path(tempfile.mkdtemp(prefix="bench-"))
@@ -189,9 +189,9 @@ def benchmark(
         logger.info("starting the model server (MODEL_WORKERS=%s)", settings["MODEL_WORKERS"])
         server = running.enter_context(stack.model_server(workdir, env))
         logger.info(
-            "starting the gateway (%s workers x %s threads)",
+            "starting the gateway (%s workers x %s connections)",
             settings["GATEWAY_WORKERS"],
-            settings["GATEWAY_THREADS"],
+            settings["GATEWAY_CONNECTIONS"],
         )
         gateway = running.enter_context(
             stack.gateway(workdir, server.url, settings["GATEWAY_WORKERS"], env)

@@ -105,8 +105,8 @@ def timed(call) -> tuple[float, requests.Response]:
     return time.monotonic() - started, response
 
 
-# gunicorn 26's gthread worker waits its whole graceful_timeout at shutdown for an idle
-# keep-alive connection whose last request took a second or more: these tests close theirs.
+# a stopping gateway worker waits for its idle keep-alive connections (up to the keep-alive):
+# these tests close theirs.
 CLOSE = {"Connection": "close"}
 
 
@@ -117,8 +117,7 @@ def with_id(request_id: str) -> dict[str, str]:
 def test_concurrent_requests_to_a_hung_model_server_are_504_and_the_gateway_still_answers(
     tmp_path: Path,
 ) -> None:
-    # fewer than one worker's threads (GATEWAY_THREADS=8): however the kernel spreads them,
-    # a thread is left for /health
+    # six requests hang on the model server; /health does not wait behind them
     ids = [f"hung-{i}" for i in range(6)]
     with (
         fake_upstream(behaving(answer_delay=6)) as upstream,

@@ -9,10 +9,13 @@ the catch-all error handler.
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -388,6 +391,30 @@ def test_the_next_request_on_a_keep_alive_connection_survives_a_refused_body(
             except requests.ConnectionError as error:
                 outcomes[f"ConnectionError: {str(error)[:80]}"] += 1
     assert outcomes == {200: 40}
+
+
+KEEPALIVE_SECONDS = 5  # gateway/gunicorn.conf.py
+
+
+def test_a_silent_client_and_one_that_never_ends_its_headers_are_let_go_after_the_keepalive(
+    gateway: RunningGateway,
+) -> None:
+    """Neither holds one of a worker's GATEWAY_CONNECTIONS for longer than gunicorn's
+    keep-alive: the silent connection is closed, the unfinished request refused with a 400."""
+    address = urlsplit(gateway.url)
+    with (
+        socket.create_connection((address.hostname, address.port), timeout=20) as silent,
+        socket.create_connection((address.hostname, address.port), timeout=20) as unfinished,
+    ):
+        started = time.monotonic()
+        unfinished.sendall(b"POST /invocations HTTP/1.1\r\nHost: gateway\r\nX-API-Key: ")
+        assert silent.recv(1024) == b""
+        silent_seconds = time.monotonic() - started
+        answer = unfinished.recv(1024)
+        unfinished_seconds = time.monotonic() - started
+    assert KEEPALIVE_SECONDS - 0.5 < silent_seconds < 2 * KEEPALIVE_SECONDS
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert KEEPALIVE_SECONDS - 0.5 < unfinished_seconds < 2 * KEEPALIVE_SECONDS
 
 
 # schemathesis: every operation of the OpenAPI document, positive and negative cases.

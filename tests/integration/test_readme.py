@@ -217,10 +217,12 @@ def check_dotenv(readme: Readme, command: str) -> None:
     dotenv = readme.root / ".env"
     try:
         assert dotenv.read_text() == (readme.root / ".env.example").read_text()
-        dotenv.write_text(dotenv.read_text().replace("GATEWAY_THREADS=8", "GATEWAY_THREADS=13"))
+        dotenv.write_text(
+            dotenv.read_text().replace("GATEWAY_CONNECTIONS=100", "GATEWAY_CONNECTIONS=13")
+        )
         read = readme.run(
-            "env -u GATEWAY_THREADS python -c "
-            "'from pyfunc.settings import Settings; print(Settings.from_env().gateway_threads)'"
+            "env -u GATEWAY_CONNECTIONS python -c "
+            "'from pyfunc.settings import Settings; print(Settings.from_env().gateway_connections)'"
         )
         assert read.stdout.strip() == "13"
     finally:

@@ -86,13 +86,15 @@ def servers(*handlers) -> Iterator[list[str]]:
         yield [stack.enter_context(fake_upstream(h)) for h in handlers]
 
 
-def test_requests_alternate_between_idle_servers():
+def test_one_client_at_a_time_is_answered_by_the_first_server():
     seen: list[str] = []
     with servers(server("a", seen=seen), server("b", seen=seen)) as urls:
         pool = make_pool(urls)
         for n in range(6):
             assert predict(pool, f"r{n}") == (200, "1")
-    assert sorted(seen) == ["a", "a", "a", "b", "b", "b"]
+        pool.use(list(reversed(urls)), "2")
+        assert predict(pool, "after") == (200, "2")
+    assert seen == ["a"] * 6 + ["b"]
 
 
 def test_the_server_with_fewer_outstanding_requests_gets_the_next_one():
