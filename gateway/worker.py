@@ -1,13 +1,13 @@
 """The gateway's gunicorn worker: gevent's WSGI server, one greenlet per client connection.
 
-gunicorn's own `gevent_pywsgi` worker holds an idle keep-alive connection open for as long as
-the client does; this one closes it after gunicorn's `keepalive` seconds, as the threaded
-workers do, and gives a client `keepalive` seconds to send its headers (400 past them).
+gunicorn's own `gevent_pywsgi` worker holds a keep-alive connection open for as long as the
+client likes; this one closes an idle one after gunicorn's `keepalive` seconds, as the threaded
+workers do, and answers 400 to a request whose headers take longer. The socket's own timeout
+does it (a timer only while a read waits), set for the request line and headers only.
 """
 
 from __future__ import annotations
 
-from gevent import Timeout
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
 
@@ -15,14 +15,16 @@ class _Handler(PyWSGIHandler):
     keepalive_seconds: float = 5.0
 
     def read_requestline(self) -> str:
-        with Timeout(self.keepalive_seconds, False):
-            return super().read_requestline()
-        return ""  # nothing came: the connection closes
+        self.socket.settimeout(self.keepalive_seconds)  # its expiry closes the connection
+        return super().read_requestline()
 
     def read_request(self, raw_requestline: str):
-        slow = ValueError(f"no complete headers within {self.keepalive_seconds:g} s")
-        with Timeout(self.keepalive_seconds, slow):
+        try:
             return super().read_request(raw_requestline)
+        except TimeoutError:
+            raise ValueError(f"no complete headers in {self.keepalive_seconds:g} s") from None
+        finally:
+            self.socket.settimeout(None)
 
 
 class GatewayWorker(GeventPyWSGIWorker):
