@@ -1,4 +1,4 @@
-"""The model server, seen through keep-alive `http.client` connections, a few kept idle per worker.
+"""The model server, seen through keep-alive connections, a few kept idle per worker.
 
 Connect and read timeouts are bounded (GATEWAY_CONNECT_TIMEOUT_SECONDS,
 GATEWAY_READ_TIMEOUT_SECONDS); the read timeout bounds the whole answer, not each byte of it,
@@ -9,13 +9,13 @@ validation errors (a 400 with its structured `errors` list) 400 INVALID_FEATURES
 A request the model server never answered (a failed connection, or one dropped before any
 answer: uvicorn closes idle keep-alive connections) is sent once more on a new connection
 (scoring is idempotent); after a read timeout it is not: the model server has the request.
-The standard library's client rather than urllib3's pool: the same exchange for about 0.1 ms
-less of the gateway's CPU per request (README, Benchmarks).
+Answers are parsed by httptools (uvicorn's C HTTP parser) on a plain socket: `http.client`
+parses headers through the `email` package, and urllib3 on top of it costs more again
+(README, Benchmarks).
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
 import socket
 import threading
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import httptools
 import orjson
 
 from gateway import errors
@@ -63,15 +64,66 @@ class AnswerTooSlow(Exception):
     """The model server's answer was still coming when the read timeout ran out."""
 
 
-class _Connection(http.client.HTTPConnection):
-    """A connection that sends small writes at once (no Nagle delay)."""
+class _Answer:
+    """One answer, as httptools' parser reads it in."""
 
-    def connect(self) -> None:
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.chunks: list[bytes] = []
+        self.content_type = errors.JSON
+        self.keep_alive = self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"content-type":
+            self.content_type = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()  # reset once the answer is complete
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class _Connection:
+    """One keep-alive connection to the model server, small writes sent at once (no Nagle)."""
+
+    def __init__(self, address: tuple[str, int], connect_timeout: float):
         try:
-            super().connect()
+            self.sock = socket.create_connection(address, timeout=connect_timeout)
         except OSError as exc:
             raise Unreachable(exc) from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def exchange(self, request: bytes, read_timeout: float) -> tuple[int, bytes, str, bool]:
+        """Send `request`, read its whole answer: status, body, content type, keep-alive.
+        `read_timeout` bounds the whole answer, each receive is checked against it."""
+        deadline = time.monotonic() + read_timeout
+        self.sock.settimeout(read_timeout)
+        answer = _Answer()
+        try:
+            self.sock.sendall(request)
+            data = self.sock.recv(READ_CHUNK_BYTES)
+        except ConnectionError as exc:
+            raise Dropped(exc) from None
+        if not data:
+            raise Dropped("closed before any answer")
+        while True:
+            answer.parser.feed_data(data)
+            if answer.complete:
+                break
+            if time.monotonic() > deadline:
+                raise AnswerTooSlow
+            data = self.sock.recv(READ_CHUNK_BYTES)
+            if not data:
+                raise ConnectionError("closed in the middle of the answer")
+        status = answer.parser.get_status_code()
+        return status, b"".join(answer.chunks), answer.content_type, answer.keep_alive
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class Upstream:
@@ -88,6 +140,7 @@ class Upstream:
         parts = urlsplit(url)
         self.url = url
         self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._host = f"{self._address[0]}:{self._address[1]}"
         self._prefix = parts.path.rstrip("/")
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._pool_size = pool_size
@@ -97,53 +150,49 @@ class Upstream:
 
     def predict(self, body: bytes, content_type: str, request_id: str) -> UpstreamAnswer:
         """POST /invocations; raises GatewayError when no HTTP answer came back."""
-        headers = {"Content-Type": content_type, "X-Request-ID": request_id}
+        head = f"Content-Type: {content_type}\r\nX-Request-ID: {request_id}\r\n"
+        request = self._request("POST", "/invocations", head, body)
         started = time.perf_counter()
-        path = f"{self._prefix}/invocations"
         try:
             try:
-                status, content, kind = self._exchange("POST", path, body, headers, reuse=True)
+                status, content, kind = self._exchange(request, reuse=True)
             except (Unreachable, Dropped):
-                status, content, kind = self._exchange("POST", path, body, headers, reuse=False)
+                status, content, kind = self._exchange(request, reuse=False)
         except (TimeoutError, AnswerTooSlow):
             raise GatewayError(
                 errors.UPSTREAM_TIMEOUT,
                 f"the model server did not answer within {self._read_timeout:g} s",
             ) from None
-        except (Unreachable, Dropped, OSError, http.client.HTTPException) as exc:
+        except (Unreachable, Dropped, OSError, httptools.HttpParserError) as exc:
             raise self._unanswered(exc) from None
         self._on_reachable(True)
         return UpstreamAnswer(status, content, kind, time.perf_counter() - started)
 
-    def _exchange(
-        self, method: str, path: str, body: bytes | None, headers: dict[str, str], reuse: bool
-    ) -> tuple[int, bytes, str]:
+    def _request(self, method: str, path: str, head: str, body: bytes) -> bytes:
+        """The request's bytes; `head` holds header lines the caller vouches for (no CR, LF)."""
+        start = f"{method} {self._prefix}{path} HTTP/1.1\r\nHost: {self._host}\r\n"
+        length = f"Content-Length: {len(body)}\r\n\r\n"
+        return (start + head + length).encode("latin-1") + body
+
+    def _exchange(self, request: bytes, reuse: bool) -> tuple[int, bytes, str]:
         """One request on an idle connection (`reuse`) or a new one: status, body, type."""
         connection = self._take() if reuse else None
-        connection = connection or _Connection(*self._address, timeout=self._connect_timeout)
+        connection = connection or _Connection(self._address, self._connect_timeout)
         try:
-            if connection.sock is None:
-                connection.connect()
-            connection.sock.settimeout(self._read_timeout)
-            try:
-                connection.request(method, path, body=body, headers=headers)
-                response = connection.getresponse()
-            except (ConnectionError, http.client.BadStatusLine) as exc:
-                raise Dropped(exc) from None
-            content = _read_by(response, time.monotonic() + self._read_timeout)
+            status, content, kind, keep_alive = connection.exchange(request, self._read_timeout)
         except BaseException:
             connection.close()
             raise
-        self._give_back(connection, response.will_close)
-        return response.status, content, response.getheader("Content-Type", errors.JSON)
+        self._give_back(connection, keep_alive)
+        return status, content, kind
 
     def _take(self) -> _Connection | None:
         with self._lock:
             return self._idle.pop() if self._idle else None
 
-    def _give_back(self, connection: _Connection, closing: bool) -> None:
+    def _give_back(self, connection: _Connection, keep_alive: bool) -> None:
         with self._lock:
-            if not closing and len(self._idle) < self._pool_size:
+            if keep_alive and len(self._idle) < self._pool_size:
                 self._idle.append(connection)
                 return
         connection.close()
@@ -160,16 +209,19 @@ class Upstream:
 
     def ping(self) -> bool:
         """True when GET /ping answers 200; reports reachability either way."""
-        connection = _Connection(*self._address, timeout=self._connect_timeout)
+        timeout = min(self._read_timeout, PING_READ_TIMEOUT_SECONDS)
         try:
-            connection.connect()
-            connection.sock.settimeout(min(self._read_timeout, PING_READ_TIMEOUT_SECONDS))
-            connection.request("GET", f"{self._prefix}/ping")
-            ok = connection.getresponse().status == 200
-        except (Unreachable, OSError, http.client.HTTPException):
+            connection = _Connection(self._address, self._connect_timeout)
+        except Unreachable:
             ok = False
-        finally:
-            connection.close()
+        else:
+            try:
+                request = self._request("GET", "/ping", "", b"")
+                ok = connection.exchange(request, timeout)[0] == 200
+            except (Dropped, AnswerTooSlow, OSError, httptools.HttpParserError):
+                ok = False
+            finally:
+                connection.close()
         self._on_reachable(ok)
         return ok
 
@@ -195,18 +247,6 @@ def failure(answer: UpstreamAnswer) -> GatewayError:
 def _message(content: dict[str, Any]) -> str:
     message = str(content.get("message") or "").strip() or "invalid input"
     return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "..."
-
-
-def _read_by(response: http.client.HTTPResponse, deadline: float) -> bytes:
-    """The whole body of `response`, or AnswerTooSlow after `deadline`. Each read returns what
-    one receive brought, so a trickle is checked as it comes."""
-    chunks = []
-    while chunk := response.read1(READ_CHUNK_BYTES):
-        chunks.append(chunk)
-        if time.monotonic() > deadline:
-            raise AnswerTooSlow
-    response.close()  # read1 leaves a fully read answer open; its connection stays usable
-    return b"".join(chunks)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""Translation of the model server's answers into the gateway's errors: no dumps, no traces."""
+"""The model server client: one keep-alive connection reused, answers read whole, and the
+translation of the model server's answers into the gateway's errors: no dumps, no traces."""
 
 from __future__ import annotations
 
+import http.server
 import socketserver
 import threading
 import time
@@ -12,6 +14,7 @@ import pytest
 
 from gateway.errors import GatewayError
 from gateway.upstream import MODEL_REFUSED, Upstream, UpstreamAnswer, failure, model_errors
+from tests.support.gateway import fake_upstream
 
 DUMP = (
     "Failed to predict data '     type      sector  net_usable_area\n0  casa  vitacura"
@@ -152,3 +155,42 @@ def test_a_read_timeout_is_never_retried(scripted):
     assert raised.value.code == "UPSTREAM_TIMEOUT"
     time.sleep(0.2)
     assert Scripted.seen == ["slow"]
+
+
+def test_answers_whole_or_chunked_come_back_whole_on_one_reused_connection():
+    seen: list[tuple[int, str, str, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.client_address[1], self.headers["X-Request-ID"], self.path, body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            if len(seen) % 2:
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (body[:3], body[3:], b""):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with fake_upstream(Handler) as url:
+        upstream = Upstream(f"{url}/prefix", 1.0, 2.0, pool_size=2)
+        bodies = [b'{"n": %d, "pad": "%s"}' % (n, b"x" * n * 1000) for n in range(4)]
+        answers = [
+            upstream.predict(body, "application/json", f"r{n}") for n, body in enumerate(bodies)
+        ]
+    assert [(a.status, a.body, a.content_type) for a in answers] == [
+        (200, body, "application/json; charset=utf-8") for body in bodies
+    ]
+    assert [(rid, path, body) for _, rid, path, body in seen] == [
+        (f"r{n}", "/prefix/invocations", body) for n, body in enumerate(bodies)
+    ]
+    assert len({port for port, *_ in seen}) == 1  # one connection, kept alive
