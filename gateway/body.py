@@ -9,7 +9,8 @@ refuses a Content-Length over it before reading and stops a chunked body that gr
 A body the answer did not need (401, 403, 413, 415) is read and dropped before the answer goes
 out, as nginx's lingering close does after it: a client still sending then reads the answer
 instead of a connection reset, and a keep-alive connection stays usable. That is bounded to
-LINGER_BODIES times the limit and LINGER_SECONDS; past either, gunicorn closes the connection.
+LINGER_BODIES times the limit and LINGER_SECONDS; past either, the answer says `Connection:
+close` and the worker closes the connection after it, the rest unread (`gateway/worker.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ READ_CHUNK_BYTES = 64 * 1024
 LINGER_BODIES = 4
 LINGER_SECONDS = 5.0
 _UTF8 = frozenset({"utf-8", "utf8"})
+CLOSE_AFTER_ANSWER = "gateway.close_after_answer"  # WSGI environ key the worker reads
 
 
 def require_json() -> str:
@@ -78,13 +80,19 @@ def _too_large(what: str, limit: int) -> GatewayError:
 
 
 def discard_unread() -> None:
-    """Read and drop what the request left of its body, before answering."""
+    """Read and drop what the request left of its body, before answering; what is too much or
+    too slow to drop is left unread, and the connection closes after the answer."""
     if g.get("body_read") or not (
         request.content_length or request.headers.get("Transfer-Encoding")
     ):
         return
+    if not _drained():
+        request.environ[CLOSE_AFTER_ANSWER] = True
+
+
+def _drained() -> bool:
     budget = LINGER_BODIES * (request.max_content_length or READ_CHUNK_BYTES)
-    stream, sock = request.environ["wsgi.input"], request.environ.get("gunicorn.socket")
+    stream, sock = request.environ["wsgi.input"], request.environ.get("gunicorn.sock")
     deadline = time.monotonic() + LINGER_SECONDS
     timeout = sock.gettimeout() if sock is not None else None
     try:
@@ -93,14 +101,15 @@ def discard_unread() -> None:
                 sock.settimeout(left)
             chunk = stream.read(min(READ_CHUNK_BYTES, budget))
             if not chunk:
-                return
+                return True
             budget -= len(chunk)
-    except Exception:  # a timeout, a reset, a malformed chunk: gunicorn closes the connection
-        return
+    except Exception:  # a timeout, a reset, a malformed chunk
+        pass
     finally:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.settimeout(timeout)
+    return False
 
 
 def parse_json(body: bytes) -> object:

@@ -23,6 +23,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from gateway.body import LINGER_SECONDS
 from gateway.errors import ERROR_CODES
 from gateway.openapi import build_spec
 from pyfunc.schema import FEATURE_NAMES, example_listing
@@ -415,6 +416,39 @@ def test_a_silent_client_and_one_that_never_ends_its_headers_are_let_go_after_th
     assert KEEPALIVE_SECONDS - 0.5 < silent_seconds < 2 * KEEPALIVE_SECONDS
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert KEEPALIVE_SECONDS - 0.5 < unfinished_seconds < 2 * KEEPALIVE_SECONDS
+
+
+def test_an_answer_after_which_the_connection_closes_says_so(gateway: RunningGateway) -> None:
+    """The client asked for it: its HTTP client must not send the next request on it."""
+    valid = dumps({"dataframe_records": [ROW]})
+    headers = {**ALICE, "Content-Type": JSON, "Connection": "close"}
+    answer = requests.post(f"{gateway.url}/invocations", data=valid, headers=headers, timeout=30)
+    assert answer.status_code == 200
+    assert answer.headers["Connection"] == "close"
+
+
+def test_a_huge_body_refused_unread_is_answered_and_the_rest_left_unread(
+    gateway: RunningGateway,
+) -> None:
+    """Content-Length says 1 GB, a kilobyte comes, then nothing: the 401 comes once the
+    gateway gives up waiting for the rest, saying the connection closes, and it does."""
+    address = urlsplit(gateway.url)
+    head = (
+        "POST /invocations HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {1 << 30}\r\n\r\n"
+    )
+    with socket.create_connection((address.hostname, address.port), timeout=20) as client:
+        started = time.monotonic()
+        client.sendall(head.encode() + b"[" * 1024)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        closed_after = time.monotonic() - started
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 401 "), answer[:200]
+    assert b"\r\nconnection: close\r\n" in rest.lower()
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error_code"] == "MISSING_API_KEY"
+    assert closed_after < LINGER_SECONDS + 5
 
 
 # schemathesis: every operation of the OpenAPI document, positive and negative cases.
