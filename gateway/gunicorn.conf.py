@@ -20,7 +20,7 @@ import os
 import sys
 
 from gateway.auth import load_keys
-from gateway.worker import GatewayWorker
+from gateway.worker import KEEPALIVE_SECONDS, GatewayWorker
 from pyfunc.settings import Settings, SettingsError
 
 try:
@@ -40,7 +40,7 @@ worker_connections = _settings.gateway_connections
 preload_app = False  # each worker imports prometheus_client after the variable above is set
 timeout = int(max(30, 2 * _settings.gateway_read_timeout_seconds + 5))  # worker heartbeat
 graceful_timeout = 15
-keepalive = 5
+keepalive = KEEPALIVE_SECONDS
 accesslog = None  # the gateway writes its own request log (GATEWAY_REQUEST_LOG)
 errorlog = "-"
 # gunicorn >= 25 opens a control socket in $HOME by default: one path shared by every

@@ -15,9 +15,11 @@ from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
 from gateway.body import CLOSE_AFTER_ANSWER
 
+KEEPALIVE_SECONDS = 5  # gunicorn's `keepalive` in gateway/gunicorn.conf.py
+
 
 class _Handler(PyWSGIHandler):
-    keepalive_seconds: float = 5.0
+    keepalive_seconds: float = KEEPALIVE_SECONDS
 
     def log_request(self) -> None:
         """Nothing: the gateway writes its own request log (gunicorn's access log is off)."""

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.worker import GatewayWorker
+from gateway.worker import KEEPALIVE_SECONDS, GatewayWorker
 from pyfunc.settings import PROJECT_DIR
 from tests.benchmarks import bench_measure as measure
 from tests.benchmarks import bench_stack as stack
@@ -112,8 +112,9 @@ def floor_app(
     port = free_port()
     connections = env.get("GATEWAY_CONNECTIONS", "100")
     command = [str(VENV_BIN / "gunicorn"), "tests.benchmarks.floor_app:app", "--no-control-socket"]
-    command += ["--bind", f"127.0.0.1:{port}", "--worker-class", WORKER_CLASS, "--keep-alive", "5"]
-    command += ["--workers", str(workers), "--worker-connections", connections]
+    command += ["--bind", f"127.0.0.1:{port}", "--worker-class", WORKER_CLASS]
+    command += ["--keep-alive", str(KEEPALIVE_SECONDS), "--workers", str(workers)]
+    command += ["--worker-connections", connections]
     command += ["--chdir", str(PROJECT_DIR)]
     url = f"http://127.0.0.1:{port}/ping"
     started = {**env, "FLOOR_UPSTREAM_URL": upstream}

@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from gateway.body import LINGER_SECONDS
 from gateway.errors import ERROR_CODES
 from gateway.openapi import build_spec
+from gateway.worker import KEEPALIVE_SECONDS
 from pyfunc.schema import FEATURE_NAMES, example_listing
 from pyfunc.settings import Settings
 from tests.support.gateway import RunningGateway, metric_samples, metric_sum, running_gateway
@@ -392,9 +393,6 @@ def test_the_next_request_on_a_keep_alive_connection_survives_a_refused_body(
             except requests.ConnectionError as error:
                 outcomes[f"ConnectionError: {str(error)[:80]}"] += 1
     assert outcomes == {200: 40}
-
-
-KEEPALIVE_SECONDS = 5  # gateway/gunicorn.conf.py
 
 
 def test_a_silent_client_and_one_that_never_ends_its_headers_are_let_go_after_the_keepalive(
