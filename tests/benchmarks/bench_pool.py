@@ -110,11 +110,10 @@ def floor_app(
     """`floor_app` in front of `upstream` under gunicorn as the gateway runs (its worker class,
     workers, connections, keep-alive): its port and process group."""
     port = free_port()
-    connections = env.get("GATEWAY_CONNECTIONS", "100")
     command = [str(VENV_BIN / "gunicorn"), "tests.benchmarks.floor_app:app", "--no-control-socket"]
     command += ["--bind", f"127.0.0.1:{port}", "--worker-class", WORKER_CLASS]
     command += ["--keep-alive", str(KEEPALIVE_SECONDS), "--workers", str(workers)]
-    command += ["--worker-connections", connections]
+    command += ["--worker-connections", env["GATEWAY_CONNECTIONS"]]
     command += ["--chdir", str(PROJECT_DIR)]
     url = f"http://127.0.0.1:{port}/ping"
     started = {**env, "FLOOR_UPSTREAM_URL": upstream}
