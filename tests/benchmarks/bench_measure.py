@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -67,6 +68,7 @@ Route = InProcess | Http
 
 
 CpuReader = Callable[[], dict[str, float]]
+K = TypeVar("K")
 
 
 def summarize(
@@ -222,6 +224,45 @@ def concurrent(
     Requests that finish inside the measured window (after `warmup`) are counted; `cpu()`
     (CPU seconds of each started process group) is read at both ends of the window.
     """
+    return _load_result([_window(route, batches, clients, warmup, duration, cpu)])
+
+
+def alternating(
+    routes: Mapping[K, tuple[Http, CpuReader]],
+    batches: Sequence[Batch],
+    clients: int,
+    warmup: float,
+    duration: float,
+    rounds: int,
+) -> dict[K, dict[str, object]]:
+    """`concurrent` on each route in turn, `rounds` times, for `duration / rounds` each: the
+    routes share the machine's slow and fast moments, so their ratio does not depend on which
+    one was measured when. The windows of each route are pooled (requests, CPU, latencies)."""
+    windows: dict[K, list[_Window]] = {name: [] for name in routes}
+    for _ in range(rounds):
+        for name, (route, cpu) in routes.items():
+            windows[name].append(_window(route, batches, clients, warmup, duration / rounds, cpu))
+    return {name: _load_result(pooled) for name, pooled in windows.items()}
+
+
+@dataclass(frozen=True)
+class _Window:
+    """What the clients of one measured window got, and the CPU spent meanwhile."""
+
+    clients: Sequence[_Client]
+    seconds: float
+    latencies: Sequence[float]  # of the requests that finished inside the window
+    spent: Mapping[str, float]
+
+
+def _window(
+    route: Http,
+    batches: Sequence[Batch],
+    clients: int,
+    warmup: float,
+    duration: float,
+    cpu: CpuReader,
+) -> _Window:
     workers = [_Client(route.copy(), [route.prepare(b) for b in batches]) for _ in range(clients)]
     start = threading.Barrier(clients + 1)
     clock = {"stop_at": float("inf")}  # set just before the clients are released
@@ -249,15 +290,17 @@ def concurrent(
         for finished, seconds in w.latencies
         if window[0] <= finished < window[1]
     ]
-    return _load_result(workers, inside, duration, spent)
+    return _Window(workers, duration, inside, spent)
 
 
-def _load_result(
-    workers: Sequence[_Client], inside: Sequence[float], duration: float, spent: Mapping[str, float]
-) -> dict[str, object]:
+def _load_result(windows: Sequence[_Window]) -> dict[str, object]:
+    workers = [w for window in windows for w in window.clients]
+    inside = [seconds for window in windows for seconds in window.latencies]
+    duration = sum(window.seconds for window in windows)
+    spent = {name: sum(window.spent[name] for window in windows) for name in windows[0].spent}
     count = len(inside)
     result: dict[str, object] = {
-        "clients": len(workers),
+        "clients": len(windows[0].clients),
         "seconds": duration,
         "requests": count,
         "requests_per_s": count / duration,
@@ -265,6 +308,7 @@ def _load_result(
         "first_error": next((w.first_error for w in workers if w.first_error), ""),
         "cpu_ms_per_request": {k: (v * 1e3 / count if count else None) for k, v in spent.items()},
         "cpu_cores_busy": {k: v / duration for k, v in spent.items()},
+        "windows_requests_per_s": [len(w.latencies) / w.seconds for w in windows],
     }
     if inside:
         result |= {

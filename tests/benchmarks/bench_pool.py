@@ -1,9 +1,12 @@
 """The model server pool in `make bench`: the rollout controller and the gateway, measured with
 a pool of 1 server and of MODEL_SERVERS servers in the same run (16-client req/s, p50/p99,
-single-client p50, and their ratio), then the longest gap between two successful answers
-while a rollout happens under 16 clients. Beside them, the floor: Flask under gunicorn with the
-gateway's worker class, workers and connections, passing each body to one server (`floor_app`),
-and the ceiling of the pool's ratio that the measured CPU costs leave on this machine's cores.
+single-client p50, and their ratio). Both pools run side by side (1 + MODEL_SERVERS model
+servers, about 1 GB of RSS each) and are measured in turn, POOL_ROUNDS short windows each, so
+that a slower minute of the machine falls on both; then, the largest pool alone, the longest
+gap between two successful answers while a rollout happens under 16 clients. Beside them, the
+floor: Flask under gunicorn with the gateway's worker class, workers and connections, passing
+each body to one server (`floor_app`), and the ceiling of the pool's ratio that the measured
+CPU costs leave on this machine's cores.
 
 The rollout goes to a copy of the champion (a new version of the same model files and
 evaluation tags, registered in a second): what is measured is the switch, not a training.
@@ -31,6 +34,7 @@ from tests.support.rollout import ONE_LISTING, Controller, mlflow_client, runnin
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = "1"
+POOL_ROUNDS = 4  # alternating windows per pool size
 WORKER_CLASS = f"{GatewayWorker.__module__}.{GatewayWorker.__name__}"
 
 
@@ -64,43 +68,61 @@ def measure_pools(
     plan: dict[str, Any],
     gateway_workers: int,
 ) -> dict[str, Any]:
-    """Per pool size: concurrent and single-client figures; a rollout on the largest pool."""
-    results: dict[str, Any] = {"sizes": {}}
-    for size in sizes:
-        with pool_stack(workdir / f"pool-{size}", env, size, gateway_workers) as (ctl, gateway):
-            route = measure.Http(
-                measure.GATEWAY, "127.0.0.1", gateway.port, {"X-API-Key": stack.API_KEY}
-            )
-            groups = {
-                "gateway": gateway.pid,
-                **{f"server {n}": pid for n, pid in enumerate(ctl.served()["pids"].values())},
-            }
-            cpu = stack.CpuMeter(groups)
-            logger.info("pool of %d: %d clients for %.0f s", size, clients, plan["duration"])
-            result = measure.concurrent(
-                route, batches, clients, plan["warmup"], plan["duration"], cpu
-            )
-            single = measure.concurrent(
-                route, batches, 1, plan["warmup"], plan["duration"] / 2, cpu
-            )
-            result["single_client_p50_ms"] = single.get("p50_ms")
-            result["single_client_cpu_ms"] = single["cpu_ms_per_request"]
-            result["rss_mb"] = stack.rss_report(groups)
-            results["sizes"][size] = result
-            if size == max(sizes):
-                upstream = ctl.served()["servers"][0]
-                floor = measure_floor(
-                    workdir, env, batches, clients, plan, gateway_workers, upstream
+    """Every pool size up at once, measured in alternation (16 clients, then one client); then,
+    with the largest pool alone, the floor and a rollout."""
+    largest = max(sizes)
+    with pool_stack(workdir / f"pool-{largest}", env, largest, gateway_workers) as big:
+        with contextlib.ExitStack() as smaller:
+            pools = {
+                size: smaller.enter_context(
+                    pool_stack(workdir / f"pool-{size}", env, size, gateway_workers)
                 )
-                results["floor"] = floor
-                results["rollout"] = rollout_gap(ctl, gateway, env, clients)
-    small, large = results["sizes"][min(sizes)], results["sizes"][max(sizes)]
+                for size in sizes
+                if size != largest
+            } | {largest: big}
+            results: dict[str, Any] = {"sizes": measure_sizes(pools, batches, clients, plan)}
+        controller, gateway = big
+        upstream = controller.served()["servers"][0]
+        results["floor"] = measure_floor(
+            workdir, env, batches, clients, plan, gateway_workers, upstream
+        )
+        results["rollout"] = rollout_gap(controller, gateway, env, clients)
+    small, large = results["sizes"][min(sizes)], results["sizes"][largest]
     results["ratio_req_per_s"] = large["requests_per_s"] / small["requests_per_s"]
     results["ratio_single_client_p50"] = (
         large["single_client_p50_ms"] / small["single_client_p50_ms"]
     )
     results["ceiling"] = ratio_ceiling(small, large, results["floor"])
     return results
+
+
+def measure_sizes(
+    pools: dict[int, tuple[Controller, RunningGateway]],
+    batches: Sequence,
+    clients: int,
+    plan: dict[str, Any],
+) -> dict[int, dict[str, Any]]:
+    """Per pool size, through its gateway: `clients` clients, then one, in POOL_ROUNDS
+    alternating windows each; the CPU of the gateway and of each server; RSS."""
+    routes, groups = {}, {}
+    for size, (controller, gateway) in sorted(pools.items()):
+        route = measure.Http(
+            measure.GATEWAY, "127.0.0.1", gateway.port, {"X-API-Key": stack.API_KEY}
+        )
+        servers = controller.served()["pids"].values()
+        groups[size] = {"gateway": gateway.pid} | {
+            f"server {n}": pid for n, pid in enumerate(servers)
+        }
+        routes[size] = (route, stack.CpuMeter(groups[size]))
+    logger.info("pools of %s: %d clients, %d rounds", list(routes), clients, POOL_ROUNDS)
+    warmup, duration = plan["warmup"], plan["duration"]
+    many = measure.alternating(routes, batches, clients, warmup, duration, POOL_ROUNDS)
+    single = measure.alternating(routes, batches, 1, warmup, duration / 2, POOL_ROUNDS)
+    for size, result in many.items():
+        result["single_client_p50_ms"] = single[size].get("p50_ms")
+        result["single_client_cpu_ms"] = single[size]["cpu_ms_per_request"]
+        result["rss_mb"] = stack.rss_report(groups[size])
+    return many
 
 
 @contextlib.contextmanager
@@ -228,8 +250,11 @@ def render(pool: dict[str, Any]) -> list[str]:
             f"{c.get('p99_ms', 0):>9.2f}{c['errors']:>8}"
             f"{c.get('single_client_p50_ms') or 0:>17.2f}{rss:>16.0f}"
         )
+    small, large = (pool["sizes"][size] for size in (min(pool["sizes"]), max(pool["sizes"])))
+    windows = zip(small["windows_requests_per_s"], large["windows_requests_per_s"], strict=True)
     lines.append(
-        f"  req/s ratio, largest / 1 server: {pool['ratio_req_per_s']:.2f}; "
+        f"  req/s ratio, largest / 1 server: {pool['ratio_req_per_s']:.2f} (window by window: "
+        f"{', '.join(f'{b / a:.2f}' for a, b in windows)}); "
         f"1-client p50 ratio: {pool['ratio_single_client_p50']:.2f}"
     )
     floor, ceiling = pool.get("floor"), pool.get("ceiling")
