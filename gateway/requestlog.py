@@ -1,13 +1,13 @@
 """The request log: one JSON line per request, whatever its outcome, to a file or to stdout.
 
-The request path only hands a record to a `QueueHandler`; a `QueueListener` thread per worker,
-which looks for records every LISTENER_POLL_SECONDS rather than being woken for each, renders
-it (`JsonLineFormatter`) and writes it whole (`LineHandler`), so gunicorn workers never
-interleave or lose each other's lines: in a file, one O_APPEND write, the file opened by name
-for each line (a rename rotates it, nothing lost); on stdout (GATEWAY_REQUEST_LOG=-), under a
-lock (`fcntl.lockf`) held by one process at a time, as a pipe keeps only 4 KiB writes whole.
-Lost lines are counted and logged to stderr at most once a minute; half a line left by a disk
-filling up is cut off. `close()` (gunicorn's worker_exit hook, or atexit) writes what is queued.
+The request path only queues a function returning the line's fields; a thread per worker, which
+looks for lines every LISTENER_POLL_SECONDS rather than being woken for each, renders what is
+queued and writes it in one piece, so gunicorn workers never interleave or lose each other's
+lines: in a file, one O_APPEND write, the file opened by name for each write (a rename rotates
+it, nothing lost); on stdout (GATEWAY_REQUEST_LOG=-), under a lock (`fcntl.lockf`) held by one
+process at a time, as a pipe keeps only 4 KiB writes whole. Lost lines are counted and logged
+to stderr at most once a minute; what a disk filling up left of a write is cut off. `close()`
+(gunicorn's worker_exit hook, or atexit) writes what is queued.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
@@ -37,6 +36,7 @@ COMPLAINT_INTERVAL_SECONDS = 60.0
 # Waking the listener for every record cost each request about 0.13 ms more of the worker's
 # CPU than all the rendering and writing (README, Benchmarks); a line waits at most this long.
 LISTENER_POLL_SECONDS = 0.05
+BATCH_LINES = 64  # written at once, at most
 STDOUT = Path("-")  # GATEWAY_REQUEST_LOG's value for standard output
 _STDOUT_FD = 1
 _STDOUT_THREADS = threading.Lock()  # fcntl locks exclude processes, not threads
@@ -86,35 +86,82 @@ def iso_utc(epoch_seconds: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class JsonLineFormatter(logging.Formatter):
-    """A record whose `msg` is a function returning the fields, as one line of JSON."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields: Callable[[], dict] = record.msg  # type: ignore[assignment]
-        return orjson.dumps(fields()).decode()
-
-
-class LineHandler(logging.Handler):
-    """Writes each record as one line to `path` (or stdout); `on_lost(1)` for each line lost."""
+class RequestLog:
+    """Lines to `path` (or STDOUT) from a background thread; `on_lost(n)` counts lost lines."""
 
     def __init__(self, path: Path, on_lost: Callable[[int], None]):
-        super().__init__()
         self.path = path
         self._write = _write_stdout if path == STDOUT else partial(_append, path)
         self._on_lost = on_lost
         self._lost = 0
         self._complained_at = float("-inf")
+        self._queue: queue.Queue[Fields] = queue.Queue()
+        self._closed = threading.Event()
+        self._writer = threading.Thread(target=self._run, name="request-log", daemon=True)
+        self._writer.start()
+        atexit.register(self.close)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._write((self.format(record) + "\n").encode())
-        except Exception:
-            self.handleError(record)
+    def emit(self, fields: Fields) -> None:
+        """Log one line; `fields` runs on the background thread and returns its fields."""
+        if self._closed.is_set():
+            self._write_lines([fields])
+        else:
+            self._queue.put(fields)
 
-    def handleError(self, record: logging.LogRecord) -> None:
-        """Count the lost line; say why on stderr at most once a minute."""
-        self._lost += 1
-        self._on_lost(1)
+    def flush(self) -> None:
+        """Wait until every line queued so far is written (tests)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Write what is queued and stop the thread; later lines are written synchronously."""
+        if not self._closed.is_set():
+            self._closed.set()
+            self._writer.join()
+            while self._write_queued():  # queued while the thread was stopping
+                pass
+
+    def _run(self) -> None:
+        while True:
+            closing = self._closed.is_set()  # read first: what was queued before is written
+            if not self._write_queued():
+                if closing:
+                    return
+                time.sleep(LISTENER_POLL_SECONDS)
+
+    def _write_queued(self) -> bool:
+        """Write up to BATCH_LINES queued lines; False when none was queued."""
+        batch = self._take_queued()
+        if batch:
+            self._write_lines(batch)
+            for _ in batch:
+                self._queue.task_done()
+        return bool(batch)
+
+    def _take_queued(self) -> list[Fields]:
+        batch: list[Fields] = []
+        with contextlib.suppress(queue.Empty):
+            while len(batch) < BATCH_LINES:
+                batch.append(self._queue.get_nowait())
+        return batch
+
+    def _write_lines(self, batch: list[Fields]) -> None:
+        """Render each line (one that fails is lost alone), then write them in one piece."""
+        lines = []
+        for fields in batch:
+            try:
+                lines.append(orjson.dumps(fields(), option=orjson.OPT_APPEND_NEWLINE))
+            except Exception:
+                self._count_lost(1)
+        if lines:
+            try:
+                self._write(b"".join(lines))
+            except Exception:
+                self._count_lost(len(lines))
+
+    def _count_lost(self, lines: int) -> None:
+        """Count lost lines; say why on stderr at most once a minute."""
+        self._lost += lines
+        self._on_lost(lines)
         now = time.monotonic()
         if now - self._complained_at >= COMPLAINT_INTERVAL_SECONDS:
             self._complained_at = now
@@ -124,58 +171,6 @@ class LineHandler(logging.Handler):
                 sys.exc_info()[1],
                 self._lost,
             )
-
-
-class _Enqueue(QueueHandler):
-    """Queues the record as it is: rendering waits for the listener's thread."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
-
-
-class _PollingListener(QueueListener):
-    """Takes what is queued without blocking; sleeps while nothing is."""
-
-    def dequeue(self, block: bool) -> logging.LogRecord:
-        while True:
-            try:
-                return cast(queue.Queue, self.queue).get_nowait()
-            except queue.Empty:
-                if not block:
-                    raise
-                time.sleep(LISTENER_POLL_SECONDS)
-
-
-class RequestLog:
-    """Lines to `path` (or STDOUT) from a background thread; `on_lost(n)` counts lost lines."""
-
-    def __init__(self, path: Path, on_lost: Callable[[int], None]):
-        self._writer = LineHandler(path, on_lost)
-        self._writer.setFormatter(JsonLineFormatter())
-        self._queue: queue.Queue = queue.Queue()
-        self._enqueue = _Enqueue(self._queue)
-        self._listener = _PollingListener(self._queue, self._writer)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._listener.start()
-        atexit.register(self.close)
-
-    def emit(self, fields: Fields) -> None:
-        """Log one line; `fields` runs on the background thread and returns its fields."""
-        record = logging.makeLogRecord({"name": __name__, "msg": fields})
-        (self._writer if self._closed else self._enqueue).handle(record)
-
-    def flush(self) -> None:
-        """Wait until every line queued so far is written (tests)."""
-        self._queue.join()
-
-    def close(self) -> None:
-        """Write what is queued and stop the thread; later lines are written synchronously."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._listener.stop()
 
 
 def _append(path: Path, data: bytes) -> None:
@@ -200,7 +195,7 @@ def _write_stdout(data: bytes) -> None:
 
 def _write_whole(fd: int, data: bytes) -> None:
     """Write all of `data`; on a short write (a full disk) cut off what made it, so that a
-    file never keeps half a line."""
+    file never keeps part of a line."""
     written = 0
     try:
         while written < len(data):  # one write, but for a pipe's reader or a nearly full disk
@@ -211,7 +206,7 @@ def _write_whole(fd: int, data: bytes) -> None:
 
 
 def _cut_partial_line(fd: int, written: int) -> None:
-    """Truncate the `written` bytes of a line that did not make it whole, unless another
+    """Truncate the `written` bytes of a write that did not make it whole, unless another
     process appended since."""
     if written:
         with contextlib.suppress(OSError):
