@@ -10,7 +10,13 @@ import sys
 import threading
 
 from gateway.app import create_app, gateway_of
-from gateway.requestlog import RequestLog, RequestRecord, _cut_partial_line, iso_utc
+from gateway.requestlog import (
+    BATCH_LINES,
+    RequestLog,
+    RequestRecord,
+    _cut_partial_line,
+    iso_utc,
+)
 from pyfunc.settings import PROJECT_DIR
 from tests.support.gateway import gateway_settings, read_log
 
@@ -86,6 +92,22 @@ def test_lines_from_many_threads_stay_whole(tmp_path):
     ids = [line["request_id"] for line in read_log(tmp_path / "deep" / "requests.jsonl")]
     assert len(ids) == len(set(ids)) == 1600
     assert lost == []
+
+
+def test_lines_queued_together_are_written_together_in_order(tmp_path):
+    """A write per batch of queued lines, not per line (the file is opened for each write)."""
+    path = tmp_path / "requests.jsonl"
+    log = RequestLog(path, lambda n: None)
+    writes: list[bytes] = []
+    write = log._write
+    log._write = lambda data: (writes.append(data), write(data))
+    lines = 3 * BATCH_LINES
+    for n in range(lines):
+        log.emit(lambda n=n: {"n": n})
+    log.close()
+    assert [line["n"] for line in read_log(path)] == list(range(lines))
+    assert len(writes) <= 3 + 2  # full batches, and at most two cut by the thread waking
+    assert b"".join(writes) == path.read_bytes()
 
 
 def test_unwritable_file_counts_lost_lines_and_complains_once(tmp_path, caplog):
