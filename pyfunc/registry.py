@@ -19,6 +19,7 @@ from pyfunc.errors import UserError
 
 PREVIOUS_ALIAS = "previous-champion"
 PRODUCTION_STAGE = "Production"
+ARCHIVED_STAGE = "Archived"
 METRIC_TAGS = ("test_mae", "test_rmse", "test_mape", "test_r2")
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
@@ -135,9 +136,12 @@ def move_champion(name: str, alias: str, version: str) -> str | None:
         client.set_registered_model_alias(name, PREVIOUS_ALIAS, previous)
     client.set_registered_model_alias(name, alias, version)
     with warnings.catch_warnings(action="ignore", category=FutureWarning):  # stages: deprecated
-        client.transition_model_version_stage(
-            name, version, PRODUCTION_STAGE, archive_existing_versions=True
-        )
+        client.transition_model_version_stage(name, version, PRODUCTION_STAGE)
+        # archived one by one: MLflow's archive_existing_versions compares the integer version
+        # column with a string, which PostgreSQL refuses
+        for other in client.search_model_versions(f"name = '{name}'"):
+            if other.current_stage == PRODUCTION_STAGE and str(other.version) != str(version):
+                client.transition_model_version_stage(name, other.version, ARCHIVED_STAGE)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     set_tags(name, version, {"promoted_at": now})
     return previous if previous != version else None
