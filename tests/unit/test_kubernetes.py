@@ -12,12 +12,14 @@ import os
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
 
 from pyfunc.settings import Settings
+from tests.support.docker import DOCKERFILE, compose_config, example_variables
 from tests.support.kubernetes import KUBERNETES, OVERLAYS, ROOT, find, render
 
 KUBERNETES_VERSION = "1.31.0"  # the oldest minor still supported upstream when written
@@ -29,6 +31,12 @@ IMAGES = {"gateway": "property-friends-gateway"}  # the others run the model ima
 # What a project container may set besides the settings: the tracking server's own variables
 # and HOME (on the writable /tmp: the root filesystem is read-only).
 OTHER_VARIABLES = {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_SERVER_ALLOWED_HOSTS", "HOME"}
+# The roles compose runs (and the image suite runs from it) that Kubernetes runs too, and the
+# options each sets its own way: compose's pool is reached as `controller` (Kubernetes: through
+# service/model-server); compose's artifacts have a volume of their own (Kubernetes base: a
+# folder beside the sqlite store on the volume).
+SHARED_ROLES = ("gateway", "controller", "mlflow")
+OWN_OPTIONS = {"--public-host", "--artifacts-destination"}
 PROBES = {
     "gateway": {"readinessProbe": "/ready", "livenessProbe": "/health"},
     "model-server": {"readinessProbe": "/ping", "livenessProbe": "/ping", "startupProbe": "/ping"},
@@ -183,3 +191,51 @@ def test_production_reads_the_tracking_store_from_the_secret():
         "name": "MLFLOW_BACKEND_STORE_URI",
         "valueFrom": {"secretKeyRef": secret},
     }
+
+
+def without_own_options(command: list[str]) -> list[str]:
+    kept: list[str] = []
+    for token in command:
+        if kept and kept[-1] in OWN_OPTIONS:
+            kept.pop()
+        else:
+            kept.append(token)
+    return kept
+
+
+def image_user() -> int:
+    users = [
+        line.split()[1] for line in DOCKERFILE.read_text().splitlines() if line.startswith("USER ")
+    ]
+    return int(users[-1].split(":")[0])
+
+
+@pytest.fixture(scope="module")
+def compose_services() -> dict[str, dict[str, Any]]:
+    return compose_config(example_variables())["services"]
+
+
+def test_kubernetes_runs_each_role_as_compose_and_the_image_suite_run_it(
+    manifests, compose_services
+):
+    """Command, user, port, liveness probe and mounted paths of each role shared with compose."""
+    pods = {
+        c["name"]: m["spec"]["template"]["spec"]
+        for m in manifests
+        if m["kind"] == "Deployment"
+        for c in m["spec"]["template"]["spec"]["containers"]
+    }
+    for role in SHARED_ROLES:
+        service, container = compose_services[role], containers(manifests)[role]
+        assert without_own_options(container["command"]) == without_own_options(
+            service["command"]
+        ), role
+        assert pods[role]["securityContext"]["runAsUser"] == image_user(), role
+        health = urlsplit(service["environment"]["HEALTHCHECK_URL"])
+        assert [p["containerPort"] for p in container["ports"]] == [health.port], role
+        assert container["livenessProbe"]["httpGet"]["path"] == health.path, role
+        compose_mounts = {v["target"]: bool(v.get("read_only")) for v in service["volumes"]}
+        tmpfs = (path.split(":")[0] for path in service.get("tmpfs") or ())
+        compose_mounts |= dict.fromkeys(tmpfs, False)
+        mounts = {m["mountPath"]: bool(m.get("readOnly")) for m in container["volumeMounts"]}
+        assert mounts.items() <= compose_mounts.items(), role

@@ -1,0 +1,180 @@
+"""The image suite's stack: both images built from the lock files, then compose's roles run as
+containers (tracking server on PostgreSQL, trainer, controller with its pool, gateway) on host
+networking with free ports. Its facts (sizes, build and start times) go to
+bench-results/images.json and to the end of the run's output."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+
+from pyfunc.schema import example_listing
+from tests.support.docker import (
+    HostNetwork,
+    NoEngine,
+    Role,
+    build,
+    compose_config,
+    docker,
+    docker_engine,
+    image_megabytes,
+    python_base,
+    remove,
+    session_prefix,
+    wait_healthy,
+)
+from tests.support.gateway import ALICE_KEY, API_KEYS
+from tests.support.postgres import running_postgres
+from tests.support.processes import free_port, wait_until
+from tests.support.stack import SMALL_SOURCE
+
+ROOT = Path(__file__).resolve().parents[2]
+FACTS_FILE = ROOT / "bench-results" / "images.json"
+TARGETS = {"gateway": "gateway", "model": "mlflow"}  # build target -> a service that runs it
+CONTAINER_PORTS = (5000, 5432, 8000, 9101)  # tracking, PostgreSQL, gateway, controller
+START_TIMEOUT = 300
+FACTS: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    try:
+        with docker_engine(tmp_path_factory.mktemp("dockerd") / "dockerd.log"):
+            yield
+    except NoEngine as reason:
+        pytest.skip(f"image suite skipped: no Docker engine can be started here: {reason}")
+
+
+@pytest.fixture(scope="session")
+def compose(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """docker-compose.yml resolved with the variables docker/.env would set."""
+    variables = {
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_PASSWORD": "unused-the-test-server-trusts-127.0.0.1",
+        "GATEWAY_API_KEYS": API_KEYS,
+        "GRAFANA_ADMIN_PASSWORD": "unused",
+        "IMAGE_TAG": "test",
+        "DATA_SOURCE": SMALL_SOURCE,
+        "MODEL_SERVERS": "2",
+    }
+    return compose_config(variables)
+
+
+@pytest.fixture(scope="session")
+def images(engine: None, compose: dict) -> dict[str, str]:
+    """Both targets built, tagged as compose names them; build facts recorded."""
+    started = time.monotonic()
+    base = python_base()
+    FACTS["base_image"] = base
+    FACTS["base_seconds"] = round(time.monotonic() - started, 1)
+    tags = {}
+    for target, service in TARGETS.items():
+        tag = compose["services"][service]["image"]
+        FACTS[f"{target}_build_seconds"] = round(build(target, tag, base), 1)
+        FACTS[f"{target}_image_mb"] = round(image_megabytes(tag))
+        tags[target] = tag
+    return tags
+
+
+@dataclass
+class Stack:
+    network: HostNetwork
+    roles: dict[str, Role]
+    prefix: str
+    started: list[str] = field(default_factory=list)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.network.ports[8000]}"
+
+    @property
+    def tracking_url(self) -> str:
+        return f"http://127.0.0.1:{self.network.ports[5000]}"
+
+    def priced(self) -> requests.Response | None:
+        """A priced answer to one listing through the gateway, or None."""
+        try:
+            response = requests.post(
+                f"{self.gateway_url}/invocations",
+                json={"dataframe_records": [example_listing()]},
+                headers={"X-API-Key": ALICE_KEY},
+                timeout=30,
+            )
+        except requests.RequestException:
+            return None
+        return response if response.status_code == 200 else None
+
+    def prices_steadily(self, answers: int = 20) -> bool:
+        """Whether `answers` requests in a row are priced: each gateway worker reads the
+        served-model file on its own, within a second of the others."""
+        return all(self.priced() is not None for _ in range(answers))
+
+    def start(self, service: str) -> float:
+        """Run the service's container; the seconds until its HEALTHCHECK says healthy."""
+        role = self.roles[service]
+        started = time.monotonic()
+        docker(*role.run_args())
+        self.started.append(role.name)
+        wait_healthy(role.name, START_TIMEOUT)
+        return time.monotonic() - started
+
+    def run_once(self, service: str) -> float:
+        """Run a one-shot service to its end; the seconds it took."""
+        started = time.monotonic()
+        docker(*self.roles[service].run_args(detach=False), timeout=1200)
+        return time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def stack(images: dict[str, str], compose: dict) -> Iterator[Stack]:
+    """Tracking server, trainer (version 1), controller and gateway, as compose runs them."""
+    with running_postgres() as url:
+        database_port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with psycopg.connect(f"host=127.0.0.1 port={database_port} user=postgres") as db:
+            db.autocommit = True
+            db.execute("CREATE DATABASE mlflow")
+        ports = {port: free_port() for port in CONTAINER_PORTS} | {5432: database_port}
+        network = HostNetwork(ports, frozenset(compose["services"]))
+        prefix = session_prefix()
+        roles = {
+            name: Role(
+                name, compose["services"][name], compose["services"][name]["image"], network, prefix
+            )
+            for name in ("mlflow", "trainer", "controller", "gateway")
+        }
+        stack = Stack(network, roles, prefix)
+        try:
+            FACTS["tracking_start_seconds"] = round(stack.start("mlflow"), 1)
+            FACTS["trainer_seconds"] = round(stack.run_once("trainer"), 1)
+            started = time.monotonic()
+            FACTS["controller_healthy_seconds"] = round(stack.start("controller"), 1)
+            FACTS["gateway_healthy_seconds"] = round(stack.start("gateway"), 1)
+            wait_until(stack.prices_steadily, START_TIMEOUT, "priced answers", interval=1)
+            FACTS["controller_to_first_price_seconds"] = round(time.monotonic() - started, 1)
+            yield stack
+        finally:
+            remove([role.name for role in roles.values()], prefix)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def facts_file() -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    if FACTS:
+        FACTS["suite_seconds"] = round(time.monotonic() - started, 1)
+        FACTS_FILE.parent.mkdir(exist_ok=True)
+        FACTS_FILE.write_text(json.dumps(FACTS, indent=2))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # pytest's reporter
+    if FACTS:
+        terminalreporter.section("images")
+        for name, value in FACTS.items():
+            terminalreporter.write_line(f"{name:28} {value}")

@@ -1,0 +1,129 @@
+"""What users rely on, checked through the containers of both images, run as compose declares
+them: priced answers behind a key, healthy by their own HEALTHCHECK, no root, read-only roots,
+a promotion rolled out under load, a crash survived with the same champion."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import requests
+
+from pyfunc.schema import example_listing
+from tests.images.conftest import Stack
+from tests.support.docker import attempt, docker, health, main_pid, process_uids, wait_healthy
+from tests.support.gateway import ALICE_KEY, LoadClients
+from tests.support.processes import wait_until
+from tests.support.rollout import ONE_LISTING
+
+pytestmark = pytest.mark.images
+
+APP_USER = "10001"  # docker/Dockerfile's USER
+LONG_RUNNING = ("mlflow", "controller", "gateway")
+
+
+def price(stack: Stack, headers: dict[str, str]) -> requests.Response:
+    return requests.post(
+        f"{stack.gateway_url}/invocations",
+        json={"dataframe_records": [example_listing()]},
+        headers=headers,
+        timeout=30,
+    )
+
+
+def served_version(stack: Stack) -> str | None:
+    priced = stack.priced()
+    return priced.headers.get("X-Model-Version") if priced is not None else None
+
+
+def test_the_gateway_prices_with_a_key_and_refuses_without(stack: Stack) -> None:
+    priced = price(stack, {"X-API-Key": ALICE_KEY})
+    assert priced.status_code == 200, priced.text
+    assert priced.headers["X-Model-Version"] == "1"
+    [prediction] = priced.json()["predictions"]
+    assert prediction["price"] > 0
+    refused = price(stack, {})
+    assert refused.status_code == 401
+    assert refused.json()["error_code"] == "MISSING_API_KEY"
+
+
+@pytest.mark.parametrize("service", LONG_RUNNING)
+def test_each_container_is_healthy_by_the_image_s_own_healthcheck(
+    stack: Stack, service: str
+) -> None:
+    name = stack.roles[service].name
+    probe = json.loads(docker("inspect", "-f", "{{json .Config.Healthcheck.Test}}", name))
+    image = stack.roles[service].image
+    assert probe == json.loads(
+        docker("image", "inspect", "-f", "{{json .Config.Healthcheck.Test}}", image)
+    )
+    assert health(name) == "healthy"
+
+
+@pytest.mark.parametrize("service", LONG_RUNNING)
+def test_no_process_of_a_container_runs_as_root(stack: Stack, service: str) -> None:
+    uids = process_uids(stack.roles[service].name)
+    assert uids, "no process listed"
+    assert set(uids.values()) == {APP_USER}, uids
+
+
+def test_the_controller_runs_its_pool_in_its_own_container(stack: Stack) -> None:
+    commands = process_uids(stack.roles["controller"].name)
+    launchers = [c for c in commands if " models serve " in f" {c} " and "uvicorn" not in c]
+    assert len(launchers) == int(stack.roles["controller"].environment["MODEL_SERVERS"]), commands
+
+
+@pytest.mark.parametrize("service", LONG_RUNNING)
+def test_the_root_filesystem_is_read_only_as_compose_says(stack: Stack, service: str) -> None:
+    role = stack.roles[service]
+    assert role.spec["read_only"] is True
+    probe = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('x')"
+    code, blocked = attempt("exec", role.name, "python", "-c", probe, "/app/probe")
+    assert code != 0
+    assert "Read-only file system" in blocked
+    for writable in [
+        "/tmp",
+        *(v["target"] for v in role.spec.get("volumes", ()) if not v.get("read_only")),
+    ]:
+        docker("exec", role.name, "python", "-c", probe, f"{writable}/probe")
+        docker("exec", role.name, "rm", f"{writable}/probe")
+
+
+def test_a_promotion_rolls_out_under_load_with_no_failed_request(stack: Stack) -> None:
+    """The trainer runs again (a new version, promoted by its gate) while clients price."""
+    load = LoadClients(stack.gateway_url, [ONE_LISTING], clients=4, prefix="promotion", pause=0.02)
+    load.start()
+    try:
+        stack.run_once("trainer")
+        wait_until(lambda: served_version(stack) == "2", 300, "version 2 served", interval=1)
+        drained = float(stack.roles["controller"].environment["GATEWAY_READ_TIMEOUT_SECONDS"]) + 4
+        time.sleep(drained)  # the old servers stop while the load goes on
+    finally:
+        sent = load.stop()
+    failed = [s for s in sent if s.status != 200]
+    assert not failed, f"{len(failed)} of {len(sent)} failed, e.g. {failed[:3]}"
+    versions = [s.model_version for s in sorted(sent, key=lambda s: s.started)]
+    assert set(versions) == {"1", "2"}
+    assert versions[-50:] == ["2"] * 50
+
+
+@pytest.mark.parametrize("service", ["controller", "gateway"])
+def test_a_killed_container_restarts_and_serves_the_same_champion(
+    stack: Stack, service: str
+) -> None:
+    before = served_version(stack)
+    assert before == "2"
+    name = stack.roles[service].name
+    restarts = int(docker("inspect", "-f", "{{.RestartCount}}", name))
+    os.kill(main_pid(name), signal.SIGKILL)  # a crash: compose's restart policy brings it back
+    wait_until(
+        lambda: int(docker("inspect", "-f", "{{.RestartCount}}", name)) > restarts,
+        60,
+        f"{name} restarted",
+    )
+    wait_healthy(name, 300)
+    wait_until(lambda: served_version(stack) is not None, 300, "a priced answer", interval=1)
+    assert served_version(stack) == before
