@@ -356,9 +356,10 @@ def logs(name: str, tail: int = 60) -> str:
 
 
 def process_uids(name: str) -> dict[str, str]:
-    """Every process of the container: its command line -> its user id."""
-    lines = docker("top", name, "-eo", "uid,args").splitlines()[1:]
-    return {line.split(None, 1)[1]: line.split(None, 1)[0] for line in lines}
+    """Every process of the container: its pid and command line -> its user id."""
+    lines = docker("top", name, "-eo", "uid,pid,args").splitlines()[1:]
+    rows = (line.split(None, 2) for line in lines)
+    return {f"{pid} {args}": uid for uid, pid, args in rows}
 
 
 def main_pid(name: str) -> int:
