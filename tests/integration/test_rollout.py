@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pyfunc.settings import MODEL_INFO_CHECK_SECONDS
+from config.settings import MODEL_INFO_CHECK_SECONDS
 from tests.support.gateway import LoadClients, RunningGateway, Sent, running_gateway
 from tests.support.processes import free_port, wait_until
 from tests.support.rollout import (

@@ -1,4 +1,4 @@
-"""The rollout controller's Kubernetes executor (pyfunc/deployment.py) against a stand-in of the
+"""The rollout controller's Kubernetes executor (serving/deployment.py) against a stand-in of the
 API it calls, which speaks the official client's models and starts from the model server
 Deployment of docker/kubernetes/base as `kubectl kustomize` renders it. The new pods' canary
 is answered by a local HTTP server."""
@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from kubernetes import client
 
-from pyfunc.deployment import INFO_KEY, Deployment
-from pyfunc.rollout import Processes, executor
-from pyfunc.servers import ServerError, Serving
-from pyfunc.settings import Settings
+from config.settings import Settings
+from serving.controller import Processes, executor
+from serving.deployment import INFO_KEY, Deployment
+from serving.servers import ServerError, Serving
 from tests.support.gateway import fake_upstream
 from tests.support.kubernetes import KUBERNETES, FakeCluster, find, render
 

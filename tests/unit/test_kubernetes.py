@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pyfunc.settings import Settings
+from config.settings import Settings
 from tests.support.kubernetes import KUBERNETES, OVERLAYS, ROOT, find, render
 
 KUBERNETES_VERSION = "1.31.0"  # the oldest minor still supported upstream when written

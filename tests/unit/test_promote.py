@@ -15,12 +15,12 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
-from pyfunc import serve
-from pyfunc.errors import UserError
-from pyfunc.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, model_uri, move_champion
-from pyfunc.rollout import Controller, Processes
-from pyfunc.settings import Settings
+from config.errors import UserError
+from config.settings import Settings
+from serving import serve
+from serving.controller import Controller, Processes
 from steps.promote import check_loadable, gate, promote
+from steps.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, model_uri, move_champion
 from steps.rollback import rollback
 from steps.tracking import StepError
 
@@ -248,7 +248,7 @@ def test_a_version_logged_with_other_package_versions_is_refused_in_one_line(
     controller = Controller(
         settings, params, Processes(settings, "127.0.0.1", "127.0.0.1"), metrics
     )
-    with caplog.at_level(logging.WARNING, logger="pyfunc.rollout"):
+    with caplog.at_level(logging.WARNING, logger="serving.controller"):
         controller.poll()
     assert controller.serving is None
     assert metrics.get_sample_value("model_rollouts_total", {"result": "refused"}) == 1

@@ -12,8 +12,8 @@ import time
 import pandas as pd
 import pytest
 
-from pyfunc import servers
-from pyfunc.servers import Server, ServerError
+from serving import servers
+from serving.servers import Server, ServerError
 from tests.support.gateway import fake_upstream
 
 EXPECTED = pd.DataFrame({"price": [11571.4, 9000.25], "outside_training_range": ["", "n_rooms"]})

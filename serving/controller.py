@@ -1,13 +1,13 @@
 """Rollout controller: keeps a pool of model servers on the version MODEL_URI resolves to.
 
-    python -m pyfunc.rollout [--host 127.0.0.1] [--public-host NAME]    (make controller)
-    python -m pyfunc.rollout --stop     stop the servers the served-model file lists (make stop)
+    python -m serving.controller [--host 127.0.0.1] [--public-host NAME]    (make controller)
+    python -m serving.controller --stop     stop the servers the served-model file lists (make stop)
 
 Every ROLLOUT_POLL_SECONDS it resolves MODEL_URI in the registry; a new version gets the checks
 of `promote`, then servers of its own beside the old ones, then the served-model file, and the
 old servers are drained and stopped (README, "How a promotion reaches traffic"). Servers outlive
 the controller; a restarted one adopts them. ROLLOUT_EXECUTOR=kubernetes rolls the model server
-Deployment instead (`pyfunc.deployment`).
+Deployment instead (`serving.deployment`).
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from pyfunc import servers
-from pyfunc.errors import UserError
-from pyfunc.registry import lookup, model_uri, resolve
-from pyfunc.serve import training_reference, write_info
-from pyfunc.servers import Server, ServerError, Serving, canary
-from pyfunc.settings import MODEL_INFO_CHECK_SECONDS, Settings
+from config.errors import UserError
+from config.settings import MODEL_INFO_CHECK_SECONDS, Settings
+from serving import servers
+from serving.serve import training_reference, write_info
+from serving.servers import Server, ServerError, Serving, canary
 from steps.evaluate import run_evaluate
 from steps.params import Params, load_params
 from steps.promote import check_loadable, gate
+from steps.registry import lookup, model_uri, resolve
 from steps.tracking import StepError, configure
 
 logger = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ class Processes:
 def executor(settings: Settings, host: str, public_host: str) -> Executor:
     """The executor ROLLOUT_EXECUTOR names."""
     if settings.rollout_executor == "kubernetes":
-        from pyfunc.deployment import Deployment  # the `kubernetes` extra
+        from serving.deployment import Deployment  # the `kubernetes` extra
 
         return Deployment.connect(settings)
     return Processes(settings, host, public_host or host)

@@ -25,8 +25,8 @@ import urllib3
 from mlflow.models import convert_input_example_to_serving_input
 from mlflow.pyfunc import PyFuncModel
 
-from pyfunc.serve import serve_command, server_env
-from pyfunc.settings import Settings
+from config.settings import Settings
+from serving.serve import serve_command, server_env
 
 logger = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from mlflow.pyfunc import PyFuncModel
 
-from pyfunc import servers
-from pyfunc.servers import Server, ServerError, Serving, canary
-from pyfunc.settings import Settings
+from config.settings import Settings
+from serving import servers
+from serving.servers import Server, ServerError, Serving, canary
 
 logger = logging.getLogger(__name__)
 
-CONTAINER = "model-server"  # the Deployment's container that runs `python -m pyfunc.serve`
+CONTAINER = "model-server"  # the Deployment's container that runs `python -m serving.serve`
 VERSION_LABEL = "app.kubernetes.io/version"
 INFO_KEY = "served-model.json"
 CHECK_SECONDS = 2.0
