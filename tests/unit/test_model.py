@@ -16,7 +16,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from pyfunc.contract import FieldError, ValidationError
-from pyfunc.model import InvalidInputError
+from pyfunc.model import ENTRY, InvalidInputError
 from pyfunc.profile import REFERENCE_BINS, build_profile
 from pyfunc.schema import (
     CATEGORICAL_NAMES,
@@ -87,7 +87,8 @@ def test_a_logged_version_holds_exactly_the_modules_pricing_imports(logged: Mode
     code = Store.model_files(logged) / "code"
     held = {module_name(path, code) for path in code.rglob("*.py")}
     # the entry's own file is stored beside MLmodel (model from code), not under code/
-    pricing = reachable(import_graph(ROOT, ("pyfunc",)), "pyfunc.served") - {"pyfunc.served"}
+    entry = module_name(ENTRY, ROOT)
+    pricing = reachable(import_graph(ROOT, ("pyfunc",)), entry) - {entry}
 
     assert {"pyfunc", "pyfunc.model", "pyfunc.validation", "pyfunc.compiled"} <= pricing
     assert not {"pyfunc.drift", "pyfunc.profile"} & pricing
