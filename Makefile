@@ -97,15 +97,15 @@ $(API_KEY_FILE):
 serve: install ## start one model server on MODEL_URI, without the controller (follows no promotion)
 	@$(MAKE) --no-print-directory stop-one NAME=model-server
 	mkdir -p $(LOGS)
-	setsid nohup $(BIN)/python -m pyfunc.serve > $(LOGS)/model-server.log 2>&1 & echo $$! > $(STATE)/model-server.pid
+	setsid nohup $(BIN)/python -m serving.serve > $(LOGS)/model-server.log 2>&1 & echo $$! > $(STATE)/model-server.pid
 	@$(MAKE) --no-print-directory wait-for URL=http://127.0.0.1:$(MODEL_PORT)/ping NAME=model-server
 
 .PHONY: controller
 controller: install ## start the rollout controller and its pool of model servers (MODEL_SERVERS) in the background
 	@$(MAKE) --no-print-directory stop-one NAME=controller
 	mkdir -p $(LOGS)
-	setsid nohup $(BIN)/python -m pyfunc.rollout > $(LOGS)/controller.log 2>&1 & echo $$! > $(STATE)/controller.pid
-	@target=$$($(BIN)/python -c "from pyfunc.registry import resolve; from pyfunc.settings import Settings; print(resolve(Settings.from_env().model_uri)['version'])" 2>/dev/null); \
+	setsid nohup $(BIN)/python -m serving.controller > $(LOGS)/controller.log 2>&1 & echo $$! > $(STATE)/controller.pid
+	@target=$$($(BIN)/python -c "from steps.registry import resolve; from config.settings import Settings; print(resolve(Settings.from_env().model_uri)['version'])" 2>/dev/null); \
 	for i in $$(seq 1 $$(( $(STARTUP_SECONDS) * 3 ))); do \
 	  if grep -qs '"servers"' $(STATE)/served-model.json && grep -qs "\"version\": \"$$target\"" $(STATE)/served-model.json; then \
 	    echo "model server pool is up on version $$target"; exit 0; fi; \
@@ -132,7 +132,7 @@ stop: ## stop the gateway, the controller and its model servers started by make 
 	@$(MAKE) --no-print-directory stop-one NAME=gateway
 	@$(MAKE) --no-print-directory stop-one NAME=controller
 	@$(MAKE) --no-print-directory stop-one NAME=model-server
-	@if [ -f $(STATE)/served-model.json ]; then $(BIN)/python -m pyfunc.rollout --stop; fi
+	@if [ -f $(STATE)/served-model.json ]; then $(BIN)/python -m serving.controller --stop; fi
 
 .PHONY: stop-one
 stop-one:

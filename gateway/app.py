@@ -15,6 +15,7 @@ from functools import partial
 
 from flask import Flask, Response, g, request
 
+from config.settings import Settings
 from gateway import auth, body, docs, errors, health, metrics, modelinfo, proxy
 from gateway.drift import DriftMonitor
 from gateway.metrics import GatewayMetrics
@@ -23,7 +24,6 @@ from gateway.openapi import build_spec
 from gateway.pool import Pool
 from gateway.requestlog import RequestLog, RequestRecord
 from gateway.upstream import Upstream
-from pyfunc.settings import Settings
 
 EXTENSION = "gateway"
 OTHER_ENDPOINT = "other"

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 from flask import Flask, g, request
 
+from config.settings import Settings, SettingsError
 from gateway import errors
 from gateway.errors import GatewayError
-from pyfunc.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import logging
 import os
 import sys
 
+from config.settings import Settings, SettingsError
 from gateway.auth import load_keys
 from gateway.worker import KEEPALIVE_SECONDS, GatewayWorker
-from pyfunc.settings import Settings, SettingsError
 
 try:
     _settings = Settings.from_env()

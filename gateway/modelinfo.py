@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 from flask import Blueprint, Flask
 
+from config.settings import MODEL_INFO_CHECK_SECONDS
 from gateway import errors
 from gateway.errors import GatewayError, json_response
-from pyfunc.settings import MODEL_INFO_CHECK_SECONDS
 
 logger = logging.getLogger(__name__)
 

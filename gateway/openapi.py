@@ -7,6 +7,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from config.settings import Settings
 from gateway.errors import ERROR_CODES
 from gateway.validation import DF_RECORDS, DF_SPLIT, INPUTS, INSTANCES, PARAMS
 from pyfunc.schema import (
@@ -20,7 +21,6 @@ from pyfunc.schema import (
     TARGET,
     example_listing,
 )
-from pyfunc.settings import Settings
 
 TITLE = "Property-Friends valuation API"
 REF = "#/components/schemas/"

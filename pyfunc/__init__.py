@@ -1,5 +1,9 @@
-"""The served model: feature schema, input validation and the MLflow PythonModel.
+"""The served model: what `predict` needs, and nothing else.
 
-Kept import-light: `pyfunc.schema`, `pyfunc.contract` (the validation rules) and
-`pyfunc.settings` need neither pandas nor MLflow, so the gateway uses them on its request path.
+Feature schema, validation contract and validator, fast path, compiled trees, training profile,
+the MLflow PythonModel and its entry (`served.py`); `drift.py` measures traffic against the
+profile. A logged version's `code/` holds the modules `served.py` imports, directly or not
+(`pyfunc.model.code_files`), not the whole folder. Nothing here imports `config`, `steps`,
+`serving` or `gateway` (tests/unit/test_dependencies.py). `pyfunc.schema`, `pyfunc.contract`
+and `pyfunc.drift` need neither pandas nor MLflow, so the gateway uses them on its request path.
 """

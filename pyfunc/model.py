@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
+from modulefinder import ModuleFinder
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ from pyfunc.schema import (
 from pyfunc.validation import validate, validate_each_row
 
 MODEL_ARTIFACT_PATH = "model"
+ENTRY = Path(__file__).with_name("served.py")  # MLflow runs it to build the model (from code)
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # where `pyfunc` is importable from
 PIPELINE_ARTIFACT = "pipeline"
 PROFILE_ARTIFACT = "profile"
 RUNTIME_PACKAGES = (
@@ -204,6 +208,29 @@ def signature() -> ModelSignature:
     return ModelSignature(inputs=None, outputs=outputs, params=params)
 
 
+def code_files() -> list[Path]:
+    """The source files of the modules the model's entry imports, directly or through other
+    modules, lazy imports included: what a logged version's `code/` holds. The standard
+    library's module finder reads them from the bytecode, searching this source tree only, so
+    installed packages (MLflow, pandas, the standard library) are neither scanned nor copied."""
+    finder = ModuleFinder(path=[str(SOURCE_ROOT)])
+    finder.run_script(str(ENTRY))
+    found = (
+        getattr(m, "__file__", None) for name, m in finder.modules.items() if name != "__main__"
+    )
+    return sorted(Path(file) for file in found if file)
+
+
+def copy_code(into: Path) -> list[str]:
+    """`code_files()` copied under `into` as they lie in the source tree; the top-level
+    folders made there, as MLflow's `code_paths`."""
+    for file in code_files():
+        target = into / file.relative_to(SOURCE_ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, target)
+    return sorted(str(path) for path in into.iterdir())
+
+
 def log_model(
     pipeline,
     profile: dict,
@@ -212,16 +239,16 @@ def log_model(
     interval: PriceInterval,
 ):
     """Log the pipeline as a pyfunc model in the active run and register a new version; the
-    price range goes in the model's configuration."""
+    price range goes in the model's configuration, the modules pricing imports in `code/`."""
     with tempfile.TemporaryDirectory() as tmp:
         pipeline_path, profile_path = Path(tmp) / "pipeline.joblib", Path(tmp) / "profile.json"
         joblib.dump(pipeline, pipeline_path)
         profile_path.write_text(json.dumps(profile, indent=2))
         return mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT_PATH,
-            python_model=str(Path(__file__).with_name("served.py")),
+            python_model=str(ENTRY),
             artifacts={PIPELINE_ARTIFACT: str(pipeline_path), PROFILE_ARTIFACT: str(profile_path)},
-            code_paths=[str(Path(__file__).parent)],
+            code_paths=copy_code(Path(tmp) / "code"),
             model_config={"interval": asdict(interval)},
             signature=signature(),
             input_example=input_example[list(FEATURE_NAMES)],

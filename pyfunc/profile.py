@@ -7,29 +7,13 @@ distribution of every feature (to measure drift of the traffic later).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from pyfunc.errors import UserError
 from pyfunc.schema import CATEGORICAL_NAMES, NUMERIC_FEATURES, NUMERIC_NAMES, NumericFeature
 
 REFERENCE_BINS = 10
 PROFILE_PATH = "artifacts/profile.json"  # inside a logged model's directory
-
-
-def load_reference(model_uri: str) -> dict:
-    """The binned training distribution stored with the model at `model_uri`, or UserError."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/{PROFILE_PATH}")
-        return json.loads(Path(path).read_text())["reference"]
-    except (MlflowException, OSError, KeyError, ValueError) as error:
-        raise UserError(f"cannot read the training profile of {model_uri}: {error}") from None
 
 
 def build_profile(train: pd.DataFrame) -> dict:

@@ -22,9 +22,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pyfunc.registry import resolve
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, INVALID_COLUMN, NUMERIC_NAMES, TARGET
 from steps.batch_job import ACTUAL_PRICE, VERSION_COLUMN, Job
+from steps.registry import resolve
 from steps.sources import open_source
 from steps.tracking import StepError, cli_errors, configure, step_run
 

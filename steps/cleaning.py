@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from config.errors import UserError
 from pyfunc import contract
 from pyfunc.contract import NOT_WHOLE, OUT_OF_BOUNDS, FieldError, fractional, outside_bounds
-from pyfunc.errors import UserError
 from pyfunc.schema import (
     CATEGORICAL_NAMES,
     FEATURE_NAMES,

@@ -20,10 +20,9 @@ import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.inspection import permutation_importance
 
-from pyfunc import registry
+from config.settings import Settings
 from pyfunc.schema import FEATURE_NAMES, LOW_COLUMN, PREDICTION_COLUMN, TARGET
-from pyfunc.settings import Settings
-from steps import plots
+from steps import plots, registry
 from steps.ingest import CLEAN_TEST
 from steps.intervals import interval_hits
 from steps.params import Params, load_params

@@ -14,10 +14,10 @@ from pathlib import Path
 import click
 import mlflow
 
+from config.settings import Settings
 from pyfunc.drift import DRIFT_THRESHOLD, MIN_ROWS, drifted, feature_drift
-from pyfunc.profile import load_reference
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, normalize_category
-from pyfunc.settings import Settings
+from steps.registry import load_reference
 from steps.tracking import StepError, cli_errors, configure, step_run
 
 logger = logging.getLogger(__name__)

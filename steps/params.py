@@ -5,9 +5,9 @@ from pathlib import Path
 
 import yaml
 
-from pyfunc.errors import UserError
+from config.errors import UserError
+from config.settings import PROJECT_DIR
 from pyfunc.schema import NUMERIC_NAMES
-from pyfunc.settings import PROJECT_DIR
 
 DEFAULT_PARAMS_PATH = PROJECT_DIR / "params.yaml"
 MONOTONIC_ESTIMATORS = (

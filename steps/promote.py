@@ -13,9 +13,9 @@ import click
 import mlflow
 from mlflow.pyfunc import PyFuncModel
 
-from pyfunc import registry
-from pyfunc.errors import UserError
-from pyfunc.settings import Settings
+from config.errors import UserError
+from config.settings import Settings
+from steps import registry
 from steps.evaluate import PASSING_VERDICTS
 from steps.tracking import StepError, cli_errors, configure, step_run
 

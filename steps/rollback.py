@@ -6,9 +6,9 @@ Writes: alias `champion` -> that version, `previous-champion` -> the one rolled 
 
 import click
 
-from pyfunc.registry import PREVIOUS_ALIAS, alias_version
-from pyfunc.settings import Settings
+from config.settings import Settings
 from steps.promote import Promotion, champion_to, describe
+from steps.registry import PREVIOUS_ALIAS, alias_version
 from steps.tracking import StepError, cli_errors, configure, step_run
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from pyfunc.errors import UserError
+from config.errors import UserError
 
 SPLITS = ("train", "test")
 _QUERY = re.compile(r"\s*(select|with)\b", re.IGNORECASE)

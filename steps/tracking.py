@@ -13,8 +13,8 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from pyfunc.errors import UserError
-from pyfunc.settings import Settings, SettingsError
+from config.errors import UserError
+from config.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from sklearn.model_selection import KFold, ParameterGrid, ParameterSampler
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
+from config.settings import Settings
 from pyfunc.features import ENGINEERED_FEATURES, add_engineered_features
 from pyfunc.model import log_model
 from pyfunc.profile import build_profile
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES, TARGET
-from pyfunc.settings import Settings
 from steps.ingest import CLEAN_TRAIN, SOURCE_OPTION, run_ingest
 from steps.intervals import run_calibration
 from steps.params import Params, Preset, load_params

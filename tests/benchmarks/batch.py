@@ -21,7 +21,7 @@ import click
 import numpy as np
 import pandas as pd
 
-from pyfunc.settings import PROJECT_DIR
+from config.settings import PROJECT_DIR
 from steps.generate import generate_listings
 from tests.benchmarks import bench_stack as stack
 

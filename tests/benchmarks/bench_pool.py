@@ -23,8 +23,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from config.settings import PROJECT_DIR
 from gateway.worker import KEEPALIVE_SECONDS, GatewayWorker
-from pyfunc.settings import PROJECT_DIR
 from tests.benchmarks import bench_measure as measure
 from tests.benchmarks import bench_stack as stack
 from tests.support.gateway import LoadClients, RunningGateway, Shot, running_gateway

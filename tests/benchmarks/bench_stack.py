@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyfunc.serve import server_env
-from pyfunc.settings import PROJECT_DIR
+from config.settings import PROJECT_DIR
+from serving.serve import server_env
 from tests.support.gateway import ALICE_KEY, RunningGateway, running_gateway
 from tests.support.processes import VENV_BIN, free_port, running, stop_process_group
 from tests.support.stack import ModelServer, store_env
@@ -120,7 +120,7 @@ def has_champion(env: dict[str, str]) -> bool:
 
 @contextlib.contextmanager
 def model_server(workdir: Path, env: dict[str, str], timeout: float = 180) -> Iterator[ModelServer]:
-    """`python -m pyfunc.serve` on a free port until the block ends."""
+    """`python -m serving.serve` on a free port until the block ends."""
     server = ModelServer(workdir, env)
     try:
         server.start(timeout=timeout)

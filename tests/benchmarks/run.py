@@ -29,7 +29,7 @@ from typing import Any
 
 import click
 
-from pyfunc.settings import Settings
+from config.settings import Settings
 from tests.benchmarks import bench_measure as measure
 from tests.benchmarks import bench_pool
 from tests.benchmarks import bench_report as report

@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from pyfunc.settings import PROJECT_DIR
+from config.settings import PROJECT_DIR
 from tests.support.gateway import fake_upstream, running_gateway
 from tests.support.processes import free_port
 from tests.support.prometheus import running_alertmanager, running_prometheus, wait_for

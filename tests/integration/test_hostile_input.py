@@ -23,12 +23,12 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from config.settings import Settings
 from gateway.body import LINGER_SECONDS
 from gateway.errors import ERROR_CODES
 from gateway.openapi import build_spec
 from gateway.worker import KEEPALIVE_SECONDS
 from pyfunc.schema import FEATURE_NAMES, example_listing
-from pyfunc.settings import Settings
 from tests.support.gateway import RunningGateway, metric_samples, metric_sum, running_gateway
 from tests.support.traffic import ALICE, listings, post
 

@@ -20,7 +20,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from pyfunc.settings import PROJECT_DIR
+from config.settings import PROJECT_DIR
 from steps.generate import generate_listings
 from tests.support.project import ProjectCopy, make_project_copy
 from tests.support.stack import store_env

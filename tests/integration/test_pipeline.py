@@ -24,8 +24,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.models import Model
 
+from config.settings import PROJECT_DIR
 from pyfunc.schema import FEATURE_NAMES
-from pyfunc.settings import PROJECT_DIR
 from tests.support.stack import SMALL_SOURCE, run_step, store_env
 from tests.support.tracking import (
     MODEL,

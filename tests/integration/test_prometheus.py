@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from config.settings import PROJECT_DIR
 from pyfunc.drift import MIN_ROWS
 from pyfunc.schema import FEATURE_NAMES
-from pyfunc.settings import PROJECT_DIR
 from tests.support.gateway import ALICE_KEY, RunningGateway, running_gateway
 from tests.support.processes import free_port
 from tests.support.prometheus import query, running_prometheus, wait_for

@@ -23,8 +23,8 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from config.settings import PROJECT_DIR
 from pyfunc.schema import FEATURE_NAMES
-from pyfunc.settings import PROJECT_DIR
 from steps.generate import generate_listings, generate_splits
 from tests.support.postgres import running_postgres
 from tests.support.processes import http_ok, stop_process_group, wait_until
@@ -222,7 +222,7 @@ def check_dotenv(readme: Readme, command: str) -> None:
         )
         read = readme.run(
             "env -u GATEWAY_CONNECTIONS python -c "
-            "'from pyfunc.settings import Settings; print(Settings.from_env().gateway_connections)'"
+            "'from config.settings import Settings; print(Settings.from_env().gateway_connections)'"
         )
         assert read.stdout.strip() == "13"
     finally:
@@ -364,7 +364,7 @@ CHECKS: dict[str, Callable[[Readme, str], None]] = {
     "mlflow run . -e rollback --env-manager local": check_rollback,
     "make mlflow-ui": check_mlflow_ui,
     "make data": check_make_data,
-    "python -m pyfunc.settings > .env.example": check_env_example,
+    "python -m config.settings > .env.example": check_env_example,
     "cp .env.example .env": check_dotenv,
     f"{BATCH} -P input=data/test.csv -P output=scored.parquet": check_batch_csv,
     f"{BATCH} -P input=listings.parquet -P output=scored.parquet "

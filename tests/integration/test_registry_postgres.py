@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from mlflow import MlflowClient
 
-from pyfunc.registry import move_champion
+from steps.registry import move_champion
 from tests.support.postgres import running_postgres
 from tests.support.tracking import MODEL, registry_state
 

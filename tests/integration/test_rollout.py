@@ -3,8 +3,9 @@ processes and the real gateway, with 16 clients sending all along.
 
 A promotion made the way a user makes it (the alias moved with MlflowClient as the MLflow UI
 does, the stage changed, `rollback`) reaches every answer within a bounded time and costs no
-request; a version failing promote's gate is refused and the old one keeps serving; a killed
-server costs no request and is replaced; a restarted controller adopts the running servers.
+request; one undone two seconds later never reaches traffic; a version failing promote's gate
+is refused and the old one keeps serving; a killed server costs no request and is replaced; a
+restarted controller adopts the running servers.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pyfunc.settings import MODEL_INFO_CHECK_SECONDS
+from config.settings import MODEL_INFO_CHECK_SECONDS
 from tests.support.gateway import LoadClients, RunningGateway, Sent, running_gateway
 from tests.support.processes import free_port, wait_until
 from tests.support.rollout import (
@@ -222,6 +223,46 @@ def test_a_hand_moved_alias_to_a_failing_version_is_refused_and_the_old_one_serv
     tags = mlflow_client(store.env).get_model_version(MODEL, store.bad).tags
     assert (tags["verdict"], tags["champion_version"]) == ("worse", "1")
     assert f"version {store.bad} refused: verdict 'worse'" in controller.log()
+
+
+def test_a_promotion_undone_two_seconds_later_never_takes_traffic(
+    store: Store, alias_stack: Stack
+) -> None:
+    serving(alias_stack, store, "1")
+    controller = alias_stack.controller
+    seen = f"resolves to version {store.good} (serving 1): checking it"
+    published = f"version {store.good} takes traffic"  # counted once drained: read the log
+    abandoned = controller.rollouts("abandoned")
+    published_before = controller.log().count(published)
+
+    def promote_then_undo() -> None:
+        checking = controller.log().count(seen)
+        set_alias(store, "champion", store.good)
+        moved = time.monotonic()
+        # undone once the controller works on it (two seconds after the move, unless a slow
+        # poll saw it later): else the undo would come before the rollout, testing nothing
+        wait_until(lambda: controller.log().count(seen) > checking, 10, "the controller sees it")
+        time.sleep(max(0.0, moved + 2 - time.monotonic()))
+        set_alias(store, "champion", "1")
+
+    sent = under_load(
+        alias_stack,
+        "undone",
+        promote_then_undo,
+        lambda: wait_until(
+            lambda: controller.rollouts("abandoned") > abandoned, 240, "the abandonment"
+        ),
+    )
+
+    assert {s.model_version for s in sent} == {"1"}
+    assert_no_failure_and_logged_once(sent, alias_stack)
+    assert controller.rollouts("abandoned") == abandoned + 1
+    assert controller.log().count(published) == published_before
+    assert controller.served()["version"] == "1"
+    assert (
+        f"version {store.good} abandoned: models:/{MODEL}@champion resolves to version 1 now; "
+        "version 1 keeps serving"
+    ) in controller.log()
 
 
 def test_killing_a_server_under_load_costs_no_request_and_it_is_replaced(

@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from pyfunc.settings import PROJECT_DIR, Settings
+from config.settings import PROJECT_DIR, Settings
 from tests.support.processes import (
     VENV_BIN,
     children,

@@ -56,7 +56,7 @@ class Store:
 
     def alias(self, name: str, alias: str) -> str | None:
         """The version an alias points at, as a string, or None when the alias is not set."""
-        from pyfunc.registry import alias_version
+        from steps.registry import alias_version
 
         return alias_version(name, alias)
 

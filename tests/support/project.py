@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from pyfunc.settings import PROJECT_DIR
+from config.settings import PROJECT_DIR
 from tests.support.processes import free_port, subprocess_env
 
 PROJECT_FILES = (
@@ -31,7 +31,16 @@ PROJECT_FILES = (
     "python_env.yaml",
     "uv.lock",
 )
-PROJECT_FOLDERS = ("docker", "gateway", "pyfunc", "requirements", "steps", "tests")
+PROJECT_FOLDERS = (
+    "config",
+    "docker",
+    "gateway",
+    "pyfunc",
+    "requirements",
+    "serving",
+    "steps",
+    "tests",
+)
 IGNORED = shutil.ignore_patterns("__pycache__", ".pytest_cache", ".env")
 OWN_VARIABLES = ("GATEWAY_", "MODEL_", "MLFLOW_", "STATE_DIR", "PG")
 SMALL_BUDGET = {"n_estimators": 20, "max_iter": 30}

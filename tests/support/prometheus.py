@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pyfunc.settings import PROJECT_DIR
+from config.settings import PROJECT_DIR
 from tests.support.processes import free_port, running
 
 PROMETHEUS = Path("/usr/bin/prometheus")

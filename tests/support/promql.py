@@ -8,11 +8,11 @@ import ast
 import re
 from pathlib import Path
 
-from pyfunc.settings import PROJECT_DIR
+from config.settings import PROJECT_DIR
 
 # The modules that create metrics: the gateway's, and the rollout controller's
 # (model_rollouts_total).
-METRIC_SOURCES = (PROJECT_DIR / "gateway" / "metrics.py", PROJECT_DIR / "pyfunc" / "rollout.py")
+METRIC_SOURCES = (PROJECT_DIR / "gateway" / "metrics.py", PROJECT_DIR / "serving" / "controller.py")
 # Grafana fills these in before a query reaches Prometheus; tests put in typical values.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "5s", "$__range": "1h"}
 PROMQL_WORDS = {

@@ -1,5 +1,5 @@
 """Test support for rollouts: a store with model versions to roll out, the real rollout
-controller (`python -m pyfunc.rollout`) as a subprocess, and checks of a load's outcome."""
+controller (`python -m serving.controller`) as a subprocess, and checks of a load's outcome."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pyfunc.schema import example_listing
-from pyfunc.servers import alive
+from serving.servers import alive
 from tests.support.gateway import ALICE_KEY, Sent, Shot, read_log
 from tests.support.processes import free_port, http_ok, stop_process_group, wait_until
 from tests.support.stack import run_step
@@ -78,7 +78,7 @@ class Controller:
     def start(self) -> None:
         with open(self.workdir / "controller.log", "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pyfunc.rollout"],
+                [sys.executable, "-m", "serving.controller"],
                 env=self.env,
                 cwd=self.workdir,
                 stdout=log,
@@ -101,7 +101,7 @@ class Controller:
             stop_process_group(self.process)
             self.process = None
         subprocess.run(
-            [sys.executable, "-m", "pyfunc.rollout", "--stop"],
+            [sys.executable, "-m", "serving.controller", "--stop"],
             env=self.env,
             cwd=self.workdir,
             capture_output=True,

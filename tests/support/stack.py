@@ -55,7 +55,7 @@ def run_step(
 
 @dataclass
 class ModelServer:
-    """`python -m pyfunc.serve` (mlflow models serve) on a free port; stop() and start() again."""
+    """`python -m serving.serve` (mlflow models serve) on a free port; stop() and start() again."""
 
     workdir: Path
     env: dict[str, str]
@@ -74,7 +74,7 @@ class ModelServer:
         env = {**self.env, "MODEL_PORT": str(self.port)}
         log = open(self.workdir / f"model-server-{self.port}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pyfunc.serve"],
+            [sys.executable, "-m", "serving.serve"],
             env=env,
             cwd=self.workdir,
             stdout=log,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from config.settings import PROJECT_DIR
 from pyfunc.drift import DRIFT_THRESHOLD
-from pyfunc.settings import PROJECT_DIR
 from tests.support.promql import known_names, metric_names
 
 PROMETHEUS_DIR = PROJECT_DIR / "docker" / "prometheus"

@@ -1,13 +1,12 @@
-"""The imports of steps/, pyfunc/ and gateway/: no cycle among our modules, and every
-third-party package they import is declared in pyproject.toml.
+"""The imports of config/, pyfunc/, steps/, serving/ and gateway/: no cycle among our modules,
+every third-party package they import is declared in pyproject.toml, and the layers.
 
-Read from the source with `ast` (nothing is imported); an import under `if TYPE_CHECKING:` is
-not an import at run time and is left out, an import inside a function is counted.
+Read from the source with `ast` (tests/support/imports.py: nothing is imported); an import
+under `if TYPE_CHECKING:` is left out, an import inside a function is counted.
 """
 
 from __future__ import annotations
 
-import ast
 import re
 import sys
 import tomllib
@@ -17,53 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.imports import import_graph, imported_names, module_name
+
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("steps", "pyfunc", "gateway")
+PACKAGES = ("config", "pyfunc", "steps", "serving", "gateway")
 DEV_EXTRA = "dev"  # test tools: the packages may not import them
-
-
-def module_name(path: Path, root: Path) -> str:
-    parts = path.relative_to(root).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imported_names(path: Path) -> set[str]:
-    """Every dotted name `path` imports at run time with its parents: `from a.b import c`
-    gives `a`, `a.b` and `a.b.c` (which may be a module or a name in `a.b`)."""
-    names: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and ast.unparse(node.test) in (
-            "TYPE_CHECKING",
-            "typing.TYPE_CHECKING",
-        ):
-            nodes = node.orelse
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-            return
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-            return
-        else:
-            nodes = list(ast.iter_child_nodes(node))
-        for child in nodes:
-            visit(child)
-
-    visit(ast.parse(path.read_text(), str(path)))
-    return {
-        ".".join(name.split(".")[: i + 1]) for name in names for i in range(name.count(".") + 1)
-    }
-
-
-def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
-    """Each module of `packages` -> the modules of `packages` it imports."""
-    files = {
-        module_name(p, root): p
-        for package in packages
-        for p in sorted((root / package).rglob("*.py"))
-    }
-    return {module: imported_names(path) & set(files) - {module} for module, path in files.items()}
 
 
 def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -106,7 +63,7 @@ def declared_distributions(pyproject: Path) -> set[str]:
 def test_our_modules_import_each_other_without_a_cycle() -> None:
     graph = import_graph(ROOT, PACKAGES)
 
-    assert {"steps.batch_score", "pyfunc.registry", "gateway.app"} <= set(graph)
+    assert {"steps.batch_score", "steps.registry", "gateway.app"} <= set(graph)
     assert "steps.spark_score" in graph["steps.batch_score"]  # a lazy import is counted
     assert import_cycle(graph) is None
 
@@ -178,3 +135,59 @@ def test_test_modules_share_helpers_only_through_tests_support() -> None:
     ]
 
     assert borrowers == []
+
+
+# Each package and the packages of ours it may import: the layers point one way, down to the
+# model. The gateway runs without pandas or MLflow, so it may not import the pipeline or the
+# serving processes; the model imports nothing of ours, so a logged version carries no more.
+ALLOWED = {
+    "pyfunc": set(),
+    "config": set(),
+    "steps": {"pyfunc", "config"},
+    "serving": {"pyfunc", "config", "steps"},
+    "gateway": {"pyfunc", "config"},
+}
+
+
+def crossings(graph: dict[str, set[str]], allowed: dict[str, set[str]]) -> list[str]:
+    """Each import of `graph` from one package into another it may not use, as `a -> b`."""
+    return sorted(
+        f"{module} -> {name}"
+        for module, names in graph.items()
+        for name in names
+        if (top := name.partition(".")[0]) != module.partition(".")[0]
+        and top not in allowed[module.partition(".")[0]]
+    )
+
+
+def test_every_package_imports_only_the_layers_below_it() -> None:
+    graph = import_graph(ROOT, PACKAGES)
+
+    assert set(ALLOWED) == set(PACKAGES)
+    assert crossings(graph, ALLOWED) == []
+
+
+def test_an_import_of_the_controller_steps_gateway_or_config_by_the_model_is_found(
+    tmp_path: Path,
+) -> None:
+    pyfunc = tmp_path / "pyfunc"
+    pyfunc.mkdir()
+    (pyfunc / "__init__.py").write_text("")
+    (pyfunc / "model.py").write_text("def check():\n    from serving.controller import run\n")
+    (pyfunc / "drift.py").write_text("import steps.promote\nimport gateway\nimport config\n")
+    for package in ("serving", "steps", "gateway", "config"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "serving" / "controller.py").write_text("")
+    (tmp_path / "steps" / "promote.py").write_text("")
+
+    graph = import_graph(tmp_path, ("pyfunc", "serving", "steps", "gateway", "config"))
+
+    assert crossings(graph, ALLOWED) == [
+        "pyfunc.drift -> config",
+        "pyfunc.drift -> gateway",
+        "pyfunc.drift -> steps",
+        "pyfunc.drift -> steps.promote",
+        "pyfunc.model -> serving",
+        "pyfunc.model -> serving.controller",
+    ]

@@ -1,4 +1,4 @@
-"""The rollout controller's Kubernetes executor (pyfunc/deployment.py) against a stand-in of the
+"""The rollout controller's Kubernetes executor (serving/deployment.py) against a stand-in of the
 API it calls, which speaks the official client's models and starts from the model server
 Deployment of docker/kubernetes/base as `kubectl kustomize` renders it. The new pods' canary
 is answered by a local HTTP server."""
@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from kubernetes import client
 
-from pyfunc.deployment import INFO_KEY, Deployment
-from pyfunc.rollout import Processes, executor
-from pyfunc.servers import ServerError, Serving
-from pyfunc.settings import Settings
+from config.settings import Settings
+from serving.controller import Processes, executor
+from serving.deployment import INFO_KEY, Deployment
+from serving.servers import Abandoned, ServerError, Serving, no_check
 from tests.support.gateway import fake_upstream
 from tests.support.kubernetes import KUBERNETES, FakeCluster, find, render
 
@@ -102,7 +102,9 @@ def test_serving_a_version_rolls_the_deployment_then_publishes_it(base_deploymen
     cluster = FakeCluster(base_deployment, NAMESPACE)
     old = on_version(cluster, OLD)
     with pods_answering(PRICES) as port:
-        serving = deployment(cluster, port).serve(Model(), {**NEW, "metrics": {"rmse": 1.5}}, old)
+        serving = deployment(cluster, port).serve(
+            Model(), {**NEW, "metrics": {"rmse": 1.5}}, old, no_check
+        )
     assert cluster.served() == {"uri": NEW["uri"], "version": "4"}
     assert serving.version == "4"
     published = json.loads(cluster.config_maps["served-model"].data[INFO_KEY])
@@ -116,7 +118,7 @@ def test_serving_a_version_rolls_the_deployment_then_publishes_it(base_deploymen
 def test_the_first_rollout_creates_the_configmap(base_deployment):
     cluster = FakeCluster(base_deployment, NAMESPACE)
     with pods_answering(PRICES) as port:
-        deployment(cluster, port).serve(Model(), NEW, None)
+        deployment(cluster, port).serve(Model(), NEW, None, no_check)
     assert json.loads(cluster.config_maps["served-model"].data[INFO_KEY])["version"] == "4"
 
 
@@ -125,7 +127,7 @@ def test_a_stalled_rollout_is_undone_and_not_published(base_deployment):
     old = on_version(cluster, OLD)
     cluster.stall = True
     with pods_answering(PRICES) as port, pytest.raises(ServerError) as error:
-        deployment(cluster, port).serve(Model(), NEW, old)
+        deployment(cluster, port).serve(Model(), NEW, old, no_check)
     assert str(error.value) == (
         'deployment/model-server did not roll out version 4: ReplicaSet "model-server-7d9" '
         "has timed out progressing. (2 of 2 replicas available)"
@@ -138,8 +140,26 @@ def test_a_canary_priced_differently_is_undone(base_deployment):
     cluster = FakeCluster(base_deployment, NAMESPACE)
     old = on_version(cluster, OLD)
     with pods_answering(PRICES + 1.0) as port, pytest.raises(ServerError, match="canary"):
-        deployment(cluster, port).serve(Model(), NEW, old)
+        deployment(cluster, port).serve(Model(), NEW, old, no_check)
     assert cluster.served() == {"uri": OLD["uri"], "version": "3"}
+    assert [p["spec"]["template"]["metadata"]["labels"] for p in cluster.patches[-2:]] == [
+        {"app.kubernetes.io/version": "4"},
+        {"app.kubernetes.io/version": "3"},
+    ]
+
+
+def test_a_rollout_whose_target_moved_is_undone_and_not_published(base_deployment):
+    cluster = FakeCluster(base_deployment, NAMESPACE)
+    old = on_version(cluster, OLD)
+
+    def check_target() -> None:  # the alias moves back once the Deployment rolls
+        if cluster.served()["version"] == "4":
+            raise Abandoned("models:/property-friends@champion resolves to version 3 now")
+
+    with pods_answering(PRICES) as port, pytest.raises(Abandoned):
+        deployment(cluster, port).serve(Model(), NEW, old, check_target)
+    assert cluster.served() == {"uri": OLD["uri"], "version": "3"}
+    assert json.loads(cluster.config_maps["served-model"].data[INFO_KEY])["version"] == "3"
     assert [p["spec"]["template"]["metadata"]["labels"] for p in cluster.patches[-2:]] == [
         {"app.kubernetes.io/version": "4"},
         {"app.kubernetes.io/version": "3"},

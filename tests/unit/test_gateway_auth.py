@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
+from config.settings import SettingsError
 from gateway.app import create_app, gateway_of
 from gateway.auth import ApiKeys
-from pyfunc.settings import SettingsError
 from tests.support.gateway import ALICE_KEY, BOB_KEY, gateway_settings, read_log
 
 

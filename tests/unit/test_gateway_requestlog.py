@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+from config.settings import PROJECT_DIR
 from gateway.app import create_app, gateway_of
 from gateway.requestlog import (
     BATCH_LINES,
@@ -17,7 +18,6 @@ from gateway.requestlog import (
     _cut_partial_line,
     iso_utc,
 )
-from pyfunc.settings import PROJECT_DIR
 from tests.support.gateway import gateway_settings, read_log
 
 FIELDS = {

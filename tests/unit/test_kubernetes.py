@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from pyfunc.settings import Settings
+from config.settings import Settings
 from tests.support.docker import DOCKERFILE, compose_config, example_variables
 from tests.support.kubernetes import KUBERNETES, OVERLAYS, ROOT, find, render
 

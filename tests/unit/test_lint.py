@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from pyfunc.settings import PROJECT_DIR
+from config.settings import PROJECT_DIR
 
 
 def _lint_recipe() -> list[str]:

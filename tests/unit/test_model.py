@@ -7,6 +7,7 @@ the price), direction (more usable area never lowers it), and the unknown sector
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from pyfunc.contract import FieldError, ValidationError
-from pyfunc.model import InvalidInputError
+from pyfunc.model import ENTRY, InvalidInputError
 from pyfunc.profile import REFERENCE_BINS, build_profile
 from pyfunc.schema import (
     CATEGORICAL_NAMES,
@@ -29,13 +30,13 @@ from pyfunc.schema import (
 )
 from steps.params import Candidate, Preset
 from steps.train import build_pipeline
-from tests.support.mlflow_store import HIGH_FACTOR, LOW_FACTOR
+from tests.support.imports import import_graph, module_name, reachable
+from tests.support.mlflow_store import HIGH_FACTOR, LOW_FACTOR, Store
 
 if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
     from mlflow.pyfunc import PyFuncModel
     from sklearn.pipeline import Pipeline
-
-    from tests.support.mlflow_store import Store
 
 # The default preset's shape: engineered features, log target, and the monotonic constraint
 # on usable area that the direction test relies on. Leaves of a single row make the forest
@@ -47,6 +48,7 @@ SERVED = Preset(
     candidates=(Candidate("RandomForestRegressor", {}),),
     monotonic={"net_usable_area": 1},
 )
+ROOT = Path(__file__).resolve().parents[2]
 AREA_STEPS = 30  # usable areas swept, evenly on a log scale across the training range
 
 
@@ -63,17 +65,35 @@ def pipeline(listings: pd.DataFrame) -> Pipeline:
 
 
 @pytest.fixture(scope="module")
-def model(mlflow_store: Store, pipeline: Pipeline, listings: pd.DataFrame) -> PyFuncModel:
-    import mlflow
-
+def logged(mlflow_store: Store, pipeline: Pipeline, listings: pd.DataFrame) -> ModelInfo:
     info = mlflow_store.register(pipeline, listings, "served")
     assert str(info.registered_model_version) == "1"
+    return info
+
+
+@pytest.fixture(scope="module")
+def model(logged: ModelInfo) -> PyFuncModel:
+    import mlflow
+
     return mlflow.pyfunc.load_model("models:/served/1")
 
 
 @pytest.fixture(scope="module")
 def known_sectors(listings: pd.DataFrame) -> str:
     return ", ".join(sorted(listings["sector"].unique()))
+
+
+def test_a_logged_version_holds_exactly_the_modules_pricing_imports(logged: ModelInfo) -> None:
+    code = Store.model_files(logged) / "code"
+    held = {module_name(path, code) for path in code.rglob("*.py")}
+    # the entry's own file is stored beside MLmodel (model from code), not under code/
+    entry = module_name(ENTRY, ROOT)
+    pricing = reachable(import_graph(ROOT, ("pyfunc",)), entry) - {entry}
+
+    assert {"pyfunc", "pyfunc.model", "pyfunc.validation", "pyfunc.compiled"} <= pricing
+    assert not {"pyfunc.drift", "pyfunc.profile"} & pricing
+    assert held == pricing
+    assert [p.name for p in code.iterdir()] == ["pyfunc"]
 
 
 def test_one_price_its_range_and_one_flag_per_row(

@@ -6,21 +6,23 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
-from pyfunc import serve
-from pyfunc.errors import UserError
-from pyfunc.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, model_uri, move_champion
-from pyfunc.rollout import Controller, Processes
-from pyfunc.settings import Settings
+from config.errors import UserError
+from config.settings import Settings
+from serving import serve
+from serving.controller import Controller, Processes
+from serving.servers import Serving
 from steps.promote import check_loadable, gate, promote
+from steps.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, model_uri, move_champion
 from steps.rollback import rollback
 from steps.tracking import StepError
 
@@ -248,7 +250,7 @@ def test_a_version_logged_with_other_package_versions_is_refused_in_one_line(
     controller = Controller(
         settings, params, Processes(settings, "127.0.0.1", "127.0.0.1"), metrics
     )
-    with caplog.at_level(logging.WARNING, logger="pyfunc.rollout"):
+    with caplog.at_level(logging.WARNING, logger="serving.controller"):
         controller.poll()
     assert controller.serving is None
     assert metrics.get_sample_value("model_rollouts_total", {"result": "refused"}) == 1
@@ -306,3 +308,67 @@ def test_promoting_the_champion_again_keeps_the_previous_champion(
         "1",
     )
     assert (again.version, again.promoted, again.previous) == ("2", True, None)
+
+
+class UndoneMidway:
+    """An executor during whose first rollout someone moves the alias elsewhere: a mistaken
+    promotion undone at once. Records what it was asked to serve and what it published."""
+
+    def __init__(self, undo: Callable[[], None]):
+        self.undo: Callable[[], None] | None = undo
+        self.tried: list[str] = []
+        self.published: list[str] = []
+
+    def adopt(self) -> Serving | None:
+        return None
+
+    def serve(
+        self, model: Any, info: dict[str, Any], old: Serving | None, check_target: Callable
+    ) -> Serving:
+        self.tried.append(info["version"])
+        check_target()  # servers starting: still the target
+        if self.undo is not None:
+            self.undo, undo = None, self.undo
+            undo()
+        check_target()  # before publishing
+        self.published.append(info["version"])
+        return Serving(info, ())
+
+    def heal(self, serving: Serving, load: Callable) -> Serving:
+        return serving
+
+
+def test_a_rollout_whose_target_moved_back_is_abandoned_and_the_old_version_kept(
+    mlflow_store: Store,
+    versions: list[ModelInfo],
+    settings: Settings,
+    params: Params,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name, client = settings.model_name, mlflow_store.client()
+    move_champion(name, CHAMPION, "1")
+    client.set_model_version_tag(name, "2", "verdict", "better")
+    executor = UndoneMidway(lambda: client.set_registered_model_alias(name, CHAMPION, "1"))
+    metrics = CollectorRegistry()
+    controller = Controller(settings, params, executor, metrics)
+    controller.serving = Serving({"version": "1", "uri": model_uri(name, 1)}, ())
+    client.set_registered_model_alias(name, CHAMPION, "2")
+
+    with caplog.at_level(logging.WARNING, logger="serving.controller"):
+        controller.poll()
+        controller.poll()  # the newest target is the served version: nothing to roll out
+
+    assert (executor.tried, executor.published, controller.serving.version) == (["2"], [], "1")
+    assert metrics.get_sample_value("model_rollouts_total", {"result": "abandoned"}) == 1
+    assert metrics.get_sample_value("model_rollouts_total", {"result": "served"}) == 0
+    assert caplog.messages == [
+        f"version 2 abandoned: models:/{name}@{CHAMPION} resolves to version 1 now; "
+        "version 1 keeps serving"
+    ]
+    client.set_registered_model_alias(name, CHAMPION, "2")  # promoted again, for good
+    controller.poll()
+    assert (executor.tried, executor.published, controller.serving.version) == (
+        ["2", "2"],
+        ["2"],
+        "2",
+    )

@@ -1,4 +1,4 @@
-"""pyfunc.registry: URIs, what an alias, stage or number resolves to, one message when absent."""
+"""steps.registry: URIs, what an alias, stage or number resolves to, one message when absent."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pytest
 
-from pyfunc.errors import UserError
-from pyfunc.registry import (
+from config.errors import UserError
+from steps.registry import (
     alias_version,
     latest_version,
     model_uri,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,8 +13,8 @@ import time
 import pandas as pd
 import pytest
 
-from pyfunc import servers
-from pyfunc.servers import Server, ServerError
+from serving import servers
+from serving.servers import Abandoned, Server, ServerError
 from tests.support.gateway import fake_upstream
 
 EXPECTED = pd.DataFrame({"price": [11571.4, 9000.25], "outside_training_range": ["", "n_rooms"]})
@@ -96,3 +97,18 @@ def test_only_a_process_running_mlflow_models_serve_counts_as_a_model_server():
             process.kill()
             process.wait()
     assert not servers.is_model_server(lookalike.pid)
+
+
+def test_waiting_for_servers_stops_when_the_target_moves():
+    looks: list[float] = []
+
+    def check_target() -> None:
+        looks.append(time.monotonic())
+        if len(looks) == 3:
+            raise Abandoned("models:/m@champion resolves to version 1 now")
+
+    never_ready = Server("http://127.0.0.1:9", os.getpid())  # alive, answers no /ping
+    with pytest.raises(Abandoned) as abandoned:
+        servers.wait_ready([never_ready], timeout=30, check_target=check_target)
+    assert str(abandoned.value) == "models:/m@champion resolves to version 1 now"
+    assert len(looks) == 3 and looks[-1] - looks[0] < 5

@@ -1,5 +1,5 @@
 """Settings: defaults, derived defaults, `.env`, clear errors, and the files that list them
-(.env.example, the Makefile) checked against the declarations in pyfunc/settings.py."""
+(.env.example, the Makefile) checked against the declarations in config/settings.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyfunc.settings import PROJECT_DIR, Settings, SettingsError, env_example
+from config.settings import PROJECT_DIR, Settings, SettingsError, env_example
 
 ENV_EXAMPLE = PROJECT_DIR / ".env.example"
 VARIABLES = {name.upper() for name in Settings.model_fields}
@@ -127,7 +127,7 @@ def test_a_bad_value_in_dotenv_names_the_variable(workdir: Path):
         Settings.from_env()
 
 
-@pytest.mark.parametrize("command", [["steps.promote"], ["pyfunc.serve"]])
+@pytest.mark.parametrize("command", [["steps.promote"], ["serving.serve"]])
 def test_a_cli_given_a_bad_value_exits_with_one_line(workdir: Path, command: list[str]):
     (workdir / ".env").write_text("GATEWAY_LOG_PAYLOADS=maybe\n")
     env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR)}
@@ -144,7 +144,7 @@ def test_a_cli_given_a_bad_value_exits_with_one_line(workdir: Path, command: lis
 
 
 def test_env_example_is_the_one_the_readme_command_writes(workdir: Path):
-    command = "python -m pyfunc.settings > .env.example"
+    command = "python -m config.settings > .env.example"
     assert f"\n{command}" in (PROJECT_DIR / "README.md").read_text()
     env = {
         **os.environ,

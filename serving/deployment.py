@@ -2,7 +2,7 @@
 
 Serving a version patches the Deployment's MODEL_URI, waits for every replica, prices the canary
 on each new pod, then writes the served-model file into SERVED_MODEL_CONFIGMAP; a rollout that
-fails is undone (README, "Kubernetes").
+fails, or whose version MODEL_URI no longer resolves to, is undone (README, "Kubernetes").
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from mlflow.pyfunc import PyFuncModel
 
-from pyfunc import servers
-from pyfunc.servers import Server, ServerError, Serving, canary
-from pyfunc.settings import Settings
+from config.settings import Settings
+from serving import servers
+from serving.servers import Abandoned, Server, ServerError, Serving, canary, no_check
 
 logger = logging.getLogger(__name__)
 
-CONTAINER = "model-server"  # the Deployment's container that runs `python -m pyfunc.serve`
+CONTAINER = "model-server"  # the Deployment's container that runs `python -m serving.serve`
 VERSION_LABEL = "app.kubernetes.io/version"
 INFO_KEY = "served-model.json"
 CHECK_SECONDS = 2.0
@@ -67,15 +67,23 @@ class Deployment:
         logger.info("adopted deployment/%s on version %s", self.name, info.get("version"))
         return Serving(info, ())
 
-    def serve(self, model: PyFuncModel, info: dict[str, Any], old: Serving | None) -> Serving:
+    def serve(
+        self,
+        model: PyFuncModel,
+        info: dict[str, Any],
+        old: Serving | None,
+        check_target: Callable[[], None],
+    ) -> Serving:
         try:
+            check_target()
             self._roll(info["uri"], info["version"])
             try:
-                self._wait_rolled_out(info["version"])
+                self._wait_rolled_out(info["version"], check_target)
                 body, expected = canary(model)
                 for url in self._pod_urls(info["version"]):
                     servers.check_canary(Server(url, 0), body, expected)
-            except ServerError:
+                check_target()  # the last look before the gateway sees it
+            except (ServerError, Abandoned):
                 if old is not None:
                     self._roll(old.info["uri"], old.version)
                 raise
@@ -107,11 +115,13 @@ class Deployment:
         self.apps.patch_namespaced_deployment(self.name, self.namespace, patch)
         logger.info("deployment/%s rolling to %s", self.name, uri)
 
-    def _wait_rolled_out(self, version: str) -> None:
+    def _wait_rolled_out(self, version: str, check_target: Callable[[], None] = no_check) -> None:
         """Until every replica is updated and available; ServerError when the Deployment
-        reports its progress deadline exceeded or the time runs out."""
+        reports its progress deadline exceeded or the time runs out, Abandoned when
+        `check_target` raises it."""
         deadline = None
         while True:
+            check_target()
             deployment = self._read()
             wanted = deployment.spec.replicas or 1
             status = deployment.status

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,8 @@ import urllib3
 from mlflow.models import convert_input_example_to_serving_input
 from mlflow.pyfunc import PyFuncModel
 
-from pyfunc.serve import serve_command, server_env
-from pyfunc.settings import Settings
+from config.settings import Settings
+from serving.serve import serve_command, server_env
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,14 @@ _http = urllib3.PoolManager(retries=False, timeout=PROBE_TIMEOUT)
 
 class ServerError(RuntimeError):
     """A model server did not start, or priced its canary wrong."""
+
+
+class Abandoned(Exception):
+    """The version being rolled out is no longer the one MODEL_URI resolves to."""
+
+
+def no_check() -> None:
+    """A target check that never abandons (replacing dead servers of the served version)."""
 
 
 @dataclass(frozen=True)
@@ -118,11 +126,15 @@ def ping(url: str) -> bool:
         return False
 
 
-def wait_ready(servers: Sequence[Server], timeout: float) -> None:
-    """Until every server answers /ping; ServerError when one exits or `timeout` runs out."""
+def wait_ready(
+    servers: Sequence[Server], timeout: float, check_target: Callable[[], None] = no_check
+) -> None:
+    """Until every server answers /ping; ServerError when one exits or `timeout` runs out,
+    Abandoned when `check_target` raises it (called every half second)."""
     deadline = time.monotonic() + timeout
     waiting = list(servers)
     while waiting:
+        check_target()
         for server in [s for s in waiting if not alive(s.pid)]:
             raise ServerError(
                 f"the model server {server.url} (pid {server.pid}) exited at "

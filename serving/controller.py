@@ -1,13 +1,15 @@
 """Rollout controller: keeps a pool of model servers on the version MODEL_URI resolves to.
 
-    python -m pyfunc.rollout [--host 127.0.0.1] [--public-host NAME]    (make controller)
-    python -m pyfunc.rollout --stop     stop the servers the served-model file lists (make stop)
+    python -m serving.controller [--host 127.0.0.1] [--public-host NAME]    (make controller)
+    python -m serving.controller --stop     stop the servers the served-model file lists (make stop)
 
 Every ROLLOUT_POLL_SECONDS it resolves MODEL_URI in the registry; a new version gets the checks
 of `promote`, then servers of its own beside the old ones, then the served-model file, and the
-old servers are drained and stopped (README, "How a promotion reaches traffic"). Servers outlive
+old servers are drained and stopped (README, "How a promotion reaches traffic"). The latest
+intent wins: a rollout whose version MODEL_URI no longer resolves to is abandoned (its servers
+stopped, the old ones kept) and the newest target is rolled out at the next poll. Servers outlive
 the controller; a restarted one adopts them. ROLLOUT_EXECUTOR=kubernetes rolls the model server
-Deployment instead (`pyfunc.deployment`).
+Deployment instead (`serving.deployment`).
 """
 
 from __future__ import annotations
@@ -29,20 +31,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from pyfunc import servers
-from pyfunc.errors import UserError
-from pyfunc.registry import lookup, model_uri, resolve
-from pyfunc.serve import training_reference, write_info
-from pyfunc.servers import Server, ServerError, Serving, canary
-from pyfunc.settings import MODEL_INFO_CHECK_SECONDS, Settings
+from config.errors import UserError
+from config.settings import MODEL_INFO_CHECK_SECONDS, Settings
+from serving import servers
+from serving.serve import training_reference, write_info
+from serving.servers import Abandoned, Server, ServerError, Serving, canary, no_check
 from steps.evaluate import run_evaluate
 from steps.params import Params, load_params
 from steps.promote import check_loadable, gate
+from steps.registry import lookup, model_uri, resolve
 from steps.tracking import StepError, configure
 
 logger = logging.getLogger(__name__)
 
-RESULTS = ("served", "refused", "failed")
+RESULTS = ("served", "refused", "failed", "abandoned")
 STARTING_FILE = "model-servers-starting.json"  # under STATE_DIR: servers not yet published
 DRAIN_MARGIN_SECONDS = 1.0
 
@@ -57,9 +59,17 @@ class Executor(Protocol):
     def adopt(self) -> Serving | None:
         """What an earlier controller left serving, if it still serves."""
 
-    def serve(self, model: PyFuncModel, info: dict[str, Any], old: Serving | None) -> Serving:
+    def serve(
+        self,
+        model: PyFuncModel,
+        info: dict[str, Any],
+        old: Serving | None,
+        check_target: Callable[[], None],
+    ) -> Serving:
         """Serve `info["uri"]`, every server checked against `model`, then retire `old`;
-        ServerError (and `old` still serving) when it cannot."""
+        ServerError (and `old` still serving) when it cannot. `check_target` raises Abandoned
+        once the version is no longer wanted: it is called while the new servers start and
+        right before they are published; then nothing new is left running, `old` serves."""
 
     def heal(self, serving: Serving, load: Callable[[], PyFuncModel]) -> Serving:
         """Replace dead servers; `load` gives the served model."""
@@ -117,7 +127,13 @@ class Controller:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         info = {**target, "reference": training_reference(target["uri"]), "served_since": now}
         try:
-            self.serving = self.executor.serve(model, info, old)
+            self.serving = self.executor.serve(model, info, old, self._target_check(version))
+        except Abandoned as change:
+            self.rollouts.labels("abandoned").inc()
+            logger.warning(
+                "version %s abandoned: %s; version %s keeps serving", version, change, current
+            )
+            return
         except ServerError as error:
             self._skip = version
             self.rollouts.labels("failed").inc()
@@ -147,6 +163,21 @@ class Controller:
         if not allowed:
             raise Refused(reason)
         return model
+
+    def _target_check(self, version: str) -> Callable[[], None]:
+        """Raises Abandoned when MODEL_URI resolves to another version than `version` now (the
+        latest intent wins); a registry that cannot be read lets the rollout go on."""
+
+        def check() -> None:
+            try:
+                now = resolve(self.settings.model_uri)["version"]
+            except (UserError, MlflowException) as error:
+                logger.warning("%s; rolling version %s out all the same", error, version)
+                return
+            if now != version:
+                raise Abandoned(f"{self.settings.model_uri} resolves to version {now} now")
+
+        return check
 
     def _tags(self, target: dict[str, Any]) -> dict[str, str]:
         return lookup(model_uri(target["name"], target["version"])).tags
@@ -193,8 +224,14 @@ class Processes:
         )
         return serving
 
-    def serve(self, model: PyFuncModel, info: dict[str, Any], old: Serving | None) -> Serving:
-        started = self._start_checked(model, info["uri"], self.settings.model_servers)
+    def serve(
+        self,
+        model: PyFuncModel,
+        info: dict[str, Any],
+        old: Serving | None,
+        check_target: Callable[[], None],
+    ) -> Serving:
+        started = self._start_checked(model, info["uri"], self.settings.model_servers, check_target)
         serving = self._publish(Serving(info, started))
         urls = ", ".join(s.url for s in started)
         logger.info("version %s takes traffic on %s", serving.version, urls)
@@ -205,19 +242,27 @@ class Processes:
             servers.stop(old.servers)
         return serving
 
-    def _start_checked(self, model: PyFuncModel, uri: str, count: int) -> tuple[Server, ...]:
-        """`count` servers on `uri`, each answering /ping and pricing the canary like `model`;
-        none left running on failure."""
+    def _start_checked(
+        self,
+        model: PyFuncModel,
+        uri: str,
+        count: int,
+        check_target: Callable[[], None] = no_check,
+    ) -> tuple[Server, ...]:
+        """`count` servers on `uri`, each answering /ping and pricing the canary like `model`,
+        `check_target` passed before, during and after; none left running on failure."""
         body, expected = canary(model)
         started: list[Server] = []
         try:
+            check_target()
             for _ in range(count):
                 started.append(servers.start(self.settings, uri, self.host, self.public_host))
                 pids = {s.url: s.pid for s in started}
                 self._starting_path.write_text(json.dumps({"pids": pids}))
-            servers.wait_ready(started, self.settings.model_start_timeout_seconds)
+            servers.wait_ready(started, self.settings.model_start_timeout_seconds, check_target)
             for server in started:
                 servers.check_canary(server, body, expected)
+            check_target()  # the last look before the gateway sees them
         except BaseException:
             servers.stop(started)
             raise
@@ -253,7 +298,7 @@ class Processes:
 def executor(settings: Settings, host: str, public_host: str) -> Executor:
     """The executor ROLLOUT_EXECUTOR names."""
     if settings.rollout_executor == "kubernetes":
-        from pyfunc.deployment import Deployment  # the `kubernetes` extra
+        from serving.deployment import Deployment  # the `kubernetes` extra
 
         return Deployment.connect(settings)
     return Processes(settings, host, public_host or host)

@@ -1,21 +1,25 @@
 """The model registry in one place: `models:/` URIs, versions, aliases, stages and version tags;
-for the steps and the model server, never the gateway (it reads what `pyfunc.serve` writes)."""
+for the steps and the serving processes, never the gateway (it reads what `serving.serve`
+writes); also what a registered version stores beside the model (requirements, profile)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import warnings
 from importlib import metadata
 from pathlib import Path
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import get_model_dependencies
 from packaging.requirements import Requirement
 
-from pyfunc.errors import UserError
+from config.errors import UserError
+from pyfunc.profile import PROFILE_PATH
 
 PREVIOUS_ALIAS = "previous-champion"
 PRODUCTION_STAGE = "Production"
@@ -145,3 +149,12 @@ def move_champion(name: str, alias: str, version: str) -> str | None:
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     set_tags(name, version, {"promoted_at": now})
     return previous if previous != version else None
+
+
+def load_reference(model_uri: str) -> dict:
+    """The binned training distribution stored with the model at `model_uri`, or UserError."""
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/{PROFILE_PATH}")
+        return json.loads(Path(path).read_text())["reference"]
+    except (MlflowException, OSError, KeyError, ValueError) as error:
+        raise UserError(f"cannot read the training profile of {model_uri}: {error}") from None

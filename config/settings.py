@@ -15,7 +15,7 @@ from typing import Literal, cast
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from pyfunc.errors import UserError
+from config.errors import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 _GIVEN_VALUES_ONLY: ContextVar[bool] = ContextVar("given_values_only", default=False)
@@ -45,7 +45,7 @@ class PipelineSettings(BaseModel):
 
 
 class ModelServerSettings(BaseModel):
-    """model server: python -m pyfunc.serve"""
+    """model server: python -m serving.serve"""
 
     model_uri: str = Field(
         default_factory=lambda data: f"models:/{data['model_name']}@{data['model_alias']}",
@@ -67,7 +67,7 @@ class ModelServerSettings(BaseModel):
 
 
 class ControllerSettings(BaseModel):
-    """rollout controller: python -m pyfunc.rollout"""
+    """rollout controller: python -m serving.controller"""
 
     model_start_timeout_seconds: float = Field(
         180.0,
@@ -204,7 +204,7 @@ def env_example() -> str:
     """The text of `.env.example`: every variable with its help and default."""
     lines = [
         "# Every setting and its default (empty: computed). Copy to .env (never committed);",
-        "# the environment wins over it. Written by: python -m pyfunc.settings > .env.example",
+        "# the environment wins over it. Written by: python -m config.settings > .env.example",
     ]
     for group in reversed(Settings.__bases__[:-1]):  # the groups, BaseSettings left out
         lines += ["", f"# --- {group.__doc__} ---"]

@@ -1,7 +1,7 @@
 """Serve the model named by MODEL_URI with one `mlflow models serve`, pinned to one version.
 
 An alias or stage is resolved once, here; what is served is written to MODEL_INFO_PATH for the
-gateway. This server does not follow promotions: the rollout controller (`pyfunc.rollout`) does.
+gateway. This server does not follow promotions: the rollout controller (`serving.controller`) does.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from pathlib import Path
 
 import click
 
-from pyfunc.errors import UserError
-from pyfunc.profile import load_reference
-from pyfunc.registry import check_requirements, resolve
-from pyfunc.settings import Settings
+from config.errors import UserError
+from config.settings import Settings
+from steps.registry import check_requirements, load_reference, resolve
 
 logger = logging.getLogger(__name__)
 
