@@ -251,7 +251,8 @@ def log_model(
 ):
     """Log the pipeline as a pyfunc model in the active run and register a new version; the
     price range goes in the model's configuration. With the pipeline (compressed) goes its
-    compiled form when it has one that prices as it does: what the served model loads."""
+    compiled form when it has one that prices as it does: what the served model loads. Their
+    sizes are logged as metrics (model_pipeline_mb, model_compiled_mb)."""
     with tempfile.TemporaryDirectory() as tmp:
         pipeline_path, profile_path = Path(tmp) / "pipeline.joblib", Path(tmp) / "profile.json"
         joblib.dump(pipeline, pipeline_path, compress=PIPELINE_COMPRESSION)
@@ -260,6 +261,12 @@ def log_model(
         if save_compiled(pipeline, profile, Path(tmp) / COMPILED_ARTIFACT):
             artifacts[COMPILED_ARTIFACT] = str(Path(tmp) / COMPILED_ARTIFACT)
         config = {"interval": asdict(interval), "pipeline_sha256": sha256(pipeline_path)}
+        mlflow.log_metrics(
+            {
+                "model_pipeline_mb": pipeline_path.stat().st_size / 2**20,
+                "model_compiled_mb": folder_mb(Path(tmp) / COMPILED_ARTIFACT),
+            }
+        )
         return mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT_PATH,
             python_model=str(Path(__file__).with_name("served.py")),
@@ -271,6 +278,11 @@ def log_model(
             pip_requirements=[f"{p}=={version(p)}" for p in RUNTIME_PACKAGES],
             registered_model_name=registered_model_name,
         )
+
+
+def folder_mb(folder: Path) -> float:
+    """MB on disk of the files under `folder` (0 if there is none)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
 def save_compiled(pipeline, profile: dict, folder: Path) -> bool:
