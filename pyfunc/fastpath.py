@@ -6,22 +6,27 @@ leaves anything else to `pyfunc.validation.validate`, the only source of error m
 fitted encoder and runs the regressor compiled by `pyfunc.compiled`. `compile_pipeline` returns
 None (the model then uses the pipeline) for a pipeline it does not know, or whose fast
 predictions differ from `pipeline.predict` on probe rows (tests/unit/test_fast_path.py).
+
+`save` writes the fast form with the pipeline's prices of the probe rows; `load` reads it back
+without scikit-learn and accepts it only if it prices the probe rows as the pipeline did.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from pyfunc.compiled import COMPILED_MAX_ROWS, Predictor, compile_regressor
+from pyfunc.compiled import CompiledRegressor, compile_regressor
 from pyfunc.contract import UNKNOWN_CATEGORY_POLICIES, fractional, outside_bounds
 from pyfunc.features import (
     BUSINESS_DISTRICT,
@@ -41,6 +46,8 @@ from pyfunc.validation import ValidatedInput, joined_flags, unreliable
 logger = logging.getLogger(__name__)
 
 PROBE_ROWS = 300
+PROBE_CHUNK_ROWS = 48  # the probe goes through in chunks of one row, of this many, and the rest
+FAST_INDEX = "fastpath.json"
 RELATIVE_TOLERANCE = 1e-9
 _UNKNOWN = "\x00unknown category\x00"
 _FEATURE_SET = frozenset(FEATURE_NAMES)
@@ -147,9 +154,13 @@ class FastPipeline:
     layout: tuple[str, ...]  # the regressor's input columns, in order
     encodings: Mapping[str, Mapping[str, float]]
     unknown_encoding: Mapping[str, float]
-    regressor: Predictor  # the fitted regressor, compiled
+    regressor: CompiledRegressor  # the fitted regressor
     inverse_exp: bool
     target_transformer: Any | None
+
+    @property
+    def savable(self) -> bool:
+        return self.target_transformer is None and self.regressor.savable
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Prices of validated features (as `validate` returns them)."""
@@ -259,7 +270,7 @@ def compile_pipeline(
     training_ranges: Mapping[str, tuple[float, float]],
 ) -> FastPipeline | None:
     """`build`, accepted only if it prices probe listings as the pipeline does (one warning
-    line when not). The probe goes through in small chunks (treelite) and one large chunk."""
+    line when not)."""
     try:
         fast = build(pipeline)
         if fast is None:
@@ -267,25 +278,80 @@ def compile_pipeline(
                 "no fast path for this pipeline's shape or regressor; predicting with the pipeline"
             )
             return None
-        probe = probe_listings(known_categories, training_ranges)
-        with threadpool_limits(1):  # OpenMP teams per tree: slow on busy cores
-            expected = pipeline.predict(probe)
-        columns = _columns(probe)
-        cuts = [0, 1, *range(1 + COMPILED_MAX_ROWS, len(probe) // 2, COMPILED_MAX_ROWS), len(probe)]
-        got = np.concatenate(
-            [
-                fast.predict_columns({k: v[start:stop] for k, v in columns.items()})
-                for start, stop in itertools.pairwise(cuts)
-            ]
-        )
+        expected = pipeline_prices(pipeline, known_categories, training_ranges)
+        accepted = agrees(fast, expected, known_categories, training_ranges)
     except Exception as exc:  # an unexpected shape of a fitted object: the pipeline still works
         logger.warning("no fast path for this pipeline (%r); predicting with the pipeline", exc)
         return None
+    return fast if accepted else None
+
+
+def pipeline_prices(
+    pipeline,
+    known_categories: Mapping[str, Sequence[str]],
+    training_ranges: Mapping[str, tuple[float, float]],
+) -> np.ndarray:
+    """The pipeline's prices of the probe listings."""
+    with threadpool_limits(1):  # OpenMP teams per tree: slow on busy cores
+        return np.asarray(pipeline.predict(probe_listings(known_categories, training_ranges)))
+
+
+def agrees(
+    fast: FastPipeline,
+    expected: np.ndarray,
+    known_categories: Mapping[str, Sequence[str]],
+    training_ranges: Mapping[str, tuple[float, float]],
+) -> bool:
+    """Whether `fast` prices the probe listings as `expected` (one warning line when not). The
+    probe goes through in chunks of 1 row, of PROBE_CHUNK_ROWS and of the rest."""
+    columns = _columns(probe_listings(known_categories, training_ranges))
+    rows = len(expected)
+    cuts = [0, 1, *range(1 + PROBE_CHUNK_ROWS, rows // 2, PROBE_CHUNK_ROWS), rows]
+    got = np.concatenate(
+        [
+            fast.predict_columns({k: v[start:stop] for k, v in columns.items()})
+            for start, stop in itertools.pairwise(cuts)
+        ]
+    )
     if not np.allclose(got, expected, rtol=RELATIVE_TOLERANCE, atol=0.0):
         worst = float(np.max(np.abs(got - expected) / np.abs(expected)))
         logger.warning("fast path disagrees with the pipeline (relative %.3g); not used", worst)
-        return None
-    return fast
+        return False
+    return True
+
+
+def save(fast: FastPipeline, expected: np.ndarray, folder: Path) -> None:
+    """The fast form (savable) and the pipeline's prices of the probe listings, into `folder`."""
+    if not fast.savable:
+        raise ValueError("this fast path has parts of scikit-learn's: it cannot be saved")
+    fast.regressor.save(folder)
+    index = {
+        "layout": fast.layout,
+        "encodings": fast.encodings,
+        "unknown_encoding": fast.unknown_encoding,
+        "inverse_exp": fast.inverse_exp,
+        "probe_prices": np.asarray(expected, dtype=np.float64).tolist(),
+    }
+    (folder / FAST_INDEX).write_text(json.dumps(index))
+
+
+def load(
+    folder: Path,
+    known_categories: Mapping[str, Sequence[str]],
+    training_ranges: Mapping[str, tuple[float, float]],
+) -> FastPipeline | None:
+    """The fast form `save` wrote, if it prices the probe listings as the pipeline did."""
+    index = json.loads((folder / FAST_INDEX).read_text())
+    fast = FastPipeline(
+        tuple(index["layout"]),
+        index["encodings"],
+        index["unknown_encoding"],
+        CompiledRegressor.load(folder),
+        index["inverse_exp"],
+        None,
+    )
+    expected = np.asarray(index["probe_prices"], dtype=np.float64)
+    return fast if agrees(fast, expected, known_categories, training_ranges) else None
 
 
 def probe_listings(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -33,11 +35,15 @@ from pyfunc.schema import (
 )
 from pyfunc.validation import validate, validate_each_row
 
+logger = logging.getLogger(__name__)
+
 MODEL_ARTIFACT_PATH = "model"
 ENTRY = Path(__file__).with_name("served.py")  # MLflow runs it to build the model (from code)
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # where `pyfunc` is importable from
 PIPELINE_ARTIFACT = "pipeline"
 PROFILE_ARTIFACT = "profile"
+COMPILED_ARTIFACT = "compiled"
+PIPELINE_COMPRESSION = 3  # zlib level of pipeline.joblib: a third of the size, read only if needed
 RUNTIME_PACKAGES = (
     "mlflow",
     "scikit-learn",
@@ -92,15 +98,39 @@ class PropertyValuationModel(PythonModel):
     """Prices listings in UF; flags values outside the training data's range."""
 
     def load_context(self, context) -> None:
-        self._pipeline = joblib.load(context.artifacts[PIPELINE_ARTIFACT])
+        """The profile and the compiled pipeline, checked on the probe listings; the fitted
+        pipeline is read only if there is no compiled form, or it does not price as it did."""
         profile = json.loads(Path(context.artifacts[PROFILE_ARTIFACT]).read_text())
         self._categories = profile["categories"]
         self._known = {name: frozenset(values) for name, values in self._categories.items()}
         self._ranges = {name: tuple(bounds) for name, bounds in profile["ranges"].items()}
         self._interval = PriceInterval(**context.model_config["interval"])
-        # The pipeline's arithmetic without pandas and per-tree thread start-up; None (use the
-        # pipeline) if its shape is unknown or it disagrees with the pipeline on probe rows.
-        self._fast = fastpath.compile_pipeline(self._pipeline, self._categories, self._ranges)
+        self._pipeline_path = Path(context.artifacts[PIPELINE_ARTIFACT])
+        self._loaded_pipeline = None
+        digest = context.model_config.get("pipeline_sha256")
+        if digest is not None and sha256(self._pipeline_path) != digest:
+            name = self._pipeline_path.name
+            raise ValueError(f"{name} is not the file the model was logged with")
+        # The pipeline's arithmetic without pandas, scikit-learn nor per-tree thread start-up;
+        # None (use the pipeline) if its shape is unknown or it disagrees with the pipeline.
+        compiled = context.artifacts.get(COMPILED_ARTIFACT)
+        self._fast = self._load_fast(Path(compiled)) if compiled else None
+        if self._fast is None:
+            self._fast = fastpath.compile_pipeline(self._pipeline, self._categories, self._ranges)
+
+    def _load_fast(self, folder: Path) -> fastpath.FastPipeline | None:
+        try:
+            return fastpath.load(folder, self._categories, self._ranges)
+        except Exception as exc:  # a damaged compiled form: the pipeline still prices
+            logger.warning("compiled pipeline not loaded (%r); compiling the pipeline", exc)
+            return None
+
+    @property
+    def _pipeline(self):
+        """The fitted pipeline, read from its artifact on first use."""
+        if self._loaded_pipeline is None:
+            self._loaded_pipeline = joblib.load(self._pipeline_path)
+        return self._loaded_pipeline
 
     # The DataFrame hint keeps MLflow from validating or converting the input itself (it does
     # neither for a DataFrame hint); columns (a dict) and records (a list) come in too.
@@ -231,6 +261,14 @@ def copy_code(into: Path) -> list[str]:
     return sorted(str(path) for path in into.iterdir())
 
 
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def log_model(
     pipeline,
     profile: dict,
@@ -239,19 +277,49 @@ def log_model(
     interval: PriceInterval,
 ):
     """Log the pipeline as a pyfunc model in the active run and register a new version; the
-    price range goes in the model's configuration, the modules pricing imports in `code/`."""
+    price range goes in the model's configuration, the modules pricing imports in `code/`.
+    With the pipeline (compressed) goes its compiled form when it has one that prices as it
+    does: what the served model loads. Their sizes are logged as metrics (model_pipeline_mb,
+    model_compiled_mb)."""
     with tempfile.TemporaryDirectory() as tmp:
         pipeline_path, profile_path = Path(tmp) / "pipeline.joblib", Path(tmp) / "profile.json"
-        joblib.dump(pipeline, pipeline_path)
+        joblib.dump(pipeline, pipeline_path, compress=PIPELINE_COMPRESSION)
         profile_path.write_text(json.dumps(profile, indent=2))
+        artifacts = {PIPELINE_ARTIFACT: str(pipeline_path), PROFILE_ARTIFACT: str(profile_path)}
+        if save_compiled(pipeline, profile, Path(tmp) / COMPILED_ARTIFACT):
+            artifacts[COMPILED_ARTIFACT] = str(Path(tmp) / COMPILED_ARTIFACT)
+        config = {"interval": asdict(interval), "pipeline_sha256": sha256(pipeline_path)}
+        mlflow.log_metrics(
+            {
+                "model_pipeline_mb": pipeline_path.stat().st_size / 2**20,
+                "model_compiled_mb": folder_mb(Path(tmp) / COMPILED_ARTIFACT),
+            }
+        )
         return mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT_PATH,
             python_model=str(ENTRY),
-            artifacts={PIPELINE_ARTIFACT: str(pipeline_path), PROFILE_ARTIFACT: str(profile_path)},
+            artifacts=artifacts,
             code_paths=copy_code(Path(tmp) / "code"),
-            model_config={"interval": asdict(interval)},
+            model_config=config,
             signature=signature(),
             input_example=input_example[list(FEATURE_NAMES)],
             pip_requirements=[f"{p}=={version(p)}" for p in RUNTIME_PACKAGES],
             registered_model_name=registered_model_name,
         )
+
+
+def folder_mb(folder: Path) -> float:
+    """MB on disk of the files under `folder` (0 if there is none)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+def save_compiled(pipeline, profile: dict, folder: Path) -> bool:
+    """The pipeline's compiled form into `folder`, if it has one that can be saved and prices
+    the probe listings as the pipeline does."""
+    ranges = {name: tuple(bounds) for name, bounds in profile["ranges"].items()}
+    fast = fastpath.compile_pipeline(pipeline, profile["categories"], ranges)
+    if fast is None or not fast.savable:
+        return False
+    expected = fastpath.pipeline_prices(pipeline, profile["categories"], ranges)
+    fastpath.save(fast, expected, folder)
+    return True

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 RELATIVE = 1e-9
 SCORED_ROWS = 2_000
-# Batch sizes through treelite (1, 40 rows) and through the fitted regressor (500, 2,000).
+# Batch sizes, all priced by treelite.
 CHUNKS = (1, 40, 500, SCORED_ROWS)
 
 
@@ -163,12 +163,12 @@ def test_fast_path_prices_like_the_pipeline(
         assert relative_difference(got, expected[: len(got)]) <= RELATIVE, f"batches of {size}"
 
 
-def test_small_batches_are_priced_by_treelite_alone(
+def test_every_batch_size_is_priced_by_treelite_alone(
     profile: dict, fits, scored: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pipeline = fits(VOTING)
     fast = fastpath.compile_pipeline(pipeline, profile["categories"], _ranges(profile))
-    expected = pipeline.predict(scored.iloc[:40])
+    expected = pipeline.predict(scored.iloc[:500])
 
     def refuse(matrix):
         raise AssertionError("scikit-learn's predict was called")
@@ -177,9 +177,49 @@ def test_small_batches_are_priced_by_treelite_alone(
         monkeypatch.setattr(member, "predict", refuse)
 
     assert fast is not None
-    assert relative_difference(fast.predict(scored.iloc[:40]), expected) <= RELATIVE
-    with pytest.raises(AssertionError, match="scikit-learn's predict was called"):
-        fast.predict(scored.iloc[:500])
+    assert relative_difference(fast.predict(scored.iloc[:40]), expected[:40]) <= RELATIVE
+    assert relative_difference(fast.predict(scored.iloc[:500]), expected) <= RELATIVE
+
+
+@pytest.mark.parametrize("name", ["default", "notebook", "mixed"])
+def test_a_saved_fast_path_loads_and_prices_like_the_pipeline(
+    name: str, profile: dict, fits, scored: pd.DataFrame, tmp_path
+) -> None:
+    pipeline = fits({"default": DEFAULT, "notebook": NOTEBOOK, "mixed": MIXED}[name])
+    categories, ranges = profile["categories"], _ranges(profile)
+    fast = fastpath.compile_pipeline(pipeline, categories, ranges)
+    assert fast is not None and fast.savable
+    fastpath.save(fast, fastpath.pipeline_prices(pipeline, categories, ranges), tmp_path)
+
+    loaded = fastpath.load(tmp_path, categories, ranges)
+
+    assert loaded is not None
+    assert relative_difference(loaded.predict(scored), pipeline.predict(scored)) <= RELATIVE
+
+
+def test_a_saved_fast_path_that_no_longer_prices_as_the_pipeline_is_refused(
+    profile: dict, fits, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline = fits(FOREST)
+    categories, ranges = profile["categories"], _ranges(profile)
+    fast = fastpath.compile_pipeline(pipeline, categories, ranges)
+    assert fast is not None
+    expected = fastpath.pipeline_prices(pipeline, categories, ranges)
+    fastpath.save(fast, expected * (1 + 1e-6), tmp_path)
+
+    with caplog.at_level("WARNING", logger=fastpath.__name__):
+        assert fastpath.load(tmp_path, categories, ranges) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "fast path disagrees with the pipeline (relative 1e-06); not used"
+    ]
+
+
+def test_a_stacking_fast_path_cannot_be_saved(profile: dict, fits, tmp_path) -> None:
+    fast = fastpath.compile_pipeline(fits(STACKING), profile["categories"], _ranges(profile))
+
+    assert fast is not None and not fast.savable
+    with pytest.raises(ValueError, match="parts of scikit-learn's: it cannot be saved"):
+        fastpath.save(fast, np.zeros(fastpath.PROBE_ROWS), tmp_path)
 
 
 def test_a_regressor_treelite_cannot_take_falls_back_with_one_warning(
