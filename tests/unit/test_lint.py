@@ -36,4 +36,7 @@ def test_lint_covers_rules_format_types_and_the_dockerfile():
 def test_ci_lints_then_runs_the_readme_test_commands():
     ci = (PROJECT_DIR / ".ci" / "run").read_text().splitlines()
     steps = [line for line in ci if line.startswith("make ")]
-    assert steps == ["make lint", "make test", "make test-slow"]
+    assert steps == ["make lint", "make test", "make test-slow", "make test-images"]
+    readme = (PROJECT_DIR / "README.md").read_text()
+    for step in steps:
+        assert f"\n{step} " in readme, f"{step} is not a command of README"
