@@ -28,17 +28,16 @@ from typing import Any, Protocol
 
 import click
 from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import PyFuncModel
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from config.errors import UserError
 from config.settings import MODEL_INFO_CHECK_SECONDS, Settings
 from serving import servers
-from serving.serve import training_reference, write_info
-from serving.servers import Abandoned, Server, ServerError, Serving, canary, no_check
-from steps.evaluate import run_evaluate
+from serving.checks import checked_canary, evaluate_against, in_child
+from serving.serve import copy_path, local_copy, prune_copies, training_reference, write_info
+from serving.servers import Abandoned, Canary, Server, ServerError, Serving, no_check
 from steps.params import Params, load_params
-from steps.promote import check_loadable, gate
+from steps.promote import gate
 from steps.registry import lookup, model_uri, resolve
 from steps.tracking import StepError, configure
 
@@ -61,18 +60,18 @@ class Executor(Protocol):
 
     def serve(
         self,
-        model: PyFuncModel,
+        checked: Canary,
         info: dict[str, Any],
         old: Serving | None,
         check_target: Callable[[], None],
     ) -> Serving:
-        """Serve `info["uri"]`, every server checked against `model`, then retire `old`;
+        """Serve `info["uri"]`, every server pricing the `checked` canary, then retire `old`;
         ServerError (and `old` still serving) when it cannot. `check_target` raises Abandoned
         once the version is no longer wanted: it is called while the new servers start and
         right before they are published; then nothing new is left running, `old` serves."""
 
-    def heal(self, serving: Serving, load: Callable[[], PyFuncModel]) -> Serving:
-        """Replace dead servers; `load` gives the served model."""
+    def heal(self, serving: Serving, canary_of: Callable[[], Canary]) -> Serving:
+        """Replace dead servers; `canary_of` gives the served version's canary."""
 
 
 class Controller:
@@ -92,7 +91,7 @@ class Controller:
         for result in RESULTS:
             self.rollouts.labels(result)
         self.serving: Serving | None = None
-        self._model: PyFuncModel | None = None  # the serving version, loaded
+        self._canary: Canary | None = None  # the serving version's (no model is kept)
         self._skip: str | None = None  # refused or failed: not tried again while targeted
 
     def poll(self) -> None:
@@ -108,7 +107,7 @@ class Controller:
             elif target["version"] != self._skip:
                 self._roll_out(target)
         if self.serving is not None:
-            self.serving = self.executor.heal(self.serving, self._loaded)
+            self.serving = self.executor.heal(self.serving, self._served_canary)
 
     def _roll_out(self, target: dict[str, Any]) -> None:
         old, version = self.serving, target["version"]
@@ -116,7 +115,7 @@ class Controller:
         uri = self.settings.model_uri
         logger.info("%s resolves to version %s (serving %s): checking it", uri, version, current)
         try:
-            model = self._check(target, old)
+            checked = self._check(target, old)
         except Refused as refusal:
             self._skip = version
             self.rollouts.labels("refused").inc()
@@ -127,7 +126,7 @@ class Controller:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         info = {**target, "reference": training_reference(target["uri"]), "served_since": now}
         try:
-            self.serving = self.executor.serve(model, info, old, self._target_check(version))
+            self.serving = self.executor.serve(checked, info, old, self._target_check(version))
         except Abandoned as change:
             self.rollouts.labels("abandoned").inc()
             logger.warning(
@@ -139,15 +138,18 @@ class Controller:
             self.rollouts.labels("failed").inc()
             logger.error("version %s not served: %s", version, error)
             return
-        self._model = model
+        self._canary = checked
+        prune_copies(self.settings, keep=copy_path(info, self.settings))
         self.rollouts.labels("served").inc()
 
-    def _check(self, target: dict[str, Any], old: Serving | None) -> PyFuncModel:
-        """The checks of promote; the loaded model, or Refused with the reason."""
+    def _check(self, target: dict[str, Any], old: Serving | None) -> Canary:
+        """The checks of promote, in processes of their own on the version's local copy; its
+        canary, or Refused with the reason."""
         try:
-            model = check_loadable(target["uri"])
+            path = local_copy(target, self.settings)
+            checked = in_child(checked_canary, target["uri"], str(path))
             if old is None:  # nothing serves: no version to be compared with
-                return model
+                return checked
             tags = self._tags(target)
             if "verdict" not in tags:
                 logger.info(
@@ -155,14 +157,16 @@ class Controller:
                     target["version"],
                     old.version,
                 )
-                run_evaluate(target["version"], "", self.params, self.settings, against=old.version)
+                in_child(
+                    evaluate_against, target["version"], old.version, self.params, self.settings
+                )
                 tags = self._tags(target)
         except (UserError, MlflowException) as error:
             raise Refused(str(error)) from None
         allowed, reason = gate(tags, force=False)
         if not allowed:
             raise Refused(reason)
-        return model
+        return checked
 
     def _target_check(self, version: str) -> Callable[[], None]:
         """Raises Abandoned when MODEL_URI resolves to another version than `version` now (the
@@ -182,12 +186,15 @@ class Controller:
     def _tags(self, target: dict[str, Any]) -> dict[str, str]:
         return lookup(model_uri(target["name"], target["version"])).tags
 
-    def _loaded(self) -> PyFuncModel:
-        """The served version, loaded once."""
-        if self._model is None:
+    def _served_canary(self) -> Canary:
+        """The served version's canary, from its local copy once after a restart."""
+        if self._canary is None:
             assert self.serving is not None  # heal runs only while a version is served
-            self._model = check_loadable(self.serving.info["uri"])
-        return self._model
+            info = self.serving.info
+            self._canary = in_child(
+                checked_canary, info["uri"], str(local_copy(info, self.settings))
+            )
+        return self._canary
 
 
 class Processes:
@@ -226,12 +233,13 @@ class Processes:
 
     def serve(
         self,
-        model: PyFuncModel,
+        checked: Canary,
         info: dict[str, Any],
         old: Serving | None,
         check_target: Callable[[], None],
     ) -> Serving:
-        started = self._start_checked(model, info["uri"], self.settings.model_servers, check_target)
+        path = local_copy(info, self.settings)
+        started = self._start_checked(checked, path, self.settings.model_servers, check_target)
         serving = self._publish(Serving(info, started))
         urls = ", ".join(s.url for s in started)
         logger.info("version %s takes traffic on %s", serving.version, urls)
@@ -244,24 +252,26 @@ class Processes:
 
     def _start_checked(
         self,
-        model: PyFuncModel,
-        uri: str,
+        checked: Canary,
+        model_path: Path,
         count: int,
         check_target: Callable[[], None] = no_check,
     ) -> tuple[Server, ...]:
-        """`count` servers on `uri`, each answering /ping and pricing the canary like `model`,
-        `check_target` passed before, during and after; none left running on failure."""
-        body, expected = canary(model)
+        """`count` servers on the local copy `model_path`, each answering /ping and pricing the
+        `checked` canary, `check_target` passed before, during and after; none left running on
+        failure."""
         started: list[Server] = []
         try:
             check_target()
             for _ in range(count):
-                started.append(servers.start(self.settings, uri, self.host, self.public_host))
+                started.append(
+                    servers.start(self.settings, model_path, self.host, self.public_host)
+                )
                 pids = {s.url: s.pid for s in started}
                 self._starting_path.write_text(json.dumps({"pids": pids}))
             servers.wait_ready(started, self.settings.model_start_timeout_seconds, check_target)
             for server in started:
-                servers.check_canary(server, body, expected)
+                servers.check_canary(server, checked)
             check_target()  # the last look before the gateway sees them
         except BaseException:
             servers.stop(started)
@@ -270,7 +280,7 @@ class Processes:
             self._starting_path.unlink(missing_ok=True)
         return tuple(started)
 
-    def heal(self, serving: Serving, load: Callable[[], PyFuncModel]) -> Serving:
+    def heal(self, serving: Serving, canary_of: Callable[[], Canary]) -> Serving:
         """Replace dead servers (and top the pool up to MODEL_SERVERS)."""
         live = tuple(s for s in serving.servers if servers.alive(s.pid))
         missing = self.settings.model_servers - len(live)
@@ -280,7 +290,8 @@ class Processes:
             serving = self._publish(dataclasses.replace(serving, servers=live))
         if missing > 0:
             try:
-                live += self._start_checked(load(), serving.info["uri"], missing)
+                path = local_copy(serving.info, self.settings)
+                live += self._start_checked(canary_of(), path, missing)
             except (ServerError, StepError) as error:
                 logger.error("could not replace model servers: %s", error)
             serving = self._publish(dataclasses.replace(serving, servers=live))
@@ -320,6 +331,9 @@ def _read(path: Path) -> dict[str, Any]:
 def run(controller: Controller, stop: threading.Event) -> None:
     """Adopt, then poll every ROLLOUT_POLL_SECONDS until `stop` is set."""
     controller.serving = controller.executor.adopt()  # what an earlier controller left
+    served = controller.serving
+    keep = copy_path(served.info, controller.settings) if served else None
+    prune_copies(controller.settings, keep=keep)
     while not stop.is_set():
         try:
             controller.poll()

@@ -15,11 +15,10 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from mlflow.pyfunc import PyFuncModel
 
 from config.settings import Settings
 from serving import servers
-from serving.servers import Abandoned, Server, ServerError, Serving, canary, no_check
+from serving.servers import Abandoned, Canary, Server, ServerError, Serving, no_check
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class Deployment:
 
     def serve(
         self,
-        model: PyFuncModel,
+        checked: Canary,
         info: dict[str, Any],
         old: Serving | None,
         check_target: Callable[[], None],
@@ -79,9 +78,8 @@ class Deployment:
             self._roll(info["uri"], info["version"])
             try:
                 self._wait_rolled_out(info["version"], check_target)
-                body, expected = canary(model)
                 for url in self._pod_urls(info["version"]):
-                    servers.check_canary(Server(url, 0), body, expected)
+                    servers.check_canary(Server(url, 0), checked)
                 check_target()  # the last look before the gateway sees it
             except (ServerError, Abandoned):
                 if old is not None:
@@ -93,7 +91,7 @@ class Deployment:
         logger.info("version %s takes traffic on deployment/%s", info["version"], self.name)
         return Serving(info, ())
 
-    def heal(self, serving: Serving, load: Callable[[], PyFuncModel]) -> Serving:
+    def heal(self, serving: Serving, canary_of: Callable[[], Canary]) -> Serving:
         """The Deployment replaces dead pods; one changed under the controller (an overlay
         applied again resets its pinned version) is rolled back to the served version."""
         running = _model_uri(self._read())

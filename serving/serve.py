@@ -1,7 +1,8 @@
-"""Serve the model named by MODEL_URI with one `mlflow models serve`, pinned to one version.
+"""Serve the model named by MODEL_URI with MLflow's scoring server, pinned to one version.
 
-An alias or stage is resolved once, here; what is served is written to MODEL_INFO_PATH for the
-gateway. This server does not follow promotions: the rollout controller (`serving.controller`) does.
+An alias or stage is resolved once, here; the version is downloaded once to STATE_DIR/models;
+what is served is written to MODEL_INFO_PATH for the gateway. This server does not follow
+promotions: the rollout controller (`serving.controller`) does.
 """
 
 from __future__ import annotations
@@ -10,16 +11,23 @@ import datetime as dt
 import json
 import logging
 import os
+import shlex
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import click
+from mlflow.artifacts import download_artifacts
+from mlflow.pyfunc import scoring_server
 
 from config.errors import UserError
 from config.settings import Settings
 from steps.registry import check_requirements, load_reference, resolve
 
 logger = logging.getLogger(__name__)
+
+MODELS_DIR = "models"  # under STATE_DIR: the local copy of each version served here
 
 
 def training_reference(model_uri: str) -> dict | None:
@@ -42,24 +50,58 @@ def write_info(info: dict, path: Path) -> None:
     partial.replace(path)
 
 
-def serve_command(settings: Settings, uri: str, host: str, port: int, workers: int) -> list[str]:
-    options = ["--env-manager", "local", "-h", host, "-p", str(port), "--workers", str(workers)]
-    timeout = ["--timeout", str(settings.model_timeout_seconds)]
-    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, *options, *timeout]
+def copy_path(info: dict, settings: Settings) -> Path:
+    return settings.state_dir / MODELS_DIR / f"{info['name']}-{info['version']}"
+
+
+def local_copy(info: dict, settings: Settings) -> Path:
+    """The version's files under STATE_DIR/models/<name>-<version>, downloaded once: every
+    server of the version loads them from there (`mlflow models serve`'s launcher downloads a
+    copy of its own for each server)."""
+    target = copy_path(info, settings)
+    if not (target / "MLmodel").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
+        download_artifacts(artifact_uri=info["uri"], dst_path=str(partial))
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+    return target
+
+
+def prune_copies(settings: Settings, keep: Path | None) -> None:
+    """Remove every local copy but `keep` (the served version's)."""
+    for copy in (settings.state_dir / MODELS_DIR).glob("*"):
+        if copy != keep:
+            shutil.rmtree(copy, ignore_errors=True)
+
+
+def serve_command(
+    settings: Settings, model_path: Path, host: str, port: int, workers: int
+) -> tuple[list[str], dict[str, str]]:
+    """MLflow's scoring server on a local copy: the command and environment MLflow builds for
+    the process `mlflow models serve` runs under its launcher, run without that launcher (a
+    second Python of 250 MB that only downloads the model and waits)."""
+    command, env = scoring_server.get_cmd(
+        str(model_path),
+        port=port,
+        host=host,  # type: ignore[arg-type]  # typed int by MLflow, quoted as a string
+        timeout=settings.model_timeout_seconds,
+        nworkers=workers,
+    )
+    return [sys.executable, "-m", *shlex.split(command)], server_env(env)
 
 
 def server_env(environ: dict[str, str]) -> dict[str, str]:
-    """The environment `mlflow models serve` needs: one OpenMP thread (one-row predictions pay
-    for thread start-up on every tree; batches barely gain), this venv's `uvicorn` on PATH."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{environ.get('PATH', '')}"
-    return {"OMP_NUM_THREADS": "1", **environ, "PATH": path}
+    """One OpenMP thread (one-row predictions pay for thread start-up on every tree; batches
+    barely gain)."""
+    return {"OMP_NUM_THREADS": "1", **environ}
 
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 def main(host: str) -> None:
     """Resolve MODEL_URI, check this environment has the package versions the model was logged
-    with, record it, then become `mlflow models serve` on that version."""
+    with, record it, then become MLflow's scoring server on a local copy of that version."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         settings = Settings.from_env()
@@ -73,8 +115,8 @@ def main(host: str) -> None:
     write_info(info, settings.model_info_path)
     port, workers = settings.model_port, settings.model_workers
     logger.info("serving %s (from %s) on %s:%d", info["uri"], settings.model_uri, host, port)
-    command = serve_command(settings, info["uri"], host, port, workers)
-    os.execvpe(command[0], command, server_env(dict(os.environ)))
+    command, env = serve_command(settings, local_copy(info, settings), host, port, workers)
+    os.execve(command[0], command, env)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Model server processes of the pool: start, probe, stop.
 
-Each server is one single-worker `mlflow models serve` pinned to a version, started in a
-session of its own: it outlives the controller that started it (a restarted controller adopts
-it by pid) and is stopped as a process group (mlflow runs uvicorn as a child).
+Each server is one single-worker MLflow scoring server (uvicorn) on the local copy of a version,
+started in a session of its own: it outlives the controller that started it (a restarted
+controller adopts it by pid) and is stopped as a process group.
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ from mlflow.models import convert_input_example_to_serving_input
 from mlflow.pyfunc import PyFuncModel
 
 from config.settings import Settings
-from serving.serve import serve_command, server_env
+from serving.serve import serve_command
 
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = urllib3.Timeout(connect=1.0, read=10.0)
 STOP_GRACE_SECONDS = 10.0
 KILL_WAIT_SECONDS = 2.0
+SCORING_APP = b"mlflow.pyfunc.scoring_server.app:app"  # uvicorn's argument: the scoring server
 _http = urllib3.PoolManager(retries=False, timeout=PROBE_TIMEOUT)
 
 
@@ -68,33 +69,42 @@ class Serving:
         return str(self.info.get("version"))
 
 
-def canary(model: PyFuncModel) -> tuple[bytes, pd.DataFrame]:
-    """The request every new server must price, and the prices `model` gives it here."""
+@dataclass(frozen=True)
+class Canary:
+    """The request every new server must price, and the prices the version gives it."""
+
+    body: bytes
+    expected: pd.DataFrame
+
+
+def canary(model: PyFuncModel) -> Canary:
+    """The canary of a loaded model: its input example, priced here."""
     example = model.input_example
     body = convert_input_example_to_serving_input(example)
     if body is None:
         raise ServerError("the model has no input example to price as the canary")
-    return body.encode(), model.predict(example)
+    return Canary(body.encode(), model.predict(example))
 
 
-def start(settings: Settings, uri: str, host: str, public_host: str) -> Server:
-    """Start one single-worker server on `uri` on a free port; returns without waiting."""
+def start(settings: Settings, model_path: Path, host: str, public_host: str) -> Server:
+    """Start one single-worker server on the local copy `model_path` on a free port; returns
+    without waiting."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port = sock.getsockname()[1]
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    command = serve_command(settings, uri, host, port, workers=1)
+    command, env = serve_command(settings, model_path, host, port, workers=1)
     with open(logs / f"model-server-{port}.log", "ab") as log:
         process = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=server_env(dict(os.environ)),
+            env=env,
             start_new_session=True,
         )
-    logger.info("started a model server on %s, port %d (pid %d)", uri, port, process.pid)
+    logger.info("started a model server on %s, port %d (pid %d)", model_path, port, process.pid)
     return Server(f"http://{public_host}:{port}", process.pid)
 
 
@@ -111,12 +121,12 @@ def alive(pid: int) -> bool:
 
 
 def is_model_server(pid: int) -> bool:
-    """Whether `pid` runs `mlflow models serve` (a pid from a file may have been reused)."""
+    """Whether `pid` runs MLflow's scoring server (a pid from a file may have been reused)."""
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return any(arg.endswith(b"mlflow") for arg in command) and b"serve" in command
+    return SCORING_APP in command
 
 
 def ping(url: str) -> bool:
@@ -150,13 +160,16 @@ def wait_ready(
             time.sleep(0.5)
 
 
-def check_canary(server: Server, body: bytes, expected: pd.DataFrame) -> None:
-    """POST the canary; ServerError unless the server prices it like the model in process."""
+def check_canary(server: Server, checked: Canary) -> None:
+    """POST the canary; ServerError unless the server prices it as the version did in its
+    checks."""
     response, headers = None, {"Content-Type": "application/json"}
     try:
-        response = _http.request("POST", f"{server.url}/invocations", body=body, headers=headers)
+        response = _http.request(
+            "POST", f"{server.url}/invocations", body=checked.body, headers=headers
+        )
         got = pd.DataFrame(orjson.loads(response.data)["predictions"])  # ValueError: not JSON
-        expected = expected.reset_index(drop=True)
+        expected = checked.expected.reset_index(drop=True)
         pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-9)
     except (urllib3.exceptions.HTTPError, KeyError, TypeError, ValueError, AssertionError) as error:
         raise ServerError(

@@ -45,12 +45,13 @@ def gate(tags: dict[str, str], force: bool) -> tuple[bool, str]:
     return True, f"verdict {outcome!r}"
 
 
-def check_loadable(uri: str) -> PyFuncModel:
-    """Check the model's logged package versions are the ones installed, load the model and price
-    its input example (the model is returned); UserError or StepError otherwise."""
+def check_loadable(uri: str, local_copy: str | None = None) -> PyFuncModel:
+    """Check the model's logged package versions are the ones installed, load the model (from
+    `local_copy` of it, if given) and price its input example (the model is returned);
+    UserError or StepError otherwise."""
     try:
         registry.check_requirements(uri)
-        model = mlflow.pyfunc.load_model(uri)
+        model = mlflow.pyfunc.load_model(local_copy or uri)
         model.predict(model.input_example)
         return model
     except UserError:

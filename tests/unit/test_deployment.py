@@ -18,24 +18,17 @@ from kubernetes import client
 from config.settings import Settings
 from serving.controller import Processes, executor
 from serving.deployment import INFO_KEY, Deployment
-from serving.servers import Abandoned, ServerError, Serving, no_check
+from serving.servers import Abandoned, Canary, ServerError, Serving, no_check
 from tests.support.gateway import fake_upstream
 from tests.support.kubernetes import KUBERNETES, FakeCluster, find, render
 
 NAMESPACE = "property-friends"
-EXAMPLE = pd.DataFrame({"net_area": [170.0, 80.0]})
 PRICES = pd.DataFrame({"price": [11571.4, 9000.25]})
 OLD = {"name": "property-friends", "version": "3", "uri": "models:/property-friends/3"}
 NEW = {"name": "property-friends", "version": "4", "uri": "models:/property-friends/4"}
 
 
-class Model:
-    """What the executor uses of a loaded pyfunc model: its input example and predict."""
-
-    input_example = EXAMPLE
-
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return PRICES.iloc[: len(frame)]
+CANARY = Canary(b'{"dataframe_split": {}}', PRICES)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +96,7 @@ def test_serving_a_version_rolls_the_deployment_then_publishes_it(base_deploymen
     old = on_version(cluster, OLD)
     with pods_answering(PRICES) as port:
         serving = deployment(cluster, port).serve(
-            Model(), {**NEW, "metrics": {"rmse": 1.5}}, old, no_check
+            CANARY, {**NEW, "metrics": {"rmse": 1.5}}, old, no_check
         )
     assert cluster.served() == {"uri": NEW["uri"], "version": "4"}
     assert serving.version == "4"
@@ -118,7 +111,7 @@ def test_serving_a_version_rolls_the_deployment_then_publishes_it(base_deploymen
 def test_the_first_rollout_creates_the_configmap(base_deployment):
     cluster = FakeCluster(base_deployment, NAMESPACE)
     with pods_answering(PRICES) as port:
-        deployment(cluster, port).serve(Model(), NEW, None, no_check)
+        deployment(cluster, port).serve(CANARY, NEW, None, no_check)
     assert json.loads(cluster.config_maps["served-model"].data[INFO_KEY])["version"] == "4"
 
 
@@ -127,7 +120,7 @@ def test_a_stalled_rollout_is_undone_and_not_published(base_deployment):
     old = on_version(cluster, OLD)
     cluster.stall = True
     with pods_answering(PRICES) as port, pytest.raises(ServerError) as error:
-        deployment(cluster, port).serve(Model(), NEW, old, no_check)
+        deployment(cluster, port).serve(CANARY, NEW, old, no_check)
     assert str(error.value) == (
         'deployment/model-server did not roll out version 4: ReplicaSet "model-server-7d9" '
         "has timed out progressing. (2 of 2 replicas available)"
@@ -140,7 +133,7 @@ def test_a_canary_priced_differently_is_undone(base_deployment):
     cluster = FakeCluster(base_deployment, NAMESPACE)
     old = on_version(cluster, OLD)
     with pods_answering(PRICES + 1.0) as port, pytest.raises(ServerError, match="canary"):
-        deployment(cluster, port).serve(Model(), NEW, old, no_check)
+        deployment(cluster, port).serve(CANARY, NEW, old, no_check)
     assert cluster.served() == {"uri": OLD["uri"], "version": "3"}
     assert [p["spec"]["template"]["metadata"]["labels"] for p in cluster.patches[-2:]] == [
         {"app.kubernetes.io/version": "4"},
@@ -157,7 +150,7 @@ def test_a_rollout_whose_target_moved_is_undone_and_not_published(base_deploymen
             raise Abandoned("models:/property-friends@champion resolves to version 3 now")
 
     with pods_answering(PRICES) as port, pytest.raises(Abandoned):
-        deployment(cluster, port).serve(Model(), NEW, old, check_target)
+        deployment(cluster, port).serve(CANARY, NEW, old, check_target)
     assert cluster.served() == {"uri": OLD["uri"], "version": "3"}
     assert json.loads(cluster.config_maps["served-model"].data[INFO_KEY])["version"] == "3"
     assert [p["spec"]["template"]["metadata"]["labels"] for p in cluster.patches[-2:]] == [
@@ -180,10 +173,10 @@ def test_a_deployment_changed_by_hand_is_put_back_on_the_served_version(base_dep
     cluster = FakeCluster(base_deployment, NAMESPACE)
     served = on_version(cluster, NEW)
     pool = deployment(cluster, 5001)
-    assert pool.heal(served, Model) == served
+    assert pool.heal(served, lambda: CANARY) == served
     assert len(cluster.patches) == 1  # the one that put NEW there
     cluster.patch_namespaced_deployment("model-server", NAMESPACE, _patch(OLD))  # apply -k
-    assert pool.heal(served, Model) == served
+    assert pool.heal(served, lambda: CANARY) == served
     assert cluster.served() == {"uri": NEW["uri"], "version": "4"}
 
 

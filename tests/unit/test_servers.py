@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from serving import servers
-from serving.servers import Abandoned, Server, ServerError
+from serving.servers import Abandoned, Canary, Server, ServerError
 from tests.support.gateway import fake_upstream
 
 EXPECTED = pd.DataFrame({"price": [11571.4, 9000.25], "outside_training_range": ["", "n_rooms"]})
@@ -38,7 +38,7 @@ def answering(predictions: object, status: int = 200):
 
 def test_a_server_pricing_the_canary_like_the_model_passes():
     with fake_upstream(answering(EXPECTED.to_dict(orient="records"))) as url:
-        servers.check_canary(Server(url, 0), b"{}", EXPECTED)
+        servers.check_canary(Server(url, 0), Canary(b"{}", EXPECTED))
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,7 @@ def test_a_server_pricing_the_canary_differently_is_refused(predictions, status)
         fake_upstream(answering(predictions, status)) as url,
         pytest.raises(ServerError, match="did not price the canary like the model"),
     ):
-        servers.check_canary(Server(url, 0), b"{}", EXPECTED)
+        servers.check_canary(Server(url, 0), Canary(b"{}", EXPECTED))
 
 
 def test_stop_ends_the_whole_group_even_a_process_ignoring_sigterm():
@@ -84,10 +84,9 @@ def test_stop_ends_the_whole_group_even_a_process_ignoring_sigterm():
     assert [state for state in group if not state.startswith("Z")] == []  # zombies are dead
 
 
-def test_only_a_process_running_mlflow_models_serve_counts_as_a_model_server():
-    lookalike = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(30)", "/venv/bin/mlflow", "models", "serve"]
-    )
+def test_only_a_process_running_mlflow_s_scoring_server_counts_as_a_model_server():
+    scoring_app = servers.SCORING_APP.decode()
+    lookalike = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", scoring_app])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         assert servers.is_model_server(lookalike.pid)
