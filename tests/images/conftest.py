@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from pyfunc.schema import example_listing
+from serving.servers import SCORING_APP
 from tests.support.docker import (
     HostNetwork,
     NoEngine,
@@ -27,6 +28,7 @@ from tests.support.docker import (
     image_megabytes,
     python_base,
     remove,
+    resident_mb,
     session_prefix,
     wait_healthy,
 )
@@ -158,9 +160,24 @@ def stack(images: dict[str, str], compose: dict) -> Iterator[Stack]:
             FACTS["gateway_healthy_seconds"] = round(stack.start("gateway"), 1)
             wait_until(stack.prices_steadily, START_TIMEOUT, "priced answers", interval=1)
             FACTS["controller_to_first_price_seconds"] = round(time.monotonic() - started, 1)
+            FACTS.update(serving_memory(stack))
             yield stack
         finally:
             remove([role.name for role in roles.values()], prefix)
+
+
+def serving_memory(stack: Stack) -> dict[str, float]:
+    """Resident MB of the serving stack: the controller itself, each model server, the
+    gateway's processes, and all of them together."""
+    controller = resident_mb(stack.roles["controller"].name)
+    servers = [mb for command, mb in controller.items() if SCORING_APP.decode() in command]
+    gateway = sum(resident_mb(stack.roles["gateway"].name).values())
+    return {
+        "controller_rss_mb": round(sum(controller.values()) - sum(servers)),
+        "model_server_rss_mb": round(max(servers)),
+        "gateway_rss_mb": round(gateway),
+        "serving_stack_rss_mb": round(sum(controller.values()) + gateway),
+    }
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from pyfunc.schema import example_listing
+from serving.servers import SCORING_APP
 from tests.images.conftest import Stack
 from tests.support.docker import attempt, docker, health, main_pid, process_uids, wait_healthy
 from tests.support.gateway import ALICE_KEY, LoadClients
@@ -72,8 +73,21 @@ def test_no_process_of_a_container_runs_as_root(stack: Stack, service: str) -> N
 
 def test_the_controller_runs_its_pool_in_its_own_container(stack: Stack) -> None:
     commands = process_uids(stack.roles["controller"].name)
-    launchers = [c for c in commands if " models serve " in f" {c} " and "uvicorn" not in c]
-    assert len(launchers) == int(stack.roles["controller"].environment["MODEL_SERVERS"]), commands
+    scorers = [c for c in commands if SCORING_APP.decode() in c]
+    assert len(scorers) == int(stack.roles["controller"].environment["MODEL_SERVERS"]), commands
+    assert not [c for c in commands if "models serve" in c], commands
+
+
+def model_copies(stack: Stack) -> list[str]:
+    """The folders holding a model (its MLmodel file) anywhere in the controller's container."""
+    search = ("find", "/", "-path", "/proc", "-prune", "-o", "-name", "MLmodel", "-print")
+    _, found = attempt("exec", stack.roles["controller"].name, *search)  # some folders unreadable
+    paths = [line for line in found.splitlines() if line.endswith("/MLmodel")]
+    return sorted(path.rsplit("/", 2)[-2] for path in paths)
+
+
+def test_the_controller_keeps_one_copy_of_the_served_model(stack: Stack) -> None:
+    assert model_copies(stack) == ["property-friends-1"]
 
 
 @pytest.mark.parametrize("service", LONG_RUNNING)
@@ -108,6 +122,7 @@ def test_a_promotion_rolls_out_under_load_with_no_failed_request(stack: Stack) -
     versions = [s.model_version for s in sorted(sent, key=lambda s: s.started)]
     assert set(versions) == {"1", "2"}
     assert versions[-50:] == ["2"] * 50
+    assert model_copies(stack) == ["property-friends-2"]
 
 
 @pytest.mark.parametrize("service", ["controller", "gateway"])

@@ -362,6 +362,16 @@ def process_uids(name: str) -> dict[str, str]:
     return {f"{pid} {args}": uid for uid, pid, args in rows}
 
 
+def resident_mb(name: str) -> dict[str, float]:
+    """Every process of the container (pid and command line) -> its resident memory in MB,
+    read from the host's /proc."""
+    sizes = {}
+    for process in process_uids(name):
+        status = Path(f"/proc/{process.split()[0]}/status").read_text()
+        sizes[process] = int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) / 1024  # type: ignore[index]
+    return sizes
+
+
 def main_pid(name: str) -> int:
     return int(docker("inspect", "-f", "{{.State.Pid}}", name).strip())
 
