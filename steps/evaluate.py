@@ -31,8 +31,6 @@ from steps.tracking import StepError, cli_errors, configure, load_frame, step_ru
 
 logger = logging.getLogger(__name__)
 
-PASSING_VERDICTS = ("better", "within_tolerance", "no_champion")
-
 
 @dataclass(frozen=True)
 class Evaluation:

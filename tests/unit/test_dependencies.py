@@ -8,6 +8,7 @@ under `if TYPE_CHECKING:` is left out, an import inside a function is counted.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import tomllib
 from graphlib import CycleError, TopologicalSorter
@@ -191,3 +192,17 @@ def test_an_import_of_the_controller_steps_gateway_or_config_by_the_model_is_fou
         "pyfunc.model -> serving",
         "pyfunc.model -> serving.controller",
     ]
+
+
+def test_the_rollout_controller_imports_no_model_library() -> None:
+    """The controller runs for weeks between rollouts: the model's libraries (and the memory
+    they hold) belong to its checks, which run in processes of their own."""
+    model_libraries = ("sklearn", "treelite", "category_encoders", "matplotlib", "pyfunc.model")
+    probe = (
+        "import sys, serving.controller; "
+        f"print([m for m in {model_libraries!r} if m in sys.modules])"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert loaded.strip() == "[]"
