@@ -51,6 +51,8 @@ class ModelInfo:
         self._info: dict[str, Any] | None = None
         self._reference: dict[str, Any] | None = None
         self._version = ""  # not read yet: the first refresh always reports a change
+        # read, and taken at its switch_at: (stamp, data, switch_at)
+        self._pending: tuple[tuple[int, int, int], dict[str, Any] | None, float] | None = None
 
     @property
     def version(self) -> str:
@@ -71,7 +73,14 @@ class ModelInfo:
 
     def refresh(self, force: bool = False) -> None:
         """Re-read the file if it changed; stat at most once a second. A thread arriving while
-        another one re-reads waits for it: no request goes to a pool that was just replaced."""
+        another one re-reads waits for it: no request goes to a pool that was just replaced.
+        A file with `switch_at` (epoch seconds) is taken at that instant, not before: every
+        worker, having read it within a second, switches at the same moment."""
+        if self._pending is not None and time.time() >= self._pending[2]:
+            with self._lock:
+                if self._pending is not None:
+                    self._set(*self._pending[:2])
+                    self._pending = None
         if not force and time.monotonic() - self._checked_at < MODEL_INFO_CHECK_SECONDS:
             return
         with self._lock:
@@ -81,12 +90,24 @@ class ModelInfo:
             try:
                 stat = os.stat(self.path)
             except OSError:
+                self._pending = None
                 self._set(None, None)
             else:
                 stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
                 if stamp != self._stamp:
-                    self._set(stamp, _read(self.path))
+                    self._take(stamp, _read(self.path))
             self._checked_at = now  # after the reload: a thread arriving meanwhile waits
+
+    def _take(self, stamp: tuple[int, int, int], data: dict[str, Any] | None) -> None:
+        """Apply what was read now, or, while a version is served, hold it until its
+        `switch_at`."""
+        self._stamp, self._pending = stamp, None
+        switch_at = (data or {}).get("switch_at")
+        serving = self._info is not None
+        if serving and isinstance(switch_at, int | float) and time.time() < switch_at:
+            self._pending = (stamp, data, float(switch_at))
+        else:
+            self._set(stamp, data)
 
     def _set(self, stamp: tuple[int, int, int] | None, data: dict[str, Any] | None) -> None:
         old, old_model, old_reference = self._version, self._model(), self._reference

@@ -52,7 +52,7 @@ def check_loadable(uri: str, local_copy: str | None = None) -> PyFuncModel:
     `local_copy` of it, if given) and price its input example (the model is returned);
     UserError or StepError otherwise."""
     try:
-        registry.check_requirements(uri)
+        registry.check_requirements(uri, local_copy)
         model = mlflow.pyfunc.load_model(local_copy or uri)
         model.predict(model.input_example)
         return model
@@ -61,7 +61,7 @@ def check_loadable(uri: str, local_copy: str | None = None) -> PyFuncModel:
     except Exception as error:
         raise StepError(
             f"{uri} cannot be loaded or cannot price its input example "
-            f"({type(error).__name__}: {error}); the champion is unchanged"
+            f"({type(error).__name__}: {' '.join(str(error).split())}); the champion is unchanged"
         ) from None
 
 

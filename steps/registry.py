@@ -7,21 +7,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path
 
-import mlflow
 from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import get_model_dependencies
 from packaging.requirements import Requirement
 
 from config.errors import UserError
 from pyfunc.profile import PROFILE_PATH
 
 PREVIOUS_ALIAS = "previous-champion"
+REQUIREMENTS_FILE = "requirements.txt"  # pip's, as MLflow logs it beside MLmodel
 PRODUCTION_STAGE = "Production"
 ARCHIVED_STAGE = "Archived"
 METRIC_TAGS = ("test_mae", "test_rmse", "test_mape", "test_r2")
@@ -115,10 +116,16 @@ def unmet_requirements(lines: list[str]) -> list[str]:
     return unmet
 
 
-def check_requirements(uri: str) -> None:
-    """UserError unless this environment has the package versions the model at `uri` was
-    logged with (its requirements.txt): a model unpickled by other versions may fail or err."""
-    unmet = unmet_requirements(Path(get_model_dependencies(uri)).read_text().splitlines())
+def check_requirements(uri: str, local_copy: str | None = None) -> None:
+    """UserError unless this environment has the package versions the model at `uri` (read
+    from `local_copy` of it, if given) was logged with (its requirements.txt): a model
+    unpickled by other versions may fail or err."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if local_copy:
+            requirements = Path(local_copy) / REQUIREMENTS_FILE
+        else:
+            requirements = Path(download_artifacts(f"{uri}/{REQUIREMENTS_FILE}", dst_path=tmp))
+        unmet = unmet_requirements(requirements.read_text().splitlines())
     if unmet:
         raise UserError(
             f"{uri} was logged with {'; '.join(unmet)}: serve it from an image built from the "
@@ -154,7 +161,8 @@ def move_champion(name: str, alias: str, version: str) -> str | None:
 def load_reference(model_uri: str) -> dict:
     """The binned training distribution stored with the model at `model_uri`, or UserError."""
     try:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/{PROFILE_PATH}")
-        return json.loads(Path(path).read_text())["reference"]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = download_artifacts(f"{model_uri}/{PROFILE_PATH}", dst_path=tmp)
+            return json.loads(Path(path).read_text())["reference"]
     except (MlflowException, OSError, KeyError, ValueError) as error:
         raise UserError(f"cannot read the training profile of {model_uri}: {error}") from None

@@ -163,7 +163,7 @@ def stack(images: dict[str, str], compose: dict) -> Iterator[Stack]:
             FACTS.update(serving_memory(stack))
             yield stack
         finally:
-            remove([role.name for role in roles.values()], prefix)
+            remove([*stack.started, *(role.name for role in roles.values())], prefix)
 
 
 def serving_memory(stack: Stack) -> dict[str, float]:

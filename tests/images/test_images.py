@@ -15,9 +15,19 @@ import requests
 from pyfunc.schema import example_listing
 from serving.servers import SCORING_APP
 from tests.images.conftest import Stack
-from tests.support.docker import attempt, docker, health, main_pid, process_uids, wait_healthy
-from tests.support.gateway import ALICE_KEY, LoadClients
-from tests.support.processes import wait_until
+from tests.support.docker import (
+    HostNetwork,
+    Pod,
+    attempt,
+    docker,
+    health,
+    main_pid,
+    process_uids,
+    wait_healthy,
+)
+from tests.support.gateway import ALICE_KEY, API_KEYS, LoadClients
+from tests.support.kubernetes import KUBERNETES, find, render
+from tests.support.processes import free_port, http_ok, wait_until
 from tests.support.rollout import ONE_LISTING
 
 pytestmark = pytest.mark.images
@@ -104,6 +114,43 @@ def test_the_root_filesystem_is_read_only_as_compose_says(stack: Stack, service:
     ]:
         docker("exec", role.name, "python", "-c", probe, f"{writable}/probe")
         docker("exec", role.name, "rm", f"{writable}/probe")
+
+
+def test_kubernetes_runs_the_model_server_and_the_gateway_from_the_same_images(
+    stack: Stack,
+) -> None:
+    """The base manifests' containers, run as their pod specs say: the model server pod on
+    version 1 of the registry, the gateway pod in front of it as its service."""
+    manifests = render(KUBERNETES / "base")
+    ports = {5000: stack.network.ports[5000], 5001: free_port(), 8000: free_port()}
+    network = HostNetwork(ports, frozenset({"mlflow", "model-server"}))
+    pods = [
+        Pod(
+            find(manifests, "Deployment", name),
+            image,
+            network,
+            f"{stack.prefix}-k8s-{name}",
+            values,
+        )
+        for name, image, values in (
+            ("model-server", stack.roles["mlflow"].image, {}),
+            ("gateway", stack.roles["gateway"].image, {"GATEWAY_API_KEYS": API_KEYS}),
+        )
+    ]
+    for pod in pods:  # the model server first: the gateway is ready once a server answers
+        stack.started.append(pod.name)
+        docker(*pod.run_args())
+        ready = pod.url("http", pod.container["readinessProbe"]["httpGet"]["path"])
+        wait_until(lambda url=ready: http_ok(url), 300, f"{pod.name} ready", interval=1)
+        assert http_ok(pod.url("http", pod.container["livenessProbe"]["httpGet"]["path"]))
+    model_server, gateway = pods
+    body = {"dataframe_records": [example_listing()]}
+    through = requests.post(
+        gateway.url("http", "/invocations"), json=body, headers={"X-API-Key": ALICE_KEY}, timeout=30
+    )
+    assert through.status_code == 200, through.text
+    assert through.json() == price(stack, {"X-API-Key": ALICE_KEY}).json()  # version 1 alike
+    assert set(process_uids(model_server.name).values()) == {APP_USER}
 
 
 def test_a_promotion_rolls_out_under_load_with_no_failed_request(stack: Stack) -> None:

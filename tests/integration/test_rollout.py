@@ -42,7 +42,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 READ_TIMEOUT = 4.0
 DRAIN_SECONDS = MODEL_INFO_CHECK_SECONDS + 1 + READ_TIMEOUT + 2  # the controller's wait, + 2 s
-SWITCH_SECONDS = MODEL_INFO_CHECK_SECONDS + 1  # every worker has looked at the file again
+# every worker switches at the file's switch_at: an old answer to a request sent later than the
+# first new one only when that request was queued less than the first one (2 cores, 16 clients)
+SWITCH_SECONDS = 0.25
 CLIENTS = 16
 
 
@@ -157,12 +159,12 @@ def assert_no_failure_and_logged_once(sent: list[Sent], running: Stack) -> None:
 
 
 def assert_switched(sent: list[Sent], old: str, new: str) -> None:
-    """Answers carry the old version, then the new one only, once every worker switched."""
+    """Answers carry the old version, then the new one only: the workers switch together."""
     assert {s.model_version for s in sent} == {old, new}
-    first_new = min(s.ended for s in sent if s.model_version == new)
+    first_new = min(s.started for s in sent if s.model_version == new)
     late = [s for s in sent if s.started > first_new + SWITCH_SECONDS]
     assert len(late) > 100 and {s.model_version for s in late} == {new}
-    assert all(s.model_version == old for s in sent if s.ended < first_new - 0.5)
+    assert all(s.model_version == old for s in sent if s.ended < first_new)
 
 
 def test_moving_the_alias_as_the_ui_does_reaches_every_answer_without_a_failure(

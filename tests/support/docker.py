@@ -378,3 +378,59 @@ def main_pid(name: str) -> int:
 
 def session_prefix() -> str:
     return f"pf-images-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Pod:
+    """One container of a Kubernetes Deployment run with `docker run` as its pod spec says:
+    command, user and group, read-only root, no privilege escalation, dropped capabilities,
+    each emptyDir volume as a tmpfs owned by the pod's fsGroup; on the host's network, with
+    service names and ports mapped like compose's. `values` stand for what the cluster
+    supplies (secrets, the downward API)."""
+
+    deployment: dict[str, Any]
+    image: str
+    network: HostNetwork
+    name: str
+    values: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.deployment["spec"]["template"]["spec"]
+
+    @property
+    def container(self) -> dict[str, Any]:
+        (container,) = self.spec["containers"]
+        return container
+
+    def url(self, port_name: str, path: str) -> str:
+        (port,) = [p["containerPort"] for p in self.container["ports"] if p["name"] == port_name]
+        return f"http://127.0.0.1:{self.network.ports.get(port, port)}{path}"
+
+    def run_args(self) -> list[str]:
+        pod, container = self.spec["securityContext"], self.container
+        security = container["securityContext"]
+        args = ["run", "-d", "--name", self.name, "--network", "host", "--no-healthcheck"]
+        args += ["--user", f"{pod['runAsUser']}:{pod['runAsGroup']}"]
+        if security.get("readOnlyRootFilesystem"):
+            args.append("--read-only")
+        if security.get("allowPrivilegeEscalation") is False:
+            args += ["--security-opt", "no-new-privileges:true"]
+        for capability in security["capabilities"]["drop"]:
+            args += ["--cap-drop", capability]
+        args += self._volumes(pod["fsGroup"])
+        for variable in container.get("env", ()):
+            name = variable["name"]
+            value = variable["value"] if "value" in variable else self.values[name]
+            args += ["-e", f"{name}={self.network.variable(name, value)}"]
+        command = [self.network.option_value(token) for token in container["command"]]
+        return [*args, self.image, *command]
+
+    def _volumes(self, group: int) -> list[str]:
+        empty = {v["name"] for v in self.spec.get("volumes", ()) if "emptyDir" in v}
+        return [
+            arg
+            for mount in self.container.get("volumeMounts", ())
+            if mount["name"] in empty
+            for arg in ("--tmpfs", f"{mount['mountPath']}:uid={group},gid={group}")
+        ]

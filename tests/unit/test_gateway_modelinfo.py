@@ -82,3 +82,31 @@ def test_a_new_pool_reaches_requests_of_the_app(tmp_path, app):
     gateway_of(app).model_info.refresh(force=True)
     pool = gateway_of(app).pool
     assert (pool.urls, pool.version) == (["http://127.0.0.1:5201"], "8")
+
+
+def test_a_file_with_switch_at_is_taken_at_that_instant_by_every_reader(tmp_path, monkeypatch):
+    path = tmp_path / "served-model.json"
+    write_model_info(path, version="3", servers=["http://127.0.0.1:5101"])
+    now = [1000.0]
+    monkeypatch.setattr(modelinfo.time, "time", lambda: now[0])
+    pools: list[tuple[list[str] | None, str]] = []
+    readers = [
+        ModelInfo(path, on_pool=lambda servers, version: pools.append((servers, version)))
+        for _ in range(2)
+    ]
+    assert [r.version for r in readers] == ["3", "3"]
+    write_model_info(path, version="4", servers=["http://127.0.0.1:5102"], switch_at=1001.5)
+    readers[0].refresh(force=True)
+    now[0] = 1001.0
+    readers[1].refresh(force=True)
+    assert [r.version for r in readers] == ["3", "3"]  # both read it, neither switched
+    now[0] = 1001.5
+    assert [r.version for r in readers] == ["4", "4"]
+    assert pools[-2:] == [(["http://127.0.0.1:5102"], "4")] * 2
+
+
+def test_a_reader_serving_nothing_yet_takes_a_file_before_its_switch_at(tmp_path, monkeypatch):
+    path = tmp_path / "served-model.json"
+    monkeypatch.setattr(modelinfo.time, "time", lambda: 1000.0)
+    write_model_info(path, version="4", switch_at=1001.5)
+    assert ModelInfo(path).version == "4"
