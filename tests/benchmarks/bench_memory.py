@@ -142,7 +142,7 @@ def role(pid: int) -> str:
 
 def footprint(pid: int) -> dict[str, Any]:
     """RSS and PSS (MB) of `pid` and of every process below it, each labelled by its command."""
-    found = [
+    found: list[dict[str, Any]] = [
         {
             "pid": p,
             "role": role(p),
@@ -273,6 +273,7 @@ def controller_idle(
             "the controller's pool",
         )
         time.sleep(idle)
+        assert controller.process is not None  # started by running_controller
         pid = controller.process.pid
         status = Path(f"/proc/{pid}/status").read_text()
     rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))

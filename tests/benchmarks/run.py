@@ -302,7 +302,7 @@ def measure_all(
     concurrent."""
     model = load_model(env)
     batches = listings_batches(model)
-    routes = [
+    routes: list[measure.Route] = [
         measure.InProcess(model),
         measure.Http(measure.MODEL_SERVER, "127.0.0.1", ports[measure.MODEL_SERVER]),
         measure.Http(

@@ -4,7 +4,6 @@ the issue's MB; a target whose baseline is missing fails."""
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -24,8 +23,12 @@ from tests.benchmarks.bench_memory import OLD_LAYOUT, POOL
 
 
 def one_row(p50_ms: float, cpu: dict[str, float] | None = None) -> dict[str, Any]:
-    return {"p50_ms": p50_ms, "p99_ms": 2 * p50_ms, "rows_per_s": 1000 / p50_ms,
-            "cpu_ms_per_request": cpu or {}}  # fmt: skip
+    return {
+        "p50_ms": p50_ms,
+        "p99_ms": 2 * p50_ms,
+        "rows_per_s": 1000 / p50_ms,
+        "cpu_ms_per_request": cpu or {},
+    }
 
 
 def last_run(scale: float = 1.0) -> dict[str, Any]:
@@ -100,6 +103,12 @@ def test_a_fast_path_as_slow_as_the_pipeline_fails() -> None:
     assert verdicts(results)["in-process single-row p50, fast path / fitted pipeline"] is False
 
 
+def test_a_gateway_slower_than_the_floor_by_more_than_the_old_budget_fails() -> None:
+    results = last_run()
+    results["sequential"][GATEWAY][1]["p50_ms"] = 3.3 + 0.9  # the floor's p50, +0.9 ms
+    assert verdicts(results)["one-client p50, gateway / the floor"] is False
+
+
 def test_a_missing_baseline_fails_instead_of_passing() -> None:
     results = last_run()
     results["sequential"][FLOOR][1]["cpu_ms_per_request"] = {}
@@ -125,11 +134,14 @@ def test_memory_targets_are_the_issues_figures() -> None:
     today = report.memory_targets(memory(550.0, 11.0, 12.0))
     assert [(t["name"], t["value"], t["pass"]) for t in today] == [
         ("one model server's processes <= 400 MB RSS", 550.0, False),
-        ("cold start (start -> first priced answer), pool's server / old layout <= 1/3", 0.917,
-         False),
+        (
+            "cold start (start -> first priced answer), pool's server / old layout <= 1/3",
+            0.917,
+            False,
+        ),
         ("model artifact on disk (no threshold)", 3.2, None),
         ("rollout controller idle <= 150 MB RSS", 120.0, True),
-    ]  # fmt: skip
+    ]
     assert today[0]["figures"] == "uvicorn 550 MB; old layout 550 MB"
     assert today[1]["figures"] == "11.00 / 12.00 s"
     lean = report.memory_targets(memory(380.0, 3.9, 12.0))
@@ -138,7 +150,7 @@ def test_memory_targets_are_the_issues_figures() -> None:
 
 def test_failed_targets_print_as_fail_with_their_figures() -> None:
     checks = report.memory_targets(memory(550.0, 11.0, 12.0))
-    lines = report.target_lines(copy.deepcopy(checks))
+    lines = report.target_lines(checks)
     assert lines[0].split()[0] == "FAIL"
     assert lines[0].endswith("(uvicorn 550 MB; old layout 550 MB)")
     assert lines[2].split()[0] == "info"
