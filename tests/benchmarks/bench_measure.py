@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 IN_PROCESS, MODEL_SERVER, GATEWAY = "in-process", "model server", "gateway"
 BASELINE = "one-hop baseline"
+FLOOR = "floor"  # floor_app in front of the same model server as the gateway
 FAST_PATH, PIPELINE = "fast path (pyfunc predict)", "fitted pipeline predict"
 
 

@@ -8,10 +8,14 @@ real gateway on free loopback ports, then measures: single-row latency (p50, p99
 batches of 1, 100 and 10,000 rows on the three paths, and requests/s of concurrent clients
 through the model server and through the gateway; then the model server pool of the rollout
 controller (`bench_pool`): 16 clients through the gateway with 1 and with MODEL_SERVERS
-servers, and the longest gap between answers during a rollout. Prints a table with ratios and
-the targets, saves everything as JSON, reports the RSS of every process it started, and always
-stops them. `--only-pool` measures the pool alone. `--quick` is a smoke run of about a minute
-(small data, the notebook preset, short windows).
+servers, and the longest gap between answers during a rollout; first, one model server's cold
+start and RSS as the pool starts it and in the old layout (plain `mlflow models serve`), and the
+rollout controller's idle RSS (`bench_memory`; `--skip-memory` skips them). Beside the gateway,
+the floor (`floor_app`) in front of the same model server. Prints a table with ratios and the
+targets (each a ratio to a baseline measured in the same run, with both figures), saves
+everything as JSON, reports the RSS of every process it started, and always stops them.
+`--only-pool` measures the pool alone. `--quick` is a smoke run of a few minutes (small data,
+the notebook preset, short windows, one start of each layout).
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ import click
 
 from config.settings import Settings
 from tests.benchmarks import bench_measure as measure
-from tests.benchmarks import bench_pool
+from tests.benchmarks import bench_memory, bench_pool
 from tests.benchmarks import bench_report as report
 from tests.benchmarks import bench_stack as stack
 from tests.benchmarks.bench_client import make_batches
+from tests.support.rollout import mlflow_client
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +52,7 @@ FULL = {
     "warmup": 2.0,
     "duration": 20.0,
     "fast_path_rows": 300,
+    "memory_starts": 3,
 }
 QUICK = {
     "counts": {1: 200, 100: 20, 10_000: 3},
@@ -54,6 +60,7 @@ QUICK = {
     "warmup": 1.0,
     "duration": 5.0,
     "fast_path_rows": 100,
+    "memory_starts": 1,
 }
 POOL = {1: 500, 100: 20, 10_000: 2}  # distinct batches of each size
 
@@ -118,6 +125,12 @@ POOL = {1: 500, 100: 20, 10_000: 2}  # distinct batches of each size
     help="The larger pool measured (default: MODEL_SERVERS, one per core).",
 )
 @click.option("--only-pool", is_flag=True, help="Measure the model server pool only.")
+@click.option(
+    "--skip-memory",
+    is_flag=True,
+    help="Skip one model server's RSS and cold start (as the pool starts it and in the old "
+    "layout) and the rollout controller's idle RSS.",
+)
 def main(
     quick: bool,
     output: Path,
@@ -129,6 +142,7 @@ def main(
     store: Path | None,
     model_servers: int | None,
     only_pool: bool,
+    skip_memory: bool,
 ) -> None:
     """Benchmark the serving paths; print the table and save the JSON."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -146,7 +160,14 @@ def main(
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         results = benchmark(
-            workdir, quick, plan, clients, settings, reuse=store is not None, only_pool=only_pool
+            workdir,
+            quick,
+            plan,
+            clients,
+            settings,
+            reuse=store is not None,
+            only_pool=only_pool,
+            memory=not (skip_memory or only_pool),
         )
     finally:
         if store is None:
@@ -167,13 +188,16 @@ def benchmark(
     settings: dict[str, int],
     reuse: bool,
     only_pool: bool,
+    memory: bool,
 ) -> dict[str, Any]:
     """Everything, with every started process stopped on the way out."""
     env = stack.bench_env(workdir, **{k: str(v) for k, v in settings.items()})
     load_before = os.getloadavg()[0]
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     pipeline = train(workdir, env, quick, reuse)
-    batches = listings_batches(load_model(env))[1][:200]
+    listings = listings_batches(load_model(env))
+    batches = listings[1][:200]
+    footprint = measure_memory(workdir, env, listings, plan) if memory else None
     pool = bench_pool.measure_pools(
         workdir,
         env,
@@ -198,15 +222,26 @@ def benchmark(
         )
         logger.info("starting the one-hop baseline (FastAPI, uvicorn, 1 worker)")
         one_hop = running.enter_context(stack.baseline(workdir, env))
+        logger.info("starting the floor (floor_app) in front of the same model server")
+        floor_port, floor_pid = running.enter_context(
+            bench_pool.floor_app(workdir, env, settings["GATEWAY_WORKERS"], server.url)
+        )
         groups = {
             "model server": server.process.pid,
             "gateway": gateway.pid,
             measure.BASELINE: one_hop.pid,
+            measure.FLOOR: floor_pid,
         }
-        ports = {measure.MODEL_SERVER: server.port, measure.GATEWAY: gateway.port}
-        results = measure_all(env, ports | {measure.BASELINE: one_hop.port}, plan, clients, groups)
+        ports = {
+            measure.MODEL_SERVER: server.port,
+            measure.GATEWAY: gateway.port,
+            measure.BASELINE: one_hop.port,
+            measure.FLOOR: floor_port,
+        }
+        results = measure_all(env, ports, plan, clients, groups)
     results["pipeline"] = pipeline
     results["pool"] = pool
+    results["memory"] = footprint
     results["meta"] = {
         "started": started,
         "quick": quick,
@@ -220,8 +255,24 @@ def benchmark(
     }
     results["ratios"] = report.ratios(results)
     results["targets"] = report.targets(results)
+    if footprint:
+        results["targets"] += report.memory_targets(footprint)
     results["footprint"] = report.footprint(results["rss_mb"]["after_load"])
     return results
+
+
+def measure_memory(
+    workdir: Path, env: dict[str, str], listings: dict[int, list], plan: dict[str, Any]
+) -> dict[str, Any]:
+    """One model server on the champion's version as the pool starts it and in the old layout
+    (cold start, RSS), the artifact's size, the controller's idle RSS (`bench_memory`)."""
+    version = mlflow_client(env).get_model_version_by_alias(stack.MODEL_NAME, "champion")
+    uri = f"models:/{stack.MODEL_NAME}/{version.version}"
+    batch = listings[10_000][0].frame.head(bench_memory.BATCH_ROWS).to_dict("records")
+    logger.info("one model server on %s: the pool's layout and the old one", uri)
+    found = bench_memory.measure_version(workdir / "memory", env, uri, batch, plan["memory_starts"])
+    mae = version.tags.get("test_mae")
+    return found | {"test_mae": float(mae) if mae else None}
 
 
 def train(workdir: Path, env: dict[str, str], quick: bool, reuse: bool) -> dict[str, Any]:
@@ -251,13 +302,14 @@ def measure_all(
     concurrent."""
     model = load_model(env)
     batches = listings_batches(model)
-    routes = [
+    routes: list[measure.Route] = [
         measure.InProcess(model),
         measure.Http(measure.MODEL_SERVER, "127.0.0.1", ports[measure.MODEL_SERVER]),
         measure.Http(
             measure.GATEWAY, "127.0.0.1", ports[measure.GATEWAY], {"X-API-Key": stack.API_KEY}
         ),
         measure.Http(measure.BASELINE, "127.0.0.1", ports[measure.BASELINE]),
+        measure.Http(measure.FLOOR, "127.0.0.1", ports[measure.FLOOR]),
     ]
     results: dict[str, Any] = {"model": describe_model(model)}
     results["agreement"] = measure.agreement(routes, batches[100][0])
@@ -270,7 +322,7 @@ def measure_all(
     for route in routes:
         route.close()
     results["concurrency"] = {}
-    for route in routes[1:]:
+    for route in routes[1:4]:  # model server, gateway, baseline (the pool measures the floor)
         logger.info(
             "%d concurrent clients on the %s for %.0f s", clients, route.name, plan["duration"]
         )
