@@ -39,7 +39,7 @@ import click
 from config.settings import Settings
 from pyfunc.schema import FEATURE_NAMES
 from serving import servers
-from serving.serve import server_env
+from serving.serve import local_copy, server_env
 from tests.support.processes import free_port, stop_process_group, wait_until
 from tests.support.rollout import running_controller
 from tests.support.stack import run_step, store_env
@@ -136,7 +136,7 @@ def role(pid: int) -> str:
     if "models" in args and "serve" in args:
         return "mlflow models serve"
     if any("uvicorn" in a for a in args):
-        return "uvicorn"
+        return "uvicorn (scoring server)"
     return " ".join(Path(a).name if i == 0 else a for i, a in enumerate(args[:3]))[:60]
 
 
@@ -194,9 +194,14 @@ def old_layout(uri: str, env: dict[str, str], log: Path) -> Iterator[tuple[int, 
 @contextmanager
 def pool_server(uri: str, env: dict[str, str]) -> Iterator[tuple[int, str]]:
     """One model server as the controller's pool starts it (`serving.servers.start`, which
-    passes this process's environment on: `env` for the time of the start), stopped at the end."""
+    passes this process's environment on: `env` for the time of the start) on the version's
+    local copy (downloaded once, by the first start, as the controller does once per
+    version), stopped at the end."""
+    name, version = uri.removeprefix("models:/").rsplit("/", 1)
     with mock.patch.dict(os.environ, env, clear=True):
-        server = servers.start(Settings.from_env(env), uri, "127.0.0.1", "127.0.0.1")
+        settings = Settings.from_env(env)
+        path = local_copy({"name": name, "version": version, "uri": uri}, settings)
+        server = servers.start(settings, path, "127.0.0.1", "127.0.0.1")
     try:
         yield server.pid, f"{server.url}/invocations"
     finally:
