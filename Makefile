@@ -55,6 +55,12 @@ $(CHECKOV_VENV)/.installed: docker/kubernetes/requirements-checkov.txt
 .PHONY: checkov
 checkov: $(CHECKOV_VENV)/.installed ## checkov (Kubernetes manifests) in a venv of its own (.venv-checkov)
 
+# Installs the Debian packages the shell variable `missing` names (as root), or says how.
+APT_INSTALL_MISSING = if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "missing:$$missing; install with: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null
+
 .PHONY: system-deps
 system-deps: ## install what the tests run when missing: PostgreSQL, Prometheus (promtool), Alertmanager (amtool), Java (Spark)
 	@missing=""; \
@@ -62,10 +68,7 @@ system-deps: ## install what the tests run when missing: PostgreSQL, Prometheus 
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then \
-	  echo "missing:$$missing; install with: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; fi; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null
+	$(APT_INSTALL_MISSING)
 
 $(SAMPLE_DATA)/train.csv: | install
 	$(BIN)/python -m steps.generate --out $(SAMPLE_DATA)
@@ -164,10 +167,7 @@ image-deps: ## install what the image suite runs when missing: Docker engine (do
 	@missing=""; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then \
-	  echo "missing:$$missing; install with: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; fi; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null
+	$(APT_INSTALL_MISSING)
 
 .PHONY: test
 test: install system-deps checkov ## the test suite: unit and integration (real servers on 127.0.0.1)

@@ -324,6 +324,7 @@ def test_dockerfile_is_multi_stage_on_a_pinned_slim_base():
     )
     assert {name: base for name, (base, _) in stages().items()} == {
         "builder": "${PYTHON_IMAGE}",
+        "source": "builder",
         "gateway-venv": "builder",
         "model-venv": "builder",
         "runtime": "${PYTHON_IMAGE}",
