@@ -39,6 +39,15 @@ class Preset:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """How model size weighs in the choice (params.yaml `selection`); the defaults leave the
+    choice to CV MAE alone."""
+
+    max_model_mb: float | None = None  # no candidate whose compiled trees exceed it is chosen
+    size_weight: float = 0.0  # the choice minimises CV MAE x (1 + size_weight x MB)
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     test_size: float
@@ -49,6 +58,7 @@ class Params:
     promotion_tolerance: float
     importance_rows: int
     interval_coverage: float
+    selection: Selection = Selection()
 
     def preset(self, name: str | None) -> Preset:
         chosen = name or self.default_preset
@@ -72,6 +82,7 @@ def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
             promotion_tolerance=float(raw["promotion"]["tolerance"]),
             importance_rows=int(raw["evaluation"]["importance_rows"]),
             interval_coverage=float(raw["interval"]["coverage"]),
+            selection=_selection(raw.get("selection") or {}),
         )
     except FileNotFoundError:
         raise ParamsError(f"params file not found: {path}") from None
@@ -93,6 +104,36 @@ def _preset(name: str, raw: dict) -> Preset:
     monotonic = {str(k): int(v) for k, v in (raw.get("monotonic") or {}).items()}
     engineered, log_target = bool(raw["engineered_features"]), bool(raw["log_target"])
     return Preset(name, engineered, log_target, candidates, monotonic, bool(raw.get("ensemble")))
+
+
+def _selection(raw: dict) -> Selection:
+    unknown = set(raw) - {"max_model_mb", "size_weight"}
+    if unknown:
+        raise ParamsError(
+            f"selection: unknown entry {sorted(unknown)[0]!r}; known: max_model_mb, size_weight"
+        )
+    limit = raw.get("max_model_mb")
+    selection = Selection(
+        None if limit is None else _number("max_model_mb", limit),
+        _number("size_weight", 0 if raw.get("size_weight") is None else raw["size_weight"]),
+    )
+    if selection.max_model_mb is not None and selection.max_model_mb <= 0:
+        raise ParamsError(
+            f"selection.max_model_mb must be > 0 MB, or null for no limit "
+            f"(got {selection.max_model_mb:g})"
+        )
+    if selection.size_weight < 0:
+        raise ParamsError(
+            f"selection.size_weight must be >= 0 (a share of CV MAE per MB; got "
+            f"{selection.size_weight:g})"
+        )
+    return selection
+
+
+def _number(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ParamsError(f"selection.{key} must be a number, got {value!r}")
+    return float(value)
 
 
 def _values(preset: str, param: str, values: object) -> list:

@@ -1,7 +1,8 @@
 """Train: fit the preset's pipeline, choosing family and hyperparameters by cross-validation.
 
 Reads:  clean/train.parquet of an ingest run (`--ingest-run-id`; empty runs ingest first).
-Writes: params, CV metrics (cv_mae, cv_rmse, cv_mape, cv_r2 and their std), cv_results.csv,
+Writes: params, CV metrics (cv_mae, cv_rmse, cv_mape, cv_r2 and their std; the chosen model's
+        estimated size_nodes and size_mb), cv_results.json (every candidate, its size too),
         the pyfunc model with its training profile and price range (steps/intervals.py), and
         a new version of the registered model.
 """
@@ -30,7 +31,7 @@ from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES, TARGE
 from steps.ingest import CLEAN_TRAIN, SOURCE_OPTION, run_ingest
 from steps.intervals import run_calibration
 from steps.params import Params, Preset, load_params
-from steps.selection import METRICS, Scored, select
+from steps.selection import METRICS, Scored, choose, select
 from steps.tracking import cli_errors, configure, load_frame, step_run
 
 logger = logging.getLogger(__name__)
@@ -103,31 +104,46 @@ def candidates(preset: Preset, params: Params) -> list[tuple[str, dict, Pipeline
 
 
 def fit(train: pd.DataFrame, preset: Preset, params: Params) -> TrainResult:
-    """Choose by K-fold CV MAE among the preset's candidates; refit the best on all rows."""
+    """Choose by K-fold CV MAE among the preset's candidates, weighing size as `params.selection`
+    says (by default not at all); refit the chosen one on all rows."""
     x, y = train[list(FEATURE_NAMES)], train[TARGET.name].to_numpy()
     cv = KFold(params.cv_folds, shuffle=True, random_state=params.seed)
     scored = select(candidates(preset, params), x, y, cv, preset.ensemble)
-    best = scored[0]
+    rule = params.selection
+    best = choose(scored, rule.max_model_mb, rule.size_weight)
     with parallel_config(n_jobs=-1):  # the forests' trees and the ensemble's members
         pipeline = clone(best.pipeline).fit(x, y)
     best_params = {"estimator": best.family, **best.config}
-    logger.info("chosen: %s %s, CV MAE %.0f UF", best.name, best.config, best.mae)
+    logger.info(
+        "chosen: %s %s, CV MAE %.0f UF, %d nodes (%.1f MB)",
+        best.name, best.config, best.mae, best.nodes, best.size_mb,
+    )  # fmt: skip
     return TrainResult(
-        pipeline, best_params, _cv_metrics(best), _cv_table(scored), cv, best.predictions
+        pipeline, best_params, _cv_metrics(best), _cv_table(scored, best), cv, best.predictions
     )
 
 
-def _cv_table(scored: list[Scored]) -> pd.DataFrame:
+def _cv_table(scored: list[Scored], chosen: Scored) -> pd.DataFrame:
     return pd.DataFrame(
-        {"candidate": s.name, "params": str(s.config), **s.metrics, "seconds": s.seconds}
+        {
+            "candidate": s.name,
+            "params": str(s.config),
+            **s.metrics,
+            "size_nodes": s.nodes,
+            "size_mb": s.size_mb,
+            "chosen": s is chosen,
+            "seconds": s.seconds,
+        }
         for s in scored
     )
 
 
 def _cv_metrics(best: Scored) -> dict[str, float]:
-    return {f"cv_{m}": best.metrics[f"mean_test_{m}"] for m in METRICS} | {
-        f"cv_{m}_std": best.metrics[f"std_test_{m}"] for m in METRICS
-    }
+    return (
+        {f"cv_{m}": best.metrics[f"mean_test_{m}"] for m in METRICS}
+        | {f"cv_{m}_std": best.metrics[f"std_test_{m}"] for m in METRICS}
+        | {"size_nodes": best.nodes, "size_mb": best.size_mb}
+    )
 
 
 def run_train(

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from steps.params import DEFAULT_PARAMS_PATH, ESTIMATORS, Params, ParamsError, load_params
+from steps.params import (
+    DEFAULT_PARAMS_PATH,
+    ESTIMATORS,
+    Params,
+    ParamsError,
+    Selection,
+    load_params,
+)
 
 COMMITTED = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())
 
@@ -24,6 +31,8 @@ def test_committed_params_load_as_written(params: Params) -> None:
     assert params.importance_rows == COMMITTED["evaluation"]["importance_rows"]
     assert params.interval_coverage == COMMITTED["interval"]["coverage"] == 0.8
     assert params.default_preset == COMMITTED["preset"]
+    assert params.selection == Selection(max_model_mb=None, size_weight=0.0)
+    assert COMMITTED["selection"] == {"max_model_mb": None, "size_weight": 0}
     assert list(params.presets) == list(COMMITTED["presets"])
     for name, raw in COMMITTED["presets"].items():
         preset = params.presets[name]
@@ -51,6 +60,29 @@ def test_preset_lookup(params: Params) -> None:
         match=re.escape("unknown preset 'fancy'; params.yaml defines: notebook, default"),
     ):
         params.preset("fancy")
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        pytest.param(None, Selection(None, 0.0), id="no-section"),
+        pytest.param({"max_model_mb": 120}, Selection(120.0, 0.0), id="limit"),
+        pytest.param({"size_weight": 0.002}, Selection(None, 0.002), id="weight"),
+        pytest.param({"max_model_mb": None, "size_weight": None}, Selection(), id="nulls"),
+    ],
+)
+def test_selection_reads_a_limit_and_a_weight(
+    tmp_path: Path, section: dict | None, expected: Selection
+) -> None:
+    raw = copy.deepcopy(COMMITTED)
+    if section is None:
+        del raw["selection"]
+    else:
+        raw["selection"] = section
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    assert load_params(path).selection == expected
 
 
 def _set(path: str, value: object) -> Callable[[dict], None]:
@@ -132,6 +164,31 @@ BROKEN = [
         _set("interval.coverage", 0),
         says("PATH: interval.coverage must be between 0 and 1"),
         id="coverage-0",
+    ),
+    pytest.param(
+        _set("selection.max_model_mb", 0),
+        says("PATH: selection.max_model_mb must be > 0 MB, or null for no limit (got 0)"),
+        id="limit-0",
+    ),
+    pytest.param(
+        _set("selection.max_model_mb", "ten"),
+        says("PATH: selection.max_model_mb must be a number, got 'ten'"),
+        id="limit-not-a-number",
+    ),
+    pytest.param(
+        _set("selection.size_weight", -0.5),
+        says("PATH: selection.size_weight must be >= 0 (a share of CV MAE per MB; got -0.5)"),
+        id="negative-weight",
+    ),
+    pytest.param(
+        _set("selection.size_weight", True),
+        says("PATH: selection.size_weight must be a number, got True"),
+        id="weight-a-flag",
+    ),
+    pytest.param(
+        _set("selection.max_mb", 100),
+        says("PATH: selection: unknown entry 'max_mb'; known: max_model_mb, size_weight"),
+        id="unknown-selection-entry",
     ),
     pytest.param(_delete("seed"), says("PATH: missing or invalid entry ('seed')"), id="no-seed"),
     pytest.param(

@@ -1,5 +1,6 @@
-"""steps.selection: CV scores per configuration, one progress line each, and the average of the
-families' best scored exactly as a VotingRegressor refitted on each fold would be."""
+"""steps.selection: CV scores and size per configuration, one progress line each, the average of
+the families' best scored exactly as a VotingRegressor refitted on each fold would be, and the
+choice weighing size."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
 from sklearn.ensemble import VotingRegressor
 from sklearn.metrics import mean_absolute_error
 from sklearn.model_selection import KFold, cross_val_predict
@@ -16,6 +18,7 @@ from sklearn.model_selection import KFold, cross_val_predict
 from pyfunc.schema import FEATURE_NAMES, TARGET
 from steps import selection
 from steps.params import Candidate, Params, Preset
+from steps.tracking import StepError
 from steps.train import candidates, fit
 
 TWO_FAMILIES = Preset(
@@ -28,7 +31,7 @@ TWO_FAMILIES = Preset(
         Candidate("HistGradientBoostingRegressor", {"max_iter": [20], "log_target": [True, False]}),
     ),
 )
-PROGRESS = re.compile(r"^(\w+) \{.*\}: CV MAE \d+ UF \(\d+\.\d s\)$")
+PROGRESS = re.compile(r"^(\w+) \{.*\}: CV MAE \d+ UF, (\d+) nodes \((\d+\.\d) MB\) \(\d+\.\d s\)$")
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +116,10 @@ def test_one_progress_line_per_candidate_with_its_cv_mae_and_seconds(
         assert PROGRESS.match(line), line
     by_name = {s.name: s for s in scored}
     for line in lines:
-        name = PROGRESS.match(line).group(1)
+        name, nodes, mb = PROGRESS.match(line).groups()
         assert f"CV MAE {by_name[name].mae:.0f} UF" in line
+        assert int(nodes) == by_name[name].nodes > 0
+        assert mb == f"{by_name[name].size_mb:.1f}"
 
 
 def test_no_average_without_ensemble_or_with_one_family(
@@ -153,4 +158,70 @@ def test_fit_refits_the_best_candidate_and_keeps_its_folds(
     assert type(result.pipeline.named_steps["model"]).__name__ in (
         result.best_params["estimator"],
         "TransformedTargetRegressor",
+    )
+
+
+def test_the_size_is_the_node_count_of_the_refit_estimated_from_the_folds(
+    scored: list[selection.Scored], data: tuple[pd.DataFrame, np.ndarray]
+) -> None:
+    x, y = data
+    by_name = {s.name: s for s in scored}
+    forest = by_name["RandomForestRegressor_1"]  # full depth: grows with the rows
+
+    refitted = selection.tree_nodes(clone(forest.pipeline).fit(x, y).named_steps["model"])
+
+    assert forest.nodes == pytest.approx(refitted, rel=0.05)
+    assert forest.size_mb == forest.nodes * selection.BYTES_PER_NODE / 2**20
+    (voting,) = [s for s in scored if s.family == selection.ENSEMBLE]
+    members = voting.config["members"].split(", ")
+    assert voting.nodes == sum(by_name[name].nodes for name in members)
+
+
+def test_by_default_the_choice_is_the_lowest_cv_mae(scored: list[selection.Scored]) -> None:
+    assert selection.choose(scored) is min(scored, key=lambda s: s.mae) is scored[0]
+
+
+def test_a_limit_below_the_best_falls_to_the_best_candidate_under_it(
+    scored: list[selection.Scored], caplog: pytest.LogCaptureFixture
+) -> None:
+    best, smallest = scored[0], min(scored, key=lambda s: s.nodes)
+    assert smallest.size_mb < best.size_mb
+    limit = (smallest.size_mb + best.size_mb) / 2
+    under = [s for s in scored if s.size_mb <= limit]
+
+    with caplog.at_level("INFO", logger=selection.__name__):
+        chosen = selection.choose(scored, max_mb=limit)
+
+    assert chosen is min(under, key=lambda s: s.mae)
+    assert chosen is not best
+    lines = [r.getMessage() for r in caplog.records if r.name == selection.__name__]
+    assert lines == [
+        f"{s.name} not chosen: {s.size_mb:.1f} MB over selection.max_model_mb ({limit:g} MB)"
+        for s in scored
+        if s.size_mb > limit
+    ]
+
+
+def test_a_size_weight_trades_cv_mae_for_size(scored: list[selection.Scored]) -> None:
+    smallest = min(scored, key=lambda s: s.nodes)
+
+    assert selection.choose(scored, weight=0.0) is scored[0]
+    assert selection.choose(scored, weight=1e6) is smallest
+    weighed = selection.choose(scored, weight=0.05)
+    assert weighed is min(scored, key=lambda s: s.mae * (1 + 0.05 * s.size_mb))
+
+
+def test_no_candidate_under_the_limit_names_the_limit_and_the_smallest(
+    scored: list[selection.Scored],
+) -> None:
+    smallest = min(scored, key=lambda s: s.nodes)
+    limit = smallest.size_mb / 2
+
+    with pytest.raises(StepError) as raised:
+        selection.choose(scored, max_mb=limit)
+
+    assert str(raised.value) == (
+        f"no candidate fits selection.max_model_mb ({limit:g} MB): the smallest, "
+        f"{smallest.name}, is {smallest.size_mb:.1f} MB ({smallest.nodes} nodes); raise the "
+        "limit or search smaller forests (n_estimators, min_samples_leaf, max_depth)"
     )

@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 
 from pyfunc.features import ENGINEERED_FEATURES
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES, TARGET
-from steps.params import Candidate, Params, Preset
+from steps.params import Candidate, Params, Preset, Selection
 from steps.selection import METRICS
 from steps.train import TrainResult, build_pipeline, candidates, fit, regressor
 
@@ -31,6 +31,9 @@ CV_COLUMNS = [
     "params",
     *[f"mean_test_{m}" for m in METRICS],
     *[f"std_test_{m}" for m in METRICS],
+    "size_nodes",
+    "size_mb",
+    "chosen",
     "seconds",
 ]
 
@@ -126,11 +129,16 @@ def test_same_params_give_the_same_model(
 
 
 def test_fit_reports_cross_validated_metrics(plain: TrainResult) -> None:
-    assert set(plain.cv_metrics) == {f"cv_{m}{s}" for m in METRICS for s in ("", "_std")}
+    assert set(plain.cv_metrics) == {f"cv_{m}{s}" for m in METRICS for s in ("", "_std")} | {
+        "size_nodes",
+        "size_mb",
+    }
     best = plain.cv_results.iloc[0]
     assert plain.cv_metrics == {
         **{f"cv_{m}": best[f"mean_test_{m}"] for m in METRICS},
         **{f"cv_{m}_std": best[f"std_test_{m}"] for m in METRICS},
+        "size_nodes": best["size_nodes"],
+        "size_mb": best["size_mb"],
     }
     # Errors are reported as positive numbers, R² as is.
     assert 0 < plain.cv_metrics["cv_mae"] < plain.cv_metrics["cv_rmse"]
@@ -147,12 +155,36 @@ def test_cv_results_has_one_row_per_candidate_searched_best_first(
     assert list(table.columns) == CV_COLUMNS
     assert len(table) == tiny_params.search_iterations
     assert table["mean_test_mae"].is_monotonic_increasing
+    assert table["chosen"].tolist() == [True] + [False] * (len(table) - 1)
+    assert (table["size_nodes"] > 0).all()
     assert table["candidate"].str.startswith("RandomForestRegressor_").all()
     assert {"estimator": "RandomForestRegressor", **ast.literal_eval(table["params"][0])} == (
         plain.best_params
     )
     assert plain.best_params["min_samples_leaf"] in FOREST.params["min_samples_leaf"]
     assert plain.best_params["n_estimators"] == 8
+
+
+def test_a_size_limit_refits_the_best_candidate_under_it(
+    plain: TrainResult, listings: pd.DataFrame, tiny_params: Params
+) -> None:
+    sizes = plain.cv_results["size_mb"]
+    limit = (sizes.min() + sizes.max()) / 2
+    under = plain.cv_results[sizes <= limit]
+    expected = under.loc[under["mean_test_mae"].idxmin()]
+
+    result = fit(listings, PLAIN, replace(tiny_params, selection=Selection(max_model_mb=limit)))
+
+    chosen = result.cv_results[result.cv_results["chosen"]].iloc[0]
+    assert chosen["candidate"] == expected["candidate"] != plain.cv_results["candidate"][0]
+    assert result.best_params == {
+        "estimator": "RandomForestRegressor",
+        **ast.literal_eval(expected["params"]),
+    }
+    assert result.cv_metrics["cv_mae"] == expected["mean_test_mae"]
+    assert result.cv_metrics["size_mb"] == expected["size_mb"] <= limit
+    forest = result.pipeline.named_steps["model"]
+    assert forest.min_samples_leaf == result.best_params["min_samples_leaf"]
 
 
 def test_search_is_capped_by_the_size_of_the_grid(
