@@ -208,6 +208,8 @@ def rollout_gap(
         sent = load.stop()
     during = sorted(s.ended for s in sent if s.status == 200 and s.ended >= moved)
     gaps = [b - a for a, b in itertools.pairwise(during)]
+    first_new = min((s.started for s in sent if s.model_version == new), default=None)
+    last_old = max((s.started for s in sent if s.model_version == old), default=None)
     return {
         "from_version": old,
         "to_version": new,
@@ -217,6 +219,12 @@ def rollout_gap(
         "failed": len([s for s in sent if s.status != 200]),
         "longest_gap_ms": round(max(gaps) * 1000, 1) if gaps else None,
         "answers_of_new_version": len([s for s in sent if s.model_version == new]),
+        # both versions answered requests sent in this window (0: never a new one before an old)
+        "both_versions_ms": (
+            round(max(0.0, last_old - first_new) * 1000, 1)
+            if first_new is not None and last_old is not None
+            else None
+        ),
     }
 
 
@@ -278,6 +286,7 @@ def render(pool: dict[str, Any]) -> list[str]:
             f"  rollout {r['from_version']} -> {r['to_version']} under {r['clients']} "
             f"clients: switched in {r['seconds_to_switch']} s, {r['requests']} requests, "
             f"{r['failed']} failed, longest gap between two answers "
-            f"{r['longest_gap_ms']} ms"
+            f"{r['longest_gap_ms']} ms; both versions answered requests sent within "
+            f"{r.get('both_versions_ms')} ms of each other"
         )
     return lines
