@@ -5,8 +5,10 @@
 Trains and registers the default preset on client-sized `realistic` data in a throw-away
 tracking store (sqlite; kept and reused with `--store`), evaluates it (test MAE), then starts
 one model server on that version `--starts` times in each of two layouts, one after the other:
-as the rollout controller's pool starts it (`serving.servers.start`) and as the old layout,
-plain `mlflow models serve -m <version> --env-manager local --workers 1`. Each start measures
+as the rollout controller's pool starts it (`serving.servers.start`: MLflow's scoring server
+alone, on the controller's local copy) and as today's layout before it: plain `mlflow models
+serve -m <version> --env-manager local --workers 1` on the same model files without their
+compiled form (the scorer reads the scikit-learn pipeline and compiles it). Each start measures
 the seconds from the start to the first priced answer (POST /invocations with one listing) and
 the RSS (VmRSS) of the started process and of every process below it, whatever they run, after
 that answer and after a batch of 1,000 listings. Then the rollout controller
@@ -35,8 +37,10 @@ from typing import Any
 from unittest import mock
 
 import click
+import yaml
 
 from config.settings import Settings
+from pyfunc.model import COMPILED_ARTIFACT
 from pyfunc.schema import FEATURE_NAMES
 from serving import servers
 from serving.serve import local_copy, server_env
@@ -244,16 +248,40 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def todays_version(uri: str, env: dict[str, str], workdir: Path) -> str:
+    """A version of the same model files without their compiled form, as versions were logged
+    before it: its scorer reads the scikit-learn pipeline and compiles it at start (the same
+    fitted pipeline, the same prices). Registered once, from a folder under `workdir`."""
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    folder = workdir / "todays-layout-model"
+    if not (folder / "MLmodel").exists():
+        download_artifacts(artifact_uri=uri, dst_path=str(folder))
+        shutil.rmtree(folder / "artifacts" / COMPILED_ARTIFACT)
+        mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+        del mlmodel["flavors"]["python_function"]["artifacts"][COMPILED_ARTIFACT]
+        (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
+        name = uri.removeprefix("models:/").rsplit("/", 1)[0]
+        version = client.create_model_version(name, str(folder.resolve()), tags={"layout": "today"})
+        (folder / "version").write_text(str(version.version))
+    name = uri.removeprefix("models:/").rsplit("/", 1)[0]
+    return f"models:/{name}/{(folder / 'version').read_text()}"
+
+
 def layouts(
     uri: str, env: dict[str, str], workdir: Path, batch: list[dict], starts: int
 ) -> dict[str, Any]:
     """`starts` starts of each layout after one untimed start (the page cache then holds the
     code and the model for both), in alternating order, so that neither always goes first and
-    a slower minute falls on both."""
+    a slower minute falls on both. The old layout is today's: `mlflow models serve` on the
+    version without its compiled form."""
     log = workdir / "old-layout-model-server.log"
+    today = todays_version(uri, env, workdir)
     starters: dict[str, Callable[[], Started]] = {
         POOL: lambda: pool_server(uri, env),
-        OLD_LAYOUT: lambda: old_layout(uri, env, log),
+        OLD_LAYOUT: lambda: old_layout(today, env, log),
     }
     one_start(starters[OLD_LAYOUT](), batch, "untimed start")
     runs: dict[str, list[dict[str, Any]]] = {POOL: [], OLD_LAYOUT: []}
@@ -326,8 +354,8 @@ def render(result: dict[str, Any]) -> list[str]:
     controller's idle RSS."""
     new, old = result[POOL], result[OLD_LAYOUT]
     lines = [
-        f"One model server on {result['uri']}: as the pool starts it / old layout "
-        "(`mlflow models serve`)",
+        f"One model server on {result['uri']}: as the pool starts it / the old layout "
+        "(`mlflow models serve` on the version without its compiled form)",
         f"  cold start, start -> first priced answer (s, median): {new['cold_start_seconds']:.1f}"
         f" {new['cold_starts']} / {old['cold_start_seconds']:.1f} {old['cold_starts']} = "
         f"{result['cold_start_ratio']:.2f}x",

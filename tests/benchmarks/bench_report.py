@@ -188,7 +188,8 @@ def baseline_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def memory_targets(memory: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One model server as the pool starts it against the old layout (`mlflow models serve`),
+    """One model server as the pool starts it against the old layout (`mlflow models serve` on
+    the version without its compiled form),
     the controller's idle RSS, the artifact's size."""
     new, old = memory["pool"], memory["old_layout"]
     rss = new["rss_mb"]["total"]

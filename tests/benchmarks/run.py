@@ -9,7 +9,8 @@ batches of 1, 100 and 10,000 rows on the three paths, and requests/s of concurre
 through the model server and through the gateway; then the model server pool of the rollout
 controller (`bench_pool`): 16 clients through the gateway with 1 and with MODEL_SERVERS
 servers, and the longest gap between answers during a rollout; first, one model server's cold
-start and RSS as the pool starts it and in the old layout (plain `mlflow models serve`), and the
+start and RSS as the pool starts it and in the old layout (plain `mlflow models serve` on the
+version without its compiled form), and the
 rollout controller's idle RSS (`bench_memory`; `--skip-memory` skips them). Beside the gateway,
 the floor (`floor_app`) in front of the same model server. Prints a table with ratios and the
 targets (each a ratio to a baseline measured in the same run, with both figures), saves
