@@ -106,6 +106,7 @@ class Controller:
                 self._skip = None
             elif target["version"] != self._skip:
                 self._roll_out(target)
+                self.keep_served_copy_only()
         if self.serving is not None:
             self.serving = self.executor.heal(self.serving, self._served_canary)
 
@@ -139,8 +140,12 @@ class Controller:
             logger.error("version %s not served: %s", version, error)
             return
         self._canary = checked
-        prune_copies(self.settings, keep=copy_path(info, self.settings))
         self.rollouts.labels("served").inc()
+
+    def keep_served_copy_only(self) -> None:
+        """The local copies of versions refused, abandoned or replaced go."""
+        served = self.serving
+        prune_copies(self.settings, keep=copy_path(served.info, self.settings) if served else None)
 
     def _check(self, target: dict[str, Any], old: Serving | None) -> Canary:
         """The checks of promote, in processes of their own on the version's local copy; its
@@ -335,9 +340,7 @@ def _read(path: Path) -> dict[str, Any]:
 def run(controller: Controller, stop: threading.Event) -> None:
     """Adopt, then poll every ROLLOUT_POLL_SECONDS until `stop` is set."""
     controller.serving = controller.executor.adopt()  # what an earlier controller left
-    served = controller.serving
-    keep = copy_path(served.info, controller.settings) if served else None
-    prune_copies(controller.settings, keep=keep)
+    controller.keep_served_copy_only()
     while not stop.is_set():
         try:
             controller.poll()

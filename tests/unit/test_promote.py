@@ -20,6 +20,7 @@ from config.errors import UserError
 from config.settings import Settings
 from serving import serve
 from serving.controller import Controller, Processes
+from serving.serve import MODELS_DIR, copy_path
 from serving.servers import Serving
 from steps.promote import check_loadable, gate, promote
 from steps.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, model_uri, move_champion
@@ -84,8 +85,8 @@ def versions(
 
 
 @pytest.fixture
-def settings(model_name: str) -> Settings:
-    return Settings.from_env({"MODEL_NAME": model_name})
+def settings(model_name: str, tmp_path: Path) -> Settings:
+    return Settings.from_env({"MODEL_NAME": model_name, "STATE_DIR": str(tmp_path / "state")})
 
 
 def test_move_champion_sets_both_aliases_and_mirrors_the_stage(
@@ -310,6 +311,11 @@ def test_promoting_the_champion_again_keeps_the_previous_champion(
     assert (again.version, again.promoted, again.previous) == ("2", True, None)
 
 
+def local_copies(settings: Settings) -> list[Path]:
+    """The versions downloaded under STATE_DIR/models."""
+    return sorted((settings.state_dir / MODELS_DIR).glob("*"))
+
+
 class UndoneMidway:
     """An executor during whose first rollout someone moves the alias elsewhere: a mistaken
     promotion undone at once. Records what it was asked to serve and what it published."""
@@ -351,7 +357,7 @@ def test_a_rollout_whose_target_moved_back_is_abandoned_and_the_old_version_kept
     executor = UndoneMidway(lambda: client.set_registered_model_alias(name, CHAMPION, "1"))
     metrics = CollectorRegistry()
     controller = Controller(settings, params, executor, metrics)
-    controller.serving = Serving({"version": "1", "uri": model_uri(name, 1)}, ())
+    controller.serving = Serving({"name": name, "version": "1", "uri": model_uri(name, 1)}, ())
     client.set_registered_model_alias(name, CHAMPION, "2")
 
     with caplog.at_level(logging.WARNING, logger="serving.controller"):
@@ -359,6 +365,7 @@ def test_a_rollout_whose_target_moved_back_is_abandoned_and_the_old_version_kept
         controller.poll()  # the newest target is the served version: nothing to roll out
 
     assert (executor.tried, executor.published, controller.serving.version) == (["2"], [], "1")
+    assert local_copies(settings) == []  # the abandoned version's copy went with it
     assert metrics.get_sample_value("model_rollouts_total", {"result": "abandoned"}) == 1
     assert metrics.get_sample_value("model_rollouts_total", {"result": "served"}) == 0
     assert caplog.messages == [
@@ -372,3 +379,4 @@ def test_a_rollout_whose_target_moved_back_is_abandoned_and_the_old_version_kept
         ["2"],
         "2",
     )
+    assert local_copies(settings) == [copy_path({"name": name, "version": "2"}, settings)]
