@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 from mlflow.artifacts import download_artifacts
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 
 from config.errors import UserError
@@ -109,13 +110,14 @@ def main(host: str) -> None:
         os.environ["MLFLOW_REGISTRY_URI"] = settings.mlflow_tracking_uri
         info = resolve(settings.model_uri)
         check_requirements(info["uri"])
-    except UserError as error:
-        raise click.ClickException(str(error)) from None
+        path = local_copy(info, settings)
+    except (UserError, MlflowException) as error:
+        raise click.ClickException(" ".join(str(error).split())) from None
     info["reference"] = training_reference(info["uri"])
     write_info(info, settings.model_info_path)
     port, workers = settings.model_port, settings.model_workers
     logger.info("serving %s (from %s) on %s:%d", info["uri"], settings.model_uri, host, port)
-    command, env = serve_command(settings, local_copy(info, settings), host, port, workers)
+    command, env = serve_command(settings, path, host, port, workers)
     os.execve(command[0], command, env)
 
 

@@ -199,6 +199,7 @@ def check_stack(
         "served": 1,
         "refused": 0,
         "failed": 0,
+        "abandoned": 0,
     }
     assert by_label(prometheus, "max by (state) (gateway_pool_servers)", "state") == {
         "healthy": 1,
