@@ -356,10 +356,16 @@ def logs(name: str, tail: int = 60) -> str:
 
 
 def process_uids(name: str) -> dict[str, str]:
-    """Every process of the container: its pid and command line -> its user id."""
-    lines = docker("top", name, "-eo", "uid,pid,args").splitlines()[1:]
-    rows = (line.split(None, 2) for line in lines)
-    return {f"{pid} {args}": uid for uid, pid, args in rows}
+    """Every process of the container: its pid and whole command line -> its user id, read
+    from the host's /proc (`docker top` cuts command lines at the daemon's terminal width)."""
+    pids = docker("top", name, "-eo", "pid").split()[1:]
+    found = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            status = Path(f"/proc/{pid}/status").read_text()
+            found[f"{pid} {command.strip()}"] = re.search(r"Uid:\s+(\d+)", status)[1]  # type: ignore[index]
+    return found
 
 
 def resident_mb(name: str) -> dict[str, float]:
