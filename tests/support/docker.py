@@ -113,6 +113,16 @@ def docker_engine(log_path: Path, timeout: float = 60) -> Iterator[None]:
             daemon.wait(10)
 
 
+def run_or_fail(command: list[str], timeout: float = 900) -> None:
+    """Run `command`; AssertionError with the end of its output when it fails."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command[:2])} exited {result.returncode}:\n"
+            f"{(result.stdout + result.stderr)[-3000:]}"
+        )
+
+
 def image_exists(tag: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
 
@@ -124,36 +134,21 @@ def python_base() -> str:
     for tag in (OFFICIAL_BASE, STAND_IN_BASE):
         if image_exists(tag):
             return tag
-    if (
-        subprocess.run(
-            ["docker", "pull", OFFICIAL_BASE], capture_output=True, timeout=300
-        ).returncode
-        == 0
-    ):
-        return OFFICIAL_BASE
+    with contextlib.suppress(subprocess.TimeoutExpired):  # a registry that does not answer
+        if attempt("pull", OFFICIAL_BASE, timeout=300)[0] == 0:
+            return OFFICIAL_BASE
     if shutil.which("debootstrap") is None:
         raise AssertionError(
             f"{OFFICIAL_BASE} cannot be pulled and debootstrap is missing ({INSTALL_HINT})"
         )
     with tempfile.TemporaryDirectory(prefix="base-rootfs-") as rootfs:
-        subprocess.run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={DEBOOTSTRAP_PACKAGES}",
-                "bookworm",
-                rootfs,
-                DEBIAN_MIRROR,
-            ],
-            capture_output=True,
-            check=True,
-            timeout=900,
+        include = f"--include={DEBOOTSTRAP_PACKAGES}"
+        run_or_fail(
+            ["debootstrap", "--variant=minbase", include, "bookworm", rootfs, DEBIAN_MIRROR]
         )
         for certificate in HOST_CA_DIR.glob("*.crt"):
             shutil.copy(certificate, Path(rootfs) / HOST_CA_DIR.relative_to("/") / certificate.name)
-        subprocess.run(
-            ["chroot", rootfs, "update-ca-certificates"], capture_output=True, check=True
-        )
+        run_or_fail(["chroot", rootfs, "update-ca-certificates"])
         for cache in ("var/lib/apt/lists", "var/cache/apt"):
             shutil.rmtree(Path(rootfs) / cache, ignore_errors=True)
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
