@@ -20,7 +20,7 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_server(trained_store: Path) -> Iterator[ModelServer]:
-    """The champion served by the real `mlflow models serve`, stopped at the end."""
+    """The champion served by MLflow's real scoring server, stopped at the end."""
     server = ModelServer(trained_store, store_env(trained_store))
     server.start()
     try:

@@ -1,4 +1,4 @@
-"""The promoted model behind the real `mlflow models serve`: predictions and clean 400s."""
+"""The promoted model behind MLflow's real scoring server: predictions and clean 400s."""
 
 from __future__ import annotations
 

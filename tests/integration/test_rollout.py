@@ -1,4 +1,4 @@
-"""Live rollout under load: the real controller, a pool of two real `mlflow models serve`
+"""Live rollout under load: the real controller, a pool of two real MLflow scoring server
 processes and the real gateway, with 16 clients sending all along.
 
 A promotion made the way a user makes it (the alias moved with MlflowClient as the MLflow UI

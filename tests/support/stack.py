@@ -55,7 +55,7 @@ def run_step(
 
 @dataclass
 class ModelServer:
-    """`python -m serving.serve` (mlflow models serve) on a free port; stop() and start() again."""
+    """`python -m serving.serve` (MLflow's scoring server) on a free port; stop(), start() again."""
 
     workdir: Path
     env: dict[str, str]
