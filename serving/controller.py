@@ -245,17 +245,15 @@ class Processes:
     ) -> Serving:
         path = local_copy(info, self.settings)
         started = self._start_checked(checked, path, self.settings.model_servers, check_target)
-        if old is None:
-            serving = self._publish(Serving(info, started))
-        else:  # every gateway worker reads the file within a second and switches at switch_at
+        if old is not None:  # every gateway worker reads the file within a second
             switch_at = time.time() + MODEL_INFO_CHECK_SECONDS + DRAIN_MARGIN_SECONDS
-            serving = self._publish(Serving({**info, "switch_at": switch_at}, started))
+            info = {**info, "switch_at": switch_at}
+        serving = self._publish(Serving(info, started))
         urls = ", ".join(s.url for s in started)
         logger.info("version %s takes traffic on %s", serving.version, urls)
         if old is not None:  # until what was sent to the old servers is answered
-            time.sleep(
-                max(0.0, switch_at - time.time()) + self.settings.gateway_read_timeout_seconds
-            )
+            answered = switch_at + self.settings.gateway_read_timeout_seconds
+            time.sleep(max(0.0, answered - time.time()))
             servers.stop(old.servers)
         return serving
 

@@ -100,15 +100,19 @@ class Stack:
     def tracking_url(self) -> str:
         return f"http://127.0.0.1:{self.network.ports[5000]}"
 
+    def price(self, headers: dict[str, str]) -> requests.Response:
+        """The gateway's answer to one listing."""
+        return requests.post(
+            f"{self.gateway_url}/invocations",
+            json={"dataframe_records": [example_listing()]},
+            headers=headers,
+            timeout=30,
+        )
+
     def priced(self) -> requests.Response | None:
-        """A priced answer to one listing through the gateway, or None."""
+        """A priced answer to one listing through the gateway with a key, or None."""
         try:
-            response = requests.post(
-                f"{self.gateway_url}/invocations",
-                json={"dataframe_records": [example_listing()]},
-                headers={"X-API-Key": ALICE_KEY},
-                timeout=30,
-            )
+            response = self.price({"X-API-Key": ALICE_KEY})
         except requests.RequestException:
             return None
         return response if response.status_code == 200 else None

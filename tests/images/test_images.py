@@ -36,27 +36,18 @@ APP_USER = "10001"  # docker/Dockerfile's USER
 LONG_RUNNING = ("mlflow", "controller", "gateway")
 
 
-def price(stack: Stack, headers: dict[str, str]) -> requests.Response:
-    return requests.post(
-        f"{stack.gateway_url}/invocations",
-        json={"dataframe_records": [example_listing()]},
-        headers=headers,
-        timeout=30,
-    )
-
-
 def served_version(stack: Stack) -> str | None:
     priced = stack.priced()
     return priced.headers.get("X-Model-Version") if priced is not None else None
 
 
 def test_the_gateway_prices_with_a_key_and_refuses_without(stack: Stack) -> None:
-    priced = price(stack, {"X-API-Key": ALICE_KEY})
+    priced = stack.price({"X-API-Key": ALICE_KEY})
     assert priced.status_code == 200, priced.text
     assert priced.headers["X-Model-Version"] == "1"
     [prediction] = priced.json()["predictions"]
     assert prediction["price"] > 0
-    refused = price(stack, {})
+    refused = stack.price({})
     assert refused.status_code == 401
     assert refused.json()["error_code"] == "MISSING_API_KEY"
 
@@ -149,7 +140,7 @@ def test_kubernetes_runs_the_model_server_and_the_gateway_from_the_same_images(
         gateway.url("http", "/invocations"), json=body, headers={"X-API-Key": ALICE_KEY}, timeout=30
     )
     assert through.status_code == 200, through.text
-    assert through.json() == price(stack, {"X-API-Key": ALICE_KEY}).json()  # version 1 alike
+    assert through.json() == stack.price({"X-API-Key": ALICE_KEY}).json()  # version 1 alike
     assert set(process_uids(model_server.name).values()) == {APP_USER}
 
 

@@ -32,6 +32,7 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE_FILE = ROOT / "docker" / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "docker" / ".env.example"
 COMPOSE = VENV_BIN / "docker-compose"
+CONFIG_JSON = ("config", "--format", "json")
 # How the daemon runs here: no systemd, no iptables, no bridge (containers on host networking).
 DOCKERD_FLAGS = (
     "--storage-driver=overlay2",
@@ -189,22 +190,40 @@ def image_megabytes(tag: str) -> float:
 
 def example_variables() -> dict[str, str]:
     """docker/.env.example's variables (placeholders for the secrets)."""
-    lines = ENV_EXAMPLE.read_text().splitlines()
-    pairs = (line.partition("=") for line in lines if line.strip() and not line.startswith("#"))
-    return {name.strip(): value for name, _, value in pairs}
+    pairs = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep, f"{ENV_EXAMPLE.name}: not NAME=value: {line!r}"
+            pairs[name.strip()] = value
+    return pairs
+
+
+def compose_config_run(variables: Mapping[str, str]) -> subprocess.CompletedProcess:
+    """`docker-compose config` (Compose v2, the `dev` extra) on docker-compose.yml with
+    `variables` alone (no docker/.env of this checkout)."""
+    return subprocess.run(
+        [
+            str(COMPOSE),
+            "-f",
+            str(COMPOSE_FILE),
+            "--env-file",
+            os.devnull,
+            "config",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], **variables},
+        timeout=60,
+        check=False,
+    )
 
 
 def compose_config(variables: Mapping[str, str]) -> dict[str, Any]:
     """docker/docker-compose.yml as Compose v2 resolves it with `variables` (docker/.env's)."""
-    result = subprocess.run(
-        [str(COMPOSE), "-f", str(COMPOSE_FILE), "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        env={"PATH": os.environ["PATH"], **variables},
-        cwd=COMPOSE_FILE.parent,
-        timeout=60,
-        check=False,
-    )
+    result = compose_config_run(variables)
     if result.returncode != 0 or not result.stdout:  # 2.40 exits 0 on a missing variable
         raise AssertionError(f"docker-compose config failed:\n{result.stderr}")
     return json.loads(result.stdout)
@@ -236,6 +255,14 @@ class HostNetwork:
             return str(self.ports[int(value)])
         return self.url(value)
 
+    def command(self, tokens: Sequence[str]) -> list[str]:
+        """A command line with the values of its options moved (the program and its other
+        arguments kept: `mlflow` is a program as well as a service)."""
+        return [*tokens[:1], *(
+            self.option_value(token) if previous.startswith("--") else token
+            for previous, token in itertools.pairwise(tokens)
+        )]  # fmt: skip
+
     def variable(self, name: str, value: str) -> str:
         if name.endswith("_PORT") and value.isdigit():
             return str(self.ports.get(int(value), int(value)))
@@ -258,20 +285,16 @@ class Role:
 
     @property
     def command(self) -> list[str]:
-        tokens = list(self.spec.get("command") or ())
-        return tokens[:1] + [
-            self.network.option_value(token) if previous.startswith("--") else token
-            for previous, token in itertools.pairwise(tokens)
-        ]
+        return self.network.command(self.spec.get("command") or ())
 
     @property
     def environment(self) -> dict[str, str]:
         variables = self.spec.get("environment") or {}
         return {k: self.network.variable(k, str(v)) for k, v in variables.items() if v is not None}
 
-    def run_args(self, detach: bool = True, **overrides: str) -> list[str]:
+    def run_args(self, detach: bool = True) -> list[str]:
         """`docker run` arguments that run the service as compose declares it, on the host's
-        network; `overrides` replace environment variables."""
+        network."""
         spec = self.spec
         args = ["run", "--name", self.name, "--network", "host"]
         args += ["-d"] if detach else ["--rm"]
@@ -290,7 +313,7 @@ class Role:
             args += ["--restart", restart]
         for volume in spec.get("volumes") or ():
             args += ["--mount", self._mount(volume)]
-        for key, value in {**self.environment, **overrides}.items():
+        for key, value in self.environment.items():
             args += ["-e", f"{key}={value}"]
         if (spec.get("healthcheck") or {}).get("disable"):
             args.append("--no-healthcheck")
@@ -305,11 +328,6 @@ class Role:
             f"type=volume,source={self.volume_prefix}-{volume['source']},target={volume['target']}"
         )
         return mount + (",readonly" if volume.get("read_only") else "")
-
-
-def run_roles(roles: Sequence[Role], **overrides: str) -> None:
-    for role in roles:
-        docker(*role.run_args(**overrides))
 
 
 def remove(names: Sequence[str], volume_prefix: str) -> None:
@@ -424,8 +442,7 @@ class Pod:
             name = variable["name"]
             value = variable["value"] if "value" in variable else self.values[name]
             args += ["-e", f"{name}={self.network.variable(name, value)}"]
-        command = [self.network.option_value(token) for token in container["command"]]
-        return [*args, self.image, *command]
+        return [*args, self.image, *self.network.command(container["command"])]
 
     def _volumes(self, group: int) -> list[str]:
         empty = {v["name"] for v in self.spec.get("volumes", ()) if "emptyDir" in v}

