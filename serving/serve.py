@@ -109,14 +109,15 @@ def main(host: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
         os.environ["MLFLOW_REGISTRY_URI"] = settings.mlflow_tracking_uri
         info = resolve(settings.model_uri)
-        check_requirements(info["uri"])
         path = local_copy(info, settings)
+        check_requirements(info["uri"], str(path))
     except (UserError, MlflowException) as error:
         raise click.ClickException(" ".join(str(error).split())) from None
     info["reference"] = training_reference(info["uri"])
     write_info(info, settings.model_info_path)
     port, workers = settings.model_port, settings.model_workers
     logger.info("serving %s (from %s) on %s:%d", info["uri"], settings.model_uri, host, port)
+    prune_copies(settings, keep=path)  # an earlier version's, from before a restart
     command, env = serve_command(settings, path, host, port, workers)
     os.execve(command[0], command, env)
 
