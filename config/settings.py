@@ -22,6 +22,8 @@ _GIVEN_VALUES_ONLY: ContextVar[bool] = ContextVar("given_values_only", default=F
 # How often a gateway worker looks at MODEL_INFO_PATH; the rollout controller waits longer than
 # this before it stops the servers of a replaced pool.
 MODEL_INFO_CHECK_SECONDS = 1.0
+# How often a gateway worker looks at GATEWAY_API_KEYS_FILE (a stat, on the request path).
+KEYS_CHECK_SECONDS = 1.0
 
 
 class SettingsError(UserError):
@@ -124,8 +126,26 @@ class GatewaySettings(BaseModel):
         repr=False,
         description="comma-separated id:key or id:sha256:<hex sha256 of the key>; prefer hashes",
     )
+    gateway_api_keys_file: str = Field(
+        "",
+        description="JSON-lines file of more keys (id, sha256 or key, scopes, expires, rate, "
+        "burst), e.g. a mounted secret; each worker takes a change within "
+        f"{KEYS_CHECK_SECONDS:g} s (README, The API)",
+    )
     gateway_allow_no_auth: bool = Field(
         False, description="only for local experiments: no API key, every request is accepted"
+    )
+    gateway_rate_limit: float = Field(
+        0.0,
+        ge=0,
+        description="requests per second per key id, for keys without a rate of their own in "
+        "GATEWAY_API_KEYS_FILE, shared by this gateway's workers; 0: no limit",
+    )
+    gateway_metrics_key_ids: int = Field(
+        20,
+        ge=0,
+        description="key ids that get a label of their own in the per-client metrics, in the "
+        "order the keys are listed; the others are counted as other",
     )
     gateway_request_log: Path = Field(
         default_factory=lambda data: data["state_dir"] / "logs" / "requests.jsonl",

@@ -16,8 +16,10 @@ from functools import partial
 from flask import Flask, Response, g, request
 
 from config.settings import Settings
-from gateway import auth, body, docs, errors, health, metrics, modelinfo, proxy
+from gateway import auth, body, docs, errors, health, limits, metrics, modelinfo, proxy
+from gateway.auth import KeyRing
 from gateway.drift import DriftMonitor
+from gateway.limits import RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.modelinfo import ModelInfo
 from gateway.openapi import build_spec
@@ -40,11 +42,14 @@ class Gateway:
     pool: Pool
     request_log: RequestLog
     drift: DriftMonitor
+    keys: KeyRing
+    limiter: RateLimiter
 
     def close(self) -> None:
         """Flush the request log, then stop the drift monitor (gunicorn's worker_exit hook)."""
         self.request_log.close()
         self.drift.close()
+        self.limiter.close()
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -56,8 +61,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions[EXTENSION] = gateway
     _install_request_hooks(app, gateway)
     auth.init_app(
-        app, settings, on_failure=lambda reason: gateway.metrics.auth_failures.labels(reason).inc()
+        app,
+        settings,
+        gateway.keys,
+        on_failure=lambda reason: gateway.metrics.auth_failures.labels(reason).inc(),
     )
+    limits.init_app(app, settings, gateway.limiter)
     errors.init_app(app)
     proxy.init_app(app, gateway.pool, gateway.metrics, gateway.drift, settings.gateway_log_payloads)
     health.init_app(app, gateway.pool, gateway.model_info)
@@ -69,7 +78,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _build(settings: Settings) -> Gateway:
-    gauges = GatewayMetrics()
+    gauges = GatewayMetrics(key_ids=settings.gateway_metrics_key_ids)
+    keys = KeyRing(
+        settings, on_reload=lambda result, loaded: gauges.keys_loaded(result, loaded.ids())
+    )
     drift = DriftMonitor(gauges.feature_drift)
 
     def client(url: str) -> Upstream:
@@ -100,6 +112,8 @@ def _build(settings: Settings) -> Gateway:
         pool=pool,
         request_log=RequestLog(settings.gateway_request_log, on_lost=gauges.request_log_errors.inc),
         drift=drift,
+        keys=keys,
+        limiter=RateLimiter(limits.state_path(settings)),
     )
 
 
@@ -121,6 +135,8 @@ def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
         response.headers["X-Request-ID"] = record.request_id
         response.headers["X-Model-Version"] = version
         gateway.metrics.observe_request(endpoint, response.status_code, seconds, version)
+        if record.key_id:
+            gateway.metrics.observe_client(record.key_id, response.status_code)
         gateway.request_log.emit(partial(record.fields, response.status_code, seconds * 1000))
         body.discard_unread()
         return response

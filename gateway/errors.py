@@ -22,6 +22,9 @@ JSON = "application/json"
 # error_code -> HTTP status; the OpenAPI document lists this table.
 MISSING_API_KEY = "MISSING_API_KEY"
 INVALID_API_KEY = "INVALID_API_KEY"
+EXPIRED_API_KEY = "EXPIRED_API_KEY"
+FORBIDDEN_SCOPE = "FORBIDDEN_SCOPE"
+RATE_LIMITED = "RATE_LIMITED"
 INVALID_JSON = "INVALID_JSON"
 INVALID_FEATURES = "INVALID_FEATURES"
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
@@ -38,6 +41,9 @@ GATEWAY_ERROR = "GATEWAY_ERROR"
 ERROR_CODES: dict[str, tuple[int, str]] = {
     MISSING_API_KEY: (401, "No API key in X-API-Key or Authorization: Bearer."),
     INVALID_API_KEY: (403, "The API key is not valid."),
+    EXPIRED_API_KEY: (403, "The API key has expired."),
+    FORBIDDEN_SCOPE: (403, "The API key's scopes do not include this endpoint."),
+    RATE_LIMITED: (429, "Over the key's request rate; Retry-After says when to try again."),
     INVALID_JSON: (400, "The body is not valid JSON (NaN and Infinity are not JSON)."),
     INVALID_FEATURES: (400, "Wrong shape or values; `errors` names each field and row."),
     PAYLOAD_TOO_LARGE: (413, "The body is larger than the gateway accepts."),

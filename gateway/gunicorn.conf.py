@@ -21,6 +21,7 @@ import sys
 
 from config.settings import Settings, SettingsError
 from gateway.auth import load_keys
+from gateway.limits import state_path
 from gateway.worker import KEEPALIVE_SECONDS, GatewayWorker
 
 try:
@@ -49,10 +50,12 @@ control_socket_disable = True
 
 
 def on_starting(server) -> None:
-    """Master, before the workers: an empty metrics directory and the gateway's logging."""
+    """Master, before the workers: an empty metrics directory, new rate limits and the
+    gateway's logging."""
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
     for stale in METRICS_DIR.glob("*.db"):
         stale.unlink()
+    state_path(_settings).unlink(missing_ok=True)  # the workers' shared rate limits
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter("%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")

@@ -35,15 +35,18 @@ PRICE_BUCKETS_UF: tuple[int, ...] = (1_000, 2_000, 3_000, 4_000, 5_000, 7_500, 1
 PRICE_BUCKETS_UF += (15_000, 20_000, 25_000, 30_000, 40_000, 50_000, 75_000, 100_000, 150_000)
 PRICE_BUCKETS_UF += (200_000, 300_000)
 OTHER = "other"
-AUTH_FAILURE_REASONS = ("missing", "invalid")  # what gateway.auth reports
+AUTH_FAILURE_REASONS = ("missing", "invalid", "expired", "scope")  # what gateway.auth reports
+KEY_RELOAD_RESULTS = ("loaded", "rejected")  # what gateway.auth.KeyRing reports
 _FIELDS = frozenset(FEATURE_NAMES)
 
 
 class GatewayMetrics:
     """The gateway's metric objects, registered in their own registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, key_ids: int = 20):
         r = self.registry = registry or CollectorRegistry()
+        self._key_ids_bound = key_ids
+        self._key_ids: frozenset[str] = frozenset()
         counter, gauge = partial(Counter, registry=r), partial(Gauge, registry=r)
         histogram = partial(Histogram, registry=r)
         self.requests = counter(
@@ -106,6 +109,24 @@ class GatewayMetrics:
             ["feature"],
             multiprocess_mode="livemax",
         )
+        self.client_requests = counter(
+            "gateway_client_requests",
+            "Requests that presented a known API key, whatever the answer, by key id (the "
+            "first GATEWAY_METRICS_KEY_IDS ids listed; the others: other).",
+            ["key_id"],
+        )
+        self.rate_limited = counter(
+            "gateway_rate_limited",
+            "Requests answered 429 for their key id's rate, by key id (as "
+            "gateway_client_requests_total).",
+            ["key_id"],
+        )
+        self.key_reloads = counter(
+            "gateway_api_keys_reloads",
+            "Loads of the API keys, by result: loaded, or rejected (a bad GATEWAY_API_KEYS_FILE; "
+            "the keys in force were kept).",
+            ["result"],
+        )
         self.request_log_errors = counter(
             "gateway_request_log_errors", "Request-log lines that could not be written."
         )
@@ -116,6 +137,9 @@ class GatewayMetrics:
             self.auth_failures.labels(reason)
         for field in (*FEATURE_NAMES, OTHER):
             self.validation_errors.labels(field)
+        for result in KEY_RELOAD_RESULTS:
+            self.key_reloads.labels(result)
+        self.use_key_ids([])
         self._exposed = self.registry
         if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # merged over the workers
             self._exposed = CollectorRegistry()
@@ -125,6 +149,26 @@ class GatewayMetrics:
         """Count one answered request and its duration under the model version it got."""
         self.requests.labels(endpoint, str(status)).inc()
         self.request_duration.labels(endpoint, version).observe(seconds)
+
+    def keys_loaded(self, result: str, ids: Sequence[str]) -> None:
+        """Count a load of the API keys; a successful one sets which ids get their own label."""
+        self.key_reloads.labels(result).inc()
+        if result == "loaded":
+            self.use_key_ids(ids)
+
+    def use_key_ids(self, ids: Sequence[str]) -> None:
+        """Label the first ids (the bound) by name, the others as "other"; all start at 0."""
+        self._key_ids = frozenset(ids[: self._key_ids_bound])
+        for label in (*self._key_ids, OTHER):
+            self.client_requests.labels(label)
+            self.rate_limited.labels(label)
+
+    def observe_client(self, key_id: str, status: int) -> None:
+        """Count one request of `key_id` (and its 429)."""
+        label = key_id if key_id in self._key_ids else OTHER
+        self.client_requests.labels(label).inc()
+        if status == 429:
+            self.rate_limited.labels(label).inc()
 
     def count_validation_errors(self, fields: Iterable[str]) -> None:
         """Count one rejected request under each field it got wrong (names outside the schema

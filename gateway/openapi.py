@@ -33,11 +33,12 @@ ERROR_RESPONSES: dict[int, str] = {
     405: "MethodNotAllowed",
     413: "PayloadTooLarge",
     415: "UnsupportedMediaType",
+    429: "TooManyRequests",
     502: "BadGateway",
     503: "ServiceUnavailable",
     504: "GatewayTimeout",
 }
-INVOCATION_ERRORS = (400, 401, 403, 405, 413, 415, 502, 503, 504)
+INVOCATION_ERRORS = (400, 401, 403, 405, 413, 415, 429, 502, 503, 504)
 DESCRIPTION = (
     "Prices residential properties in Santiago, Chile, in UF (Unidad de Fomento). "
     "The gateway checks the API key, the body's size, content type and shape, forwards the "
@@ -217,6 +218,12 @@ def _error_responses() -> dict[str, Any]:
             "description": " ".join(codes.values()) or name,
             "content": {"application/json": {"schema": _ref("Error"), "examples": examples}},
         }
+    responses[ERROR_RESPONSES[429]]["headers"] = {
+        "Retry-After": {
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Seconds to wait before the key's next request may pass.",
+        }
+    }
     return responses
 
 
@@ -269,14 +276,14 @@ def _invocations() -> dict[str, Any]:
 
 def _paths(metrics_public: bool) -> dict[str, Any]:
     text, status = {"type": "string"}, _ref("Status")
-    metrics_errors = () if metrics_public else (401, 403)
+    metrics_errors = () if metrics_public else (401, 403, 429)
     return {
         "/invocations": _invocations(),
         "/model": _get(
             "model",
             "The served model: name, version, alias, run, metrics",
             _ok("The served model.", _ref("ModelInfo")),
-            (401, 403, 503),
+            (401, 403, 429, 503),
             public=False,
         ),
         "/health": _get("health", "The gateway is alive", _ok("Alive.", status)),

@@ -145,7 +145,7 @@ def test_every_error_response_uses_the_error_schema(spec):
         schema = response["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/Error"}
     statuses = set(spec["paths"]["/invocations"]["post"]["responses"])
-    assert statuses == {"200", "400", "401", "403", "405", "413", "415", "502", "503", "504"}
+    assert statuses == {"200", "400", "401", "403", "405", "413", "415", "429", "502", "503", "504"}
     error = spec["components"]["schemas"]["Error"]
     assert error["required"] == ["error_code", "message"]
     assert error["properties"]["error_code"]["enum"] == list(ERROR_CODES)
@@ -155,7 +155,7 @@ def test_metrics_require_a_key_in_the_document_when_not_public(tmp_path):
     app = create_app(gateway_settings(tmp_path, GATEWAY_METRICS_PUBLIC="false"))
     metrics = app.test_client().get("/openapi.json").json["paths"]["/metrics"]["get"]
     assert "security" not in metrics
-    assert set(metrics["responses"]) == {"200", "401", "403"}
+    assert set(metrics["responses"]) == {"200", "401", "403", "429"}
     gateway_of(app).close()
 
 
