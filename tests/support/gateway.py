@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import http.server
 import json
+import os
 import threading
 import time
 import urllib.request
@@ -68,6 +69,18 @@ def write_model_info(path: Path, version: str = "3", **fields: Any) -> dict[str,
     return info
 
 
+def sha256_hex(key: str) -> str:
+    """The digest a keys entry gives as `sha256`."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def write_keys_file(path: Path, *entries: Mapping[str, Any]) -> None:
+    """Replace a GATEWAY_API_KEYS_FILE atomically (a new inode), as a mounted secret changes."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text("# keys\n\n" + "".join(json.dumps(entry) + "\n" for entry in entries))
+    os.replace(staged, path)
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
     """Every line of a request log, parsed."""
     if not path.exists():
@@ -124,6 +137,24 @@ def running_gateway(
         )
         wait_for_children(process.pid, workers)
         yield gateway
+
+
+def per_worker(gateway: RunningGateway, name: str, **labels: str) -> dict[int, float]:
+    """The value of counter sample `name` with exactly `labels` in each worker (by pid), read
+    from the workers' multiprocess files."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    directory = gateway.state_dir / f"prometheus-gateway-{gateway.port}"
+    values = {}
+    for path in directory.glob("counter_*.db"):
+        pid = int(path.stem.removeprefix("counter_"))
+        values[pid] = sum(
+            sample.value
+            for family in MultiProcessCollector.merge([str(path)])
+            for sample in family.samples
+            if sample.name == name and sample.labels == labels
+        )
+    return values
 
 
 def metric_samples(gateway: RunningGateway) -> dict[tuple[str, frozenset], float]:

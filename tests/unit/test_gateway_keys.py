@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,21 +15,16 @@ from config.settings import KEYS_CHECK_SECONDS, SettingsError
 from gateway.app import create_app, gateway_of
 from gateway.auth import KeyRing
 from gateway.keyfile import ALL_SCOPES, parse_file
-from tests.support.gateway import ALICE_KEY, gateway_settings, write_model_info
+from tests.support.gateway import (
+    ALICE_KEY,
+    gateway_settings,
+    sha256_hex,
+    write_keys_file,
+    write_model_info,
+)
 
 CAROL_KEY = "carol-0011223344556677"
 DAVE_KEY = "dave-8899aabbccddeeff"
-
-
-def sha(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def write_keys(path: Path, *entries: dict) -> None:
-    """Replace the keys file atomically, as a mounted secret changes; a new mtime for sure."""
-    staged = path.with_suffix(".new")
-    staged.write_text("# keys\n\n" + "".join(json.dumps(entry) + "\n" for entry in entries))
-    os.replace(staged, path)
 
 
 def sample(app, name: str, **labels: str) -> float:
@@ -40,7 +34,7 @@ def sample(app, name: str, **labels: str) -> float:
 @pytest.fixture
 def keys_file(tmp_path: Path) -> Path:
     path = tmp_path / "keys.jsonl"
-    write_keys(path, {"id": "carol", "sha256": sha(CAROL_KEY), "scopes": ["predict"]})
+    write_keys_file(path, {"id": "carol", "sha256": sha256_hex(CAROL_KEY), "scopes": ["predict"]})
     return path
 
 
@@ -82,7 +76,7 @@ def test_a_full_entry_is_parsed():
 
 
 def test_defaults_are_every_scope_no_expiry_and_the_gateways_rate():
-    (key,) = parse_file(f'  {{"id": "carol", "sha256": "{sha(CAROL_KEY).upper()}"}}  ')
+    (key,) = parse_file(f'  {{"id": "carol", "sha256": "{sha256_hex(CAROL_KEY).upper()}"}}  ')
     assert (key.scopes, key.expires, key.rate, key.burst) == (ALL_SCOPES, None, None, None)
 
 
@@ -113,7 +107,7 @@ WHERE = "GATEWAY_API_KEYS_FILE line 2"
         ),
         ('{"id": "d"}', f"{WHERE} (id 'd'): give exactly one of sha256 (preferred) or key"),
         (
-            f'{{"id": "d", "key": "TOPSECRET", "sha256": "{sha("x")}"}}',
+            f'{{"id": "d", "key": "TOPSECRET", "sha256": "{sha256_hex("x")}"}}',
             f"{WHERE} (id 'd'): give exactly one of sha256 (preferred) or key",
         ),
         ('{"id": "d", "key": ""}', f"{WHERE} (id 'd'): key must be a non-empty string"),
@@ -175,7 +169,7 @@ def test_a_bad_file_stops_the_start(tmp_path, keys_file):
 
 
 def test_an_id_in_both_sources_stops_the_start(tmp_path, keys_file):
-    write_keys(keys_file, {"id": "alice", "key": CAROL_KEY})
+    write_keys_file(keys_file, {"id": "alice", "key": CAROL_KEY})
     with pytest.raises(SettingsError) as caught:
         create_app(gateway_settings(tmp_path, GATEWAY_API_KEYS_FILE=str(keys_file)))
     assert str(caught.value) == (
@@ -191,7 +185,7 @@ def test_the_file_alone_is_enough(tmp_path, keys_file):
 
 def test_a_new_key_works_and_a_removed_one_is_refused_after_the_check(app, keys_file):
     assert get_model(app, ALICE_KEY) == 200  # GATEWAY_API_KEYS: every scope
-    write_keys(keys_file, {"id": "dave", "sha256": sha(DAVE_KEY)})
+    write_keys_file(keys_file, {"id": "dave", "sha256": sha256_hex(DAVE_KEY)})
     assert get_model(app, DAVE_KEY) == 403  # not looked at yet: within KEYS_CHECK_SECONDS
     later(app)
     assert get_model(app, DAVE_KEY) == 200
@@ -219,7 +213,7 @@ def test_a_bad_change_keeps_the_keys_in_force_and_is_counted_once(app, keys_file
         assert response.status_code != 403  # carol still authenticated
     assert sample(app, "gateway_api_keys_reloads_total", result="rejected") == 1
     assert "API keys file refused, the 3 keys in force kept" in caplog.text
-    write_keys(keys_file, {"id": "dave", "sha256": sha(DAVE_KEY)})
+    write_keys_file(keys_file, {"id": "dave", "sha256": sha256_hex(DAVE_KEY)})
     later(app)
     assert get_model(app, DAVE_KEY) == 200
 
@@ -229,7 +223,7 @@ def test_a_deleted_file_keeps_the_keys_until_it_comes_back(app, keys_file):
     later(app)
     assert get_model(app, ALICE_KEY) == 200
     assert sample(app, "gateway_api_keys_reloads_total", result="rejected") == 1
-    write_keys(keys_file, {"id": "dave", "sha256": sha(DAVE_KEY)})
+    write_keys_file(keys_file, {"id": "dave", "sha256": sha256_hex(DAVE_KEY)})
     later(app)
     assert get_model(app, DAVE_KEY) == 200
 
@@ -245,7 +239,7 @@ def test_a_key_without_the_scope_is_refused_with_what_it_needs(app):
 
 
 def test_metrics_behind_a_key_need_the_read_scope(tmp_path, keys_file):
-    write_keys(keys_file, {"id": "prometheus", "key": DAVE_KEY, "scopes": ["read"]})
+    write_keys_file(keys_file, {"id": "prometheus", "key": DAVE_KEY, "scopes": ["read"]})
     settings = gateway_settings(
         tmp_path, GATEWAY_API_KEYS_FILE=str(keys_file), GATEWAY_METRICS_PUBLIC="false"
     )
@@ -258,10 +252,10 @@ def test_metrics_behind_a_key_need_the_read_scope(tmp_path, keys_file):
 
 def test_an_expired_key_is_refused_and_its_successor_works(app, keys_file):
     past = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
-    write_keys(
+    write_keys_file(
         keys_file,
-        {"id": "dave", "sha256": sha(CAROL_KEY), "expires": past},
-        {"id": "dave", "sha256": sha(DAVE_KEY), "expires": "2999-01-01T00:00:00Z"},
+        {"id": "dave", "sha256": sha256_hex(CAROL_KEY), "expires": past},
+        {"id": "dave", "sha256": sha256_hex(DAVE_KEY), "expires": "2999-01-01T00:00:00Z"},
     )
     later(app)
     response = app.test_client().get("/model", headers={"X-API-Key": CAROL_KEY})
@@ -276,7 +270,7 @@ def test_an_expired_key_is_refused_and_its_successor_works(app, keys_file):
 
 
 def test_requests_are_counted_per_key_id_up_to_the_bound(tmp_path, keys_file):
-    write_keys(
+    write_keys_file(
         keys_file,
         {"id": "carol", "key": CAROL_KEY},
         {"id": "dave", "key": DAVE_KEY},
