@@ -136,7 +136,6 @@ class KeyRing:
         self._lock = threading.Lock()
         self._checked_at = time.monotonic()
         self._stamp: _Stamp | None = None
-        self.keys = self._fixed
         from_file: list[ApiKey] = []
         if self._path is not None:
             self._stamp, text = self._read_whole(self._path)

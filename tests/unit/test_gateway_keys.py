@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import KEYS_CHECK_SECONDS, SettingsError
+from config.settings import KEYS_CHECK_SECONDS, PROJECT_DIR, SettingsError
+from gateway import auth
 from gateway.app import create_app, gateway_of
 from gateway.auth import KeyRing
 from gateway.keyfile import ALL_SCOPES, parse_file
@@ -292,3 +293,20 @@ def test_requests_are_counted_per_key_id_up_to_the_bound(tmp_path, keys_file):
         is None
     )
     gateway_of(app).close()
+
+
+def test_every_endpoint_behind_a_key_has_its_scope(app):
+    public = auth.PUBLIC_ENDPOINTS
+    keyed = {rule.endpoint for rule in app.url_map.iter_rules()} - public - {"static"}
+    assert keyed == set(auth.ENDPOINT_SCOPES)  # a new endpoint: give it a scope there
+
+
+def test_the_compose_example_is_a_valid_file_once_its_digests_are_filled_in():
+    example = PROJECT_DIR / "docker" / "gateway-keys" / "keys.example.jsonl"
+    with pytest.raises(SettingsError, match="line 4 \\(id 'client-b'\\): sha256 must be 64"):
+        parse_file(example.read_text())  # as committed: refused, never half-working
+    keys = parse_file(example.read_text().replace("REPLACE_WITH_SHA256_HEX", sha256_hex("k")))
+    assert [(key.key_id, sorted(key.scopes)) for key in keys] == [
+        ("client-b", ["predict"]),
+        ("dashboards", ["read"]),
+    ]
