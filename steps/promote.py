@@ -16,12 +16,10 @@ from mlflow.pyfunc import PyFuncModel
 from config.errors import UserError
 from config.settings import Settings
 from steps import registry
+from steps.gate import gate
 from steps.tracking import StepError, cli_errors, configure, step_run
 
 logger = logging.getLogger(__name__)
-
-# the verdicts of steps.evaluate that let a version through
-PASSING_VERDICTS = ("better", "within_tolerance", "no_champion")
 
 
 @dataclass(frozen=True)
@@ -30,21 +28,6 @@ class Promotion:
     promoted: bool
     reason: str
     previous: str | None = None
-
-
-def gate(tags: dict[str, str], force: bool) -> tuple[bool, str]:
-    """Whether the evaluation tags let the version through, and why."""
-    if force:
-        return True, "forced"
-    outcome = tags.get("verdict")
-    if outcome is None:
-        return False, "not evaluated: run the evaluate step first (or force)"
-    if outcome not in PASSING_VERDICTS:
-        return False, (
-            f"verdict {outcome!r}: test MAE {tags.get('test_mae')} vs champion "
-            f"{tags.get('champion_test_mae')} on the same rows"
-        )
-    return True, f"verdict {outcome!r}"
 
 
 def check_loadable(uri: str, local_copy: str | None = None) -> PyFuncModel:
