@@ -33,9 +33,12 @@ def checked_canary(uri: str, model_path: str) -> Canary:
 
 
 def evaluate_against(version: str, against: str, params: Params, settings: Settings) -> None:
-    """Evaluate `version` against the served version `against`: tags its verdict."""
+    """Evaluate `version` of MODEL_NAME against the served version `against`: tags its verdict
+    (this writes a run and tags: with read-only credentials it fails, and the version is
+    refused)."""
     from steps.evaluate import run_evaluate
     from steps.tracking import configure
 
-    configure(settings)
-    run_evaluate(version, "", params, settings, against=against)
+    served = settings.model_copy(update={"candidate_model_name": settings.model_name})
+    configure(served)
+    run_evaluate(version, "", params, served, against=against)
