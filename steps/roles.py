@@ -80,11 +80,11 @@ def check_admin(uri: str, admin: AuthServiceClient, username: str) -> None:
         raise UserError("MLFLOW_TRACKING_USERNAME is empty: give the admin's login")
     try:
         user = admin.get_user(username)
-    except RestException as error:
+    except MlflowException:
         raise UserError(
-            f"the tracking server at {uri} refused user {username!r} "
-            f"(HTTP {error.get_http_status_code()}): is MLFLOW_TRACKING_PASSWORD the admin "
-            "password, and does the server run with --app-name basic-auth?"
+            f"the tracking server at {uri} refused user {username!r}: is "
+            "MLFLOW_TRACKING_PASSWORD the admin password, and does the server run with "
+            "--app-name basic-auth?"
         ) from None
     if not user.is_admin:
         raise UserError(f"user {username!r} is not an admin of the tracking server at {uri}")
