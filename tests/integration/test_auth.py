@@ -65,6 +65,7 @@ def test_an_anonymous_request_is_refused(server):
     assert refused.value.code == 401
 
 
+@pytest.mark.slow  # a second run of the command: about 10 s on 2 busy cores
 def test_roles_twice_give_the_same_users_and_permissions(server):
     second = roles(server)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -85,7 +86,11 @@ def test_roles_twice_give_the_same_users_and_permissions(server):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"MLFLOW_TRACKING_PASSWORD": "wrong"}, "refused user 'admin': is MLFLOW_TRACKING_PASS"),
+        pytest.param(
+            {"MLFLOW_TRACKING_PASSWORD": "wrong"},
+            "refused user 'admin': is MLFLOW_TRACKING_PASS",
+            marks=pytest.mark.slow,
+        ),
         pytest.param(
             {"MLFLOW_TRACKING_USERNAME": "viewer"},
             "user 'viewer' is not an admin",
@@ -157,6 +162,7 @@ def test_the_controller_and_the_viewer_only_read(server, monkeypatch, user):
     assert status_of(lambda: reader.create_run(experiment)) == 403
 
 
+@pytest.mark.slow
 def test_a_tracking_uri_carrying_credentials_is_refused_without_echoing_them(server, tmp_path):
     env = server.env(store_env(tmp_path), None)
     env["MLFLOW_TRACKING_URI"] = server.uri.replace(
