@@ -64,13 +64,16 @@ def ensure_copy(info: dict, settings: Settings) -> None:
 
 
 def evaluate_against(version: str, against: str, params: Params, settings: Settings) -> None:
-    """Evaluate `version` against the served version `against`: tags its verdict."""
+    """Evaluate `version` of MODEL_NAME against the served version `against`: tags its verdict
+    (this writes a run and tags: with read-only credentials it fails, and the version is
+    refused)."""
     from steps.evaluate import run_evaluate
     from steps.tracking import configure
 
+    served = settings.model_copy(update={"candidate_model_name": settings.model_name})
     with plain_errors():
-        configure(settings)
-        run_evaluate(version, "", params, settings, against=against)
+        configure(served)
+        run_evaluate(version, "", params, served, against=against)
 
 
 @contextlib.contextmanager

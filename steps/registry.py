@@ -143,6 +143,25 @@ def move_champion(name: str, alias: str, version: str) -> str | None:
     return previous if previous != version else None
 
 
+def release(candidate: str, version: str, name: str) -> str:
+    """The version of `name` that is `version` of model `candidate`: copied now (with its tags,
+    run and files) unless an earlier release copied it; `version` itself when both are one."""
+    if candidate == name:
+        return version
+    source, client = model_uri(candidate, version), MlflowClient()
+    for existing in client.search_model_versions(f"name = '{name}'"):
+        if existing.source == source:
+            return str(existing.version)
+    try:
+        return str(client.copy_model_version(source, name).version)
+    except MlflowException as error:  # MLflow wraps the server's answer in a message of its own
+        cause = error.__cause__ if isinstance(error.__cause__, MlflowException) else error
+        raise UserError(
+            f"cannot copy {source} into model {name!r}: {' '.join(cause.message.split())}; "
+            "the champion is unchanged"
+        ) from None
+
+
 def load_reference(model_uri: str) -> dict:
     """The binned training distribution stored with the model at `model_uri`, or UserError."""
     try:
