@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal, cast
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -38,12 +39,47 @@ class PipelineSettings(BaseModel):
         description="tracking and registry store (default: mlflow.db in the project)",
     )
     mlflow_experiment_name: str = Field("property-friends", description="MLflow experiment")
-    model_name: str = Field("property-friends", description="registered model name")
+    model_name: str = Field(
+        "property-friends", description="registered model served: promote moves its alias"
+    )
+    candidate_model_name: str = Field(
+        default_factory=lambda data: data["model_name"],
+        description="registered model train registers into; promote copies a version into "
+        "MODEL_NAME when they differ (default: MODEL_NAME; set it apart on a shared tracking "
+        "server, see steps/roles.py)",
+    )
     model_alias: str = Field("champion", description="alias that promote moves")
     state_dir: Path = Field(
         default_factory=lambda: PROJECT_DIR / ".run",
         description="pid files, logs, served-model.json (default: .run in the project)",
     )
+    mlflow_tracking_username: str = Field(
+        "", description="user on a tracking server with login (read by MLflow's client)"
+    )
+    mlflow_tracking_password: str = Field(
+        "", repr=False, description="that user's password (read by MLflow's client)"
+    )
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _no_credentials_in_uri(cls, uri: str) -> str:
+        if urlsplit(uri).password is not None or "@" in urlsplit(uri).netloc:
+            raise ValueError(
+                "a URI without credentials (set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD instead)"
+            )
+        return uri
+
+
+class RolesSettings(BaseModel):
+    """roles: python -m steps.roles (the tracking server's users, created by its admin)"""
+
+    mlflow_trainer_password: str = Field("", repr=False, description="password of user trainer")
+    mlflow_releaser_password: str = Field("", repr=False, description="password of user releaser")
+    mlflow_controller_password: str = Field(
+        "", repr=False, description="password of user controller"
+    )
+    mlflow_viewer_password: str = Field("", repr=False, description="password of user viewer")
 
 
 class ModelServerSettings(BaseModel):
@@ -162,7 +198,12 @@ class GatewaySettings(BaseModel):
 # A new service (e.g. the rollout controller) declares its group like the ones above and adds
 # it to the bases of Settings, left of the groups its derived defaults read.
 class Settings(
-    GatewaySettings, ControllerSettings, ModelServerSettings, PipelineSettings, BaseSettings
+    GatewaySettings,
+    ControllerSettings,
+    ModelServerSettings,
+    RolesSettings,
+    PipelineSettings,
+    BaseSettings,
 ):
     """Every setting of every service; `Settings.from_env()` reads them."""
 
@@ -202,22 +243,30 @@ class Settings(
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict safe to log: API keys are never shown."""
-        keys = "<set>" if self.gateway_api_keys else "<unset>"
-        return {**self.model_dump(), "gateway_api_keys": keys}
+        secret = {name for name, field in type(self).model_fields.items() if not field.repr}
+        return {
+            name: ("<set>" if value else "<unset>") if name in secret else value
+            for name, value in self.model_dump().items()
+        }
 
 
 _TYPES = {"int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "true or false"}
 
 
 def _describe(error: ValidationError) -> str:
-    """One line naming each bad variable, what it allows and what it got."""
+    """One line naming each bad variable, what it allows and what it got (not when a check of
+    ours refused it: the value may hold a password)."""
     return "; ".join(
-        f"{str(item['loc'][0]).upper()} must be "
-        f"{_TYPES.get(item['type']) or item['msg'].removeprefix('Input should be ')}, "
-        f"got {item['input']!r}"
+        f"{str(item['loc'][0]).upper()} must be {_allowed(item)}"
+        + ("" if item["type"] == "value_error" else f", got {item['input']!r}")
         for item in error.errors()
         if item["type"] != "default_factory_not_called"
     )  # derived from a value reported
+
+
+def _allowed(item: Mapping) -> str:
+    message = item["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+    return _TYPES.get(item["type"]) or message
 
 
 def env_example() -> str:

@@ -10,6 +10,11 @@ intent wins: a rollout whose version MODEL_URI no longer resolves to is abandone
 stopped, the old ones kept) and the newest target is rolled out at the next poll. Servers outlive
 the controller; a restarted one adopts them. ROLLOUT_EXECUTOR=kubernetes rolls the model server
 Deployment instead (`serving.deployment`).
+
+It runs for weeks, so it holds neither MLflow nor pandas nor a model: it reads the registry
+through `steps.registry_reader` (a tracking server's REST API with MLflow's credentials, or a
+database store's tables), and downloads, checks and evaluates each version in a process of
+its own (`serving.checks`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -27,19 +33,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import click
-from mlflow.exceptions import MlflowException
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from config.errors import UserError
 from config.settings import MODEL_INFO_CHECK_SECONDS, Settings
 from serving import servers
-from serving.checks import checked_canary, evaluate_against, in_child
-from serving.serve import copy_path, local_copy, prune_copies, training_reference, write_info
+from serving.checks import Checked, check_version, ensure_copy, evaluate_against, in_child
+from serving.files import copy_path, has_copy, prune_copies, write_info
 from serving.servers import Abandoned, Canary, Server, ServerError, Serving, no_check
+from steps.gate import gate
 from steps.params import Params, load_params
-from steps.promote import gate
-from steps.registry import lookup, model_uri, resolve
-from steps.tracking import StepError, configure
+from steps.registry_reader import RegistryReader, registry_reader
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +87,10 @@ class Controller:
         params: Params,
         executor: Executor,
         registry: CollectorRegistry | None = None,
+        reader: RegistryReader | None = None,
     ):
         self.settings, self.params, self.executor = settings, params, executor
+        self.reader = reader or registry_reader(settings.mlflow_tracking_uri)
         self.rollouts = Counter(
             "model_rollouts", "Model versions rolled out, by result.", ["result"], registry=registry
         )
@@ -97,7 +103,7 @@ class Controller:
     def poll(self) -> None:
         """Resolve MODEL_URI; roll out a new version; replace dead servers."""
         try:
-            target = resolve(self.settings.model_uri)
+            target = self.reader.resolve(self.settings.model_uri)
         except UserError as error:
             logger.warning("%s; serving what runs", error)
             target = None
@@ -125,9 +131,11 @@ class Controller:
             )
             return
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        info = {**target, "reference": training_reference(target["uri"]), "served_since": now}
+        info = {**target, "reference": checked.reference, "served_since": now}
         try:
-            self.serving = self.executor.serve(checked, info, old, self._target_check(version))
+            self.serving = self.executor.serve(
+                checked.canary, info, old, self._target_check(version)
+            )
         except Abandoned as change:
             self.rollouts.labels("abandoned").inc()
             logger.warning(
@@ -139,7 +147,7 @@ class Controller:
             self.rollouts.labels("failed").inc()
             logger.error("version %s not served: %s", version, error)
             return
-        self._canary = checked
+        self._canary = checked.canary
         self.rollouts.labels("served").inc()
 
     def keep_served_copy_only(self) -> None:
@@ -147,15 +155,14 @@ class Controller:
         served = self.serving
         prune_copies(self.settings, keep=copy_path(served.info, self.settings) if served else None)
 
-    def _check(self, target: dict[str, Any], old: Serving | None) -> Canary:
-        """The checks of promote, in processes of their own on the version's local copy; its
-        canary, or Refused with the reason."""
+    def _check(self, target: dict[str, Any], old: Serving | None) -> Checked:
+        """The checks of promote, in processes of their own on the version's local copy; what
+        they found, or Refused with the reason."""
         try:
-            path = local_copy(target, self.settings)
-            checked = in_child(checked_canary, target["uri"], str(path))
+            checked = in_child(check_version, target, self.settings)
             if old is None:  # nothing serves: no version to be compared with
                 return checked
-            tags = self._tags(target)
+            tags = self.reader.tags(target["name"], target["version"])
             if "verdict" not in tags:
                 logger.info(
                     "version %s has no evaluation: evaluating it against version %s",
@@ -165,8 +172,8 @@ class Controller:
                 in_child(
                     evaluate_against, target["version"], old.version, self.params, self.settings
                 )
-                tags = self._tags(target)
-        except (UserError, MlflowException) as error:
+                tags = self.reader.tags(target["name"], target["version"])
+        except UserError as error:
             raise Refused(str(error)) from None
         allowed, reason = gate(tags, force=False)
         if not allowed:
@@ -179,8 +186,8 @@ class Controller:
 
         def check() -> None:
             try:
-                now = resolve(self.settings.model_uri)["version"]
-            except (UserError, MlflowException) as error:
+                now = self.reader.resolve(self.settings.model_uri)["version"]
+            except UserError as error:
                 logger.warning("%s; rolling version %s out all the same", error, version)
                 return
             if now != version:
@@ -188,17 +195,11 @@ class Controller:
 
         return check
 
-    def _tags(self, target: dict[str, Any]) -> dict[str, str]:
-        return lookup(model_uri(target["name"], target["version"])).tags
-
     def _served_canary(self) -> Canary:
         """The served version's canary, from its local copy once after a restart."""
         if self._canary is None:
             assert self.serving is not None  # heal runs only while a version is served
-            info = self.serving.info
-            self._canary = in_child(
-                checked_canary, info["uri"], str(local_copy(info, self.settings))
-            )
+            self._canary = in_child(check_version, self.serving.info, self.settings).canary
         return self._canary
 
 
@@ -243,7 +244,7 @@ class Processes:
         old: Serving | None,
         check_target: Callable[[], None],
     ) -> Serving:
-        path = local_copy(info, self.settings)
+        path = self._copy(info)
         started = self._start_checked(checked, path, self.settings.model_servers, check_target)
         if old is not None:  # every gateway worker reads the file within a second
             switch_at = time.time() + MODEL_INFO_CHECK_SECONDS + DRAIN_MARGIN_SECONDS
@@ -297,12 +298,18 @@ class Processes:
             serving = self._publish(dataclasses.replace(serving, servers=live))
         if missing > 0:
             try:
-                path = local_copy(serving.info, self.settings)
+                path = self._copy(serving.info)
                 live += self._start_checked(canary_of(), path, missing)
-            except (ServerError, StepError) as error:
+            except (ServerError, UserError) as error:
                 logger.error("could not replace model servers: %s", error)
             serving = self._publish(dataclasses.replace(serving, servers=live))
         return serving
+
+    def _copy(self, info: dict[str, Any]) -> Path:
+        """The version's local copy (made by its checks), downloaded again if it went."""
+        if not has_copy(info, self.settings):
+            in_child(ensure_copy, info, self.settings)
+        return copy_path(info, self.settings)
 
     def _publish(self, serving: Serving) -> Serving:
         """Write the served-model file: the gateway's workers follow it."""
@@ -367,16 +374,21 @@ def run(controller: Controller, stop: threading.Event) -> None:
 )
 def main(host: str, public_host: str, stop_servers: bool) -> None:
     """Keep a pool of model servers on MODEL_URI, rolling out every change it sees."""
-    settings = Settings.from_env()
-    if stop_servers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        servers.stop(_model_servers(_read(settings.model_info_path).get("pids") or {}))
-        settings.model_info_path.unlink(missing_ok=True)  # nothing is served any more
-        return
-    configure(settings)
-    registry = CollectorRegistry()
-    pool = executor(settings, host, public_host)
-    controller = Controller(settings, load_params(), pool, registry)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        settings = Settings.from_env()
+        if stop_servers:
+            servers.stop(_model_servers(_read(settings.model_info_path).get("pids") or {}))
+            settings.model_info_path.unlink(missing_ok=True)  # nothing is served any more
+            return
+        # for the checks' processes (MLflow reads them there)
+        os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+        os.environ["MLFLOW_REGISTRY_URI"] = settings.mlflow_tracking_uri
+        registry = CollectorRegistry()
+        pool = executor(settings, host, public_host)
+        controller = Controller(settings, load_params(), pool, registry)
+    except UserError as error:
+        raise click.ClickException(str(error)) from None
     start_http_server(settings.controller_metrics_port, addr=host, registry=registry)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logger.info(

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,20 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pandas as pd
 import urllib3
-from mlflow.models import convert_input_example_to_serving_input
-from mlflow.pyfunc import PyFuncModel
 
 from config.settings import Settings
-from serving.serve import serve_command
 
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = urllib3.Timeout(connect=1.0, read=10.0)
 STOP_GRACE_SECONDS = 10.0
 KILL_WAIT_SECONDS = 2.0
-SCORING_APP = b"mlflow.pyfunc.scoring_server.app:app"  # uvicorn's argument: the scoring server
+SCORING_APP = "mlflow.pyfunc.scoring_server.app:app"  # uvicorn's argument: the scoring server
+# What MLflow's scoring_server.get_cmd sets for the app (tests/unit/test_servers.py compares)
+MODEL_PATH_VARIABLE = "__pyfunc_model_path__"
+TIMEOUT_VARIABLE = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 _http = urllib3.PoolManager(retries=False, timeout=PROBE_TIMEOUT)
 
 
@@ -71,19 +72,33 @@ class Serving:
 
 @dataclass(frozen=True)
 class Canary:
-    """The request every new server must price, and the prices the version gives it."""
+    """The request every new server must price, and the prices the version gives it (one
+    record per row, as the scoring server answers)."""
 
     body: bytes
-    expected: pd.DataFrame
+    expected: list[dict[str, Any]]
 
 
-def canary(model: PyFuncModel) -> Canary:
-    """The canary of a loaded model: its input example, priced here."""
-    example = model.input_example
-    body = convert_input_example_to_serving_input(example)
-    if body is None:
-        raise ServerError("the model has no input example to price as the canary")
-    return Canary(body.encode(), model.predict(example))
+def serve_command(
+    settings: Settings, model_path: Path, host: str, port: int, workers: int
+) -> tuple[list[str], dict[str, str]]:
+    """MLflow's scoring server on a local copy: the command and environment MLflow's
+    `scoring_server.get_cmd` builds for the process `mlflow models serve` runs under its
+    launcher (a second Python of 250 MB that only downloads the model and waits), built here
+    without importing MLflow."""
+    address = ["--host", host, "--port", str(port), "--workers", str(workers)]
+    environ = {
+        **os.environ,
+        MODEL_PATH_VARIABLE: Path(model_path).absolute().as_uri(),
+        TIMEOUT_VARIABLE: str(settings.model_timeout_seconds),
+    }
+    return [sys.executable, "-m", "uvicorn", *address, SCORING_APP], server_env(environ)
+
+
+def server_env(environ: dict[str, str]) -> dict[str, str]:
+    """One OpenMP thread (one-row predictions pay for thread start-up on every tree; batches
+    barely gain)."""
+    return {"OMP_NUM_THREADS": "1", **environ}
 
 
 def start(settings: Settings, model_path: Path, host: str, public_host: str) -> Server:
@@ -126,7 +141,7 @@ def is_model_server(pid: int) -> bool:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return SCORING_APP in command
+    return SCORING_APP.encode() in command
 
 
 def ping(url: str) -> bool:
@@ -168,14 +183,35 @@ def check_canary(server: Server, checked: Canary) -> None:
         response = _http.request(
             "POST", f"{server.url}/invocations", body=checked.body, headers=headers
         )
-        got = pd.DataFrame(orjson.loads(response.data)["predictions"])  # ValueError: not JSON
-        expected = checked.expected.reset_index(drop=True)
-        pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-9)
-    except (urllib3.exceptions.HTTPError, KeyError, TypeError, ValueError, AssertionError) as error:
+        difference = price_difference(orjson.loads(response.data)["predictions"], checked.expected)
+    except (urllib3.exceptions.HTTPError, KeyError, TypeError, ValueError) as error:
+        difference = f"{type(error).__name__}: {error}"
+    if difference:
         raise ServerError(
             f"{server.url} did not price the canary like the model in process "
-            f"(status {getattr(response, 'status', None)}): {error}"
-        ) from None
+            f"(status {getattr(response, 'status', None)}): {difference}"
+        )
+
+
+def price_difference(got: Any, expected: list[dict[str, Any]]) -> str | None:
+    """The first difference between the records `got` and `expected` (numbers equal to a
+    relative 1e-9), or None."""
+    if not isinstance(got, list) or len(got) != len(expected):
+        return f"{len(expected)} row(s) expected, got {str(got)[:200]}"
+    for row, (answer, wanted) in enumerate(zip(got, expected, strict=True)):
+        if not isinstance(answer, dict) or list(answer) != list(wanted):
+            return f"row {row}: fields {list(wanted)} expected, got {str(answer)[:200]}"
+        for field, value in wanted.items():
+            if not _same(answer[field], value):
+                return f"row {row}: {field} {answer[field]!r}, expected {value!r}"
+    return None
+
+
+def _same(got: Any, expected: Any) -> bool:
+    numbers = (int, float)
+    if isinstance(expected, numbers) and isinstance(got, numbers):
+        return math.isclose(got, expected, rel_tol=1e-9)
+    return bool(got == expected)
 
 
 def stop(servers: Sequence[Server], grace: float = STOP_GRACE_SECONDS) -> None:

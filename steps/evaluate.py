@@ -138,9 +138,9 @@ def run_evaluate(
 ) -> str:
     """Evaluate in a step run, tag the model version; returns the verdict, compared with
     version `against` (default: the current champion)."""
-    version = version or registry.latest_version(settings.model_name)
+    version = version or registry.latest_version(settings.candidate_model_name)
     with step_run("evaluate") as run:
-        uri = registry.model_uri(settings.model_name, version)
+        uri = registry.model_uri(settings.candidate_model_name, version)
         run_id = registry.lookup(uri).run_id or ""
         ingest_run_id = ingest_run_id or mlflow.get_run(run_id).data.tags.get("ingest_run_id", "")
         if not ingest_run_id:
@@ -161,7 +161,7 @@ def run_evaluate(
         tags |= {"verdict": outcome, "evaluated_by_run": run.info.run_id}
         if champion_version is not None:  # and so is its MAE
             tags |= {"champion_version": champion_version, "champion_test_mae": f"{champion:.6g}"}
-        registry.set_tags(settings.model_name, version, tags)
+        registry.set_tags(settings.candidate_model_name, version, tags)
         mae = result.metrics["test_mae"]
         logger.info(
             "version %s: test MAE %.0f UF, champion %s, verdict %s", version, mae, champion, outcome

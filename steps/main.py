@@ -1,12 +1,15 @@
 """Main: the whole chain, ingest -> train -> evaluate -> promote, as nested runs of one run.
 
 Reads:  a data source (`--source`).
-Writes: the runs of each step; a new model version, promoted if the gate lets it through.
+Writes: the runs of each step; a new model version, promoted if the gate lets it through. When
+        CANDIDATE_MODEL_NAME is not MODEL_NAME, the chain stops before promote: releasing the
+        version is the releaser's (steps/roles.py).
 """
 
 import click
 import mlflow
 
+from config.settings import Settings
 from steps.evaluate import run_evaluate
 from steps.ingest import run_ingest, source_options
 from steps.params import load_params
@@ -33,9 +36,20 @@ def main(source: str, train_name: str, test_name: str, preset: str, force_promot
         ingest_run_id = run_ingest(source, train_name, test_name, params)
         _, version = run_train(ingest_run_id, preset, source, params, settings)
         outcome = run_evaluate(version, ingest_run_id, params, settings)
-        result = run_promote(version, force_promote, settings)
+        if settings.candidate_model_name == settings.model_name:
+            promoted = describe(run_promote(version, force_promote, settings), settings)
+        else:
+            promoted = release_hint(version, settings)
         mlflow.set_tags({"model_version": version, "verdict": outcome})
-    click.echo(f"version {version}: verdict {outcome}\n{describe(result, settings)}")
+    click.echo(f"version {version}: verdict {outcome}\n{promoted}")
+
+
+def release_hint(version: str, settings: Settings) -> str:
+    return (
+        f"{settings.candidate_model_name} version {version} is a candidate; the releaser "
+        f"promotes it into {settings.model_name}: mlflow run . -e promote --env-manager local "
+        f"-P model_version={version}"
+    )
 
 
 if __name__ == "__main__":

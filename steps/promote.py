@@ -1,8 +1,11 @@
 """Promote: point the champion alias at a model version, if the evaluation gate lets it.
 
-Reads:  the version's evaluation tags (verdict, test_mae, champion_test_mae).
-Writes: alias `champion` -> the version (the former champion keeps alias `previous-champion`),
-        stage `Production` mirrored for teams that promote by stage, tag `promoted_at`.
+Reads:  the version of CANDIDATE_MODEL_NAME (default MODEL_NAME) and its evaluation tags
+        (verdict, test_mae, champion_test_mae).
+Writes: when the two names differ, a copy of that version in MODEL_NAME (tags, run and files:
+        MlflowClient.copy_model_version); alias `champion` of MODEL_NAME -> the version (the
+        former champion keeps alias `previous-champion`), stage `Production` mirrored for teams
+        that promote by stage, tag `promoted_at`.
 A version that cannot be loaded or cannot price its own input example is never promoted.
 """
 
@@ -16,12 +19,10 @@ from mlflow.pyfunc import PyFuncModel
 from config.errors import UserError
 from config.settings import Settings
 from steps import registry
+from steps.gate import gate
 from steps.tracking import StepError, cli_errors, configure, step_run
 
 logger = logging.getLogger(__name__)
-
-# the verdicts of steps.evaluate that let a version through
-PASSING_VERDICTS = ("better", "within_tolerance", "no_champion")
 
 
 @dataclass(frozen=True)
@@ -30,21 +31,7 @@ class Promotion:
     promoted: bool
     reason: str
     previous: str | None = None
-
-
-def gate(tags: dict[str, str], force: bool) -> tuple[bool, str]:
-    """Whether the evaluation tags let the version through, and why."""
-    if force:
-        return True, "forced"
-    outcome = tags.get("verdict")
-    if outcome is None:
-        return False, "not evaluated: run the evaluate step first (or force)"
-    if outcome not in PASSING_VERDICTS:
-        return False, (
-            f"verdict {outcome!r}: test MAE {tags.get('test_mae')} vs champion "
-            f"{tags.get('champion_test_mae')} on the same rows"
-        )
-    return True, f"verdict {outcome!r}"
+    candidate: str | None = None  # the candidate version copied, when it is another model's
 
 
 def check_loadable(uri: str, local_copy: str | None = None) -> PyFuncModel:
@@ -73,17 +60,27 @@ def champion_to(version: str, reason: str, settings: Settings) -> Promotion:
 
 
 def promote(settings: Settings, version: str, force: bool) -> Promotion:
-    tags = registry.lookup(registry.model_uri(settings.model_name, version)).tags
-    allowed, reason = gate(tags, force)
-    return champion_to(version, reason, settings) if allowed else Promotion(version, False, reason)
+    """Candidate `version` becomes the champion if the gate lets it through and it loads."""
+    candidate = settings.candidate_model_name
+    uri = registry.model_uri(candidate, version)
+    allowed, reason = gate(registry.lookup(uri).tags, force)
+    if not allowed:
+        return Promotion(version, False, reason)
+    check_loadable(uri)
+    served = registry.release(candidate, version, settings.model_name)
+    previous = registry.move_champion(settings.model_name, settings.model_alias, served)
+    return Promotion(served, True, reason, previous, version if served != version else None)
 
 
 def run_promote(version: str, force: bool, settings: Settings) -> Promotion:
-    version = version or registry.latest_version(settings.model_name)
+    version = version or registry.latest_version(settings.candidate_model_name)
     with step_run("promote"):
         result = promote(settings, version, force)
         promoted = str(result.promoted).lower()
-        mlflow.set_tags({"model_version": version, "promoted": promoted, "reason": result.reason})
+        mlflow.set_tags(
+            {"model_version": result.version, "promoted": promoted, "reason": result.reason}
+            | {"candidate_version": version}
+        )
         return result
 
 
@@ -91,14 +88,23 @@ def describe(result: Promotion, settings: Settings) -> str:
     if not result.promoted:
         return f"version {result.version} NOT promoted ({result.reason}); champion unchanged"
     was = f", was version {result.previous}" if result.previous else ""
+    copied = (
+        f", a copy of {settings.candidate_model_name} version {result.candidate}"
+        if result.candidate
+        else ""
+    )
     return (
         f"{settings.model_name}@{settings.model_alias} -> version {result.version} "
-        f"({result.reason}{was}); the rollout controller serves it after its checks"
+        f"({result.reason}{was}{copied}); the rollout controller serves it after its checks"
     )
 
 
 @click.command()
-@click.option("--model-version", default="", help="Version to promote (default: the newest).")
+@click.option(
+    "--model-version",
+    default="",
+    help="Version of CANDIDATE_MODEL_NAME to promote (default: the newest).",
+)
 @click.option(
     "--force",
     type=bool,

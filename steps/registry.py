@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import tempfile
 import warnings
 from importlib import metadata
@@ -20,19 +19,13 @@ from packaging.requirements import Requirement
 
 from config.errors import UserError
 from pyfunc.profile import PROFILE_PATH
+from steps.registry_reader import Reference, described, model_uri, unregistered
 
 PREVIOUS_ALIAS = "previous-champion"
 REQUIREMENTS_FILE = "requirements.txt"  # pip's, as MLflow logs it beside MLmodel
 PRODUCTION_STAGE = "Production"
 ARCHIVED_STAGE = "Archived"
-METRIC_TAGS = ("test_mae", "test_rmse", "test_mape", "test_r2")
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
-
-
-def model_uri(name: str, version: str | int | None = None, alias: str | None = None) -> str:
-    """`models:/<name>/<version>`, or `models:/<name>@<alias>` when an alias is given."""
-    return f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
 
 
 def _in_stage(client: MlflowClient, name: str, stage: str) -> ModelVersion | None:
@@ -42,17 +35,17 @@ def _in_stage(client: MlflowClient, name: str, stage: str) -> ModelVersion | Non
 
 def lookup(uri: str) -> ModelVersion:
     """The version a `models:/` URI names now (by number, alias or stage), or UserError."""
-    match = _URI.match(uri)
-    if match is None:
+    reference = Reference.parse(uri)
+    if reference is None:
         raise UserError(f"{uri} is not a registry URI (models:/NAME/VERSION, @ALIAS or /STAGE)")
-    name, alias, ref = match.group("name", "alias", "ref")
+    name, alias, ref = reference.name, reference.alias, reference.ref or ""
     client = MlflowClient()
     try:
         found = (
             client.get_model_version_by_alias(name, alias)
             if alias
             else client.get_model_version(name, ref)
-            if ref.isdigit()
+            if reference.is_version
             else _in_stage(client, name, ref)
         )
     except MlflowException as error:
@@ -60,8 +53,7 @@ def lookup(uri: str) -> ModelVersion:
             raise
         found = None
     if found is None:
-        what = "alias" if alias else "version" if ref.isdigit() else "version in stage"
-        raise UserError(f"cannot resolve {uri}: model {name!r} has no {what} {alias or ref!r}")
+        raise reference.not_found(uri)
     return found
 
 
@@ -82,20 +74,13 @@ def latest_version(name: str) -> str:
 
 
 def resolve(uri: str) -> dict:
-    """What `uri` points at now: name, version, alias or stage, the URI pinned to that version,
-    run and test metrics. A URI outside the registry (runs:/, a path) is served as it is."""
-    match = _URI.match(uri)
-    if not match:
-        return dict(name=None, version="unregistered", alias=None, uri=uri, run_id=None, metrics={})
+    """What `uri` points at now (`steps.registry_reader.described`). A URI outside the
+    registry (runs:/, a path) is served as it is."""
+    reference = Reference.parse(uri)
+    if reference is None:
+        return unregistered(uri)
     found = lookup(uri)
-    return {
-        "name": found.name,
-        "version": str(found.version),
-        "alias": match["alias"] or match["ref"],
-        "uri": model_uri(found.name, found.version),
-        "run_id": found.run_id,
-        "metrics": {k: float(found.tags[k]) for k in METRIC_TAGS if k in found.tags},
-    }
+    return described(reference, found.version, found.run_id, found.tags)
 
 
 def unmet_requirements(lines: list[str]) -> list[str]:
@@ -156,6 +141,25 @@ def move_champion(name: str, alias: str, version: str) -> str | None:
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     set_tags(name, version, {"promoted_at": now})
     return previous if previous != version else None
+
+
+def release(candidate: str, version: str, name: str) -> str:
+    """The version of `name` that is `version` of model `candidate`: copied now (with its tags,
+    run and files) unless an earlier release copied it; `version` itself when both are one."""
+    if candidate == name:
+        return version
+    source, client = model_uri(candidate, version), MlflowClient()
+    for existing in client.search_model_versions(f"name = '{name}'"):
+        if existing.source == source:
+            return str(existing.version)
+    try:
+        return str(client.copy_model_version(source, name).version)
+    except MlflowException as error:  # MLflow wraps the server's answer in a message of its own
+        cause = error.__cause__ if isinstance(error.__cause__, MlflowException) else error
+        raise UserError(
+            f"cannot copy {source} into model {name!r}: {' '.join(cause.message.split())}; "
+            "the champion is unchanged"
+        ) from None
 
 
 def load_reference(model_uri: str) -> dict:

@@ -30,6 +30,7 @@ def configure(settings: Settings | None = None) -> Settings:
     Under `mlflow run` the run already exists (MLFLOW_RUN_ID): its experiment is kept.
     """
     settings = settings or Settings.from_env()
+    export_credentials(settings)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -38,6 +39,13 @@ def configure(settings: Settings | None = None) -> Settings:
     if not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(settings.mlflow_experiment_name)
     return settings
+
+
+def export_credentials(settings: Settings) -> None:
+    """MLflow's client reads its login from the environment alone: one given in ./.env too."""
+    for name in ("mlflow_tracking_username", "mlflow_tracking_password"):
+        if getattr(settings, name):
+            os.environ.setdefault(name.upper(), getattr(settings, name))
 
 
 @contextlib.contextmanager

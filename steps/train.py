@@ -165,7 +165,11 @@ def run_train(
         mlflow.log_table(result.cv_results, "cv_results.json")
         interval = run_calibration(train[TARGET.name].to_numpy(), result.cv_predictions, params)
         info = log_model(
-            result.pipeline, build_profile(train), train.head(3), settings.model_name, interval
+            result.pipeline,
+            build_profile(train),
+            train.head(3),
+            settings.candidate_model_name,
+            interval,
         )
         version = str(info.registered_model_version)
         mlflow.set_tag("model_version", version)
@@ -185,7 +189,9 @@ def main(ingest_run_id: str, preset: str, source: str) -> None:
     """Fit the model, log it with its CV scores and register a new version."""
     settings = configure()
     run_id, version = run_train(ingest_run_id, preset, source, load_params(), settings)
-    click.echo(f"train run: {run_id}\nregistered: {settings.model_name} version {version}")
+    click.echo(
+        f"train run: {run_id}\nregistered: {settings.candidate_model_name} version {version}"
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ from config.settings import Settings
 from pyfunc.model import COMPILED_ARTIFACT
 from pyfunc.schema import FEATURE_NAMES
 from serving import servers
-from serving.serve import local_copy, server_env
+from serving.checks import local_copy
+from serving.servers import server_env
 from tests.support.processes import free_port, stop_process_group, wait_until
 from tests.support.rollout import running_controller
 from tests.support.stack import run_step, store_env

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.settings import PROJECT_DIR
-from serving.serve import server_env
+from serving.servers import server_env
 from tests.support.gateway import ALICE_KEY, RunningGateway, running_gateway
 from tests.support.processes import VENV_BIN, free_port, running, stop_process_group
 from tests.support.stack import ModelServer, store_env

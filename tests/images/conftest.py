@@ -174,7 +174,7 @@ def serving_memory(stack: Stack) -> dict[str, float]:
     """Resident MB of the serving stack: the controller itself, each model server, the
     gateway's processes, and all of them together."""
     controller = resident_mb(stack.roles["controller"].name)
-    servers = [mb for command, mb in controller.items() if SCORING_APP.decode() in command]
+    servers = [mb for command, mb in controller.items() if SCORING_APP in command]
     gateway = sum(resident_mb(stack.roles["gateway"].name).values())
     return {
         "controller_rss_mb": round(sum(controller.values()) - sum(servers)),

@@ -74,7 +74,7 @@ def test_no_process_of_a_container_runs_as_root(stack: Stack, service: str) -> N
 
 def test_the_controller_runs_its_pool_in_its_own_container(stack: Stack) -> None:
     commands = process_uids(stack.roles["controller"].name)
-    scorers = [c for c in commands if SCORING_APP.decode() in c]
+    scorers = [c for c in commands if SCORING_APP in c]
     assert len(scorers) == int(stack.roles["controller"].environment["MODEL_SERVERS"]), commands
     assert not [c for c in commands if "models serve" in c], commands
 

@@ -49,6 +49,10 @@ class Store:
         with mlflow.start_run(experiment_id=self.experiment_id):
             return log_model(pipeline, build_profile(train), train.head(3), name, stated_interval())
 
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
     def client(self) -> MlflowClient:
         from mlflow import MlflowClient
 

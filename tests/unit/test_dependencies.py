@@ -195,9 +195,18 @@ def test_an_import_of_the_controller_steps_gateway_or_config_by_the_model_is_fou
 
 
 def test_the_rollout_controller_imports_no_model_library() -> None:
-    """The controller runs for weeks between rollouts: the model's libraries (and the memory
-    they hold) belong to its checks, which run in processes of their own."""
-    model_libraries = ("sklearn", "treelite", "category_encoders", "matplotlib", "pyfunc.model")
+    """The controller runs for weeks between rollouts: the model's libraries, MLflow and pandas
+    (and the memory they hold) belong to its checks, which run in processes of their own."""
+    model_libraries = (
+        "sklearn",
+        "treelite",
+        "category_encoders",
+        "matplotlib",
+        "pyfunc.model",
+        "mlflow",
+        "pandas",
+        "numpy",
+    )
     probe = (
         "import sys, serving.controller; "
         f"print([m for m in {model_libraries!r} if m in sys.modules])"

@@ -28,7 +28,7 @@ OLD = {"name": "property-friends", "version": "3", "uri": "models:/property-frie
 NEW = {"name": "property-friends", "version": "4", "uri": "models:/property-friends/4"}
 
 
-CANARY = Canary(b'{"dataframe_split": {}}', PRICES)
+CANARY = Canary(b'{"dataframe_split": {}}', PRICES.to_dict(orient="records"))
 
 
 @pytest.fixture(scope="module")

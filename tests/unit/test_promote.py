@@ -20,7 +20,7 @@ from config.errors import UserError
 from config.settings import Settings
 from serving import serve
 from serving.controller import Controller, Processes
-from serving.serve import MODELS_DIR, copy_path
+from serving.files import MODELS_DIR, copy_path
 from serving.servers import Serving
 from steps.promote import check_loadable, gate, promote
 from steps.registry import PREVIOUS_ALIAS, PRODUCTION_STAGE, model_uri, move_champion
@@ -85,8 +85,14 @@ def versions(
 
 
 @pytest.fixture
-def settings(model_name: str, tmp_path: Path) -> Settings:
-    return Settings.from_env({"MODEL_NAME": model_name, "STATE_DIR": str(tmp_path / "state")})
+def settings(mlflow_store: Store, model_name: str, tmp_path: Path) -> Settings:
+    return Settings.from_env(
+        {
+            "MLFLOW_TRACKING_URI": mlflow_store.uri,
+            "MODEL_NAME": model_name,
+            "STATE_DIR": str(tmp_path / "state"),
+        }
+    )
 
 
 def test_move_champion_sets_both_aliases_and_mirrors_the_stage(
@@ -237,7 +243,7 @@ def test_a_version_logged_with_other_package_versions_is_refused_in_one_line(
     assert mlflow_store.alias(name, CHAMPION) == "1"
     check_loadable(model_uri(name, 1))  # its twin with the logged versions loads
 
-    store = f"sqlite:///{mlflow_store.root / 'mlflow.db'}"
+    store = mlflow_store.uri
     info = tmp_path / "served-model.json"
     env = {"MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store}
     started = CliRunner().invoke(
@@ -247,7 +253,9 @@ def test_a_version_logged_with_other_package_versions_is_refused_in_one_line(
     assert "Traceback" not in started.output
 
     metrics = CollectorRegistry()
-    settings = Settings.from_env({"MODEL_URI": uri, "STATE_DIR": str(tmp_path)})
+    settings = Settings.from_env(
+        {"MLFLOW_TRACKING_URI": store, "MODEL_URI": uri, "STATE_DIR": str(tmp_path)}
+    )
     controller = Controller(
         settings, params, Processes(settings, "127.0.0.1", "127.0.0.1"), metrics
     )

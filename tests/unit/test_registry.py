@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from importlib import metadata
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from steps.registry import (
     resolve,
     unmet_requirements,
 )
+from steps.registry_reader import SqlRegistry
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -39,6 +41,13 @@ def registered(mlflow_store: Store, small_pipeline: Pipeline, few_listings: pd.D
     client.set_model_version_tag(NAME, "2", "test_mae", "1234.5")
     client.set_model_version_tag(NAME, "2", "test_r2", "0.75")
     return NAME
+
+
+@pytest.fixture(params=["mlflow", "tables"])
+def resolver(request: pytest.FixtureRequest, mlflow_store: Store) -> Callable[[str], dict]:
+    """`steps.registry.resolve` (MLflow's client), or the controller's reader of the store's
+    tables: both must say the same (tests/integration/test_registry_reader.py: REST too)."""
+    return resolve if request.param == "mlflow" else SqlRegistry(mlflow_store.uri).resolve
 
 
 @pytest.mark.parametrize(
@@ -63,9 +72,9 @@ def test_model_uri(version, alias, expected: str) -> None:
     ],
 )
 def test_resolve_pins_an_alias_a_stage_or_a_number(
-    registered: str, uri: str, version: str, alias: str
+    registered: str, resolver: Callable[[str], dict], uri: str, version: str, alias: str
 ) -> None:
-    info = resolve(uri)
+    info = resolver(uri)
 
     assert (info["name"], info["version"], info["alias"], info["uri"]) == (
         NAME,
@@ -77,8 +86,8 @@ def test_resolve_pins_an_alias_a_stage_or_a_number(
     assert re.fullmatch(r"[0-9a-f]{32}", info["run_id"])
 
 
-def test_a_uri_outside_the_registry_is_served_as_it_is() -> None:
-    assert resolve("runs:/abc/model") == {
+def test_a_uri_outside_the_registry_is_served_as_it_is(resolver: Callable[[str], dict]) -> None:
+    assert resolver("runs:/abc/model") == {
         "name": None,
         "version": "unregistered",
         "alias": None,
@@ -94,15 +103,16 @@ def test_a_uri_outside_the_registry_is_served_as_it_is() -> None:
         (f"models:/{NAME}@staging", f"model '{NAME}' has no alias 'staging'"),
         (f"models:/{NAME}/9", f"model '{NAME}' has no version '9'"),
         (f"models:/{NAME}/Staging", f"model '{NAME}' has no version in stage 'Staging'"),
+        (f"models:/{NAME}/Nowhere", f"model '{NAME}' has no version in stage 'Nowhere'"),
         ("models:/nothing@champion", "model 'nothing' has no alias 'champion'"),
         ("models:/nothing/1", "model 'nothing' has no version '1'"),
     ],
 )
 def test_what_does_not_exist_is_named_in_one_message(
-    registered: str, uri: str, message: str
+    registered: str, resolver: Callable[[str], dict], uri: str, message: str
 ) -> None:
     with pytest.raises(UserError) as error:
-        resolve(uri)
+        resolver(uri)
 
     assert str(error.value) == f"cannot resolve {uri}: {message}"
 

@@ -10,14 +10,17 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
 import pytest
 
+from config.settings import Settings
 from serving import servers
 from serving.servers import Abandoned, Canary, Server, ServerError
 from tests.support.gateway import fake_upstream
 
-EXPECTED = pd.DataFrame({"price": [11571.4, 9000.25], "outside_training_range": ["", "n_rooms"]})
+EXPECTED = [
+    {"price": 11571.4, "outside_training_range": ""},
+    {"price": 9000.25, "outside_training_range": "n_rooms"},
+]
 
 
 def answering(predictions: object, status: int = 200):
@@ -37,7 +40,7 @@ def answering(predictions: object, status: int = 200):
 
 
 def test_a_server_pricing_the_canary_like_the_model_passes():
-    with fake_upstream(answering(EXPECTED.to_dict(orient="records"))) as url:
+    with fake_upstream(answering(EXPECTED)) as url:
         servers.check_canary(Server(url, 0), Canary(b"{}", EXPECTED))
 
 
@@ -85,7 +88,7 @@ def test_stop_ends_the_whole_group_even_a_process_ignoring_sigterm():
 
 
 def test_only_a_process_running_mlflow_s_scoring_server_counts_as_a_model_server():
-    scoring_app = servers.SCORING_APP.decode()
+    scoring_app = servers.SCORING_APP
     lookalike = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", scoring_app])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
@@ -111,3 +114,18 @@ def test_waiting_for_servers_stops_when_the_target_moves():
         servers.wait_ready([never_ready], timeout=30, check_target=check_target)
     assert str(abandoned.value) == "models:/m@champion resolves to version 1 now"
     assert len(looks) == 3 and looks[-1] - looks[0] < 5
+
+
+def test_the_scoring_command_is_the_one_mlflow_builds(tmp_path):
+    """Built without importing MLflow (the controller does not): the same command and
+    environment as MLflow's own `scoring_server.get_cmd`, run under the venv's Python."""
+    from mlflow.pyfunc import scoring_server
+
+    settings = Settings.from_env({"MODEL_TIMEOUT_SECONDS": "17"})
+    command, env = servers.serve_command(settings, tmp_path, "127.0.0.1", 5123, workers=2)
+    mlflow_command, mlflow_env = scoring_server.get_cmd(
+        str(tmp_path), port=5123, host="127.0.0.1", timeout=17, nworkers=2
+    )
+
+    assert command == [sys.executable, "-m", *mlflow_command.split()]
+    assert env == {"OMP_NUM_THREADS": "1", **mlflow_env}

@@ -199,3 +199,18 @@ def test_what_the_makefile_exports_is_declared_with_the_same_defaults(workdir: P
         assert getattr(Settings.from_env({name: value}), field) == getattr(defaults, field), (
             f"the Makefile's {name}={value} is not the declared default"
         )
+
+
+def test_a_tracking_uri_with_a_login_is_refused_without_echoing_it():
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"MLFLOW_TRACKING_URI": "http://trainer:s3cret@mlflow:5000"})
+    assert str(refused.value) == (
+        "MLFLOW_TRACKING_URI must be a URI without credentials (set MLFLOW_TRACKING_USERNAME "
+        "and MLFLOW_TRACKING_PASSWORD instead)"
+    )
+    assert "s3cret" not in repr(Settings.from_env({"MLFLOW_TRACKING_PASSWORD": "s3cret"}))
+
+
+def test_the_candidate_model_is_the_served_one_unless_set_apart():
+    assert Settings.from_env({"MODEL_NAME": "m"}).candidate_model_name == "m"
+    assert Settings.from_env({"CANDIDATE_MODEL_NAME": "c"}).candidate_model_name == "c"
