@@ -18,10 +18,12 @@ not the ids configured. When none is free a request passes and a warning is logg
 Why not flask-limiter / `limits`: their storages that several processes share are Redis,
 Memcached, MongoDB (and etcd for some versions): a server to run beside every gateway; their
 `memory://` storage is per process, so with N workers a client would get N times its rate
-(or 1/N if the rate were split, whenever the workers' share of connections is uneven). This is
-the same algorithm (`limits`' `moving-window` aside) in a few dozen lines of stdlib, with no new
-service. With several gateway replicas (Kubernetes) each replica keeps its own file: the limit
-is per replica, a client may get up to replicas x rate in all.
+(or 1/N if the rate were split, whenever the workers' share of connections is uneven). Their
+strategies are windows (fixed, moving, sliding counter); GCRA gives a token bucket's behaviour
+(a burst, then a steady rate) with one number per id, which fits a fixed slot of a shared file,
+in a few dozen lines of stdlib and no new service. With several gateway replicas (Kubernetes)
+each replica keeps its own file: the limit is per replica, a client may get up to replicas x
+rate in all.
 """
 
 from __future__ import annotations

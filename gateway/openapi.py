@@ -318,7 +318,10 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                     "type": "apiKey",
                     "in": "header",
                     "name": "X-API-Key",
-                    "description": "Your API key.",
+                    "description": "Your API key. A key may be limited to scopes, `predict` "
+                    "(POST /invocations) and `read` (GET /model, GET /metrics): another endpoint "
+                    "answers 403 FORBIDDEN_SCOPE; and to a request rate: over it, 429 "
+                    "RATE_LIMITED with Retry-After.",
                 },
                 "BearerAuth": {
                     "type": "http",
