@@ -139,10 +139,54 @@ class GatewaySettings(BaseModel):
     gateway_metrics_public: bool = Field(True, description="false: /metrics needs an API key too")
 
 
+class OutcomesSettings(BaseModel):
+    """outcomes: the prediction store (gateway) and live accuracy (python -m steps.monitor)"""
+
+    prediction_store_url: str = Field(
+        default_factory=lambda data: f"sqlite:///{data['state_dir']}/predictions.db",
+        repr=False,
+        description="where the gateway keeps every priced row and every realized price, for "
+        "the monitor: sqlite:///<file> (one machine) or postgresql://user:password@host/db "
+        "(default: sqlite:///STATE_DIR/predictions.db)",
+    )
+
+    @field_validator("prediction_store_url")
+    @classmethod
+    def _known_database(cls, url: str) -> str:
+        if not url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("sqlite:///<file> or postgresql://user:password@host/database")
+        return url
+
+    monitor_window_days: float = Field(
+        30.0, gt=0, description="live accuracy: valuations of the last this many days"
+    )
+    monitor_mae_factor: float = Field(
+        1.5,
+        gt=0,
+        description="alert LiveMaeAboveTest when live MAE exceeds the version's test MAE this "
+        "many times",
+    )
+    monitor_min_outcomes: int = Field(
+        30, gt=0, description="realized prices a version needs before its live accuracy alerts"
+    )
+    monitor_coverage_band: float = Field(
+        0.1,
+        gt=0,
+        lt=0.8,
+        description="alert LiveCoverageOffTarget when the 80% range's live coverage is further "
+        "than this from 0.8",
+    )
+
+
 # A new service (e.g. the rollout controller) declares its group like the ones above and adds
 # it to the bases of Settings, left of the groups its derived defaults read.
 class Settings(
-    GatewaySettings, ControllerSettings, ModelServerSettings, PipelineSettings, BaseSettings
+    OutcomesSettings,
+    GatewaySettings,
+    ControllerSettings,
+    ModelServerSettings,
+    PipelineSettings,
+    BaseSettings,
 ):
     """Every setting of every service; `Settings.from_env()` reads them."""
 
@@ -183,7 +227,10 @@ class Settings(
     def redacted(self) -> dict[str, object]:
         """The settings as a dict safe to log: API keys are never shown."""
         keys = "<set>" if self.gateway_api_keys else "<unset>"
-        return {**self.model_dump(), "gateway_api_keys": keys}
+        store = self.prediction_store_url
+        if "@" in store:  # a password may sit before it
+            store = store.split("://", 1)[0] + "://<redacted>@" + store.rsplit("@", 1)[1]
+        return {**self.model_dump(), "gateway_api_keys": keys, "prediction_store_url": store}
 
 
 _TYPES = {"int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "true or false"}
@@ -193,11 +240,22 @@ def _describe(error: ValidationError) -> str:
     """One line naming each bad variable, what it allows and what it got."""
     return "; ".join(
         f"{str(item['loc'][0]).upper()} must be "
-        f"{_TYPES.get(item['type']) or item['msg'].removeprefix('Input should be ')}, "
-        f"got {item['input']!r}"
+        f"{_TYPES.get(item['type']) or _allowed(item['msg'])}, got {_shown(item)}"
         for item in error.errors()
         if item["type"] != "default_factory_not_called"
     )  # derived from a value reported
+
+
+def _allowed(message: str) -> str:
+    return message.removeprefix("Input should be ").removeprefix("Value error, ")
+
+
+def _shown(item: Mapping) -> str:
+    """The bad value, unless it may hold a secret (a field declared with repr=False)."""
+    field = Settings.model_fields.get(str(item["loc"][0]))
+    if field is not None and not field.repr:
+        return "a value of another form (not shown: it may hold a secret)"
+    return repr(item["input"])
 
 
 def env_example() -> str:

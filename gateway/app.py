@@ -16,13 +16,14 @@ from functools import partial
 from flask import Flask, Response, g, request
 
 from config.settings import Settings
-from gateway import auth, body, docs, errors, health, metrics, modelinfo, proxy
+from gateway import auth, body, docs, errors, health, metrics, modelinfo, outcomes, proxy
 from gateway.drift import DriftMonitor
 from gateway.metrics import GatewayMetrics
 from gateway.modelinfo import ModelInfo
 from gateway.openapi import build_spec
 from gateway.pool import Pool
 from gateway.requestlog import RequestLog, RequestRecord
+from gateway.store import PredictionWriter, Store
 from gateway.upstream import Upstream
 
 EXTENSION = "gateway"
@@ -40,10 +41,15 @@ class Gateway:
     pool: Pool
     request_log: RequestLog
     drift: DriftMonitor
+    store: Store  # outcomes and live accuracy; the writer has a connection of its own
+    predictions: PredictionWriter
 
     def close(self) -> None:
-        """Flush the request log, then stop the drift monitor (gunicorn's worker_exit hook)."""
+        """Flush the request log and the prediction store, then stop the drift monitor
+        (gunicorn's worker_exit hook)."""
         self.request_log.close()
+        self.predictions.close()
+        self.store.close()
         self.drift.close()
 
 
@@ -59,7 +65,16 @@ def create_app(settings: Settings | None = None) -> Flask:
         app, settings, on_failure=lambda reason: gateway.metrics.auth_failures.labels(reason).inc()
     )
     errors.init_app(app)
-    proxy.init_app(app, gateway.pool, gateway.metrics, gateway.drift, settings.gateway_log_payloads)
+    proxy.init_app(
+        app,
+        gateway.pool,
+        gateway.metrics,
+        gateway.drift,
+        settings.gateway_log_payloads,
+        gateway.predictions,
+    )
+    outcomes.init_app(app, gateway.store)
+    gateway.metrics.add_collector(outcomes.LiveAccuracy(gateway.store))
     health.init_app(app, gateway.pool, gateway.model_info)
     modelinfo.init_app(app, gateway.model_info)
     metrics.init_app(app, gateway.metrics)
@@ -100,6 +115,10 @@ def _build(settings: Settings) -> Gateway:
         pool=pool,
         request_log=RequestLog(settings.gateway_request_log, on_lost=gauges.request_log_errors.inc),
         drift=drift,
+        store=Store(settings.prediction_store_url),
+        predictions=PredictionWriter(
+            Store(settings.prediction_store_url), on_lost=gauges.prediction_store_errors.inc
+        ),
     )
 
 
