@@ -39,12 +39,12 @@ from pyfunc.schema import normalize_category
 logger = logging.getLogger(__name__)
 
 SQLITE = "sqlite:///"
-POSTGRES = ("postgresql://", "postgresql+psycopg://", "postgres://")
+POSTGRES = ("postgresql://", "postgresql+psycopg://")
 STORE_URL_FORMAT = "must start with sqlite:/// or postgresql://"
 WRITE_EVERY_SECONDS = 0.2
 BATCH_ROWS = 2_000
 RETRY_SECONDS = 2.0
-MAX_QUEUED_ROWS = 500_000
+MAX_QUEUED_ROWS = 200_000  # about 60 MB; half an hour of a store outage at 100 rows/s
 COMPLAINT_INTERVAL_SECONDS = 60.0
 
 SCHEMA = (

@@ -26,11 +26,11 @@ import click
 import mlflow
 import pandas as pd
 
+from config.errors import UserError
 from config.settings import Settings
-from gateway.outcomes import ALL_SECTORS
-from gateway.store import Store, StoreError
 from pyfunc.drift import DRIFT_THRESHOLD, MIN_ROWS, drifted, feature_drift
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, normalize_category
+from steps.prediction_store import connect, iso, joined_outcomes, publish, store_errors
 from steps.registry import load_reference, model_uri, resolve
 from steps.tracking import StepError, cli_errors, configure, step_run
 
@@ -140,11 +140,7 @@ def main(
         raise SystemExit(3)
 
 
-JOINED_COLUMNS = ("model_version", "sector", "predicted", "price_low", "price_high", "realized")
-_JOIN = """SELECT p.model_version, p.sector, p.price, p.price_low, p.price_high, o.price
-    FROM predictions p JOIN outcomes o
-      ON o.request_id = p.request_id AND o.row_index = p.row_index
-    WHERE p.predicted_at >= %s AND p.predicted_at < %s"""
+ALL_SECTORS = "all"  # the sector of a version's figures over every sector (gateway.outcomes)
 # accuracy_table's column -> the gauge the gateway exposes it as (gateway.outcomes.LIVE_GAUGES)
 GAUGES = {
     "mae": "model_live_mae_uf",
@@ -153,17 +149,6 @@ GAUGES = {
     "bias": "model_live_bias_uf",
     "count": "model_live_outcomes",
 }
-
-
-def joined_outcomes(store: Store, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-    """Valuations made in [start, end) that have a realized price: JOINED_COLUMNS."""
-    rows = store.run(lambda execute: execute(_JOIN, (_iso(start), _iso(end))))
-    return pd.DataFrame(rows, columns=list(JOINED_COLUMNS))
-
-
-def _iso(moment: dt.datetime) -> str:
-    """The store's time format (gateway.requestlog.iso_utc): sorts as text."""
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def accuracy_table(joined: pd.DataFrame) -> pd.DataFrame:
@@ -221,22 +206,6 @@ def gauge_rows(
     return rows
 
 
-def publish(store: Store, rows: list[tuple[str, str, str, float]]) -> None:
-    """Replace the live_accuracy table with `rows`, in one transaction."""
-    computed_at = _iso(dt.datetime.now(dt.UTC))
-
-    def work(execute) -> None:
-        execute("DELETE FROM live_accuracy")
-        execute(
-            "INSERT INTO live_accuracy (model_version, sector, name, value, computed_at) "
-            "VALUES (%s, %s, %s, %s, %s)",
-            [(*row, computed_at) for row in rows],
-            many=True,
-        )
-
-    store.run(work)
-
-
 def test_maes(name: str, versions: list[str]) -> dict[str, float]:
     """The test MAE each registered version was evaluated with (versions without one left
     out)."""
@@ -244,7 +213,7 @@ def test_maes(name: str, versions: list[str]) -> dict[str, float]:
     for version in versions:
         try:
             metrics = resolve(model_uri(name, version))["metrics"]
-        except Exception as error:  # a version deleted since, or not in this registry
+        except UserError as error:  # a version deleted since, or not in this registry
             logger.warning("no test metrics for version %s: %s", version, error)
             continue
         if "test_mae" in metrics:
@@ -308,21 +277,21 @@ def accuracy(window_days: float, end: str, output: Path) -> None:
     settings = configure()
     until = _window_end(end)
     start = until - dt.timedelta(days=window_days or settings.monitor_window_days)
-    store = Store(settings.prediction_store_url)
+    engine = connect(settings.prediction_store_url)
     try:
-        joined = joined_outcomes(store, start, until)
-        table = accuracy_table(joined) if len(joined) else pd.DataFrame(columns=["model_version"])
-        versions = sorted(table["model_version"].unique())
-        maes = test_maes(settings.model_name, versions)
-        publish(store, gauge_rows(table, maes, settings, time.time()))
-    except StoreError as error:
-        raise StepError(f"{error} (PREDICTION_STORE_URL)") from None
+        with store_errors():
+            joined = joined_outcomes(engine, start, until)
+            table = (
+                accuracy_table(joined) if len(joined) else pd.DataFrame(columns=["model_version"])
+            )
+            maes = test_maes(settings.model_name, sorted(table["model_version"].unique()))
+            publish(engine, gauge_rows(table, maes, settings, time.time()))
     finally:
-        store.close()
-    log_runs(table, maes, _iso(start), _iso(until))
+        engine.dispose()
+    log_runs(table, maes, iso(start), iso(until))
     output.write_text(json.dumps(table.to_dict("records"), indent=2))
     click.echo(
-        f"{len(joined)} realized prices joined to valuations from {_iso(start)} to {_iso(until)}"
+        f"{len(joined)} realized prices joined to valuations from {iso(start)} to {iso(until)}"
     )
     for r in table[table["sector"] == ALL_SECTORS].itertuples() if len(table) else ():
         click.echo(

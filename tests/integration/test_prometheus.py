@@ -163,10 +163,9 @@ def test_every_dashboard_query_returns_data_and_every_rule_evaluates(trained_sto
 def publish_live_accuracy(state_dir: Path, version: str) -> None:
     """What the monitor's accuracy job publishes in the gateway's prediction store, figures
     that alert nothing: the live accuracy panel has data, its rules evaluate."""
-    from gateway.store import Store
-    from steps.monitor import publish
+    from steps.prediction_store import connect, publish
 
-    store = Store(f"sqlite:///{state_dir}/predictions.db")
+    store = connect(f"sqlite:///{state_dir}/predictions.db")
     publish(
         store,
         [
@@ -180,7 +179,7 @@ def publish_live_accuracy(state_dir: Path, version: str) -> None:
             ("", "", "model_live_accuracy_updated_timestamp_seconds", time.time()),
         ],
     )
-    store.close()
+    store.dispose()
 
 
 def check_stack(

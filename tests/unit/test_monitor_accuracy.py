@@ -7,10 +7,14 @@ import datetime as dt
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from config.settings import Settings
+from gateway import outcomes
 from gateway.store import Store, prediction_rows
-from steps.monitor import accuracy_table, gauge_rows, joined_outcomes, publish
+from steps import monitor
+from steps.monitor import accuracy_table, gauge_rows
+from steps.prediction_store import connect, joined_outcomes, metadata, publish
 
 START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 END = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
@@ -27,7 +31,8 @@ VALUATIONS = [
 
 
 @pytest.fixture
-def store(tmp_path) -> Store:
+def store(tmp_path) -> sa.Engine:
+    """The gateway's store with VALUATIONS and their outcomes; the monitor's engine on it."""
     store = Store(f"sqlite:///{tmp_path}/p.db")
     for request_id, version, sector, price, low, high, realized, at in VALUATIONS:
         rows = prediction_rows(
@@ -48,8 +53,10 @@ def store(tmp_path) -> Store:
                     (r, p),
                 )
             )
-    yield store
     store.close()
+    engine = connect(f"sqlite:///{tmp_path}/p.db")
+    yield engine
+    engine.dispose()
 
 
 def test_only_valuations_of_the_window_with_a_realized_price_are_joined(store):
@@ -98,8 +105,28 @@ def test_gauges_carry_the_limit_from_the_factor_and_the_alert_settings(store):
     assert rows[("", "", "model_live_coverage_band_ratio")] == 0.1
 
 
-def test_publishing_replaces_the_previous_figures(store):
+def test_publishing_replaces_the_previous_figures_which_the_gateway_reads(store, tmp_path):
     publish(store, [("3", "all", "model_live_mae_uf", 1.0), ("4", "all", "model_live_mae_uf", 2.0)])
     publish(store, [("4", "all", "model_live_mae_uf", 3.0)])
-    rows = store.run(lambda execute: execute("SELECT model_version, value FROM live_accuracy"))
-    assert rows == [("4", 3.0)]
+    rows = Store(f"sqlite:///{tmp_path}/p.db").run(
+        lambda execute: execute("SELECT model_version, sector, name, value FROM live_accuracy")
+    )
+    assert rows == [("4", "all", "model_live_mae_uf", 3.0)]
+
+
+def test_the_monitor_declares_the_columns_the_gateway_creates(tmp_path):
+    Store(f"sqlite:///{tmp_path}/gateway.db").run(lambda execute: None)  # creates the tables
+    reflected = sa.MetaData()
+    reflected.reflect(sa.create_engine(f"sqlite:///{tmp_path}/gateway.db"))
+    columns = {t.name: [c.name for c in t.columns] for t in reflected.sorted_tables}
+    assert columns == {t.name: [c.name for c in t.columns] for t in metadata.sorted_tables}
+
+
+def test_a_store_no_gateway_wrote_to_has_empty_tables(tmp_path):
+    engine = connect(f"sqlite:///{tmp_path}/folder/new.db")
+    assert joined_outcomes(engine, START, END).empty
+
+
+def test_the_monitor_publishes_only_gauges_the_gateway_exposes():
+    assert set(monitor.GAUGES.values()) <= set(outcomes.LIVE_GAUGES)
+    assert monitor.ALL_SECTORS == outcomes.ALL_SECTORS
