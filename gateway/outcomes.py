@@ -121,25 +121,27 @@ def _check_outcome(
         return None
     for name in sorted(set(item) - set(FIELDS), key=str)[:3]:
         problem(str(name)[:40], f"unknown field {str(name)[:40]!r}; allowed: {', '.join(FIELDS)}")
-    request_id, row, listing_id = item.get("request_id"), item.get("row"), item.get("listing_id")
-    _check_target(request_id, row, listing_id, problem)
+    _check_target(item, problem)
     price, date = item.get("price"), item.get("date")
     _check_price(price, problem)
     _check_date(date, today, problem)
     problems += found
     if found:
         return None
+    request_id, row, listing_id = item.get("request_id"), item.get("row"), item.get("listing_id")
     return Outcome(request_id, row, listing_id, float(price), str(date))  # type: ignore[arg-type]
 
 
-def _check_target(request_id: Any, row: Any, listing_id: Any, problem: Callable) -> None:
-    """Either request_id and row, or listing_id."""
-    if listing_id is not None and (request_id is not None or row is not None):
+def _check_target(item: dict, problem: Callable) -> None:
+    """Either request_id and row, or listing_id (a key sent as null counts as sent)."""
+    request_id, row, listing_id = item.get("request_id"), item.get("row"), item.get("listing_id")
+    by_request = "request_id" in item or "row" in item
+    if "listing_id" in item and by_request:
         problem("listing_id", "send either request_id and row, or listing_id, not both")
-    elif listing_id is not None:
+    elif "listing_id" in item:
         if not isinstance(listing_id, str) or not 1 <= len(listing_id) <= LISTING_ID_MAX:
             problem("listing_id", f"listing_id must be a string of 1 to {LISTING_ID_MAX} chars")
-    elif request_id is None:
+    elif not by_request:
         problem("request_id", "request_id (with row) or listing_id is required")
     else:
         if not isinstance(request_id, str) or not ID_PATTERN.fullmatch(request_id):

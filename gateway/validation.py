@@ -92,7 +92,7 @@ def validate_payload(payload: object) -> Batch:
     if rows == 0:
         raise _fail("rows", None, contract.NO_ROWS)
     listing_ids = payload.get(LISTING_IDS)
-    if listing_ids is not None:
+    if LISTING_IDS in payload:  # null too is refused
         _check_listing_ids(listing_ids, rows)
     return Batch(fmt, rows, data, payload.get(PARAMS), listing_ids)
 

@@ -97,6 +97,12 @@ def statuses(answer) -> list[str]:
          "send either request_id and row, or listing_id, not both (outcome 0)"),
         ({"listing_id": "", "price": 12000, "date": "2026-11-30"}, "listing_id",
          "listing_id must be a string of 1 to 128 chars (outcome 0)"),
+        ({"listing_id": None, "price": 12000, "date": "2026-11-30"}, "listing_id",
+         "listing_id must be a string of 1 to 128 chars (outcome 0)"),
+        ({**GOOD, "listing_id": None}, "listing_id",
+         "send either request_id and row, or listing_id, not both (outcome 0)"),
+        ({"request_id": None, "row": 0, "price": 12000, "date": "2026-11-30"}, "request_id",
+         "request_id must be the X-Request-ID of the valuation (outcome 0)"),
         ({**GOOD, "sold": True}, "sold",
          "unknown field 'sold'; allowed: request_id, row, listing_id, price, date (outcome 0)"),
         ([GOOD], "outcome", "an outcome must be an object, got list (outcome 0)"),
@@ -176,14 +182,19 @@ def test_the_store_keeps_each_priced_row_with_its_version_sector_and_range(app, 
     ]
 
 
-def test_listing_ids_must_be_one_string_per_row(client):
-    payload = {"dataframe_records": [example_listing()] * 2, "listing_ids": ["A"]}
+@pytest.mark.parametrize(
+    ("listing_ids", "row", "message"),
+    [
+        (["A"], None, "listing_ids must be a list of 2 strings, one per row; got 1 ids"),
+        (None, None, "listing_ids must be a list of 2 strings, one per row; got no list"),
+        (["A", 7], 1, "listing_ids must be strings of 1 to 128 characters (row 1, got int)"),
+    ],
+)
+def test_listing_ids_must_be_one_string_per_row(client, listing_ids, row, message):
+    payload = {"dataframe_records": [example_listing()] * 2, "listing_ids": listing_ids}
     answer = client.post("/invocations", json=payload, headers=AUTH)
     assert answer.status_code == 400
-    assert answer.get_json()["errors"] == [
-        {"field": "listing_ids", "row": None,
-         "message": "listing_ids must be a list of 2 strings, one per row; got 1 ids"}
-    ]  # fmt: skip
+    assert answer.get_json()["errors"] == [{"field": "listing_ids", "row": row, "message": message}]
 
 
 @pytest.mark.parametrize(
