@@ -14,6 +14,7 @@ from tests.support.gateway import gateway_settings
 
 ENDPOINTS = {
     ("post", "/invocations"),
+    ("post", "/outcomes"),
     ("get", "/model"),
     ("get", "/health"),
     ("get", "/ready"),

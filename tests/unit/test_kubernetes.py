@@ -239,3 +239,22 @@ def test_kubernetes_runs_each_role_as_compose_and_the_image_suite_run_it(
         compose_mounts |= dict.fromkeys(tmpfs, False)
         mounts = {m["mountPath"]: bool(m.get("readOnly")) for m in container["volumeMounts"]}
         assert mounts.items() <= compose_mounts.items(), role
+
+
+def test_the_accuracy_cronjob_reads_the_store_the_gateways_write(manifests):
+    (cronjob,) = [m for m in manifests if m["kind"] == "CronJob"]
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:4] == ["python", "-m", "steps.monitor", "accuracy"]
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    store = {
+        "name": "PREDICTION_STORE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "property-friends", "key": "prediction-store-url"}},
+    }
+    assert store in container["env"]
+    assert store in containers(manifests)["gateway"]["env"]
+    declared = {name.upper() for name in Settings.model_fields} | OTHER_VARIABLES
+    assert {e["name"] for e in container["env"]} <= declared
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert set(container["resources"]) == {"requests", "limits"}
