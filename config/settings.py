@@ -25,6 +25,7 @@ _GIVEN_VALUES_ONLY: ContextVar[bool] = ContextVar("given_values_only", default=F
 MODEL_INFO_CHECK_SECONDS = 1.0
 # How often a gateway worker looks at GATEWAY_API_KEYS_FILE (a stat, on the request path).
 KEYS_CHECK_SECONDS = 1.0
+NO_CHALLENGER = "none"  # CHALLENGER_URI's value for no challenger in shadow
 
 
 class SettingsError(UserError):
@@ -135,6 +136,15 @@ class ControllerSettings(BaseModel):
         description="ConfigMap the controller writes the served-model file into, for the "
         "gateway to mount (kubernetes executor)",
     )
+    challenger_uri: str = Field(
+        default_factory=lambda data: f"models:/{data['model_name']}@challenger",
+        description="the challenger: a version served in shadow beside MODEL_URI, which gets "
+        "a copy of SHADOW_SHARE of the traffic and whose answers are never returned (default: "
+        f"models:/MODEL_NAME@challenger; {NO_CHALLENGER}: no challenger)",
+    )
+    shadow_servers: int = Field(
+        1, gt=0, description="single-worker model servers of the challenger in shadow"
+    )
 
 
 class GatewaySettings(BaseModel):
@@ -193,6 +203,19 @@ class GatewaySettings(BaseModel):
     gateway_connect_timeout_seconds: float = Field(1.0, gt=0, description="connect timeout")
     gateway_read_timeout_seconds: float = Field(10.0, gt=0, description="answer timeout (504)")
     gateway_metrics_public: bool = Field(True, description="false: /metrics needs an API key too")
+    shadow_share: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="share of the priced requests copied to the challenger in shadow, when "
+        "one is served (0: none)",
+    )
+    shadow_queue: int = Field(
+        1000,
+        gt=0,
+        description="shadow copies one gateway worker keeps waiting for the challenger; a "
+        'copy finding it full is dropped (gateway_shadow_requests_total{result="dropped"})',
+    )
 
 
 class OutcomesSettings(BaseModel):

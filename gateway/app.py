@@ -36,12 +36,14 @@ from gateway.modelinfo import ModelInfo
 from gateway.openapi import build_spec
 from gateway.pool import Pool
 from gateway.requestlog import RequestLog, RequestRecord
+from gateway.shadow import Shadow
 from gateway.store import PredictionWriter, Store
 from gateway.upstream import Upstream
 
 EXTENSION = "gateway"
 OTHER_ENDPOINT = "other"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+SHADOW_CONNECTIONS = 1  # one copy at a time per worker (gateway.shadow)
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,12 @@ class Gateway:
     limiter: RateLimiter
     store: Store  # outcomes and live accuracy; the writer has a connection of its own
     predictions: PredictionWriter
+    shadow: Shadow  # copies to the challenger, if one is in shadow
 
     def close(self) -> None:
-        """Flush the request log and the prediction store, then stop the drift monitor
-        (gunicorn's worker_exit hook)."""
+        """Stop the copies to the challenger, flush the request log and the prediction store,
+        then stop the drift monitor (gunicorn's worker_exit hook)."""
+        self.shadow.close()
         self.request_log.close()
         self.predictions.close()
         self.store.close()
@@ -92,6 +96,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         gateway.drift,
         settings.gateway_log_payloads,
         gateway.predictions,
+        gateway.shadow,
     )
     outcomes.init_app(app, gateway.store)
     gateway.metrics.add_collector(outcomes.LiveAccuracy(gateway.store))
@@ -126,6 +131,18 @@ def _build(settings: Settings) -> Gateway:
     def use_pool(servers: list[str] | None, version: str) -> None:
         pool.use(servers or [settings.gateway_upstream_url], version)
 
+    request_log = RequestLog(settings.gateway_request_log, on_lost=gauges.request_log_errors.inc)
+    predictions = PredictionWriter(
+        Store(settings.prediction_store_url), on_lost=gauges.prediction_store_errors.inc
+    )
+    shadow = Shadow(
+        Pool(partial(_shadow_client, settings), settings.gateway_out_of_rotation_seconds),
+        settings.shadow_share,
+        settings.shadow_queue,
+        request_log,
+        predictions,
+        count=lambda result: gauges.shadow_requests.labels(result).inc(),
+    )
     return Gateway(
         settings=settings,
         metrics=gauges,
@@ -134,16 +151,26 @@ def _build(settings: Settings) -> Gateway:
             on_change=gauges.model_version_changed,
             on_reference=drift.use_reference,
             on_pool=use_pool,
+            on_shadow=shadow.use,
         ),
         pool=pool,
-        request_log=RequestLog(settings.gateway_request_log, on_lost=gauges.request_log_errors.inc),
+        request_log=request_log,
         drift=drift,
         keys=keys,
         limiter=RateLimiter(limits.state_path(settings)),
         store=Store(settings.prediction_store_url),
-        predictions=PredictionWriter(
-            Store(settings.prediction_store_url), on_lost=gauges.prediction_store_errors.inc
-        ),
+        predictions=predictions,
+        shadow=shadow.start(),
+    )
+
+
+def _shadow_client(settings: Settings, url: str) -> Upstream:
+    """A client of one of the challenger's servers (its reachability is not the pool's)."""
+    return Upstream(
+        url,
+        settings.gateway_connect_timeout_seconds,
+        settings.gateway_read_timeout_seconds,
+        pool_size=SHADOW_CONNECTIONS,
     )
 
 

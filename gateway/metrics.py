@@ -38,6 +38,7 @@ PRICE_BUCKETS_UF += (200_000, 300_000)
 OTHER = "other"
 AUTH_FAILURE_REASONS = ("missing", "invalid", "expired", "scope")  # what gateway.auth reports
 KEY_RELOAD_RESULTS = ("loaded", "rejected")  # what gateway.auth.KeyRing reports
+SHADOW_RESULTS = ("sent", "dropped", "failed")  # what gateway.shadow reports
 _FIELDS = frozenset(FEATURE_NAMES)
 
 
@@ -135,6 +136,13 @@ class GatewayMetrics:
             "gateway_prediction_store_errors",
             "Priced rows dropped before reaching the prediction store (too many waited).",
         )
+        self.shadow_requests = counter(
+            "gateway_shadow_requests",
+            "Copies of priced requests for the challenger in shadow, by result: sent (its "
+            "prices recorded), dropped (the worker's queue was full), failed (no answer, or "
+            "not 200).",
+            ["result"],
+        )
         # The refusal counters' known labels start at 0: `rate()` only sees an increase from a
         # value it has scraped, so a counter that appears at 1 would hide the first refusal from
         # every panel and alert.
@@ -144,6 +152,8 @@ class GatewayMetrics:
             self.validation_errors.labels(field)
         for result in KEY_RELOAD_RESULTS:
             self.key_reloads.labels(result)
+        for result in SHADOW_RESULTS:
+            self.shadow_requests.labels(result)
         self.use_key_ids([])
         self._exposed = self.registry
         if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # merged over the workers

@@ -32,7 +32,9 @@ class ModelInfo:
     (`old` is "" on the first read), `on_reference(reference)` hears that the served model
     (uri and version) or its training reference changed (reference None: the file has none),
     `on_pool(servers, version)` hears the pool and its version, first of all: a file without
-    `servers` names no pool (None: GATEWAY_UPSTREAM_URL), a missing file keeps the last pool."""
+    `servers` names no pool (None: GATEWAY_UPSTREAM_URL), a missing file keeps the last pool;
+    `on_shadow(servers, version)` hears the challenger's servers in shadow (the file's `shadow`
+    entry; none: [] and "") with the pool."""
 
     def __init__(
         self,
@@ -40,11 +42,13 @@ class ModelInfo:
         on_change: Callable[[str, str], None] | None = None,
         on_reference: Callable[[dict[str, Any] | None], None] | None = None,
         on_pool: Callable[[list[str] | None, str], None] | None = None,
+        on_shadow: Callable[[list[str], str], None] | None = None,
     ):
         self.path = path
         self._on_change = on_change
         self._on_reference = on_reference
         self._on_pool = on_pool
+        self._on_shadow = on_shadow
         self._lock = threading.Lock()
         self._checked_at = float("-inf")
         self._stamp: tuple[int, int, int] | None = None
@@ -117,6 +121,8 @@ class ModelInfo:
         self._version = str(data.get("version") or UNKNOWN) if data else UNKNOWN
         if self._on_pool and data:
             self._on_pool(_servers(data), self._version)
+        if self._on_shadow and data:
+            self._on_shadow(*_shadow(data))
         if self._on_change and self._version != old:
             self._on_change(old, self._version)
         if self._on_reference and (self._model() != old_model or self._reference != old_reference):
@@ -134,6 +140,14 @@ def _servers(data: dict[str, Any]) -> list[str] | None:
     if servers is not None:
         logger.warning("ignoring the served-model file's servers: not a list of URLs")
     return None
+
+
+def _shadow(data: dict[str, Any]) -> tuple[list[str], str]:
+    """The challenger's servers and version in shadow, or ([], "")."""
+    shadow = data.get("shadow")
+    if not isinstance(shadow, dict):
+        return [], ""
+    return _servers(shadow) or [], str(shadow.get("version") or UNKNOWN)
 
 
 def _read(path: Path) -> dict[str, Any] | None:

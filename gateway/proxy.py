@@ -6,7 +6,9 @@ client's bytes (when a key appears twice in an object, two JSON parsers may keep
 values, and the model must see the one the gateway checked): the features as `inputs` columns,
 which MLflow hands to the model as arrays without building or casting a DataFrame, and the
 params. The answer is passed through byte for byte and parsed later, on the request-log thread,
-for the price histogram, the drift window and the logged predictions.
+for the price histogram, the drift window and the logged predictions. A copy of a share of the
+priced requests (the body sent, the answer) goes to the challenger in shadow, queued for a
+thread of its own (`gateway.shadow`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.pool import Pool
 from gateway.requestlog import RequestRecord, iso_utc
+from gateway.shadow import Copy, Shadow
 from gateway.store import PredictionWriter, prediction_rows
 from gateway.validation import INPUTS, PARAMS, Columns, validate_payload
 from pyfunc.schema import FLAG_COLUMN, HIGH_COLUMN, LOW_COLUMN, PREDICTION_COLUMN
@@ -84,8 +87,10 @@ def init_app(
     drift: DriftMonitor,
     log_payloads: bool,
     predictions: PredictionWriter | None = None,
+    shadow: Shadow | None = None,
 ) -> None:
-    """Serve POST /invocations through the model server `pool`; priced rows to `predictions`."""
+    """Serve POST /invocations through the model server `pool`; priced rows to `predictions`,
+    copies to the challenger in `shadow`."""
     blueprint = Blueprint("proxy", __name__)
     read_answer = partial(
         prediction_fields, metrics=metrics, drift=drift, log_payloads=log_payloads
@@ -105,9 +110,8 @@ def init_app(
         record.rows = batch.rows
         columns = batch.columns()
         forwarded = {INPUTS: columns} | ({PARAMS: batch.params} if batch.params is not None else {})
-        answer, record.model_version = pool.predict(
-            orjson.dumps(forwarded), content_type, record.request_id
-        )
+        sent = orjson.dumps(forwarded)
+        answer, record.model_version = pool.predict(sent, content_type, record.request_id)
         record.upstream_latency_ms = round(answer.seconds * 1000, 3)
         metrics.upstream_duration.labels(record.model_version).observe(answer.seconds)
         if answer.status != 200:
@@ -115,6 +119,9 @@ def init_app(
             _count_invalid_fields(metrics, failure)
             raise failure
         metrics.rows_predicted.inc(batch.rows)
+        if shadow is not None and shadow.wants():
+            copy = Copy(record, sent, content_type, answer.body, columns[SECTOR], batch.listing_ids)
+            shadow.offer(copy)
         on_priced = predictions and partial(_store, predictions, record, columns, batch.listing_ids)
         record.extra = partial(
             read_answer, columns, answer.body, record.model_version, on_priced=on_priced

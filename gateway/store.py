@@ -3,6 +3,8 @@
 Tables (created by whoever connects first):
   predictions    one row per priced listing: request id and row, the client's listing id, time,
                  key id, model version, sector, price and its 80% range
+  shadow_predictions  the same for the challenger's answers to the copies of requests sent to
+                 it in shadow (gateway/shadow.py): same request ids and rows, its model version
   outcomes       the realized price of a prediction and its date; a correction replaces it and
                  counts a revision
   live_accuracy  the monitor's latest figures, which the gateway's /metrics exposes as gauges
@@ -62,6 +64,19 @@ SCHEMA = (
         PRIMARY KEY (request_id, row_index))""",
     "CREATE INDEX IF NOT EXISTS predictions_listing ON predictions (listing_id, predicted_at)",
     "CREATE INDEX IF NOT EXISTS predictions_time ON predictions (predicted_at)",
+    """CREATE TABLE IF NOT EXISTS shadow_predictions (
+        request_id TEXT NOT NULL,
+        row_index INTEGER NOT NULL,
+        listing_id TEXT,
+        predicted_at TEXT NOT NULL,
+        key_id TEXT,
+        model_version TEXT NOT NULL,
+        sector TEXT NOT NULL,
+        price DOUBLE PRECISION NOT NULL,
+        price_low DOUBLE PRECISION,
+        price_high DOUBLE PRECISION,
+        PRIMARY KEY (request_id, row_index))""",
+    "CREATE INDEX IF NOT EXISTS shadow_predictions_version ON shadow_predictions (model_version)",
     """CREATE TABLE IF NOT EXISTS outcomes (
         request_id TEXT NOT NULL,
         row_index INTEGER NOT NULL,
@@ -94,7 +109,10 @@ PREDICTION_COLUMNS = (
 ROWS_PER_STATEMENT = 200  # one multi-row INSERT: a third of the CPU of executemany on psycopg
 _VALUES = f"({', '.join(['%s'] * len(PREDICTION_COLUMNS))})"
 
+PREDICTIONS, SHADOW_PREDICTIONS = "predictions", "shadow_predictions"  # tables of priced rows
+
 PredictionRow = tuple[Any, ...]  # values in PREDICTION_COLUMNS' order
+Queued = tuple[str, PredictionRow]  # (table, row)
 
 
 class StoreError(Exception):
@@ -189,13 +207,13 @@ def _connect_postgres(conninfo: str) -> Any:
 
 
 class PredictionWriter:
-    """Priced rows to the store, in batches, from a thread of its own; `on_lost(n)` counts rows
-    dropped because too many waited."""
+    """Priced rows to the store (table PREDICTIONS or SHADOW_PREDICTIONS), in batches, from a
+    thread of its own; `on_lost(n)` counts rows dropped because too many waited."""
 
     def __init__(self, store: Store, on_lost: Callable[[int], None]):
         self.store = store
         self._on_lost = on_lost
-        self._rows: deque[PredictionRow] = deque()
+        self._rows: deque[Queued] = deque()
         self._pending = 0  # queued or being written
         self._idle = threading.Condition()
         self._closed = threading.Event()
@@ -204,11 +222,11 @@ class PredictionWriter:
         self._thread.start()
         atexit.register(self.close)
 
-    def add(self, rows: Sequence[PredictionRow]) -> None:
-        """Queue rows for the store (no I/O)."""
+    def add(self, rows: Sequence[PredictionRow], table: str = PREDICTIONS) -> None:
+        """Queue rows for `table` of the store (no I/O)."""
         dropped = max(0, len(self._rows) + len(rows) - MAX_QUEUED_ROWS)
         with self._idle:
-            self._rows.extend(rows[: len(rows) - dropped])
+            self._rows.extend((table, row) for row in rows[: len(rows) - dropped])
             self._pending += len(rows) - dropped
         if dropped:
             self._on_lost(dropped)
@@ -245,7 +263,7 @@ class PredictionWriter:
         if not batch:
             return False
         try:
-            self.store.run(partial(insert_predictions, rows=batch))
+            self.store.run(partial(insert_tables, batch=batch))
         except StoreError as error:
             self._rows.extendleft(reversed(batch))
             self._complain(error)
@@ -262,19 +280,30 @@ class PredictionWriter:
             logger.error("%s; %d row(s) wait, tried again", error, len(self._rows))
 
 
-def insert_predictions(execute: Callable[..., list[tuple]], rows: Sequence[PredictionRow]) -> None:
-    """Insert `rows`, ROWS_PER_STATEMENT a statement; a row already stored is skipped."""
+def insert_tables(execute: Callable[..., list[tuple]], batch: Sequence[Queued]) -> None:
+    """Insert each (table, row) of `batch` into its table."""
+    for table in {table for table, _ in batch}:
+        insert_predictions(execute, [row for t, row in batch if t == table], table)
+
+
+def insert_predictions(
+    execute: Callable[..., list[tuple]], rows: Sequence[PredictionRow], table: str = PREDICTIONS
+) -> None:
+    """Insert `rows` into `table`, ROWS_PER_STATEMENT a statement; a row already stored is
+    skipped."""
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
         execute(
-            f"INSERT INTO predictions ({', '.join(PREDICTION_COLUMNS)}) "
+            f"INSERT INTO {table} ({', '.join(PREDICTION_COLUMNS)}) "
             f"VALUES {', '.join([_VALUES] * len(chunk))} "
             "ON CONFLICT (request_id, row_index) DO NOTHING",
             [value for row in chunk for value in row],
         )
 
 
-def _take(rows: deque[PredictionRow], limit: int) -> Iterator[PredictionRow]:
+def _take(
+    rows: deque[tuple[str, PredictionRow]], limit: int
+) -> Iterator[tuple[str, PredictionRow]]:
     for _ in range(min(limit, len(rows))):
         yield rows.popleft()
 

@@ -100,6 +100,24 @@ class Deployment:
             self._roll(serving.info["uri"], serving.version)
         return serving
 
+    def adopt_shadow(self) -> Serving | None:
+        return None
+
+    def serve_shadow(
+        self, checked: Canary, info: dict[str, Any], check_target: Callable[[], None]
+    ) -> Serving:
+        """Not on Kubernetes yet: the challenger would need a Deployment of its own."""
+        raise ServerError(
+            "the kubernetes executor serves no challenger in shadow (it needs a model server "
+            "Deployment of its own); set CHALLENGER_URI=none or use the process executor"
+        )
+
+    def stop_shadow(self, shadow: Serving) -> None:
+        """Nothing runs in shadow here."""
+
+    def heal_shadow(self, shadow: Serving, canary_of: Callable[[], Canary]) -> Serving:
+        return shadow
+
     def _read(self) -> client.V1Deployment:
         return self.apps.read_namespaced_deployment(self.name, self.namespace)
 

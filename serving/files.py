@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 from config.settings import Settings
@@ -32,8 +33,8 @@ def has_copy(info: dict, settings: Settings) -> bool:
     return (copy_path(info, settings) / "MLmodel").is_file()
 
 
-def prune_copies(settings: Settings, keep: Path | None) -> None:
-    """Remove every local copy but `keep` (the served version's)."""
+def prune_copies(settings: Settings, keep: Collection[Path]) -> None:
+    """Remove every local copy but those in `keep` (the served version's, the challenger's)."""
     for copy in (settings.state_dir / MODELS_DIR).glob("*"):
-        if copy != keep:
+        if copy not in keep:
             shutil.rmtree(copy, ignore_errors=True)

@@ -42,7 +42,7 @@ def main(host: str) -> None:
     write_info(info, settings.model_info_path)
     port, workers = settings.model_port, settings.model_workers
     logger.info("serving %s (from %s) on %s:%d", info["uri"], settings.model_uri, host, port)
-    prune_copies(settings, keep=path)  # an earlier version's, from before a restart
+    prune_copies(settings, keep=[path])  # an earlier version's, from before a restart
     command, env = serve_command(settings, path, host, port, workers)
     os.execve(command[0], command, env)
 

@@ -101,9 +101,11 @@ def server_env(environ: dict[str, str]) -> dict[str, str]:
     return {"OMP_NUM_THREADS": "1", **environ}
 
 
-def start(settings: Settings, model_path: Path, host: str, public_host: str) -> Server:
-    """Start one single-worker server on the local copy `model_path` on a free port; returns
-    without waiting."""
+def start(
+    settings: Settings, model_path: Path, host: str, public_host: str, niceness: int = 0
+) -> Server:
+    """Start one single-worker server on the local copy `model_path` on a free port, `niceness`
+    lower in the CPU's priorities than the caller; returns without waiting."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port = sock.getsockname()[1]
@@ -119,6 +121,8 @@ def start(settings: Settings, model_path: Path, host: str, public_host: str) -> 
             env=env,
             start_new_session=True,
         )
+    if niceness:  # before it loads the model: what it starts later inherits it
+        os.setpriority(os.PRIO_PROCESS, process.pid, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
     logger.info("started a model server on %s, port %d (pid %d)", model_path, port, process.pid)
     return Server(f"http://{public_host}:{port}", process.pid)
 

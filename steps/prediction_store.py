@@ -19,20 +19,26 @@ import sqlalchemy as sa
 from steps.tracking import StepError
 
 metadata = sa.MetaData()
-predictions = sa.Table(
-    "predictions",
-    metadata,
-    sa.Column("request_id", sa.Text, primary_key=True),
-    sa.Column("row_index", sa.Integer, primary_key=True),
-    sa.Column("listing_id", sa.Text),
-    sa.Column("predicted_at", sa.Text, nullable=False),
-    sa.Column("key_id", sa.Text),
-    sa.Column("model_version", sa.Text, nullable=False),
-    sa.Column("sector", sa.Text, nullable=False),
-    sa.Column("price", sa.Double, nullable=False),
-    sa.Column("price_low", sa.Double),
-    sa.Column("price_high", sa.Double),
-)
+
+
+def _priced_columns() -> list[sa.Column]:
+    """The columns of a table of priced rows (the champion's, the challenger's)."""
+    return [
+        sa.Column("request_id", sa.Text, primary_key=True),
+        sa.Column("row_index", sa.Integer, primary_key=True),
+        sa.Column("listing_id", sa.Text),
+        sa.Column("predicted_at", sa.Text, nullable=False),
+        sa.Column("key_id", sa.Text),
+        sa.Column("model_version", sa.Text, nullable=False),
+        sa.Column("sector", sa.Text, nullable=False),
+        sa.Column("price", sa.Double, nullable=False),
+        sa.Column("price_low", sa.Double),
+        sa.Column("price_high", sa.Double),
+    ]
+
+
+predictions = sa.Table("predictions", metadata, *_priced_columns())
+shadow_predictions = sa.Table("shadow_predictions", metadata, *_priced_columns())
 outcomes = sa.Table(
     "outcomes",
     metadata,

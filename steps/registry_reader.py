@@ -35,6 +35,10 @@ _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 _TIMEOUT = urllib3.Timeout(connect=5.0, read=30.0)
 
 
+class NotFound(UserError):
+    """The registry was read: it has no such model, version, alias or stage."""
+
+
 @dataclass(frozen=True)
 class Reference:
     """A `models:/` URI taken apart: a name and one of alias, version number or stage."""
@@ -59,8 +63,8 @@ class Reference:
     def is_version(self) -> bool:
         return bool(self.ref and self.ref.isdigit())
 
-    def not_found(self, uri: str) -> UserError:
-        return UserError(f"cannot resolve {uri}: model {self.name!r} has no {self.what}")
+    def not_found(self, uri: str) -> NotFound:
+        return NotFound(f"cannot resolve {uri}: model {self.name!r} has no {self.what}")
 
 
 def model_uri(name: str, version: str | int | None = None, alias: str | None = None) -> str:
