@@ -66,6 +66,17 @@ LIVE_GAUGES = {
     "model_live_coverage_band_ratio": "Allowed distance of the live coverage from 0.8 "
     "(MONITOR_COVERAGE_BAND).",
     "model_live_accuracy_updated_timestamp_seconds": "When the monitor last computed these.",
+    "model_shadow_requests": "Requests the challenger (version) priced in shadow in the "
+    "monitor's window.",
+    "model_shadow_price_diff_abs_uf": "Mean absolute difference of the challenger's and the "
+    "champion's prices on the same rows, in UF.",
+    "model_shadow_price_diff_uf": "Mean of the challenger's minus the champion's price on the "
+    "same rows, in UF.",
+    "model_shadow_outcomes": "Realized prices of rows priced by both the challenger and the "
+    "champion.",
+    "model_shadow_mae_uf": "The challenger's MAE on the rows of model_shadow_outcomes, in UF.",
+    "model_shadow_champion_mae_uf": "The champion's MAE on the same rows as "
+    "model_shadow_mae_uf, in UF.",
 }
 
 

@@ -13,6 +13,10 @@ Writes: per model version and sector, MAE, MAPE, coverage of the 80% range, bias
         live_accuracy.json (`--output`), an MLflow run per version (tags model_version,
         window_start, window_end; artifact live_accuracy.json), and the store's
         live_accuracy table, which every gateway exposes on /metrics (model_live_*).
+        Champion vs challenger, for each challenger version that priced copies in shadow
+        (shadow_predictions) in the window, on the same rows: the price differences, and both
+        MAEs on those with a realized price; shadow.json (`--shadow-output`), an MLflow run
+        per challenger (tags model_version, champion_versions) and gauges (model_shadow_*).
 """
 
 import datetime as dt
@@ -30,7 +34,14 @@ from config.errors import UserError
 from config.settings import Settings
 from pyfunc.drift import DRIFT_THRESHOLD, MIN_ROWS, drifted, feature_drift
 from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, normalize_category
-from steps.prediction_store import connect, iso, joined_outcomes, publish, store_errors
+from steps.prediction_store import (
+    connect,
+    iso,
+    joined_outcomes,
+    publish,
+    shadowed,
+    store_errors,
+)
 from steps.registry import load_reference, model_uri, resolve
 from steps.tracking import StepError, cli_errors, configure, step_run
 
@@ -184,6 +195,91 @@ def _figures(groups) -> pd.DataFrame:
     ).reset_index()
 
 
+# shadow_table's column -> the gauge the gateway exposes it as, labelled with the challenger
+SHADOW_GAUGES = {
+    "requests": "model_shadow_requests",
+    "mean_abs_diff": "model_shadow_price_diff_abs_uf",
+    "mean_diff": "model_shadow_price_diff_uf",
+    "outcomes": "model_shadow_outcomes",
+    "challenger_mae": "model_shadow_mae_uf",
+    "champion_mae": "model_shadow_champion_mae_uf",
+}
+SHADOW_COLUMNS = ("challenger_version", "champion_versions", "rows", *SHADOW_GAUGES)
+
+
+def shadow_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per challenger version, on the rows that it and the champion both priced (`shadowed`):
+    requests, rows, mean_abs_diff and mean_diff (challenger minus champion, UF); on those of
+    them with a realized price: outcomes, challenger_mae and champion_mae (NaN without any);
+    champion_versions, the champions it was compared with."""
+    if frame.empty:
+        return pd.DataFrame(columns=list(SHADOW_COLUMNS))
+    table = frame.groupby("challenger_version").apply(_compare, include_groups=False)
+    return table.reset_index()[list(SHADOW_COLUMNS)]
+
+
+def _compare(rows: pd.DataFrame) -> pd.Series:
+    difference = rows["challenger"] - rows["champion"]
+    known = rows[rows["realized"].notna()]
+    return pd.Series(
+        {
+            "champion_versions": ",".join(sorted(set(rows["champion_version"]), key=_number)),
+            "requests": float(rows["request_id"].nunique()),
+            "rows": float(len(rows)),
+            "mean_abs_diff": difference.abs().mean(),
+            "mean_diff": difference.mean(),
+            "outcomes": float(len(known)),
+            "challenger_mae": (known["challenger"] - known["realized"]).abs().mean(),
+            "champion_mae": (known["champion"] - known["realized"]).abs().mean(),
+        }
+    )
+
+
+def _number(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (0, version)
+
+
+def shadow_gauge_rows(table: pd.DataFrame) -> list[tuple[str, str, str, float]]:
+    """(challenger version, "", gauge, value) rows of the store's live_accuracy table."""
+    return [
+        (str(r["challenger_version"]), "", gauge, float(r[column]))
+        for r in table.to_dict("records")
+        for column, gauge in SHADOW_GAUGES.items()
+        if pd.notna(r[column])
+    ]
+
+
+def log_shadow_runs(table: pd.DataFrame, start: str, end: str) -> None:
+    """One MLflow run per challenger for this window: the comparison's figures as metrics."""
+    for r in table.to_dict("records"):
+        with mlflow.start_run(
+            run_name=f"shadow-v{r['challenger_version']}",
+            nested=mlflow.active_run() is not None,
+        ):
+            mlflow.set_tags(
+                {"step": "monitor-shadow", "model_version": r["challenger_version"],
+                 "champion_versions": r["champion_versions"],
+                 "window_start": start, "window_end": end}
+            )  # fmt: skip
+            names = ("rows", *SHADOW_GAUGES)
+            mlflow.log_metrics({n: float(r[n]) for n in names if pd.notna(r[n])})
+
+
+def describe_shadow(r: dict) -> str:
+    """One line of the comparison of a challenger with the champion."""
+    line = (
+        f"challenger version {r['challenger_version']} vs champion {r['champion_versions']}: "
+        f"{int(r['requests'])} requests in shadow ({int(r['rows'])} rows), challenger minus "
+        f"champion {r['mean_diff']:+,.0f} UF on average, {r['mean_abs_diff']:,.0f} UF apart"
+    )
+    if not r["outcomes"]:
+        return line + "; no realized price yet"
+    return line + (
+        f"; on {int(r['outcomes'])} realized prices, MAE {r['challenger_mae']:,.0f} UF "
+        f"(champion {r['champion_mae']:,.0f} UF)"
+    )
+
+
 def gauge_rows(
     table: pd.DataFrame, test_mae: dict[str, float], settings: Settings, computed_at: float
 ) -> list[tuple[str, str, str, float]]:
@@ -271,9 +367,17 @@ def _window_end(end: str) -> dt.datetime:
     default=Path("live_accuracy.json"),
     show_default=True,
 )
+@click.option(
+    "--shadow-output",
+    type=click.Path(path_type=Path),
+    default=Path("shadow.json"),
+    show_default=True,
+    help="Where champion vs challenger on the same requests is written.",
+)
 @cli_errors
-def accuracy(window_days: float, end: str, output: Path) -> None:
-    """Live accuracy per model version and sector, from the realized prices received."""
+def accuracy(window_days: float, end: str, output: Path, shadow_output: Path) -> None:
+    """Live accuracy per model version and sector, from the realized prices received; champion
+    vs challenger on the requests copied to it in shadow."""
     settings = configure()
     until = _window_end(end)
     start = until - dt.timedelta(days=window_days or settings.monitor_window_days)
@@ -285,11 +389,15 @@ def accuracy(window_days: float, end: str, output: Path) -> None:
                 accuracy_table(joined) if len(joined) else pd.DataFrame(columns=["model_version"])
             )
             maes = test_maes(settings.model_name, sorted(table["model_version"].unique()))
-            publish(engine, gauge_rows(table, maes, settings, time.time()))
+            compared = shadow_table(shadowed(engine, start, until))
+            gauges = gauge_rows(table, maes, settings, time.time())
+            publish(engine, gauges + shadow_gauge_rows(compared))
     finally:
         engine.dispose()
     log_runs(table, maes, iso(start), iso(until))
+    log_shadow_runs(compared, iso(start), iso(until))
     output.write_text(json.dumps(table.to_dict("records"), indent=2))
+    shadow_output.write_text(json.dumps(compared.to_dict("records"), indent=2))
     click.echo(
         f"{len(joined)} realized prices joined to valuations from {iso(start)} to {iso(until)}"
     )
@@ -299,6 +407,8 @@ def accuracy(window_days: float, end: str, output: Path) -> None:
             f"({_test_mae(maes, r.model_version)}), MAPE {r.mape:.1%}, "
             f"coverage {r.coverage:.1%}, bias {r.bias:+,.0f} UF"
         )
+    for r in compared.to_dict("records"):
+        click.echo(describe_shadow(r))
 
 
 if __name__ == "__main__":

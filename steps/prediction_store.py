@@ -111,6 +111,47 @@ def joined_outcomes(engine: sa.Engine, start: dt.datetime, end: dt.datetime) -> 
     return pd.DataFrame([tuple(r) for r in rows], columns=list(JOINED_COLUMNS))
 
 
+SHADOWED_COLUMNS = (
+    "challenger_version", "champion_version", "request_id", "champion", "challenger", "realized"
+)  # fmt: skip
+
+
+def shadowed(engine: sa.Engine, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """Rows priced in [start, end) by both the champion (predictions) and the challenger in
+    shadow (shadow_predictions), with the realized price where one arrived (else NaN):
+    SHADOWED_COLUMNS."""
+    s, p, o = shadow_predictions.c, predictions.c, outcomes.c
+    query = (
+        sa.select(s.model_version, p.model_version, s.request_id, p.price, s.price, o.price)
+        .join_from(
+            shadow_predictions,
+            predictions,
+            sa.and_(p.request_id == s.request_id, p.row_index == s.row_index),
+        )
+        .outerjoin(outcomes, sa.and_(o.request_id == s.request_id, o.row_index == s.row_index))
+        .where(s.predicted_at >= iso(start), s.predicted_at < iso(end))
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=list(SHADOWED_COLUMNS))
+    return frame.astype({"champion": float, "challenger": float, "realized": float})
+
+
+def shadow_evidence(engine: sa.Engine, version: str) -> tuple[int, int]:
+    """How many requests model `version` priced in shadow (ever), and how many of the rows
+    it priced there have a realized price."""
+    s, o = shadow_predictions.c, outcomes.c
+    requests = sa.select(sa.func.count(sa.distinct(s.request_id))).where(s.model_version == version)
+    realized = (
+        sa.select(sa.func.count())
+        .select_from(shadow_predictions)
+        .join(outcomes, sa.and_(o.request_id == s.request_id, o.row_index == s.row_index))
+        .where(s.model_version == version)
+    )
+    with engine.connect() as connection:
+        return connection.execute(requests).scalar_one(), connection.execute(realized).scalar_one()
+
+
 def publish(engine: sa.Engine, rows: list[tuple[str, str, str, float]]) -> None:
     """Replace the live_accuracy table with (version, sector, gauge, value) `rows`, in one
     transaction."""
