@@ -37,7 +37,7 @@ def main(source: str, train_name: str, test_name: str, preset: str, force_promot
         _, version = run_train(ingest_run_id, preset, source, params, settings)
         outcome = run_evaluate(version, ingest_run_id, params, settings)
         if settings.candidate_model_name == settings.model_name:
-            promoted = describe(run_promote(version, force_promote, settings), settings)
+            promoted = describe(run_promote(version, force_promote, settings, params), settings)
         else:
             promoted = release_hint(version, settings)
         mlflow.set_tags({"model_version": version, "verdict": outcome})

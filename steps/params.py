@@ -48,6 +48,15 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class ShadowGate:
+    """What a version must have been through in shadow (as the challenger) before promote lets
+    it replace the champion (params.yaml `promotion.shadow`); 0: not required."""
+
+    min_requests: int = 0  # requests it priced in shadow
+    min_outcomes: int = 0  # realized prices of the rows it priced in shadow
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     test_size: float
@@ -59,6 +68,7 @@ class Params:
     importance_rows: int
     interval_coverage: float
     selection: Selection = Selection()
+    shadow_gate: ShadowGate = ShadowGate()
 
     def preset(self, name: str | None) -> Preset:
         chosen = name or self.default_preset
@@ -83,6 +93,7 @@ def load_params(path: Path = DEFAULT_PARAMS_PATH) -> Params:
             importance_rows=int(raw["evaluation"]["importance_rows"]),
             interval_coverage=float(raw["interval"]["coverage"]),
             selection=_selection(raw.get("selection") or {}),
+            shadow_gate=_shadow_gate(raw["promotion"].get("shadow") or {}),
         )
     except FileNotFoundError:
         raise ParamsError(f"params file not found: {path}") from None
@@ -128,6 +139,22 @@ def _selection(raw: dict) -> Selection:
             f"{selection.size_weight:g})"
         )
     return selection
+
+
+def _shadow_gate(raw: dict) -> ShadowGate:
+    known = ("min_requests", "min_outcomes")
+    if unknown := set(raw) - set(known):
+        raise ParamsError(
+            f"promotion.shadow: unknown entry {sorted(unknown)[0]!r}; known: {', '.join(known)}"
+        )
+    for key in known:
+        value = raw.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ParamsError(
+                f"promotion.shadow.{key} must be a whole number >= 0 (0: not required), "
+                f"got {value!r}"
+            )
+    return ShadowGate(int(raw.get("min_requests", 0)), int(raw.get("min_outcomes", 0)))
 
 
 def _number(key: str, value: object) -> float:

@@ -1,11 +1,14 @@
 """Promote: point the champion alias at a model version, if the evaluation gate lets it.
 
 Reads:  the version of CANDIDATE_MODEL_NAME (default MODEL_NAME) and its evaluation tags
-        (verdict, test_mae, champion_test_mae).
+        (verdict, test_mae, champion_test_mae); when params.yaml's `promotion.shadow` asks for
+        it, how many requests the version priced in shadow as the challenger, and how many
+        realized prices those rows have (the prediction store, PREDICTION_STORE_URL).
 Writes: when the two names differ, a copy of that version in MODEL_NAME (tags, run and files:
         MlflowClient.copy_model_version); alias `champion` of MODEL_NAME -> the version (the
         former champion keeps alias `previous-champion`), stage `Production` mirrored for teams
-        that promote by stage, tag `promoted_at`.
+        that promote by stage, tag `promoted_at`; the challenger alias goes if it named the
+        version.
 A version that cannot be loaded or cannot price its own input example is never promoted.
 """
 
@@ -20,6 +23,9 @@ from config.errors import UserError
 from config.settings import Settings
 from steps import registry
 from steps.gate import gate
+from steps.params import Params, ShadowGate, load_params
+from steps.prediction_store import connect, shadow_evidence, store_errors
+from steps.registry_reader import Reference
 from steps.tracking import StepError, cli_errors, configure, step_run
 
 logger = logging.getLogger(__name__)
@@ -59,23 +65,69 @@ def champion_to(version: str, reason: str, settings: Settings) -> Promotion:
     return Promotion(version, True, reason, previous)
 
 
-def promote(settings: Settings, version: str, force: bool) -> Promotion:
-    """Candidate `version` becomes the champion if the gate lets it through and it loads."""
+def promote(
+    settings: Settings, version: str, force: bool, params: Params | None = None
+) -> Promotion:
+    """Candidate `version` becomes the champion if the gate lets it through (the evaluation,
+    and the shadow when params.yaml asks for it) and it loads."""
     candidate = settings.candidate_model_name
     uri = registry.model_uri(candidate, version)
     allowed, reason = gate(registry.lookup(uri).tags, force)
     if not allowed:
         return Promotion(version, False, reason)
     check_loadable(uri)
+    # a copy made here for a version never shadowed is the one a challenge would make
     served = registry.release(candidate, version, settings.model_name)
+    shadow = (params or load_params()).shadow_gate
+    if not force and (short := shadow_shortfall(shadow, served, settings)):
+        return Promotion(version, False, short)
     previous = registry.move_champion(settings.model_name, settings.model_alias, served)
+    retire_challenger(settings, served)
     return Promotion(served, True, reason, previous, version if served != version else None)
 
 
-def run_promote(version: str, force: bool, settings: Settings) -> Promotion:
+def shadow_shortfall(gate: ShadowGate, version: str, settings: Settings) -> str | None:
+    """Why version `version` of MODEL_NAME has not been in shadow enough for `gate`, or None."""
+    if not (gate.min_requests or gate.min_outcomes):
+        return None
+    engine = connect(settings.prediction_store_url)
+    try:
+        with store_errors():
+            requests, outcomes = shadow_evidence(engine, version)
+    finally:
+        engine.dispose()
+    if requests >= gate.min_requests and outcomes >= gate.min_outcomes:
+        return None
+    return (
+        f"version {version} priced {requests} requests in shadow, with {outcomes} realized "
+        f"prices; params.yaml promotion.shadow requires {gate.min_requests} and "
+        f"{gate.min_outcomes}: make it the challenger (mlflow run . -e challenge "
+        f"--env-manager local -P model_version={version}) and promote it once it has them"
+    )
+
+
+def challenger_alias(settings: Settings) -> str | None:
+    """The alias of MODEL_NAME that CHALLENGER_URI names, if it names one."""
+    reference = Reference.parse(settings.challenger_uri)
+    if reference is None or reference.name != settings.model_name:
+        return None
+    return reference.alias
+
+
+def retire_challenger(settings: Settings, version: str) -> None:
+    """The challenger alias goes once its version is the champion: else the controller would
+    shadow it again after the next promotion."""
+    alias = challenger_alias(settings)
+    if alias and registry.alias_version(settings.model_name, alias) == version:
+        registry.set_alias(settings.model_name, alias, None)
+
+
+def run_promote(
+    version: str, force: bool, settings: Settings, params: Params | None = None
+) -> Promotion:
     version = version or registry.latest_version(settings.candidate_model_name)
     with step_run("promote"):
-        result = promote(settings, version, force)
+        result = promote(settings, version, force, params)
         promoted = str(result.promoted).lower()
         mlflow.set_tags(
             {"model_version": result.version, "promoted": promoted, "reason": result.reason}

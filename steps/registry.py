@@ -118,6 +118,14 @@ def check_requirements(uri: str, local_copy: str | None = None) -> None:
         )
 
 
+def set_alias(name: str, alias: str, version: str | None) -> None:
+    """`alias` of model `name` -> `version`; None: the alias goes."""
+    if version is None:
+        MlflowClient().delete_registered_model_alias(name, alias)
+    else:
+        MlflowClient().set_registered_model_alias(name, alias, version)
+
+
 def set_tags(name: str, version: str, tags: dict[str, str]) -> None:
     client = MlflowClient()
     for key, value in tags.items():

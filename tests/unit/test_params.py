@@ -16,6 +16,7 @@ from steps.params import (
     Params,
     ParamsError,
     Selection,
+    ShadowGate,
     load_params,
 )
 
@@ -32,6 +33,8 @@ def test_committed_params_load_as_written(params: Params) -> None:
     assert params.interval_coverage == COMMITTED["interval"]["coverage"] == 0.8
     assert params.default_preset == COMMITTED["preset"]
     assert params.selection == Selection(max_model_mb=None, size_weight=0.0)
+    assert params.shadow_gate == ShadowGate(min_requests=0, min_outcomes=0)
+    assert COMMITTED["promotion"]["shadow"] == {"min_requests": 0, "min_outcomes": 0}
     assert COMMITTED["selection"] == {"max_model_mb": None, "size_weight": 0}
     assert list(params.presets) == list(COMMITTED["presets"])
     for name, raw in COMMITTED["presets"].items():
@@ -189,6 +192,29 @@ BROKEN = [
         _set("selection.max_mb", 100),
         says("PATH: selection: unknown entry 'max_mb'; known: max_model_mb, size_weight"),
         id="unknown-selection-entry",
+    ),
+    pytest.param(
+        _set("promotion.shadow.min_requests", -1),
+        says(
+            "PATH: promotion.shadow.min_requests must be a whole number >= 0 (0: not required), "
+            "got -1"
+        ),
+        id="negative-shadow-requests",
+    ),
+    pytest.param(
+        _set("promotion.shadow.min_outcomes", 2.5),
+        says(
+            "PATH: promotion.shadow.min_outcomes must be a whole number >= 0 (0: not required), "
+            "got 2.5"
+        ),
+        id="fractional-shadow-outcomes",
+    ),
+    pytest.param(
+        _set("promotion.shadow.requests", 100),
+        says(
+            "PATH: promotion.shadow: unknown entry 'requests'; known: min_requests, min_outcomes"
+        ),
+        id="unknown-shadow-entry",
     ),
     pytest.param(_delete("seed"), says("PATH: missing or invalid entry ('seed')"), id="no-seed"),
     pytest.param(
