@@ -325,7 +325,8 @@ class Processes:
 
     def adopt_shadow(self) -> Serving | None:
         """The challenger's servers the served-model file lists that live and answer /ping."""
-        self._shadow = _adopted(_read(self.settings.model_info_path).get(SHADOW) or {}, "shadow")
+        entry = _read(self.settings.model_info_path).get(SHADOW) or {}
+        self._shadow = _adopted(entry, "shadow server(s)")
         return self._shadow
 
     def serve(

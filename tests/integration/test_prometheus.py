@@ -162,7 +162,8 @@ def test_every_dashboard_query_returns_data_and_every_rule_evaluates(trained_sto
 
 def publish_live_accuracy(state_dir: Path, version: str) -> None:
     """What the monitor's accuracy job publishes in the gateway's prediction store, figures
-    that alert nothing: the live accuracy panel has data, its rules evaluate."""
+    that alert nothing, and a challenger's comparison with it: the live accuracy and shadow
+    panels have data, the rules evaluate."""
     from steps.prediction_store import connect, publish
 
     store = connect(f"sqlite:///{state_dir}/predictions.db")
@@ -177,6 +178,12 @@ def publish_live_accuracy(state_dir: Path, version: str) -> None:
             ("", "", "model_live_min_outcomes", 30.0),
             ("", "", "model_live_coverage_band_ratio", 0.1),
             ("", "", "model_live_accuracy_updated_timestamp_seconds", time.time()),
+            ("99", "", "model_shadow_requests", 500.0),  # a challenger compared with it
+            ("99", "", "model_shadow_price_diff_abs_uf", 150.0),
+            ("99", "", "model_shadow_price_diff_uf", -20.0),
+            ("99", "", "model_shadow_outcomes", 40.0),
+            ("99", "", "model_shadow_mae_uf", 950.0),
+            ("99", "", "model_shadow_champion_mae_uf", 1000.0),
         ],
     )
     store.dispose()

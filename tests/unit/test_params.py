@@ -211,9 +211,7 @@ BROKEN = [
     ),
     pytest.param(
         _set("promotion.shadow.requests", 100),
-        says(
-            "PATH: promotion.shadow: unknown entry 'requests'; known: min_requests, min_outcomes"
-        ),
+        says("PATH: promotion.shadow: unknown entry 'requests'; known: min_requests, min_outcomes"),
         id="unknown-shadow-entry",
     ),
     pytest.param(_delete("seed"), says("PATH: missing or invalid entry ('seed')"), id="no-seed"),
