@@ -29,6 +29,10 @@ POOL_VS_BASELINE_TARGET = 1.5  # a: 1.87x (847 / 452 req/s), b: 1.92x; issue 13'
 LATENCY_VS_BASELINE_TARGET = 1.3  # a: 1.03x (2.39 / 2.32 ms), b: 1.10x; issue 13's target, kept
 BATCH_RATIO_TARGET = 0.5  # 10,000 rows through the gateway keep half the in-process rows/s
 BIG_BATCH = 10_000
+# the issue's bound: clients' p50 with every request copied to a challenger in shadow, against
+# none copied (the same pool and challenger server, alternating windows)
+SHADOW_P50_VS_NONE = 1.1
+SHADOW_GATEWAY_CPU_VS_NONE = 1.5  # the gateway's CPU per request, every request copied / none
 GATEWAY_WORKER_RSS_MB = 150.0
 # Memory and cold start: the issue's own figures (RSS is not slowed by a slower machine).
 SERVER_RSS_MB = 400.0  # one model server's processes together (launcher and scorer)
@@ -146,7 +150,32 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             at_least=True,
         ),
     ]
-    return checks + baseline_targets(results)
+    return checks + baseline_targets(results) + shadow_targets(results.get("shadow"))
+
+
+def shadow_targets(shadow: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Every request copied to the challenger in shadow against none: the clients' p50 and
+    the gateway's CPU per request (16 clients), measured side by side (`bench_shadow`)."""
+    if not shadow:
+        return []
+    none, every = shadow["shares"][0], shadow["shares"][1]
+    clients = every["clients"]
+    return [
+        check(
+            f"{clients} clients' p50, every request copied to a challenger / none",
+            every["p50_ms"] if not every["errors"] else float("nan"),
+            none["p50_ms"],
+            SHADOW_P50_VS_NONE,
+            "ms",
+        ),
+        check(
+            f"{clients} clients, gateway CPU per request, every request copied / none",
+            every["cpu_ms_per_request"]["gateway"],
+            none["cpu_ms_per_request"]["gateway"],
+            SHADOW_GATEWAY_CPU_VS_NONE,
+            "ms",
+        ),
+    ]
 
 
 def baseline_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:

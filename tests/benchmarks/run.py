@@ -15,7 +15,10 @@ rollout controller's idle RSS (`bench_memory`; `--skip-memory` skips them). Besi
 the floor (`floor_app`) in front of the same model server. Prints a table with ratios and the
 targets (each a ratio to a baseline measured in the same run, with both figures), saves
 everything as JSON, reports the RSS of every process it started, and always stops them.
-`--only-pool` measures the pool alone. `--quick` is a smoke run of a few minutes (small data,
+Then the challenger in shadow (`bench_shadow`): the gateway copying no request and every
+request to a challenger, side by side on the same pool, 16 clients and one, with the gateway's
+CPU per request at 0% and 100%. `--only-pool` measures the pool alone, `--only-shadow` the
+shadow alone. `--quick` is a smoke run of a few minutes (small data,
 the notebook preset, short windows, one start of each layout).
 """
 
@@ -36,7 +39,7 @@ import click
 
 from config.settings import Settings
 from tests.benchmarks import bench_measure as measure
-from tests.benchmarks import bench_memory, bench_pool
+from tests.benchmarks import bench_memory, bench_pool, bench_shadow
 from tests.benchmarks import bench_report as report
 from tests.benchmarks import bench_stack as stack
 from tests.benchmarks.bench_client import make_batches
@@ -126,6 +129,7 @@ POOL = {1: 500, 100: 20, 10_000: 2}  # distinct batches of each size
     help="The larger pool measured (default: MODEL_SERVERS, one per core).",
 )
 @click.option("--only-pool", is_flag=True, help="Measure the model server pool only.")
+@click.option("--only-shadow", is_flag=True, help="Measure the challenger in shadow only.")
 @click.option(
     "--skip-memory",
     is_flag=True,
@@ -143,6 +147,7 @@ def main(
     store: Path | None,
     model_servers: int | None,
     only_pool: bool,
+    only_shadow: bool,
     skip_memory: bool,
 ) -> None:
     """Benchmark the serving paths; print the table and save the JSON."""
@@ -168,14 +173,21 @@ def main(
             settings,
             reuse=store is not None,
             only_pool=only_pool,
-            memory=not (skip_memory or only_pool),
+            only_shadow=only_shadow,
+            memory=not (skip_memory or only_pool or only_shadow),
         )
     finally:
         if store is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    if not only_pool:
-        click.echo(report.render(results))
-    click.echo("\n".join(bench_pool.render(results["pool"])))
+    if only_shadow:
+        click.echo("\n".join(bench_shadow.render(results["shadow"])))
+        click.echo("\n".join(report.target_lines(report.shadow_targets(results["shadow"]))))
+    else:
+        if not only_pool:
+            click.echo(report.render(results))
+        click.echo("\n".join(bench_pool.render(results["pool"])))
+        if results.get("shadow"):
+            click.echo("\n".join(bench_shadow.render(results["shadow"])))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2, default=str))
     click.echo(f"\nresults saved to {output}")
@@ -189,6 +201,7 @@ def benchmark(
     settings: dict[str, int],
     reuse: bool,
     only_pool: bool,
+    only_shadow: bool,
     memory: bool,
 ) -> dict[str, Any]:
     """Everything, with every started process stopped on the way out."""
@@ -199,6 +212,9 @@ def benchmark(
     listings = listings_batches(load_model(env))
     batches = listings[1][:200]
     footprint = measure_memory(workdir, env, listings, plan) if memory else None
+    shadow_args = (workdir, env, batches, clients, plan, settings["GATEWAY_WORKERS"])
+    if only_shadow:
+        return {"shadow": bench_shadow.measure_shadow(*shadow_args), "pipeline": pipeline}
     pool = bench_pool.measure_pools(
         workdir,
         env,
@@ -210,6 +226,7 @@ def benchmark(
     )
     if only_pool:
         return {"pool": pool, "pipeline": pipeline, "meta": {"started": started}}
+    shadow = bench_shadow.measure_shadow(*shadow_args)
     with contextlib.ExitStack() as running:
         logger.info("starting the model server (MODEL_WORKERS=%s)", settings["MODEL_WORKERS"])
         server = running.enter_context(stack.model_server(workdir, env))
@@ -242,6 +259,7 @@ def benchmark(
         results = measure_all(env, ports, plan, clients, groups)
     results["pipeline"] = pipeline
     results["pool"] = pool
+    results["shadow"] = shadow
     results["memory"] = footprint
     results["meta"] = {
         "started": started,
