@@ -265,6 +265,11 @@ def log_shadow_runs(table: pd.DataFrame, start: str, end: str) -> None:
             mlflow.log_metrics({n: float(r[n]) for n in names if pd.notna(r[n])})
 
 
+def _records(table: pd.DataFrame) -> list[dict]:
+    """The rows of `table`, a figure not measured (NaN) as null: JSON has no NaN."""
+    return [{k: None if pd.isna(v) else v for k, v in r.items()} for r in table.to_dict("records")]
+
+
 def describe_shadow(r: dict) -> str:
     """One line of the comparison of a challenger with the champion."""
     line = (
@@ -397,7 +402,7 @@ def accuracy(window_days: float, end: str, output: Path, shadow_output: Path) ->
     log_runs(table, maes, iso(start), iso(until))
     log_shadow_runs(compared, iso(start), iso(until))
     output.write_text(json.dumps(table.to_dict("records"), indent=2))
-    shadow_output.write_text(json.dumps(compared.to_dict("records"), indent=2))
+    shadow_output.write_text(json.dumps(_records(compared), indent=2))
     click.echo(
         f"{len(joined)} realized prices joined to valuations from {iso(start)} to {iso(until)}"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -19,7 +20,7 @@ from gateway.store import (
 )
 from steps import monitor
 from steps.monitor import shadow_gauge_rows, shadow_table
-from steps.prediction_store import connect, shadow_evidence, shadowed
+from steps.prediction_store import SHADOWED_COLUMNS, connect, shadow_evidence, shadowed
 
 START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 END = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
@@ -101,6 +102,18 @@ def test_the_evidence_of_a_version_counts_every_request_it_priced_in_shadow(engi
     assert shadow_evidence(engine, "4") == (4, 3)
     assert shadow_evidence(engine, "5") == (1, 0)
     assert shadow_evidence(engine, "6") == (0, 0)
+
+
+def test_a_figure_not_measured_is_written_as_null() -> None:
+    frame = pd.DataFrame(
+        [("5", "3", "c", 7_000.0, 7_700.0, float("nan"))], columns=list(SHADOWED_COLUMNS)
+    )
+    (written,) = monitor._records(shadow_table(frame))
+    assert (written["mean_diff"], written["challenger_mae"], written["champion_mae"]) == (
+        700.0,
+        None,
+        None,
+    )
 
 
 def test_no_copy_in_the_window_gives_an_empty_comparison(engine) -> None:
