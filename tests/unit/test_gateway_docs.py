@@ -77,7 +77,10 @@ def test_security_schemes_cover_both_headers(spec):
         "in": "header",
         "name": "X-API-Key",
     }
-    assert "`predict` (POST /invocations) and `read` (GET /model" in header["description"]
+    assert (
+        "`predict` (POST /invocations), `outcomes` (POST /outcomes) and `read` (GET /model"
+        in header["description"]
+    )
     assert schemes["BearerAuth"]["type"] == "http"
     assert schemes["BearerAuth"]["scheme"] == "bearer"
     assert spec["security"] == [{"ApiKeyHeader": []}, {"BearerAuth": []}]
