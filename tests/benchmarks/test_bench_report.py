@@ -154,3 +154,29 @@ def test_failed_targets_print_as_fail_with_their_figures() -> None:
     assert lines[0].split()[0] == "FAIL"
     assert lines[0].endswith("(uvicorn 550 MB; old layout 550 MB)")
     assert lines[2].split()[0] == "info"
+
+
+def shadow(p50_every: float, cpu_every: float, errors: int = 0) -> dict[str, Any]:
+    """The shadow's figures: none copied at 10 ms p50 and 1 ms of gateway CPU a request."""
+
+    def share(p50: float, cpu: float, errors: int) -> dict[str, Any]:
+        return {"clients": 16, "p50_ms": p50, "errors": errors,
+                "cpu_ms_per_request": {"gateway": cpu}}  # fmt: skip
+
+    return {"shares": {0: share(10.0, 1.0, 0), 1: share(p50_every, cpu_every, errors)}}
+
+
+def test_copying_every_request_is_judged_against_copying_none() -> None:
+    names = (
+        "16 clients' p50, every request copied to a challenger / none <= 1.1x",
+        "16 clients, gateway CPU per request, every request copied / none <= 1.5x",
+    )
+    within = report.shadow_targets(shadow(10.9, 1.4))
+    assert [(t["name"], t["value"], t["pass"]) for t in within] == [
+        (names[0], 1.09, True),
+        (names[1], 1.4, True),
+    ]
+    slower = report.shadow_targets(shadow(11.5, 1.6))
+    assert [t["pass"] for t in slower] == [False, False]
+    assert report.shadow_targets(shadow(10.0, 1.0, errors=3))[0]["pass"] is False
+    assert report.shadow_targets(None) == []
