@@ -170,8 +170,8 @@ def shadow_targets(shadow: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         ),
         check(
             f"{clients} clients, gateway CPU per request, every request copied / none",
-            every["cpu_ms_per_request"]["gateway"],
-            none["cpu_ms_per_request"]["gateway"],
+            every["gateway_cpu_ms_with_copies"],
+            none["gateway_cpu_ms_with_copies"],
             SHADOW_GATEWAY_CPU_VS_NONE,
             "ms",
         ),

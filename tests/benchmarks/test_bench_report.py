@@ -161,7 +161,7 @@ def shadow(p50_every: float, cpu_every: float, errors: int = 0) -> dict[str, Any
 
     def share(p50: float, cpu: float, errors: int) -> dict[str, Any]:
         return {"clients": 16, "p50_ms": p50, "errors": errors,
-                "cpu_ms_per_request": {"gateway": cpu}}  # fmt: skip
+                "gateway_cpu_ms_with_copies": cpu}  # fmt: skip
 
     return {"shares": {0: share(10.0, 1.0, 0), 1: share(p50_every, cpu_every, errors)}}
 
