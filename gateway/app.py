@@ -181,6 +181,7 @@ def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
     def begin() -> None:
         g.record = _new_record()
         gateway.metrics.in_flight.inc()
+        gateway.shadow.request_started()
         gateway.model_info.refresh()  # a new pool takes effect before this request is sent
 
     @app.after_request
@@ -202,6 +203,7 @@ def _install_request_hooks(app: Flask, gateway: Gateway) -> None:
     def end(_error: BaseException | None) -> None:
         if "record" in g:  # begin() counted it in flight
             gateway.metrics.in_flight.dec()
+            gateway.shadow.request_ended()
 
 
 def _new_record() -> RequestRecord:

@@ -8,8 +8,10 @@ request path draws a random number and, for a copy, appends (the request, the bo
 champion, its answer) to a deque: no lock, no wake-up (waking a thread for each request costs
 more of the worker's CPU than the work, see gateway/requestlog.py). A copy that finds
 SHADOW_QUEUE copies waiting is dropped: the challenger is never waited for. A thread per worker
-looks every POLL_SECONDS and sends what waits, one copy at a time, so the challenger's servers
-see at most one copy per gateway worker at once. For each copy the challenger priced, its rows
+looks every POLL_SECONDS and, while the worker answers no request, sends what waits, one copy
+at a time: the copies take the worker's idle time, not its clients' (a worker that is never idle
+keeps its copies waiting, then drops them), and the challenger's servers see at most one copy
+per gateway worker at once. For each copy the challenger priced, its rows
 go to the prediction store's shadow_predictions table (the same request id and rows as the
 champion's in predictions, its own model version) and a request-log line (path
 /invocations/shadow) gives both versions and both prices. gateway_shadow_requests_total{result}
@@ -74,6 +76,7 @@ class Shadow:
         self._log, self._predictions, self._count = request_log, predictions, count
         self._copies: deque[Copy] = deque()
         self._active = False
+        self._answering = 0  # requests the worker is answering now
         self._draw = random.Random().random
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
@@ -100,6 +103,13 @@ class Shadow:
             return
         self._copies.append(copy)
 
+    def request_started(self) -> None:
+        """A request came in: no copy is sent until the worker answered every request."""
+        self._answering += 1
+
+    def request_ended(self) -> None:
+        self._answering -= 1
+
     def waiting(self) -> int:
         return len(self._copies)
 
@@ -116,7 +126,7 @@ class Shadow:
 
     def _run(self) -> None:
         while not self._closed.is_set():
-            if self._copies:
+            if self._copies and not self._answering:
                 self.send(self._copies.popleft())
             else:
                 time.sleep(POLL_SECONDS)

@@ -59,7 +59,7 @@ RESULTS = ("served", "refused", "failed", "abandoned")
 STARTING_FILE = "model-servers-starting.json"  # under STATE_DIR: servers not yet published
 DRAIN_MARGIN_SECONDS = 1.0
 SHADOW = "shadow"  # the served-model file's entry of the challenger's servers
-SHADOW_NICENESS = 10  # CFS weight 110 against 1024: on busy cores, a tenth of a pool server's
+SHADOW_NICENESS = 19  # CFS weight 15 against 1024: on busy cores, what the pool leaves
 
 
 class Refused(Exception):

@@ -222,3 +222,25 @@ def test_the_queue_is_bounded_and_a_closed_shadow_drops_what_waits(tmp_path: Pat
     shadow.close()
     log.close()
     assert (shadow.waiting(), results) == (0, ["dropped"] * 5)
+
+
+def test_copies_wait_while_the_worker_answers_a_request(tmp_path: Path) -> None:
+    handler = challenger_server()
+    log = RequestLog(tmp_path / "requests.jsonl", on_lost=lambda n: None)
+    results: list[str] = []
+    with fake_upstream(handler) as url:
+        pool = Pool(lambda u: Upstream(u, 1.0, 5.0, pool_size=1), 5.0)
+        shadow = Shadow(pool, 1.0, 10, log, None, count=results.append)
+        shadow.use([url], CHALLENGER)
+        body = orjson.dumps({"inputs": {"type": ["casa"]}})
+        copy = Copy(RequestRecord("busy", "POST", "/invocations"), body, "application/json",
+                    b'{"predictions": [{"price": 1.0}]}', ["nunoa"], None)  # fmt: skip
+        shadow.request_started()
+        shadow.start().offer(copy)
+        time.sleep(0.5)
+        assert (shadow.waiting(), handler.seen) == (1, [])
+        shadow.request_ended()
+        wait_until(lambda: results == ["sent"], 5, "the copy sent once the worker is idle")
+        shadow.close()
+    log.close()
+    assert handler.seen == ["busy"]
