@@ -18,7 +18,8 @@ from mlflow.exceptions import MlflowException
 from tests.support.auth import CANDIDATES, MODEL, AuthServer, running_auth_server
 from tests.support.stack import SMALL_SOURCE, run_step, store_env
 
-pytestmark = pytest.mark.integration
+# slow: the tracking server with its users takes about 40 s to set up on 2 busy cores
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,6 @@ def test_an_anonymous_request_is_refused(server):
     assert refused.value.code == 401
 
 
-@pytest.mark.slow  # a second run of the command: about 10 s on 2 busy cores
 def test_roles_twice_give_the_same_users_and_permissions(server):
     second = roles(server)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -89,27 +89,22 @@ def test_roles_twice_give_the_same_users_and_permissions(server):
         pytest.param(
             {"MLFLOW_TRACKING_PASSWORD": "wrong"},
             "refused user 'admin': is MLFLOW_TRACKING_PASS",
-            marks=pytest.mark.slow,
         ),
         pytest.param(
             {"MLFLOW_TRACKING_USERNAME": "viewer"},
             "user 'viewer' is not an admin",
-            marks=pytest.mark.slow,
         ),
         pytest.param(
             {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
             "cannot reach the tracking server",
-            marks=pytest.mark.slow,
         ),
         pytest.param(
             {"CANDIDATE_MODEL_NAME": MODEL},
             "CANDIDATE_MODEL_NAME must differ from MODEL_NAME",
-            marks=pytest.mark.slow,
         ),
         pytest.param(
             {"MLFLOW_VIEWER_PASSWORD": ""},
             "MLFLOW_VIEWER_PASSWORD is empty",
-            marks=pytest.mark.slow,
         ),
     ],
 )
@@ -162,7 +157,6 @@ def test_the_controller_and_the_viewer_only_read(server, monkeypatch, user):
     assert status_of(lambda: reader.create_run(experiment)) == 403
 
 
-@pytest.mark.slow
 def test_a_tracking_uri_carrying_credentials_is_refused_without_echoing_them(server, tmp_path):
     env = server.env(store_env(tmp_path), None)
     env["MLFLOW_TRACKING_URI"] = server.uri.replace(
@@ -174,7 +168,6 @@ def test_a_tracking_uri_carrying_credentials_is_refused_without_echoing_them(ser
     assert server.passwords["trainer"] not in result.stdout + result.stderr
 
 
-@pytest.mark.slow
 def test_only_the_releasers_move_reaches_the_controller_on_read_only_credentials(
     server, tmp_path, monkeypatch
 ):
