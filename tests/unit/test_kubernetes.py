@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import yaml
 from config.settings import Settings
 from tests.support.docker import DOCKERFILE, compose_config, example_variables
 from tests.support.kubernetes import KUBERNETES, OVERLAYS, ROOT, find, render
+from tests.support.readme import bash_commands
 
 KUBERNETES_VERSION = "1.31.0"  # the oldest minor still supported upstream when written
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator CRDs
@@ -55,6 +58,7 @@ LOGINS = {
 SECRET_NAMES = ("PASSWORD", "SECRET_KEY")  # variables that hold a secret
 AUTH_INI = ROOT / "docker" / "mlflow" / "basic_auth.ini"
 INITDB = ROOT / "docker" / "postgres" / "initdb"
+README = ROOT / "README.md"
 OWN_OPTIONS = {"--public-host", "--artifacts-destination"}
 PROBES = {
     "gateway": {"readinessProbe": "/ready", "livenessProbe": "/health"},
@@ -356,3 +360,41 @@ def test_kubernetes_runs_compose_s_one_shot_roles_with_compose_s_environment(
             k for k in env if any(word in k for word in SECRET_NAMES)
         }, role
         assert pods(manifests)[role]["restartPolicy"] == "Never", role
+
+
+def secret_keys_read(manifests: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(secret, key) of every secret the manifests read: environment, volumes, scrape auth."""
+    found = {
+        (ref["name"], ref["key"])
+        for container in containers(manifests).values()
+        for e in container.get("env", ())
+        if (ref := e.get("valueFrom", {}).get("secretKeyRef"))
+    }
+    for pod in pods(manifests).values():
+        for volume in pod.get("volumes", ()):
+            if "secret" in volume:
+                items = volume["secret"]["items"]
+                found |= {(volume["secret"]["secretName"], item["key"]) for item in items}
+    for endpoint in find(manifests, "ServiceMonitor", "property-friends")["spec"]["endpoints"]:
+        if credentials := endpoint.get("authorization", {}).get("credentials"):
+            found.add((credentials["name"], credentials["key"]))
+    return found
+
+
+def readme_secret_keys() -> set[tuple[str, str]]:
+    """(secret, key) of every `kubectl create secret generic` of the README."""
+    found = set()
+    for command in bash_commands(README.read_text()):
+        created = re.search(r"create secret generic (\S+) (.*)", command)
+        for option in shlex.split(created[2]) if created else ():
+            kind, _, value = option.partition("=")
+            if kind in {"--from-literal", "--from-file"}:
+                found.add((created[1], Path(value.partition("=")[0]).name))
+    return found
+
+
+def test_the_readme_creates_every_secret_key_the_overlays_read(manifests):
+    assert secret_keys_read(manifests) <= readme_secret_keys()
+    assert {("mlflow-users", f"{user}-password") for user in set(LOGINS.values())} <= (
+        secret_keys_read(manifests)
+    )
