@@ -197,21 +197,22 @@ def move_champion(stack: Stack, user: str, version: str) -> requests.Response:
 
 
 def test_a_release_rolls_out_under_load_with_no_failed_request(stack: Stack) -> None:
-    """While clients price, the trainer runs again (candidate 2), may not move champion (403)
-    nor may the controller, and the release copies it into version 2, which is rolled out."""
+    """The trainer runs again (candidate 2), which neither it nor the controller may make
+    champion (403); then, while clients price, the releaser's release copies it into version 2,
+    which is rolled out."""
+    stack.run_once("trainer")
+    candidates = stack.roles["trainer"].environment["CANDIDATE_MODEL_NAME"]
+    candidate = {"name": SERVED, "source": f"models:/{candidates}/2"}
+    for refused in (
+        move_champion(stack, "trainer", "1"),
+        move_champion(stack, "controller", "1"),
+        stack.registry("POST", "model-versions/create", "trainer", json=candidate),
+    ):
+        assert (refused.status_code, refused.text) == (403, "Permission denied")
+    assert served_version(stack) == "1"
     load = LoadClients(stack.gateway_url, [ONE_LISTING], clients=4, prefix="promotion", pause=0.02)
     load.start()
     try:
-        stack.run_once("trainer")
-        candidates = stack.roles["trainer"].environment["CANDIDATE_MODEL_NAME"]
-        candidate = {"name": SERVED, "source": f"models:/{candidates}/2"}
-        for refused in (
-            move_champion(stack, "trainer", "1"),
-            move_champion(stack, "controller", "1"),
-            stack.registry("POST", "model-versions/create", "trainer", json=candidate),
-        ):
-            assert (refused.status_code, refused.text) == (403, "Permission denied")
-        assert served_version(stack) == "1"
         stack.run_once("release")
         wait_until(lambda: served_version(stack) == "2", 300, "version 2 served", interval=1)
         drained = float(stack.roles["controller"].environment["GATEWAY_READ_TIMEOUT_SECONDS"]) + 4
