@@ -151,6 +151,10 @@ stop-one:
 rollback: install ## make the previous champion the champion again (the controller rolls it out)
 	$(BIN)/mlflow run . -e rollback --env-manager local
 
+.PHONY: accuracy
+accuracy: install ## live accuracy per model version from the realized prices (MLflow run, gauges)
+	$(BIN)/mlflow run . -e accuracy --env-manager local
+
 .PHONY: mlflow-ui
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 (runs, registry, aliases)
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_UI_PORT)

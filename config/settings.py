@@ -195,9 +195,49 @@ class GatewaySettings(BaseModel):
     gateway_metrics_public: bool = Field(True, description="false: /metrics needs an API key too")
 
 
+class OutcomesSettings(BaseModel):
+    """outcomes: the prediction store (gateway) and live accuracy (python -m steps.monitor)"""
+
+    prediction_store_url: str = Field(
+        default_factory=lambda data: f"sqlite:///{data['state_dir']}/predictions.db",
+        repr=False,
+        description="where the gateway keeps every priced row and every realized price, for "
+        "the monitor: sqlite:///<file> (one machine) or postgresql://user:password@host/db "
+        "(default: sqlite:///STATE_DIR/predictions.db)",
+    )
+
+    @field_validator("prediction_store_url")
+    @classmethod
+    def _known_database(cls, url: str) -> str:
+        if not url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("sqlite:///<file> or postgresql://user:password@host/database")
+        return url
+
+    monitor_window_days: float = Field(
+        30.0, gt=0, description="live accuracy: valuations of the last this many days"
+    )
+    monitor_mae_factor: float = Field(
+        1.5,
+        gt=0,
+        description="alert LiveMaeAboveTest when live MAE exceeds the version's test MAE this "
+        "many times",
+    )
+    monitor_min_outcomes: int = Field(
+        30, gt=0, description="realized prices a version needs before its live accuracy alerts"
+    )
+    monitor_coverage_band: float = Field(
+        0.1,
+        gt=0,
+        lt=0.8,
+        description="alert LiveCoverageOffTarget when the 80% range's live coverage is further "
+        "than this from 0.8",
+    )
+
+
 # A new service (e.g. the rollout controller) declares its group like the ones above and adds
 # it to the bases of Settings, left of the groups its derived defaults read.
 class Settings(
+    OutcomesSettings,
     GatewaySettings,
     ControllerSettings,
     ModelServerSettings,

@@ -16,7 +16,18 @@ from functools import partial
 from flask import Flask, Response, g, request
 
 from config.settings import Settings
-from gateway import auth, body, docs, errors, health, limits, metrics, modelinfo, proxy
+from gateway import (
+    auth,
+    body,
+    docs,
+    errors,
+    health,
+    limits,
+    metrics,
+    modelinfo,
+    outcomes,
+    proxy,
+)
 from gateway.auth import KeyRing
 from gateway.drift import DriftMonitor
 from gateway.limits import RateLimiter
@@ -25,6 +36,7 @@ from gateway.modelinfo import ModelInfo
 from gateway.openapi import build_spec
 from gateway.pool import Pool
 from gateway.requestlog import RequestLog, RequestRecord
+from gateway.store import PredictionWriter, Store
 from gateway.upstream import Upstream
 
 EXTENSION = "gateway"
@@ -44,10 +56,15 @@ class Gateway:
     drift: DriftMonitor
     keys: KeyRing
     limiter: RateLimiter
+    store: Store  # outcomes and live accuracy; the writer has a connection of its own
+    predictions: PredictionWriter
 
     def close(self) -> None:
-        """Flush the request log, then stop the drift monitor (gunicorn's worker_exit hook)."""
+        """Flush the request log and the prediction store, then stop the drift monitor
+        (gunicorn's worker_exit hook)."""
         self.request_log.close()
+        self.predictions.close()
+        self.store.close()
         self.drift.close()
         self.limiter.close()
 
@@ -68,7 +85,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     limits.init_app(app, settings, gateway.limiter)
     errors.init_app(app)
-    proxy.init_app(app, gateway.pool, gateway.metrics, gateway.drift, settings.gateway_log_payloads)
+    proxy.init_app(
+        app,
+        gateway.pool,
+        gateway.metrics,
+        gateway.drift,
+        settings.gateway_log_payloads,
+        gateway.predictions,
+    )
+    outcomes.init_app(app, gateway.store)
+    gateway.metrics.add_collector(outcomes.LiveAccuracy(gateway.store))
     health.init_app(app, gateway.pool, gateway.model_info)
     modelinfo.init_app(app, gateway.model_info)
     metrics.init_app(app, gateway.metrics)
@@ -114,6 +140,10 @@ def _build(settings: Settings) -> Gateway:
         drift=drift,
         keys=keys,
         limiter=RateLimiter(limits.state_path(settings)),
+        store=Store(settings.prediction_store_url),
+        predictions=PredictionWriter(
+            Store(settings.prediction_store_url), on_lost=gauges.prediction_store_errors.inc
+        ),
     )
 
 

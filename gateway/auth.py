@@ -17,9 +17,10 @@ it. A file still being written (its stamp changed while it was read) is read aga
 check. Replace it atomically (write another file, then rename it), as Kubernetes does for a
 mounted secret.
 
-Scopes: `predict` for POST /invocations, `read` for GET /model and GET /metrics (when it needs a
-key); an endpoint not in ENDPOINT_SCOPES needs a key with every scope. Public endpoints:
-/health, /ready, /docs, /openapi.json, and /metrics unless GATEWAY_METRICS_PUBLIC=false.
+Scopes: `predict` for POST /invocations, `outcomes` for POST /outcomes, `read` for GET /model
+and GET /metrics (when it needs a key); an endpoint not in ENDPOINT_SCOPES needs a key with
+every scope. Public endpoints: /health, /ready, /docs, /openapi.json, and /metrics unless
+GATEWAY_METRICS_PUBLIC=false.
 Unknown paths and wrong methods answer 404/405 before any key check.
 
 With no key configured the gateway refuses to start, unless GATEWAY_ALLOW_NO_AUTH=true (local
@@ -44,7 +45,16 @@ from flask import Flask, g, request
 from config.settings import KEYS_CHECK_SECONDS, Settings, SettingsError
 from gateway import errors
 from gateway.errors import GatewayError
-from gateway.keyfile import ALL_SCOPES, HEX_DIGEST, KEY_ID, PREDICT, READ, ApiKey, parse_file
+from gateway.keyfile import (
+    ALL_SCOPES,
+    HEX_DIGEST,
+    KEY_ID,
+    OUTCOMES,
+    PREDICT,
+    READ,
+    ApiKey,
+    parse_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +63,7 @@ PUBLIC_ENDPOINTS = frozenset({"health.health", "health.ready", "docs.docs", "doc
 METRICS_ENDPOINT = "metrics.metrics"
 ENDPOINT_SCOPES: dict[str, frozenset[str]] = {
     "proxy.invocations": frozenset({PREDICT}),
+    "outcomes.outcomes": frozenset({OUTCOMES}),
     "model.model": frozenset({READ}),
     METRICS_ENDPOINT: frozenset({READ}),
 }

@@ -27,6 +27,7 @@ FORBIDDEN_SCOPE = "FORBIDDEN_SCOPE"
 RATE_LIMITED = "RATE_LIMITED"
 INVALID_JSON = "INVALID_JSON"
 INVALID_FEATURES = "INVALID_FEATURES"
+INVALID_OUTCOMES = "INVALID_OUTCOMES"
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
 UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
 BAD_REQUEST = "BAD_REQUEST"
@@ -36,6 +37,7 @@ UPSTREAM_ERROR = "UPSTREAM_ERROR"
 UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
 UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
 MODEL_INFO_UNAVAILABLE = "MODEL_INFO_UNAVAILABLE"
+STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 GATEWAY_ERROR = "GATEWAY_ERROR"
 
 ERROR_CODES: dict[str, tuple[int, str]] = {
@@ -46,6 +48,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     RATE_LIMITED: (429, "Over the key's request rate; Retry-After says when to try again."),
     INVALID_JSON: (400, "The body is not valid JSON (NaN and Infinity are not JSON)."),
     INVALID_FEATURES: (400, "Wrong shape or values; `errors` names each field and row."),
+    INVALID_OUTCOMES: (400, "Malformed outcomes; `errors` names each field and outcome."),
     PAYLOAD_TOO_LARGE: (413, "The body is larger than the gateway accepts."),
     UNSUPPORTED_MEDIA_TYPE: (415, "Content-Type must be application/json (UTF-8)."),
     BAD_REQUEST: (400, "The HTTP request itself could not be read."),
@@ -55,6 +58,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     UPSTREAM_UNAVAILABLE: (503, "The model server is not reachable."),
     UPSTREAM_TIMEOUT: (504, "The model server did not answer in time."),
     MODEL_INFO_UNAVAILABLE: (503, "No information about the served model yet."),
+    STORE_UNAVAILABLE: (503, "The prediction store is not reachable; nothing was stored."),
     GATEWAY_ERROR: (502, "Unexpected gateway failure (logged server-side)."),
 }
 

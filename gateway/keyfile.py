@@ -6,8 +6,9 @@
     {"id": "grafana", "key": "<the key itself>", "scopes": ["read"]}
 
 `id` and one of `sha256` (hex digest of the key, preferred) or `key` are required. `scopes`
-(default: all) says what the key may do: `predict` (POST /invocations), `read` (GET /model and
-GET /metrics). `expires` is an ISO 8601 time with its timezone; from then on the key is refused.
+(default: all) says what the key may do: `predict` (POST /invocations), `outcomes` (POST
+/outcomes), `read` (GET /model and GET /metrics). `expires` is an ISO 8601 time with its
+timezone; from then on the key is refused.
 `rate` is requests per second for the id (0: no limit; default GATEWAY_RATE_LIMIT), `burst` the
 requests it may send at once after a pause (default: one second's worth, at least 1). An id may
 have several keys (a rotation: the new key next to the old one, which expires); its entries
@@ -33,7 +34,8 @@ from config.settings import SettingsError
 
 PREDICT = "predict"
 READ = "read"
-ALL_SCOPES = frozenset({PREDICT, READ})
+OUTCOMES = "outcomes"
+ALL_SCOPES = frozenset({PREDICT, READ, OUTCOMES})
 KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 FIELDS = ("id", "sha256", "key", "scopes", "expires", "rate", "burst")

@@ -25,6 +25,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from pyfunc.drift import DRIFT_THRESHOLD
 from pyfunc.schema import FEATURE_NAMES
@@ -130,6 +131,10 @@ class GatewayMetrics:
         self.request_log_errors = counter(
             "gateway_request_log_errors", "Request-log lines that could not be written."
         )
+        self.prediction_store_errors = counter(
+            "gateway_prediction_store_errors",
+            "Priced rows dropped before reaching the prediction store (too many waited).",
+        )
         # The refusal counters' known labels start at 0: `rate()` only sees an increase from a
         # value it has scraped, so a counter that appears at 1 would hide the first refusal from
         # every panel and alert.
@@ -189,6 +194,10 @@ class GatewayMetrics:
         if old:
             self.model_info.labels(old).set(0)
         self.model_info.labels(new).set(1)
+
+    def add_collector(self, collector: Collector) -> None:
+        """Expose what `collector` reads at each scrape (e.g. figures from a database)."""
+        self._exposed.register(collector)
 
     def exposition(self) -> bytes:
         """The text exposition: merged over workers in multiprocess mode."""

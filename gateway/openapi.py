@@ -8,8 +8,17 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from config.settings import Settings
+from gateway import outcomes
 from gateway.errors import ERROR_CODES
-from gateway.validation import DF_RECORDS, DF_SPLIT, INPUTS, INSTANCES, PARAMS
+from gateway.validation import (
+    DF_RECORDS,
+    DF_SPLIT,
+    INPUTS,
+    INSTANCES,
+    LISTING_ID_MAX,
+    LISTING_IDS,
+    PARAMS,
+)
 from pyfunc.schema import (
     CATEGORICAL_FEATURES,
     FEATURE_NAMES,
@@ -118,6 +127,12 @@ def _format_schemas() -> dict[str, Any]:
         "description": "Model parameters, passed to the model as is, "
         'e.g. {"on_unknown_category": "flag"}.',
     }
+    listing_ids = {
+        "type": "array",
+        "items": {"type": "string", "minLength": 1, "maxLength": LISTING_ID_MAX},
+        "description": "Optional: your id of each listing, one per row (not sent to the "
+        "model); POST /outcomes can then name a listing by it.",
+    }
     formats = {
         "DataframeSplit": (DF_SPLIT, split, "pandas `split` orientation."),
         "DataframeRecords": (DF_RECORDS, rows, "One object per row."),
@@ -134,7 +149,7 @@ def _format_schemas() -> dict[str, Any]:
             "description": description,
             "required": [key],
             "additionalProperties": False,
-            "properties": {key: body, PARAMS: params},
+            "properties": {key: body, PARAMS: params, LISTING_IDS: listing_ids},
         }
         for name, (key, body, description) in formats.items()
     }
@@ -274,11 +289,82 @@ def _invocations() -> dict[str, Any]:
     }
 
 
+def _outcome_schemas() -> dict[str, Any]:
+    """The body of POST /outcomes and its answer."""
+    string, date = {"type": "string"}, {"type": "string", "format": "date"}
+    outcome = {
+        "type": "object",
+        "required": ["price", "date"],
+        "additionalProperties": False,
+        "properties": {
+            "request_id": {**string, "pattern": outcomes.ID_PATTERN.pattern},
+            "row": {"type": "integer", "minimum": 0},
+            "listing_id": {**string, "minLength": 1, "maxLength": outcomes.LISTING_ID_MAX},
+            "price": {"type": "number", "minimum": TARGET.minimum, "maximum": TARGET.maximum},
+            "date": date,
+        },
+        "description": "request_id (the valuation's X-Request-ID) and row, or listing_id (the "
+        "latest valuation sent with it in listing_ids); the realized price (UF) and its date.",
+    }
+    result = {
+        "type": "object",
+        "properties": {
+            "status": {"enum": [outcomes.CREATED, outcomes.DUPLICATE, outcomes.CORRECTED,
+                                outcomes.UNKNOWN]},
+            "request_id": {"type": ["string", "null"]},
+            "row": {"type": ["integer", "null"]},
+            "listing_id": string,
+        },
+    }  # fmt: skip
+    counts = {s: {"type": "integer"} for s in ("created", "duplicate", "corrected", "unknown")}
+    return {
+        "Outcomes": {
+            "type": "object",
+            "required": ["outcomes"],
+            "additionalProperties": False,
+            "properties": {
+                "outcomes": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": outcomes.MAX_OUTCOMES,
+                    "items": outcome,
+                }
+            },
+        },
+        "OutcomeResults": {
+            "type": "object",
+            "properties": {**counts, "results": {"type": "array", "items": result}},
+        },
+    }
+
+
+def _outcomes() -> dict[str, Any]:
+    example = {
+        "outcomes": [{"request_id": "3f2a9c", "row": 0, "price": 14200, "date": "2026-11-30"}]
+    }
+    body = {"schema": _ref("Outcomes"), "example": example}
+    return {
+        "post": {
+            "summary": "Realized prices of valued listings",
+            "operationId": "outcomes",
+            "description": "Each outcome is created, a duplicate (nothing changes), corrected "
+            "(a new price or date replaces the stored one) or unknown (no such valuation: "
+            "nothing stored).",
+            "requestBody": {"required": True, "content": {"application/json": body}},
+            "responses": {
+                **_ok("One result per outcome, in order.", _ref("OutcomeResults")),
+                **_errors(400, 401, 403, 405, 413, 415, 503),
+            },
+        }
+    }
+
+
 def _paths(metrics_public: bool) -> dict[str, Any]:
     text, status = {"type": "string"}, _ref("Status")
     metrics_errors = () if metrics_public else (401, 403, 429)
     return {
         "/invocations": _invocations(),
+        "/outcomes": _outcomes(),
         "/model": _get(
             "model",
             "The served model: name, version, alias, run, metrics",
@@ -319,7 +405,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                     "in": "header",
                     "name": "X-API-Key",
                     "description": "Your API key. A key may be limited to scopes, `predict` "
-                    "(POST /invocations) and `read` (GET /model, GET /metrics): another endpoint "
+                    "(POST /invocations), `outcomes` (POST /outcomes) and `read` (GET /model, GET "
+                    "/metrics): another endpoint "
                     "answers 403 FORBIDDEN_SCOPE; and to a request rate: over it, 429 "
                     "RATE_LIMITED with Retry-After.",
                 },
@@ -329,7 +416,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                     "description": "The same key as `Authorization: Bearer <key>`.",
                 },
             },
-            "schemas": {**_other_schemas(), **_format_schemas()},
+            "schemas": {**_other_schemas(), **_format_schemas(), **_outcome_schemas()},
             "responses": _error_responses(),
         },
     }

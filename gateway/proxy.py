@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -24,10 +25,14 @@ from gateway.drift import DriftMonitor
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.pool import Pool
+from gateway.requestlog import RequestRecord, iso_utc
+from gateway.store import PredictionWriter, prediction_rows
 from gateway.validation import INPUTS, PARAMS, Columns, validate_payload
 from pyfunc.schema import FLAG_COLUMN, HIGH_COLUMN, LOW_COLUMN, PREDICTION_COLUMN
 
 logger = logging.getLogger(__name__)
+
+SECTOR = "sector"  # the feature the prediction store keeps, for accuracy per sector
 
 
 def _count_invalid_fields(metrics: GatewayMetrics, error: GatewayError) -> None:
@@ -42,10 +47,11 @@ def prediction_fields(
     metrics: GatewayMetrics,
     drift: DriftMonitor,
     log_payloads: bool,
+    on_priced: Callable[[list[dict]], None] | None = None,
 ) -> dict[str, Any]:
-    """Parse the answer of model `version`: observe the prices, add the rows to the drift
-    window; the features and predictions to log when `log_payloads` (GATEWAY_LOG_PAYLOADS).
-    Runs on the log's thread."""
+    """Parse the answer of model `version`: observe the prices, hand the rows to `on_priced`
+    (the prediction store), add them to the drift window; the features and predictions to log
+    when `log_payloads` (GATEWAY_LOG_PAYLOADS). Runs on the log's thread."""
     try:
         predictions = orjson.loads(answer)["predictions"]
         rows = [p if isinstance(p, dict) else {PREDICTION_COLUMN: p} for p in predictions]
@@ -55,6 +61,8 @@ def prediction_fields(
         return {"payload_error": "unreadable predictions"}
     finite = [p for p in prices if isinstance(p, (int, float)) and math.isfinite(p)]
     metrics.observe_prices(finite, version)
+    if on_priced is not None:
+        on_priced(rows)
     if not (log_payloads or drift.active):
         return {}
     drift.observe(columns)
@@ -75,8 +83,9 @@ def init_app(
     metrics: GatewayMetrics,
     drift: DriftMonitor,
     log_payloads: bool,
+    predictions: PredictionWriter | None = None,
 ) -> None:
-    """Serve POST /invocations through the model server `pool`."""
+    """Serve POST /invocations through the model server `pool`; priced rows to `predictions`."""
     blueprint = Blueprint("proxy", __name__)
     read_answer = partial(
         prediction_fields, metrics=metrics, drift=drift, log_payloads=log_payloads
@@ -106,7 +115,31 @@ def init_app(
             _count_invalid_fields(metrics, failure)
             raise failure
         metrics.rows_predicted.inc(batch.rows)
-        record.extra = partial(read_answer, columns, answer.body, record.model_version)
+        on_priced = predictions and partial(_store, predictions, record, columns, batch.listing_ids)
+        record.extra = partial(
+            read_answer, columns, answer.body, record.model_version, on_priced=on_priced
+        )
         return Response(answer.body, status=200, content_type=answer.content_type)
 
     app.register_blueprint(blueprint)
+
+
+def _store(
+    predictions: PredictionWriter,
+    record: RequestRecord,
+    columns: Columns,
+    listing_ids: list[str] | None,
+    rows: list[dict],
+) -> None:
+    """Queue the priced rows of `record` for the prediction store (on the log's thread)."""
+    predictions.add(
+        prediction_rows(
+            record.request_id,
+            record.key_id,
+            iso_utc(record.started_at),
+            record.model_version or "",
+            columns[SECTOR],
+            listing_ids,
+            rows,
+        )
+    )

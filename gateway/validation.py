@@ -25,6 +25,8 @@ from pyfunc.schema import CATEGORICAL_NAMES, FEATURE_NAMES, NUMERIC_NAMES
 FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 DF_SPLIT, DF_RECORDS, INPUTS, INSTANCES = FORMATS
 PARAMS = "params"
+LISTING_IDS = "listing_ids"  # the client's id of each row, for POST /outcomes; not forwarded
+LISTING_ID_MAX = 128
 _KINDS = {
     **{name: ("a string", frozenset({str})) for name in CATEGORICAL_NAMES},
     **{name: ("a number", frozenset({int, float})) for name in NUMERIC_NAMES},
@@ -42,6 +44,7 @@ class Batch:
     rows: int
     data: Any
     params: dict[str, Any] | None = None
+    listing_ids: list[str] | None = None
 
     def columns(self) -> Columns:
         """The features as columns: what the model server is sent, and the request log."""
@@ -88,12 +91,34 @@ def validate_payload(payload: object) -> Batch:
         rows = _check_records(data, fmt)
     if rows == 0:
         raise _fail("rows", None, contract.NO_ROWS)
-    return Batch(fmt, rows, data, payload.get(PARAMS))
+    listing_ids = payload.get(LISTING_IDS)
+    if LISTING_IDS in payload:  # null too is refused
+        _check_listing_ids(listing_ids, rows)
+    return Batch(fmt, rows, data, payload.get(PARAMS), listing_ids)
+
+
+def _check_listing_ids(listing_ids: object, rows: int) -> None:
+    """One string id per row, of 1 to LISTING_ID_MAX characters."""
+    if not isinstance(listing_ids, list) or len(listing_ids) != rows:
+        got = f"{len(listing_ids)} ids" if isinstance(listing_ids, list) else "no list"
+        raise _fail(
+            LISTING_IDS,
+            None,
+            f"listing_ids must be a list of {rows} strings, one per row; got {got}",
+        )
+    for row, listing_id in enumerate(listing_ids):
+        if not isinstance(listing_id, str) or not 1 <= len(listing_id) <= LISTING_ID_MAX:
+            raise _fail(
+                LISTING_IDS,
+                row,
+                f"listing_ids must be strings of 1 to {LISTING_ID_MAX} characters (row {row}, "
+                f"got {type(listing_id).__name__})",
+            )
 
 
 def _format_key(payload: dict) -> str:
     allowed = ", ".join(FORMATS)
-    unknown, hidden = first_names([k for k in payload if k not in FORMATS and k != PARAMS])
+    unknown, hidden = first_names([k for k in payload if k not in (*FORMATS, PARAMS, LISTING_IDS)])
     if unknown:
         more = f" and {hidden} more" if hidden else ""
         raise _fail(
@@ -101,7 +126,7 @@ def _format_key(payload: dict) -> str:
             None,
             f"unknown top-level key(s) {', '.join(map(repr, unknown))}"
             f"{more}; send exactly one of: {allowed} (and optionally "
-            "params)",
+            "params, listing_ids)",
         )
     present = [k for k in FORMATS if k in payload]
     if len(present) != 1:

@@ -1,9 +1,10 @@
 """The image suite's stack: both images built from the lock files, then compose's roles run as
 containers on host networking with free ports: the tracking server with MLflow's basic-auth app
-on PostgreSQL (stores `mlflow` and `mlflow_auth`), `roles` making its users, the trainer
-registering a candidate, `release` promoting it, the controller with its pool on the read-only
-login, the gateway with its keys file's folder mounted. Its facts (sizes, build and start
-times) go to bench-results/images.json and to the end of the run's output."""
+on PostgreSQL (its databases made as compose's initdb makes them), `roles` making its users,
+the trainer registering a candidate, `release` promoting it, the controller with its pool on the
+read-only login, the gateway with its keys file's folder mounted and its prediction store in
+PostgreSQL. Its facts (sizes, build and start times) go to bench-results/images.json and to the
+end of the run's output."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ SERVICES = ("mlflow", "roles", "trainer", "release", "controller", "gateway")
 # What compose mounts from the checkout: the auth app's ini, the gateway's keys folder.
 AUTH_INI = ROOT / "docker" / "mlflow" / "basic_auth.ini"
 KEYS_FOLDER = ROOT / "docker" / "gateway-keys"
+INITDB = ROOT / "docker" / "postgres" / "initdb"  # compose's PostgreSQL runs it on its first start
 KEYS_FILE = "/etc/property-friends/keys/keys.jsonl"  # GATEWAY_API_KEYS_FILE, in the container
 # docker/.env's secrets: the tracking server's admin, its session key and its users' passwords
 PASSWORDS = {user: secrets.token_hex(12) for user in ("admin", *ROLES)}
@@ -163,14 +165,26 @@ class Stack:
         return time.monotonic() - started
 
 
-def create_databases(port: int) -> None:
-    """compose's PostgreSQL as its initdb leaves it: user mlflow owning `mlflow` (the backend
-    store) and `mlflow_auth` (the auth app's users)."""
-    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres") as db:
+def initdb_statements() -> list[str]:
+    """The SQL statements of docker/postgres/initdb/, in the order the postgres image runs them
+    (one at a time: CREATE DATABASE runs outside a transaction)."""
+    statements = []
+    for script in sorted(INITDB.glob("*.sql")):
+        code = "\n".join(line.split("--", 1)[0] for line in script.read_text().splitlines())
+        statements += [s.strip() for s in code.split(";") if s.strip()]
+    return statements
+
+
+def create_databases(port: int, user: str) -> None:
+    """compose's PostgreSQL as the postgres image leaves it: POSTGRES_USER owning POSTGRES_DB
+    (`mlflow`, the backend store), then docker/postgres/initdb/ run as that user."""
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres", autocommit=True) as db:
+        db.execute(f"CREATE ROLE {user} LOGIN CREATEDB")
+        db.execute(f"CREATE DATABASE mlflow OWNER {user}")
+    with psycopg.connect(f"host=127.0.0.1 port={port} user={user} dbname=mlflow") as db:
         db.autocommit = True
-        db.execute("CREATE ROLE mlflow LOGIN")
-        for database in ("mlflow", "mlflow_auth"):
-            db.execute(f"CREATE DATABASE {database} OWNER mlflow")
+        for statement in initdb_statements():
+            db.execute(statement)
 
 
 @pytest.fixture(scope="session")
@@ -191,7 +205,9 @@ def stack(images: dict[str, str], compose: dict, mounted: Path) -> Iterator[Stac
     controller and gateway, as compose runs them."""
     with running_postgres() as url:
         database_port = int(url.rsplit(":", 1)[1].split("/")[0])
-        create_databases(database_port)
+        create_databases(
+            database_port, compose["services"]["postgres"]["environment"]["POSTGRES_USER"]
+        )
         ports = {port: free_port() for port in CONTAINER_PORTS} | {5432: database_port}
         network = HostNetwork(ports, frozenset(compose["services"]))
         binds = {str(AUTH_INI): network.copy(AUTH_INI, mounted), str(KEYS_FOLDER): mounted / "keys"}

@@ -2,8 +2,9 @@
 server, on loopback, bounded in time and in count.
 
 No request fails or gets another answer than its kind deserves; every request is in the request
-log exactly once; the metrics count exactly what was sent; the memory of the gateway's workers
-and of the model server stays flat after warm-up.
+log exactly once, every priced row in the prediction store (a real PostgreSQL, as in compose and
+on Kubernetes) exactly once; the metrics count exactly what was sent; the memory of the
+gateway's workers and of the model server stays flat after warm-up.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from pyfunc.schema import FEATURE_NAMES, example_listing
@@ -31,6 +33,8 @@ from tests.support.gateway import (
     metric_sum,
     running_gateway,
 )
+from tests.support.postgres import running_postgres
+from tests.support.processes import wait_until
 from tests.support.stack import ModelServer
 from tests.support.traffic import ALICE, listings, settled_lines
 
@@ -195,12 +199,35 @@ def sampling(names: dict[int, str]) -> Iterator[Memory]:
 
 
 @pytest.fixture(scope="module")
-def gateway(model_server: ModelServer, tmp_path_factory) -> Iterator[RunningGateway]:
+def store_url() -> Iterator[str]:
+    """A prediction store on a fresh PostgreSQL."""
+    with running_postgres() as admin_url:
+        server = admin_url.removeprefix("postgresql+psycopg://").rsplit("/", 1)[0]
+        with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
+            admin.execute("CREATE DATABASE predictions")
+        yield f"postgresql://{server}/predictions"
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    model_server: ModelServer, store_url: str, tmp_path_factory
+) -> Iterator[RunningGateway]:
     state = tmp_path_factory.mktemp("soak")
     with running_gateway(
-        state, model_server.url, info_path=model_server.info_path, workers=2
+        state,
+        model_server.url,
+        info_path=model_server.info_path,
+        workers=2,
+        extra_env={"PREDICTION_STORE_URL": store_url},
     ) as running:
         yield running
+
+
+def stored_rows(store_url: str, request_ids: set[str]) -> Counter:
+    """How many rows the prediction store holds for each of `request_ids`."""
+    with psycopg.connect(store_url) as db:
+        rows = db.execute("SELECT request_id, count(*) FROM predictions GROUP BY request_id")
+        return Counter({r: n for r, n in rows if r in request_ids})
 
 
 def watched(gateway: RunningGateway, model_server: ModelServer) -> dict[int, str]:
@@ -225,7 +252,7 @@ def soak(gateway: RunningGateway, model_server: ModelServer) -> tuple[list[Sent]
 
 
 def test_soak_no_failure_every_request_logged_once_counted_exactly_memory_flat(
-    gateway: RunningGateway, model_server: ModelServer
+    gateway: RunningGateway, model_server: ModelServer, store_url: str
 ) -> None:
     _, expected = shots()
     workers = gateway.worker_pids()
@@ -250,6 +277,9 @@ def test_soak_no_failure_every_request_logged_once_counted_exactly_memory_flat(
     # ... and is counted once
     assert delta_by_status(before, after) == Counter(s.status for s in sent)
     priced = sum(s.rows for s in sent if s.status == 200)
+    # ... and each priced row is in the prediction store, once
+    wanted = Counter({s.request_id: s.rows for s in sent if s.status == 200})
+    wait_until(lambda: stored_rows(store_url, set(wanted)) == wanted, 30, "prediction store")
     kinds = Counter(s.kind for s in sent)
     assert deltas(before, after) == {
         "gateway_rows_predicted_total": priced,
@@ -259,6 +289,7 @@ def test_soak_no_failure_every_request_logged_once_counted_exactly_memory_flat(
         - kinds["number-as-string"]
         - kinds["no-key"],
         "gateway_request_log_errors_total": 0,
+        "gateway_prediction_store_errors_total": 0,
     }
     assert (
         field_delta(before, after, "gateway_validation_errors_total", field="net_area")
@@ -304,6 +335,7 @@ def deltas(before: dict, after: dict) -> dict[str, float]:
         "gateway_request_duration_seconds_count",
         "gateway_upstream_duration_seconds_count",
         "gateway_request_log_errors_total",
+        "gateway_prediction_store_errors_total",
     )
     labels = {"gateway_request_duration_seconds_count": {"endpoint": INVOCATIONS}}
     return {name: field_delta(before, after, name, **labels.get(name, {})) for name in names}

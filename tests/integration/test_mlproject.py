@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 
 MLPROJECT = yaml.safe_load((PROJECT_DIR / "MLproject").read_text())
 ENTRY_POINTS = MLPROJECT["entry_points"]
-MODULE = re.compile(r"^python -m (?P<module>[\w.]+)(?:\s|$)")
+MODULE = re.compile(r"^python -m (?P<module>[\w.]+)(?: (?P<job>[a-z]\w*))?(?:\s|$)")
 FLAG_AND_VALUE = re.compile(r"(?P<flag>--[\w-]+)(?:\s+(?P<value>\S+))?")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 # Entry points with their defaults, in an order where each finds what it needs (a model, a
@@ -190,12 +190,14 @@ def test_promote_entry_point_moves_the_champion(project: ProjectRuns) -> None:
     assert project.entry_point_run("promote").data.tags["promoted"] == "true"
 
 
-def _click_command(module_name: str) -> click.Command:
+def _click_command(module_name: str, job: str | None) -> click.Command:
+    """The step's `main`, or the command `job` of its `cli` group (`python -m module job`)."""
     assert importlib.util.find_spec(module_name) is not None, (
         f"MLproject runs `python -m {module_name}`, but there is no module {module_name}"
     )
-    command = importlib.import_module(module_name).main
-    assert isinstance(command, click.Command), f"{module_name}.main is not a click command"
+    module = importlib.import_module(module_name)
+    command = module.cli.commands[job] if job else module.main
+    assert isinstance(command, click.Command), f"{module_name} {job or 'main'} is not a command"
     return command
 
 
@@ -206,7 +208,7 @@ def test_entry_point_matches_the_click_options_of_its_step(entry_point: str) -> 
     parameters = spec.get("parameters", {})
     match = MODULE.match(command_line)
     assert match, f"{entry_point}: command does not start with `python -m <module>`"
-    command = _click_command(match["module"])
+    command = _click_command(match["module"], match["job"])
     options = {opt: param for param in command.params for opt in param.opts}
     pairs = FLAG_AND_VALUE.findall(command_line)
 
@@ -255,6 +257,8 @@ def _outcome(copy: ProjectCopy, entry_point: str, given: dict[str, str]) -> None
     elif entry_point == "monitor":
         report = json.loads((copy.root / "drift_report.json").read_text())
         assert report["rows"] == MONITORED_ROWS
+    elif entry_point == "accuracy":  # no realized price yet: an empty table
+        assert json.loads((copy.root / "live_accuracy.json").read_text()) == []
 
 
 @pytest.mark.parametrize(("entry_point", "extra"), _defaults_cases())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -138,6 +139,7 @@ def test_every_dashboard_query_returns_data_and_every_rule_evaluates(trained_sto
     controller_env = store_env(trained_store, MODEL_SERVERS="1", ROLLOUT_POLL_SECONDS="1")
     with running_controller(tmp_path / "controller", controller_env) as controller:
         served = controller.wait_served("1")["version"]
+        publish_live_accuracy(tmp_path / "gateway", served)
         started = time.monotonic()
         with (
             running_gateway(
@@ -156,6 +158,28 @@ def test_every_dashboard_query_returns_data_and_every_rule_evaluates(trained_sto
         ):
             check_stack(prometheus, gateway, queries, served)
     assert time.monotonic() - started < 60
+
+
+def publish_live_accuracy(state_dir: Path, version: str) -> None:
+    """What the monitor's accuracy job publishes in the gateway's prediction store, figures
+    that alert nothing: the live accuracy panel has data, its rules evaluate."""
+    from steps.prediction_store import connect, publish
+
+    store = connect(f"sqlite:///{state_dir}/predictions.db")
+    publish(
+        store,
+        [
+            (version, "all", "model_live_mae_uf", 1000.0),
+            (version, "all", "model_live_coverage_ratio", 0.8),
+            (version, "all", "model_live_outcomes", 100.0),
+            (version, "", "model_test_mae_uf", 900.0),
+            (version, "", "model_live_mae_limit_uf", 1350.0),
+            ("", "", "model_live_min_outcomes", 30.0),
+            ("", "", "model_live_coverage_band_ratio", 0.1),
+            ("", "", "model_live_accuracy_updated_timestamp_seconds", time.time()),
+        ],
+    )
+    store.dispose()
 
 
 def check_stack(

@@ -340,6 +340,51 @@ def check_monitor_module(readme: Readme, command: str) -> None:
     assert "1001 rows; drifted: none" in result.stdout
 
 
+def _stored_price(readme: Readme, request_id: str) -> tuple[str, float] | None:
+    """(listing id, price) of row 0 of `request_id` in the prediction store, if there yet."""
+    with contextlib.closing(sqlite3.connect(readme.root / ".run" / "predictions.db")) as db:
+        return db.execute(
+            "SELECT listing_id, price FROM predictions WHERE request_id = ? AND row_index = 0",
+            (request_id,),
+        ).fetchone()
+
+
+def check_valuation_with_listing_id(readme: Readme, command: str) -> None:
+    (prediction,) = json.loads(readme.run(command).stdout)["predictions"]
+    wait_until(lambda: _stored_price(readme, "valuation-0001"), 10, "prediction store")
+    assert _stored_price(readme, "valuation-0001") == ("CL-1234", prediction["price"])
+
+
+def check_outcomes(readme: Readme, command: str) -> None:
+    answer = json.loads(readme.run(command).stdout)
+    assert {k: answer[k] for k in ("created", "duplicate", "corrected", "unknown")} == {
+        "created": 1,
+        "duplicate": 0,
+        "corrected": 1,
+        "unknown": 0,
+    }
+    assert [r["request_id"] for r in answer["results"]] == ["valuation-0001"] * 2
+
+
+def _served_version(readme: Readme) -> str:
+    return json.loads((readme.root / ".run" / "served-model.json").read_text())["version"]
+
+
+def check_make_accuracy(readme: Readme, command: str) -> None:
+    readme.run(command)
+    table = json.loads((readme.root / "live_accuracy.json").read_text())
+    version = _served_version(readme)
+    (overall,) = [r for r in table if (r["model_version"], r["sector"]) == (version, "all")]
+    _, price = _stored_price(readme, "valuation-0001") or ("", 0.0)
+    assert (overall["count"], overall["mae"]) == (1, pytest.approx(abs(price - 21900)))
+    assert readme.latest_run("monitor-accuracy").data.tags["model_version"] == version
+
+
+def check_accuracy_module(readme: Readme, command: str) -> None:
+    result = readme.run(command)
+    assert f"version {_served_version(readme)}: 1 outcomes, MAE " in result.stdout
+
+
 def check_copy_env(readme: Readme, command: str) -> None:
     readme.run(command)
     docker = readme.root / "docker"
@@ -351,6 +396,19 @@ CURL = (
     '-H \'Content-Type: application/json\' -d \'{"dataframe_records": [{"type": '
     '"departamento", "sector": "las condes", "net_usable_area": 140, "net_area": 170, '
     '"n_rooms": 3, "n_bathroom": 2, "latitude": -33.4172, "longitude": -70.5476}]}\''
+)
+VALUATION = (
+    'curl -s http://127.0.0.1:8000/invocations -H "X-API-Key: $(cat .run/api-key)" '
+    "-H 'X-Request-ID: valuation-0001' -H 'Content-Type: application/json' -d "
+    '\'{"dataframe_records": [{"type": "casa", "sector": "vitacura", "net_usable_area": 220, '
+    '"net_area": 480, "n_rooms": 4, "n_bathroom": 3, "latitude": -33.3876, "longitude": '
+    '-70.5632}], "listing_ids": ["CL-1234"]}\''
+)
+OUTCOMES = (
+    'curl -s http://127.0.0.1:8000/outcomes -H "X-API-Key: $(cat .run/api-key)" '
+    '-H \'Content-Type: application/json\' -d \'{"outcomes": [{"request_id": '
+    '"valuation-0001", "row": 0, "price": 21500, "date": "2025-11-28"}, {"listing_id": '
+    '"CL-1234", "price": 21900, "date": "2025-12-02"}]}\''
 )
 MAIN = "mlflow run . -e main --env-manager local"
 BATCH = "mlflow run . -e batch_score --env-manager local"
@@ -381,6 +439,10 @@ CHECKS: dict[str, Callable[[Readme, str], None]] = {
     CURL: check_curl,
     "mlflow run . -e monitor --env-manager local": check_monitor,
     "python -m steps.monitor --fail-on-drift": check_monitor_module,
+    VALUATION: check_valuation_with_listing_id,
+    OUTCOMES: check_outcomes,
+    "make accuracy": check_make_accuracy,
+    "python -m steps.monitor accuracy --window-days 7": check_accuracy_module,
     "cp docker/.env.example docker/.env": check_copy_env,
 }
 

@@ -53,8 +53,11 @@ def exposed_names(name: str, kind: str) -> set[str]:
 
 
 def known_names() -> set[str]:
-    """Every sample name the project's metrics expose, and Prometheus' own `up`."""
-    return {"up"} | {
+    """Every sample name the project's metrics expose (the live-accuracy gauges included,
+    which the gateway reads from the prediction store), and Prometheus' own `up`."""
+    from gateway.outcomes import LIVE_GAUGES
+
+    return {"up", *LIVE_GAUGES} | {
         sample
         for family, kind in metric_families().items()
         for sample in exposed_names(family, kind)

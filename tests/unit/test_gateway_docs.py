@@ -9,11 +9,13 @@ import pytest
 
 from gateway.app import create_app, gateway_of
 from gateway.errors import ERROR_CODES
+from gateway.keyfile import ALL_SCOPES
 from pyfunc.schema import CATEGORICAL_FEATURES, FEATURE_NAMES, NUMERIC_FEATURES
 from tests.support.gateway import gateway_settings
 
 ENDPOINTS = {
     ("post", "/invocations"),
+    ("post", "/outcomes"),
     ("get", "/model"),
     ("get", "/health"),
     ("get", "/ready"),
@@ -76,7 +78,7 @@ def test_security_schemes_cover_both_headers(spec):
         "in": "header",
         "name": "X-API-Key",
     }
-    assert "`predict` (POST /invocations) and `read` (GET /model" in header["description"]
+    assert all(f"`{scope}` (" in header["description"] for scope in ALL_SCOPES)
     assert schemes["BearerAuth"]["type"] == "http"
     assert schemes["BearerAuth"]["scheme"] == "bearer"
     assert spec["security"] == [{"ApiKeyHeader": []}, {"BearerAuth": []}]

@@ -295,7 +295,7 @@ def test_a_renamed_key_after_a_bad_value_is_named_not_a_server_error(client, ups
             "data",
             "unknown top-level key(s) 'data'; send exactly one of: "
             "dataframe_split, dataframe_records, inputs, instances (and "
-            "optionally params)",
+            "optionally params, listing_ids)",
         ),
         (
             {},

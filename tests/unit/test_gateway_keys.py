@@ -115,11 +115,11 @@ WHERE = "GATEWAY_API_KEYS_FILE line 2"
         ('{"id": "d", "sha256": "TOPSECRET"}', f"{WHERE} (id 'd'): sha256 must be 64 hex digits"),
         (
             '{"id": "d", "key": "TOPSECRET", "scopes": ["predict", "admin"]}',
-            f"{WHERE} (id 'd'): scopes must be a non-empty list of predict, read",
+            f"{WHERE} (id 'd'): scopes must be a non-empty list of outcomes, predict, read",
         ),
         (
             '{"id": "d", "key": "TOPSECRET", "scopes": []}',
-            f"{WHERE} (id 'd'): scopes must be a non-empty list of predict, read",
+            f"{WHERE} (id 'd'): scopes must be a non-empty list of outcomes, predict, read",
         ),
         (
             '{"id": "d", "key": "TOPSECRET", "expires": "2027-01-31"}',

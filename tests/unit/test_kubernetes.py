@@ -47,6 +47,9 @@ WORKLOADS = {"Deployment", "StatefulSet", "Job", "CronJob"}
 # folder beside the sqlite store on the volume).
 SHARED_ROLES = ("gateway", "controller", "mlflow")
 ONE_SHOT_ROLES = ("roles", "trainer", "release")  # compose's one-shot services: Job, CronJobs
+# compose's variables a Kubernetes one-shot leaves to another workload: compose's trainer
+# container also runs the accuracy job, which is CronJob monitor-accuracy on Kubernetes.
+RUN_ELSEWHERE = {"trainer": {"PREDICTION_STORE_URL"}}
 # Who logs in to the tracking server (steps/roles.py), the model servers as the controller's pool.
 LOGINS = {
     "controller": "controller",
@@ -54,6 +57,7 @@ LOGINS = {
     "roles": "admin",
     "trainer": "trainer",
     "release": "releaser",
+    "monitor-accuracy": "trainer",  # logs runs; compose runs it in the trainer's container
 }
 SECRET_NAMES = ("PASSWORD", "SECRET_KEY")  # variables that hold a secret
 AUTH_INI = ROOT / "docker" / "mlflow" / "basic_auth.ini"
@@ -353,7 +357,8 @@ def test_kubernetes_runs_compose_s_one_shot_roles_with_compose_s_environment(
         assert container["command"] == service["command"], role
         assert pods(manifests)[role]["securityContext"]["runAsUser"] == image_user(), role
         env = env_values(container)
-        assert set(env) - {"HOME"} == set(service["environment"]), role
+        expected = set(service["environment"]) - RUN_ELSEWHERE.get(role, set())
+        assert set(env) - {"HOME"} == expected, role
         plain = {k: v for k, v in env.items() if isinstance(v, str) and k != "HOME"}
         assert plain == {k: service["environment"][k] for k in plain}, role
         assert {k for k, v in env.items() if not isinstance(v, str)} == {
@@ -398,3 +403,22 @@ def test_the_readme_creates_every_secret_key_the_overlays_read(manifests):
     assert {("mlflow-users", f"{user}-password") for user in set(LOGINS.values())} <= (
         secret_keys_read(manifests)
     )
+
+
+def test_the_accuracy_cronjob_reads_the_store_the_gateways_write(manifests):
+    cronjob = find(manifests, "CronJob", "monitor-accuracy")
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:4] == ["python", "-m", "steps.monitor", "accuracy"]
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    store = {
+        "name": "PREDICTION_STORE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "property-friends", "key": "prediction-store-url"}},
+    }
+    assert store in container["env"]
+    assert store in containers(manifests)["gateway"]["env"]
+    declared = {name.upper() for name in Settings.model_fields} | OTHER_VARIABLES
+    assert {e["name"] for e in container["env"]} <= declared
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert set(container["resources"]) == {"requests", "limits"}

@@ -5,3 +5,6 @@
 --     python -m steps.generate --url postgresql+psycopg://mlflow@postgres:5432/listings
 -- then DATA_SOURCE=postgresql+psycopg://mlflow@postgres:5432/listings in docker/.env.
 CREATE DATABASE listings;
+-- `predictions`: the gateway's prediction store (PREDICTION_STORE_URL): every priced row and
+-- realized price; its tables are created by the first gateway that connects.
+CREATE DATABASE predictions;
