@@ -43,9 +43,9 @@ OTHER_VARIABLES = {
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "CronJob"}
 # The roles compose runs (and the image suite runs from it) that Kubernetes runs too, and the
 # options each sets its own way: compose's pool is reached as `controller` (Kubernetes: through
-# service/model-server); compose's artifacts have a volume of their own (Kubernetes base: a
-# folder beside the sqlite store on the volume).
+# service/model-server).
 SHARED_ROLES = ("gateway", "controller", "mlflow")
+OWN_OPTIONS = {"--public-host"}
 ONE_SHOT_ROLES = ("roles", "trainer", "release")  # compose's one-shot services: Job, CronJobs
 # compose's variables a Kubernetes one-shot leaves to another workload: compose's trainer
 # container also runs the accuracy job, which is CronJob monitor-accuracy on Kubernetes.
@@ -63,7 +63,6 @@ SECRET_NAMES = ("PASSWORD", "SECRET_KEY")  # variables that hold a secret
 AUTH_INI = ROOT / "docker" / "mlflow" / "basic_auth.ini"
 INITDB = ROOT / "docker" / "postgres" / "initdb"
 README = ROOT / "README.md"
-OWN_OPTIONS = {"--public-host", "--artifacts-destination"}
 PROBES = {
     "gateway": {"readinessProbe": "/ready", "livenessProbe": "/health"},
     "model-server": {"readinessProbe": "/ping", "livenessProbe": "/ping", "startupProbe": "/ping"},
