@@ -27,7 +27,7 @@ from tests.support.docker import (
     process_uids,
     wait_healthy,
 )
-from tests.support.gateway import ALICE_KEY, API_KEYS, LoadClients, sha256_hex, write_keys_file
+from tests.support.gateway import ALICE_KEY, LoadClients, sha256_hex, write_keys_file
 from tests.support.kubernetes import KUBERNETES, find, render
 from tests.support.processes import free_port, http_ok, wait_until
 from tests.support.rollout import ONE_LISTING
@@ -170,7 +170,10 @@ def test_kubernetes_runs_the_model_server_and_the_gateway_from_the_same_images(
             (
                 "gateway",
                 stack.roles["gateway"].image,
-                {"GATEWAY_API_KEYS": API_KEYS},
+                {  # secret/property-friends: as compose's gateway has them
+                    name: stack.roles["gateway"].environment[name]
+                    for name in ("GATEWAY_API_KEYS", "PREDICTION_STORE_URL")
+                },
                 {"keys": stack.keys_folder},  # secret/gateway-keys
             ),
         )
@@ -242,5 +245,6 @@ def test_a_killed_container_restarts_and_serves_the_same_champion(
         f"{name} restarted",
     )
     wait_healthy(name, 300)
-    wait_until(lambda: served_version(stack) is not None, 300, "a priced answer", interval=1)
+    # the restarted pool is in rotation once every gateway worker prices with it
+    wait_until(stack.prices_steadily, 300, "priced answers", interval=1)
     assert served_version(stack) == before
