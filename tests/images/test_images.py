@@ -1,6 +1,8 @@
 """What users rely on, checked through the containers of both images, run as compose declares
-them: priced answers behind a key, healthy by their own HEALTHCHECK, no root, read-only roots,
-a promotion rolled out under load, a crash survived with the same champion."""
+them: priced answers behind a key, a key added to the mounted keys file taken without a restart,
+a tracking server refusing whoever has no login or no grant, healthy by their own HEALTHCHECK,
+no root, read-only roots, a release rolled out under load, a crash survived with the same
+champion."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import requests
 
 from pyfunc.schema import example_listing
 from serving.servers import SCORING_APP
-from tests.images.conftest import Stack
+from tests.images.conftest import PASSWORDS, Stack
 from tests.support.docker import (
     HostNetwork,
     Pod,
@@ -25,7 +27,7 @@ from tests.support.docker import (
     process_uids,
     wait_healthy,
 )
-from tests.support.gateway import ALICE_KEY, API_KEYS, LoadClients
+from tests.support.gateway import ALICE_KEY, LoadClients, sha256_hex, write_keys_file
 from tests.support.kubernetes import KUBERNETES, find, render
 from tests.support.processes import free_port, http_ok, wait_until
 from tests.support.rollout import ONE_LISTING
@@ -34,6 +36,8 @@ pytestmark = pytest.mark.images
 
 APP_USER = "10001"  # docker/Dockerfile's USER
 LONG_RUNNING = ("mlflow", "controller", "gateway")
+SERVED = "property-friends"  # MODEL_NAME; the trainer's candidates are another model
+KEYS_TAKEN_SECONDS = 10  # the gateway looks at its keys file every second
 
 
 def served_version(stack: Stack) -> str | None:
@@ -50,6 +54,38 @@ def test_the_gateway_prices_with_a_key_and_refuses_without(stack: Stack) -> None
     refused = stack.price({})
     assert refused.status_code == 401
     assert refused.json()["error_code"] == "MISSING_API_KEY"
+
+
+def test_a_key_added_to_the_mounted_keys_file_is_taken_without_a_restart(stack: Stack) -> None:
+    name = stack.roles["gateway"].name
+    started = docker("inspect", "-f", "{{.State.StartedAt}}", name)
+    key = "carol-" + PASSWORDS["viewer"]
+    assert stack.price({"X-API-Key": key}).status_code == 403
+    write_keys_file(stack.keys_folder / "keys.jsonl", {"id": "carol", "sha256": sha256_hex(key)})
+    wait_until(
+        lambda: stack.price({"X-API-Key": key}).status_code == 200,
+        KEYS_TAKEN_SECONDS,
+        "the new key accepted",
+        interval=0.5,
+    )
+    assert all(stack.price({"X-API-Key": key}).status_code == 200 for _ in range(6))  # each worker
+    assert docker("inspect", "-f", "{{.State.StartedAt}}", name) == started
+
+
+def test_the_tracking_server_refuses_a_request_without_a_login(stack: Stack) -> None:
+    path, query = "registered-models/get", {"params": {"name": SERVED}}
+    anonymous = stack.registry("GET", path, None, **query)
+    assert anonymous.status_code == 401, anonymous.text
+    wrong = requests.get(
+        f"{stack.tracking_url}/api/2.0/mlflow/{path}",
+        auth=("viewer", "not-" + PASSWORDS["viewer"]),
+        timeout=30,
+        **query,
+    )
+    assert wrong.status_code == 401
+    viewer = stack.registry("GET", path, "viewer", **query)
+    assert viewer.status_code == 200, viewer.text
+    assert viewer.json()["registered_model"]["aliases"] == [{"alias": "champion", "version": "1"}]
 
 
 @pytest.mark.parametrize("service", LONG_RUNNING)
@@ -122,10 +158,24 @@ def test_kubernetes_runs_the_model_server_and_the_gateway_from_the_same_images(
             network,
             f"{stack.prefix}-k8s-{name}",
             values,
+            folders,
         )
-        for name, image, values in (
-            ("model-server", stack.roles["mlflow"].image, {}),
-            ("gateway", stack.roles["gateway"].image, {"GATEWAY_API_KEYS": API_KEYS}),
+        for name, image, values, folders in (
+            (
+                "model-server",
+                stack.roles["mlflow"].image,
+                {"MLFLOW_TRACKING_PASSWORD": PASSWORDS["controller"]},  # secret/mlflow-users
+                {},
+            ),
+            (
+                "gateway",
+                stack.roles["gateway"].image,
+                {  # secret/property-friends: as compose's gateway has them
+                    name: stack.roles["gateway"].environment[name]
+                    for name in ("GATEWAY_API_KEYS", "PREDICTION_STORE_URL")
+                },
+                {"keys": stack.keys_folder},  # secret/gateway-keys
+            ),
         )
     ]
     for pod in pods:  # the model server first: the gateway is ready once a server answers
@@ -144,12 +194,29 @@ def test_kubernetes_runs_the_model_server_and_the_gateway_from_the_same_images(
     assert set(process_uids(model_server.name).values()) == {APP_USER}
 
 
-def test_a_promotion_rolls_out_under_load_with_no_failed_request(stack: Stack) -> None:
-    """The trainer runs again (a new version, promoted by its gate) while clients price."""
+def move_champion(stack: Stack, user: str, version: str) -> requests.Response:
+    body = {"name": SERVED, "alias": "champion", "version": version}
+    return stack.registry("POST", "registered-models/alias", user, json=body)
+
+
+def test_a_release_rolls_out_under_load_with_no_failed_request(stack: Stack) -> None:
+    """The trainer runs again (candidate 2), which neither it nor the controller may make
+    champion (403); then, while clients price, the releaser's release copies it into version 2,
+    which is rolled out."""
+    stack.run_once("trainer")
+    candidates = stack.roles["trainer"].environment["CANDIDATE_MODEL_NAME"]
+    candidate = {"name": SERVED, "source": f"models:/{candidates}/2"}
+    for refused in (
+        move_champion(stack, "trainer", "1"),
+        move_champion(stack, "controller", "1"),
+        stack.registry("POST", "model-versions/create", "trainer", json=candidate),
+    ):
+        assert (refused.status_code, refused.text) == (403, "Permission denied")
+    assert served_version(stack) == "1"
     load = LoadClients(stack.gateway_url, [ONE_LISTING], clients=4, prefix="promotion", pause=0.02)
     load.start()
     try:
-        stack.run_once("trainer")
+        stack.run_once("release")
         wait_until(lambda: served_version(stack) == "2", 300, "version 2 served", interval=1)
         drained = float(stack.roles["controller"].environment["GATEWAY_READ_TIMEOUT_SECONDS"]) + 4
         time.sleep(drained)  # the old servers stop while the load goes on
@@ -178,5 +245,6 @@ def test_a_killed_container_restarts_and_serves_the_same_champion(
         f"{name} restarted",
     )
     wait_healthy(name, 300)
-    wait_until(lambda: served_version(stack) is not None, 300, "a priced answer", interval=1)
+    # the restarted pool is in rotation once every gateway worker prices with it
+    wait_until(stack.prices_steadily, 300, "priced answers", interval=1)
     assert served_version(stack) == before

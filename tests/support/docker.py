@@ -5,7 +5,8 @@ host networking with free ports.
 docker/docker-compose.yml is the one source of what each role runs: `docker-compose config`
 (Compose v2) resolves it, and `run_args` turns one resolved service into `docker run`
 arguments: its command, environment, user, read-only root, tmpfs, capabilities and volumes,
-with the other services' host names and ports mapped to 127.0.0.1 and free ports.
+with the other services' host names and ports mapped to 127.0.0.1 and free ports (in the
+files it mounts from the checkout too: `HostNetwork.copy`).
 """
 
 from __future__ import annotations
@@ -268,16 +269,26 @@ class HostNetwork:
             return str(self.ports.get(int(value), int(value)))
         return self.url(value)
 
+    def copy(self, source: Path, folder: Path) -> Path:
+        """A copy of a file a service mounts, in `folder`, with its hosts and ports moved,
+        readable by the containers' user."""
+        copied = folder / source.name
+        copied.write_text(self.url(source.read_text()))
+        copied.chmod(0o644)
+        return copied
+
 
 @dataclass
 class Role:
-    """One compose service run with `docker run`; its volumes are named per test session."""
+    """One compose service run with `docker run`; its volumes are named per test session, and
+    each of its bind mounts takes its source from `binds` (compose's source -> this host's)."""
 
     service: str
     spec: dict[str, Any]
     image: str
     network: HostNetwork
     volume_prefix: str
+    binds: Mapping[str, Path] = field(default_factory=dict)
     name: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -322,12 +333,15 @@ class Role:
         return [*args, self.image, *self.command]
 
     def _mount(self, volume: dict[str, Any]) -> str:
-        if volume["type"] != "volume":
-            raise AssertionError(f"{self.service}: only named volumes run here, got {volume}")
-        mount = (
-            f"type=volume,source={self.volume_prefix}-{volume['source']},target={volume['target']}"
+        if volume["type"] == "volume":
+            source = f"type=volume,source={self.volume_prefix}-{volume['source']}"
+        elif volume["type"] == "bind" and volume["source"] in self.binds:
+            source = f"type=bind,source={self.binds[volume['source']]}"
+        else:
+            raise AssertionError(f"{self.service}: no source given here for {volume}")
+        return f"{source},target={volume['target']}" + (
+            ",readonly" if volume.get("read_only") else ""
         )
-        return mount + (",readonly" if volume.get("read_only") else "")
 
 
 def remove(names: Sequence[str], volume_prefix: str) -> None:
@@ -405,13 +419,15 @@ class Pod:
     command, user and group, read-only root, no privilege escalation, dropped capabilities,
     each emptyDir volume as a tmpfs owned by the pod's fsGroup; on the host's network, with
     service names and ports mapped like compose's. `values` stand for what the cluster
-    supplies (secrets, the downward API)."""
+    supplies (secrets, the downward API) to the environment, `folders` for the volumes it
+    mounts from secrets and ConfigMaps (volume name -> a folder of this host)."""
 
     deployment: dict[str, Any]
     image: str
     network: HostNetwork
     name: str
     values: Mapping[str, str] = field(default_factory=dict)
+    folders: Mapping[str, Path] = field(default_factory=dict)
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -446,9 +462,15 @@ class Pod:
 
     def _volumes(self, group: int) -> list[str]:
         empty = {v["name"] for v in self.spec.get("volumes", ()) if "emptyDir" in v}
-        return [
-            arg
-            for mount in self.container.get("volumeMounts", ())
-            if mount["name"] in empty
-            for arg in ("--tmpfs", f"{mount['mountPath']}:uid={group},gid={group}")
-        ]
+        args = []
+        for mount in self.container.get("volumeMounts", ()):
+            name, path = mount["name"], mount["mountPath"]
+            if name in empty:
+                args += ["--tmpfs", f"{path}:uid={group},gid={group}"]
+            elif name in self.folders:
+                readonly = ",readonly" if mount.get("readOnly") else ""
+                args += [
+                    "--mount",
+                    f"type=bind,source={self.folders[name]},target={path}{readonly}",
+                ]
+        return args

@@ -2,13 +2,16 @@
 `kubectl kustomize`, validates against the Kubernetes API schemas (kubernetes-validate,
 strict), passes checkov with every skipped check justified in the manifests, and keeps the
 project's contracts: settings' variables, probes, security context, who reaches the model
-servers, the controller's permissions and the alerting rules compose loads."""
+servers, the controller's permissions and the alerting rules compose loads; each role logs in
+to the tracking server as compose's does, with its password from a secret only."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ import yaml
 from config.settings import Settings
 from tests.support.docker import DOCKERFILE, compose_config, example_variables
 from tests.support.kubernetes import KUBERNETES, OVERLAYS, ROOT, find, render
+from tests.support.readme import bash_commands
 
 KUBERNETES_VERSION = "1.31.0"  # the oldest minor still supported upstream when written
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator CRDs
@@ -28,15 +32,37 @@ RULES_FILE = ROOT / "docker" / "prometheus" / "alerts.yml"
 PROMETHEUS_FILE = ROOT / "docker" / "prometheus" / "prometheus.yml"  # compose's
 CHECKOV = Path(os.environ.get("CHECKOV", ROOT / ".venv-checkov" / "bin" / "checkov"))
 IMAGES = {"gateway": "property-friends-gateway"}  # the others run the model image
+PROJECT_IMAGES = {"property-friends", "property-friends-gateway"}
 # What a project container may set besides the settings: the tracking server's own variables
-# and HOME (on the writable /tmp: the root filesystem is read-only).
-OTHER_VARIABLES = {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_SERVER_ALLOWED_HOSTS", "HOME"}
+# (its basic-auth app's too), libpq's password and HOME (on the writable /tmp: the root
+# filesystem is read-only).
+OTHER_VARIABLES = {
+    *("MLFLOW_BACKEND_STORE_URI", "MLFLOW_SERVER_ALLOWED_HOSTS", "HOME", "PGPASSWORD"),
+    *("MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"),
+}
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "CronJob"}
 # The roles compose runs (and the image suite runs from it) that Kubernetes runs too, and the
 # options each sets its own way: compose's pool is reached as `controller` (Kubernetes: through
-# service/model-server); compose's artifacts have a volume of their own (Kubernetes base: a
-# folder beside the sqlite store on the volume).
+# service/model-server).
 SHARED_ROLES = ("gateway", "controller", "mlflow")
-OWN_OPTIONS = {"--public-host", "--artifacts-destination"}
+OWN_OPTIONS = {"--public-host"}
+ONE_SHOT_ROLES = ("roles", "trainer", "release")  # compose's one-shot services: Job, CronJobs
+# compose's variables a Kubernetes one-shot leaves to another workload: compose's trainer
+# container also runs the accuracy job, which is CronJob monitor-accuracy on Kubernetes.
+RUN_ELSEWHERE = {"trainer": {"PREDICTION_STORE_URL"}}
+# Who logs in to the tracking server (steps/roles.py), the model servers as the controller's pool.
+LOGINS = {
+    "controller": "controller",
+    "model-server": "controller",
+    "roles": "admin",
+    "trainer": "trainer",
+    "release": "releaser",
+    "monitor-accuracy": "trainer",  # logs runs; compose runs it in the trainer's container
+}
+SECRET_NAMES = ("PASSWORD", "SECRET_KEY")  # variables that hold a secret
+AUTH_INI = ROOT / "docker" / "mlflow" / "basic_auth.ini"
+INITDB = ROOT / "docker" / "postgres" / "initdb"
+README = ROOT / "README.md"
 PROBES = {
     "gateway": {"readinessProbe": "/ready", "livenessProbe": "/health"},
     "model-server": {"readinessProbe": "/ping", "livenessProbe": "/ping", "startupProbe": "/ping"},
@@ -48,13 +74,35 @@ def manifests(request) -> list[dict[str, Any]]:
     return render(KUBERNETES / "overlays" / request.param)
 
 
+def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The pod template's spec of a workload (a CronJob's through its job template)."""
+    spec = manifest["spec"]
+    if manifest["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]["spec"]
+
+
+def pods(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every workload's pod spec by the workload's name."""
+    return {m["metadata"]["name"]: pod_spec(m) for m in manifests if m["kind"] in WORKLOADS}
+
+
 def containers(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for pod in pods(manifests).values() for c in pod["containers"]}
+
+
+def project_containers(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The containers of the project's two images."""
     return {
-        c["name"]: c
-        for m in manifests
-        if m["kind"] == "Deployment"
-        for c in m["spec"]["template"]["spec"]["containers"]
+        name: c
+        for name, c in containers(manifests).items()
+        if c["image"].rsplit("/", 1)[-1].split(":")[0] in PROJECT_IMAGES
     }
+
+
+def env_values(container: dict[str, Any]) -> dict[str, Any]:
+    """Each variable's value, or its `valueFrom` for one read from elsewhere."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", ())}
 
 
 def test_every_manifest_validates_against_the_kubernetes_schemas(manifests):
@@ -103,15 +151,16 @@ def test_checkov_fails_no_check_and_every_skip_gives_its_reason(manifests, tmp_p
 
 def test_containers_set_only_settings_the_project_declares(manifests):
     declared = {name.upper() for name in Settings.model_fields} | OTHER_VARIABLES
-    for name, container in containers(manifests).items():
+    assert {"mlflow", "controller", "trainer", "release"} <= set(project_containers(manifests))
+    for name, container in project_containers(manifests).items():
         image = IMAGES.get(name, "property-friends")
         assert container["image"].rsplit("/", 1)[-1].split(":")[0] == image, name
         assert {e["name"] for e in container["env"]} <= declared, name
 
 
 def test_pods_run_as_non_root_on_a_read_only_root_with_bounded_resources(manifests):
-    for manifest in (m for m in manifests if m["kind"] == "Deployment"):
-        pod = manifest["spec"]["template"]["spec"]
+    assert {"Deployment", "Job", "CronJob"} <= {m["kind"] for m in manifests}
+    for pod in pods(manifests).values():
         assert pod["securityContext"]["runAsNonRoot"] is True
         for container in pod["containers"]:
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -183,14 +232,70 @@ def test_the_prometheus_rule_holds_the_rules_compose_loads(manifests):
     assert loaded is None or [Path(f).name for f in loaded] == [RULES_FILE.name]
 
 
-def test_production_reads_the_tracking_store_from_the_secret():
-    mlflow = containers(render(KUBERNETES / "overlays" / "production"))["mlflow"]
-    env = {e["name"]: e for e in mlflow["env"]}
-    secret = {"name": "property-friends", "key": "mlflow-backend-store-uri"}
-    assert env["MLFLOW_BACKEND_STORE_URI"] == {
-        "name": "MLFLOW_BACKEND_STORE_URI",
-        "valueFrom": {"secretKeyRef": secret},
+def test_local_runs_postgresql_and_production_points_at_its_own(compose_services):
+    local, production = (render(KUBERNETES / "overlays" / name) for name in OVERLAYS)
+    database = find(local, "StatefulSet", "postgres")
+    (container,) = pod_spec(database)["containers"]
+    assert container["image"] == compose_services["postgres"]["image"]
+    assert find(local, "Service", "postgres")["spec"]["selector"] == {
+        "app.kubernetes.io/name": "postgres"
     }
+    assert not [m for m in production if m["kind"] == "StatefulSet"]
+    external = find(production, "Service", "postgres")["spec"]
+    assert external["type"] == "ExternalName"
+    assert [p["port"] for p in external["ports"]] == [5432]
+
+
+def test_the_initdb_scripts_and_the_auth_ini_are_compose_s_byte_for_byte(manifests):
+    auth = find(manifests, "ConfigMap", "mlflow-auth")
+    assert auth["data"] == {AUTH_INI.name: AUTH_INI.read_text()}
+    initdb = find(render(KUBERNETES / "overlays" / "local"), "ConfigMap", "postgres-initdb")
+    assert initdb["data"] == {path.name: path.read_text() for path in INITDB.glob("*.sql")}
+
+
+def test_the_tracking_server_stores_where_compose_s_does_without_a_password_in_the_uri(
+    manifests, compose_services
+):
+    env = env_values(containers(manifests)["mlflow"])
+    compose = urlsplit(compose_services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"])
+    netloc = f"{compose.username}@{compose.hostname}:{compose.port}"
+    assert env["MLFLOW_BACKEND_STORE_URI"] == compose._replace(netloc=netloc).geturl()
+    assert env["PGPASSWORD"] == {
+        "secretKeyRef": {"name": "property-friends", "key": "postgres-password"}
+    }
+
+
+def test_each_role_logs_in_as_its_own_user_with_its_password_from_a_secret(manifests):
+    logins = {}
+    for name, container in project_containers(manifests).items():
+        env = env_values(container)
+        logins[name] = env.get("MLFLOW_TRACKING_USERNAME")
+        if logins[name] is not None:
+            secret = {"name": "mlflow-users", "key": f"{logins[name]}-password"}
+            assert env["MLFLOW_TRACKING_PASSWORD"] == {"secretKeyRef": secret}, name
+    assert {name: user for name, user in logins.items() if user} == LOGINS
+    assert "MLFLOW_TRACKING_URI" not in env_values(containers(manifests)["gateway"])
+
+
+def test_secrets_come_only_from_secrets_never_from_arguments_or_urls(manifests):
+    for name, container in containers(manifests).items():
+        for variable, value in env_values(container).items():
+            if any(word in variable for word in SECRET_NAMES) and not variable.endswith("_FILE"):
+                assert set(value) == {"secretKeyRef"}, (name, variable)
+            elif isinstance(value, str):
+                assert urlsplit(value).password is None, (name, variable)
+        for token in container.get("command", ()):
+            assert not any(word.lower() in token.lower() for word in SECRET_NAMES), name
+            assert urlsplit(token.partition("=")[2] or token).password is None, name
+
+
+def test_the_tracking_server_is_reached_by_the_pods_that_log_in_to_it(manifests):
+    policy = find(manifests, "NetworkPolicy", "mlflow")
+    (rule,) = policy["spec"]["ingress"]
+    allowed = {
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule["from"]
+    }
+    assert allowed == set(LOGINS)
 
 
 def without_own_options(command: list[str]) -> list[str]:
@@ -241,8 +346,66 @@ def test_kubernetes_runs_each_role_as_compose_and_the_image_suite_run_it(
         assert mounts.items() <= compose_mounts.items(), role
 
 
+def test_kubernetes_runs_compose_s_one_shot_roles_with_compose_s_environment(
+    manifests, compose_services
+):
+    """The roles Job and the trainer and release CronJobs: compose's command, user and
+    variables, every value but the secrets the same (the secrets come from secretKeyRef)."""
+    for role in ONE_SHOT_ROLES:
+        service, container = compose_services[role], containers(manifests)[role]
+        assert container["command"] == service["command"], role
+        assert pods(manifests)[role]["securityContext"]["runAsUser"] == image_user(), role
+        env = env_values(container)
+        expected = set(service["environment"]) - RUN_ELSEWHERE.get(role, set())
+        assert set(env) - {"HOME"} == expected, role
+        plain = {k: v for k, v in env.items() if isinstance(v, str) and k != "HOME"}
+        assert plain == {k: service["environment"][k] for k in plain}, role
+        assert {k for k, v in env.items() if not isinstance(v, str)} == {
+            k for k in env if any(word in k for word in SECRET_NAMES)
+        }, role
+        assert pods(manifests)[role]["restartPolicy"] == "Never", role
+
+
+def secret_keys_read(manifests: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(secret, key) of every secret the manifests read: environment, volumes, scrape auth."""
+    found = {
+        (ref["name"], ref["key"])
+        for container in containers(manifests).values()
+        for e in container.get("env", ())
+        if (ref := e.get("valueFrom", {}).get("secretKeyRef"))
+    }
+    for pod in pods(manifests).values():
+        for volume in pod.get("volumes", ()):
+            if "secret" in volume:
+                items = volume["secret"]["items"]
+                found |= {(volume["secret"]["secretName"], item["key"]) for item in items}
+    for endpoint in find(manifests, "ServiceMonitor", "property-friends")["spec"]["endpoints"]:
+        if credentials := endpoint.get("authorization", {}).get("credentials"):
+            found.add((credentials["name"], credentials["key"]))
+    return found
+
+
+def readme_secret_keys() -> set[tuple[str, str]]:
+    """(secret, key) of every `kubectl create secret generic` of the README."""
+    found = set()
+    for command in bash_commands(README.read_text()):
+        created = re.search(r"create secret generic (\S+) (.*)", command)
+        for option in shlex.split(created[2]) if created else ():
+            kind, _, value = option.partition("=")
+            if kind in {"--from-literal", "--from-file"}:
+                found.add((created[1], Path(value.partition("=")[0]).name))
+    return found
+
+
+def test_the_readme_creates_every_secret_key_the_overlays_read(manifests):
+    assert secret_keys_read(manifests) <= readme_secret_keys()
+    assert {("mlflow-users", f"{user}-password") for user in set(LOGINS.values())} <= (
+        secret_keys_read(manifests)
+    )
+
+
 def test_the_accuracy_cronjob_reads_the_store_the_gateways_write(manifests):
-    (cronjob,) = [m for m in manifests if m["kind"] == "CronJob"]
+    cronjob = find(manifests, "CronJob", "monitor-accuracy")
     pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"][:4] == ["python", "-m", "steps.monitor", "accuracy"]
