@@ -36,7 +36,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,7 +56,8 @@ from steps.registry_reader import NotFound, RegistryReader, registry_reader
 logger = logging.getLogger(__name__)
 
 RESULTS = ("served", "refused", "failed", "abandoned")
-STARTING_FILE = "model-servers-starting.json"  # under STATE_DIR: servers not yet published
+# under STATE_DIR: servers of ours the served-model file does not list, starting or draining
+UNLISTED_FILE = "model-servers-unlisted.json"
 DRAIN_MARGIN_SECONDS = 1.0
 SHADOW = "shadow"  # the served-model file's entry of the challenger's servers
 SHADOW_NICENESS = 19  # CFS weight 15 against 1024: on busy cores, what the pool leaves
@@ -308,18 +309,18 @@ class Processes:
 
     def __init__(self, settings: Settings, host: str, public_host: str):
         self.settings, self.host, self.public_host = settings, host, public_host
-        self._starting_path = settings.state_dir / STARTING_FILE
+        self._unlisted_path = settings.state_dir / UNLISTED_FILE
         self._served: Serving | None = None  # what the served-model file says, published last
         self._shadow: Serving | None = None
 
     def adopt(self) -> Serving | None:
         """The servers the served-model file lists that live and answer /ping; those an
-        earlier controller was starting when it died are stopped."""
+        earlier controller was starting or draining when it died are stopped."""
         data = _read(self.settings.model_info_path)
         listed = set(_pids(data).values()) | set(_pids(data.get(SHADOW) or {}).values())
-        orphans = _model_servers(_read(self._starting_path).get("pids") or {})
+        orphans = _model_servers(_pids(_read(self._unlisted_path)))
         servers.stop([s for s in orphans if s.pid not in listed])
-        self._starting_path.unlink(missing_ok=True)
+        self._unlisted(())
         self._served = _adopted(data, "model server(s)")
         return self._served
 
@@ -345,9 +346,11 @@ class Processes:
         urls = ", ".join(s.url for s in started)
         logger.info("version %s takes traffic on %s", serving.version, urls)
         if old is not None:  # until what was sent to the old servers is answered
+            self._unlisted(old.servers)
             answered = switch_at + self.settings.gateway_read_timeout_seconds
             time.sleep(max(0.0, answered - time.time()))
             servers.stop(old.servers)
+            self._unlisted(())
         return serving
 
     def serve_shadow(
@@ -366,8 +369,10 @@ class Processes:
         under way when it stops fails, and is counted as failed."""
         self._shadow = None
         self._write()
+        self._unlisted(shadow.servers)
         time.sleep(MODEL_INFO_CHECK_SECONDS + DRAIN_MARGIN_SECONDS)
         servers.stop(shadow.servers)
+        self._unlisted(())
 
     def _start_checked(
         self,
@@ -387,8 +392,7 @@ class Processes:
                 started.append(
                     servers.start(self.settings, model_path, self.host, self.public_host, niceness)
                 )
-                pids = {s.url: s.pid for s in started}
-                self._starting_path.write_text(json.dumps({"pids": pids}))
+                self._unlisted(started)
             servers.wait_ready(started, self.settings.model_start_timeout_seconds, check_target)
             for server in started:
                 servers.check_canary(server, checked)
@@ -397,8 +401,17 @@ class Processes:
             servers.stop(started)
             raise
         finally:
-            self._starting_path.unlink(missing_ok=True)
+            self._unlisted(())
         return tuple(started)
+
+    def _unlisted(self, running: Sequence[Server]) -> None:
+        """Record the servers running unlisted (starting, or draining): a controller that dies
+        then leaves them to the next one, or to `--stop`, to stop."""
+        if running:
+            pids = {s.url: s.pid for s in running}
+            self._unlisted_path.write_text(json.dumps({"pids": pids}))
+        else:
+            self._unlisted_path.unlink(missing_ok=True)
 
     def heal(self, serving: Serving, canary_of: Callable[[], Canary]) -> Serving:
         """Replace dead servers (and top the pool up to MODEL_SERVERS)."""
@@ -543,7 +556,8 @@ def run(controller: Controller, stop: threading.Event) -> None:
     "--stop",
     "stop_servers",
     is_flag=True,
-    help="Stop the servers the served-model file lists, then exit.",
+    help="Stop the servers the served-model file lists (and those starting or draining), then "
+    "exit.",
 )
 def main(host: str, public_host: str, stop_servers: bool) -> None:
     """Keep a pool of model servers on MODEL_URI, rolling out every change it sees."""
@@ -552,9 +566,11 @@ def main(host: str, public_host: str, stop_servers: bool) -> None:
         settings = Settings.from_env()
         if stop_servers:
             data = _read(settings.model_info_path)
-            listed = _pids(data) | _pids(data.get(SHADOW) or {})
+            unlisted = _pids(_read(settings.state_dir / UNLISTED_FILE))
+            listed = _pids(data) | _pids(data.get(SHADOW) or {}) | unlisted
             servers.stop(_model_servers(listed))
             settings.model_info_path.unlink(missing_ok=True)  # nothing is served any more
+            (settings.state_dir / UNLISTED_FILE).unlink(missing_ok=True)
             return
         # for the checks' processes (MLflow reads them there)
         os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri

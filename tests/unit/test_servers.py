@@ -129,3 +129,35 @@ def test_the_scoring_command_is_the_one_mlflow_builds(tmp_path):
 
     assert command == [sys.executable, "-m", *mlflow_command.split()]
     assert env == {"OMP_NUM_THREADS": "1", **mlflow_env}
+
+
+@pytest.mark.parametrize("by", ["adopt", "--stop"])
+def test_servers_left_draining_by_a_dead_controller_are_stopped(tmp_path, by):
+    """A controller killed while the old version's servers drained (unlisted already, not yet
+    stopped): the next controller's adoption, or `--stop`, stops them; an unrelated process
+    whose pid the file names is left alone."""
+    from click.testing import CliRunner
+
+    from serving import controller
+
+    settings = Settings.from_env({"STATE_DIR": str(tmp_path)})
+    draining = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", servers.SCORING_APP],
+        start_new_session=True,
+    )
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    unlisted = {"http://127.0.0.1:1": draining.pid, "http://127.0.0.1:2": unrelated.pid}
+    (tmp_path / controller.UNLISTED_FILE).write_text(json.dumps({"pids": unlisted}))
+    try:
+        if by == "adopt":
+            assert controller.Processes(settings, "127.0.0.1", "127.0.0.1").adopt() is None
+        else:
+            env = {"STATE_DIR": str(tmp_path)}
+            assert CliRunner().invoke(controller.main, ["--stop"], env=env).exit_code == 0
+        assert draining.wait(timeout=15) is not None
+        assert unrelated.poll() is None
+        assert not (tmp_path / controller.UNLISTED_FILE).exists()
+    finally:
+        for process in (draining, unrelated):
+            process.kill()
+            process.wait()
