@@ -49,8 +49,7 @@ RETRY_SECONDS = 2.0
 MAX_QUEUED_ROWS = 200_000  # about 60 MB; half an hour of a store outage at 100 rows/s
 COMPLAINT_INTERVAL_SECONDS = 60.0
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS predictions (
+_PRICED_ROWS = """CREATE TABLE IF NOT EXISTS {table} (
         request_id TEXT NOT NULL,
         row_index INTEGER NOT NULL,
         listing_id TEXT,
@@ -61,21 +60,12 @@ SCHEMA = (
         price DOUBLE PRECISION NOT NULL,
         price_low DOUBLE PRECISION,
         price_high DOUBLE PRECISION,
-        PRIMARY KEY (request_id, row_index))""",
+        PRIMARY KEY (request_id, row_index))"""
+SCHEMA = (
+    _PRICED_ROWS.format(table="predictions"),
     "CREATE INDEX IF NOT EXISTS predictions_listing ON predictions (listing_id, predicted_at)",
     "CREATE INDEX IF NOT EXISTS predictions_time ON predictions (predicted_at)",
-    """CREATE TABLE IF NOT EXISTS shadow_predictions (
-        request_id TEXT NOT NULL,
-        row_index INTEGER NOT NULL,
-        listing_id TEXT,
-        predicted_at TEXT NOT NULL,
-        key_id TEXT,
-        model_version TEXT NOT NULL,
-        sector TEXT NOT NULL,
-        price DOUBLE PRECISION NOT NULL,
-        price_low DOUBLE PRECISION,
-        price_high DOUBLE PRECISION,
-        PRIMARY KEY (request_id, row_index))""",
+    _PRICED_ROWS.format(table="shadow_predictions"),
     "CREATE INDEX IF NOT EXISTS shadow_predictions_version ON shadow_predictions (model_version)",
     """CREATE TABLE IF NOT EXISTS outcomes (
         request_id TEXT NOT NULL,

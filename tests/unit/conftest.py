@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
+    from config.settings import Settings
     from steps.params import Params
 
 
@@ -131,6 +132,20 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory, _empty_store: Path) -
             "unit", artifact_location=(root / "artifacts").as_uri()
         )
         yield Store(root, experiment_id)
+
+
+@pytest.fixture
+def settings(mlflow_store: Store, model_name: str, tmp_path: Path) -> Settings:
+    """Settings on `mlflow_store`, with `model_name` and a state folder of the test's own."""
+    from config.settings import Settings
+
+    return Settings.from_env(
+        {
+            "MLFLOW_TRACKING_URI": mlflow_store.uri,
+            "MODEL_NAME": model_name,
+            "STATE_DIR": str(tmp_path / "state"),
+        }
+    )
 
 
 @pytest.fixture

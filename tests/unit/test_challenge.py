@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -40,17 +39,6 @@ def versions(
     move_champion(model_name, "champion", "1")
     mlflow_store.client().set_model_version_tag(model_name, "2", "verdict", "better")
     return registered
-
-
-@pytest.fixture
-def settings(mlflow_store: MlflowStore, model_name: str, tmp_path: Path) -> Settings:
-    return Settings.from_env(
-        {
-            "MLFLOW_TRACKING_URI": mlflow_store.uri,
-            "MODEL_NAME": model_name,
-            "STATE_DIR": str(tmp_path / "state"),
-        }
-    )
 
 
 def shadowed(settings: Settings, version: str, request_ids: list[str]) -> None:

@@ -77,17 +77,6 @@ def versions(
     return registered
 
 
-@pytest.fixture
-def settings(mlflow_store: Store, model_name: str, tmp_path: Path) -> Settings:
-    return Settings.from_env(
-        {
-            "MLFLOW_TRACKING_URI": mlflow_store.uri,
-            "MODEL_NAME": model_name,
-            "STATE_DIR": str(tmp_path / "state"),
-        }
-    )
-
-
 def controller_on(settings: Settings, params: Params, executor: Recorder) -> Controller:
     """A controller serving version 1 (as adopted)."""
     controller = Controller(settings, params, executor, CollectorRegistry())

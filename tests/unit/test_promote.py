@@ -84,17 +84,6 @@ def versions(
     return [mlflow_store.register(small_pipeline, few_listings, model_name) for _ in range(2)]
 
 
-@pytest.fixture
-def settings(mlflow_store: Store, model_name: str, tmp_path: Path) -> Settings:
-    return Settings.from_env(
-        {
-            "MLFLOW_TRACKING_URI": mlflow_store.uri,
-            "MODEL_NAME": model_name,
-            "STATE_DIR": str(tmp_path / "state"),
-        }
-    )
-
-
 def test_move_champion_sets_both_aliases_and_mirrors_the_stage(
     mlflow_store: Store, versions: list[ModelInfo], settings: Settings
 ) -> None:
