@@ -30,7 +30,7 @@ from tests.support.prometheus import running_prometheus, wait_for
 from tests.support.rollout import running_controller
 from tests.support.stack import run_step, store_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 AUTH = {"X-API-Key": ALICE_KEY, "Content-Type": "application/json"}
 SINGLES, BATCHES, BATCH_ROWS, CLIENTS = 160, 24, 5, 8

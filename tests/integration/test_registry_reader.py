@@ -16,7 +16,7 @@ from tests.support.processes import VENV_BIN, free_port, running
 from tests.support.stack import store_env
 from tests.support.tracking import MODEL, client_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
