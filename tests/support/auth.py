@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import free_port, http_ok, stop_process_group, wait_until
+from tests.support.processes import free_port, running
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH_INI = ROOT / "docker" / "mlflow" / "basic_auth.ini"
@@ -84,24 +84,6 @@ def running_auth_server(workdir: Path, env: dict[str, str]) -> Iterator[AuthServ
         *("--artifacts-destination", str(workdir / "artifacts"), "--serve-artifacts"),
         *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
     ]
-    with open(workdir / "mlflow-server.log", "ab") as log:
-        process = subprocess.Popen(
-            command,
-            env=server_env,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = AuthServer(f"http://127.0.0.1:{port}", workdir, passwords, process)
-    try:
-
-        def up() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {server.log()}")
-            return http_ok(f"{server.uri}/health")
-
-        wait_until(up, 90, "tracking server with basic-auth", interval=0.3)
-        yield server
-    finally:
-        stop_process_group(process)
+    url, log = f"http://127.0.0.1:{port}", workdir / "mlflow-server.log"
+    with running(command, f"{url}/health", log, server_env, timeout=90) as process:
+        yield AuthServer(url, workdir, passwords, process)
